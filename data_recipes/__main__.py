@@ -1,0 +1,26 @@
+"""``divot-data``: one command, one sub-command per recipe."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_recipes import inspect_shards, synthetic
+
+RECIPES = {"synthetic": synthetic, "inspect": inspect_shards}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="divot-data", description="Build and check divot-llm datasets.")
+    subparsers = parser.add_subparsers(dest="recipe", required=True)
+    for name, module in RECIPES.items():
+        sub = subparsers.add_parser(
+            name, help=module.__doc__.strip().splitlines()[0], description=module.__doc__
+        )
+        module.add_arguments(sub)
+    args = parser.parse_args(argv)
+    return RECIPES[args.recipe].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin entry points (console scripts) over the library."""

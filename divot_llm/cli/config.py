@@ -1,0 +1,47 @@
+"""``divot-config``: compose, validate and print (or save) a run's resolved config.
+
+    divot-config experiment=pretrain_7b data.root=/data model.llm.path=/ckpt/mistral ...
+
+Checks what a launch would check at start-up -- unknown keys, wrong types, values still
+``???`` -- without starting anything, so a typo costs seconds rather than a queued job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from divot_llm.config import ConfigError, compose_config, missing_keys, save_resolved_config
+from divot_llm.config.loading import describe_config_error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="divot-config", description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=demo optim.lr=3e-4")
+    parser.add_argument("--save", metavar="DIR", help="also write DIR/config.yaml (fully resolved)")
+    args = parser.parse_args(argv)
+
+    from hydra.errors import HydraException
+
+    try:
+        cfg = compose_config(args.overrides)
+        missing = missing_keys(cfg)
+        if "hydra" in cfg:
+            del cfg["hydra"]
+        print(OmegaConf.to_yaml(cfg, resolve=not missing), end="")
+        if missing:
+            print("error: these values must be set: " + ", ".join(missing), file=sys.stderr)
+            return 1
+        if args.save:
+            print(f"resolved config written to {save_resolved_config(cfg, args.save)}", file=sys.stderr)
+    except (HydraException, OmegaConfBaseException, ConfigError) as exc:
+        print(f"config error: {describe_config_error(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

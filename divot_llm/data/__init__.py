@@ -1,0 +1,1 @@
+"""Video data: decode/sample, sources, sequences, mixing, collate; synthetic data."""

@@ -1,0 +1,70 @@
+"""Shared test set-up: CPU DeepSpeed without JIT builds, markers, tiny fixtures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Before DeepSpeed is imported anywhere: pick the CPU accelerator explicitly on CPU-only
+# machines (on a GPU box DeepSpeed detects CUDA itself).
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import divot_llm  # noqa: E402,F401  (applies the torchvision shim before anything else)
+from tests import helpers  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def ds_process_group():
+    """One single-rank gloo process group for the whole pytest process, so DeepSpeed
+    engines can be built in-process.
+
+    It is never torn down: DeepSpeed caches its groups, and a re-initialised group breaks
+    the next ZeRO-3 engine ("Group ... is not registered"). The shm-comm op is disabled
+    to skip its ~70 s JIT build; gloo does every collective. Tests pass a client
+    ``torch.optim`` optimizer so no fused/cpu Adam op gets built either.
+    """
+    import deepspeed
+    import deepspeed.ops
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(helpers.free_port()),
+        )
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend="gloo")
+    yield dist
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer_dir(tmp_path_factory):
+    """Folder with the real Mistral v0.1 tokenizer.model."""
+    return helpers.build_tokenizer_dir(tmp_path_factory.mktemp("mistral_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory):
+    """A saved random tiny Mistral (HF folder, real 32000-token vocabulary)."""
+    return helpers.build_tiny_mistral_dir(tmp_path_factory.mktemp("tiny_mistral"))

@@ -1,0 +1,88 @@
+"""Builders for the tiny, on-the-fly fixtures tests load through the real loading code.
+
+Nothing here is downloaded: the Mistral tokenizer comes from the ``mistral-common``
+package data, models are random and tiny.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Mistral-7B v0.1's tokenizer.model, shipped inside mistral-common (32000 pieces).
+MISTRAL_V1_TOKENIZER = "tokenizer.model.v1"
+
+TINY_MISTRAL = dict(
+    vocab_size=32000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    sliding_window=None,
+)
+
+
+def mistral_tokenizer_model() -> Path:
+    """Path of the real Mistral v0.1 SentencePiece model file."""
+    path = importlib.resources.files("mistral_common") / "data" / MISTRAL_V1_TOKENIZER
+    return Path(str(path))
+
+
+def build_tokenizer_dir(out_dir: str | os.PathLike) -> Path:
+    """A folder holding the real Mistral ``tokenizer.model`` (loadable by LlamaTokenizer)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(mistral_tokenizer_model(), out / "tokenizer.model")
+    return out
+
+
+def build_tiny_mistral_dir(out_dir: str | os.PathLike, seed: int = 0, **overrides) -> Path:
+    """Save a random tiny ``MistralForCausalLM`` as an HF folder (safetensors)."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    config = MistralConfig(**{**TINY_MISTRAL, **overrides})
+    model = MistralForCausalLM(config)
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_distributed_env(**extra: str) -> dict[str, str]:
+    """Environment for multi-process CPU runs: gloo, one thread per rank (2 ranks x the
+    default thread count would oversubscribe a 2-core machine)."""
+    env = dict(os.environ)
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), **extra)
+    return env
+
+
+def run_command(args: list[str], cwd: str | os.PathLike | None = None, timeout: float = 600, **env: str):
+    """Run a command to completion; on failure raise with its output (for readable tests)."""
+    proc = subprocess.run(
+        args, cwd=cwd, env=cpu_distributed_env(**env), capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"command failed ({proc.returncode}): {' '.join(map(str, args))}\n"
+            f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+PYTHON = sys.executable
