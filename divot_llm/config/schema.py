@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -53,7 +53,7 @@ class LLMConfig:
     """The Mistral backbone: loaded from ``path`` (a local HF folder) or built randomly
     from the shape fields when ``path`` is null (tiny test/demo models)."""
 
-    path: Optional[str] = MISSING  # every model option sets it (null = random init)
+    path: str | None = MISSING  # every model option sets it (null = random init)
     vocab_size: int = 32000  # base vocabulary, before the 262 Divot tokens are added
     hidden_size: int = 4096
     intermediate_size: int = 14336
@@ -63,7 +63,7 @@ class LLMConfig:
     max_position_embeddings: int = 32768
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    sliding_window: Optional[int] = 4096
+    sliding_window: int | None = 4096
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (only batches without query blocks)
     gradient_checkpointing: bool = False
     new_lm_head_rows_scale: float = 3.0  # added lm_head rows = scale x mean of old rows (new input rows = mean)
@@ -100,7 +100,7 @@ class GMMConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    tokenizer_path: Optional[str] = MISSING  # folder with tokenizer.model (+ added tokens); null = tests only
+    tokenizer_path: str | None = MISSING  # folder with tokenizer.model (+ added tokens); null = tests only
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     gmm: GMMConfig = field(default_factory=GMMConfig)
@@ -150,7 +150,7 @@ class DynamiCrafterConfig:
     """Video diffusion de-tokenizer (DynamiCrafter-style 3D UNet + SD KL-f8 VAE)."""
 
     name: str = "divot"
-    pretrained_path: Optional[str] = MISSING  # Divot_detokenizer_stage{1,2}.bin; null = random
+    pretrained_path: str | None = MISSING  # Divot_detokenizer_stage{1,2}.bin; null = random
     num_frames: int = 16  # output frames per clip (8 fps, 2 s)
     image_size: int = 256
     latent_channels: int = 4
@@ -180,7 +180,7 @@ class SourceConfig:
     kind: SourceKind = MISSING
     task: Task = MISSING
     paths: list[str] = MISSING  # shard / jsonl paths or globs, relative to data.root
-    media_root: Optional[str] = None  # jsonl media folder, relative to data.root
+    media_root: str | None = None  # jsonl media folder, relative to data.root
     weight: float = 1.0  # mixing weight (normalised across sources)
     batch_size: int = 8
     max_length: int = 1400
@@ -203,7 +203,7 @@ class DataConfig:
     shuffle_buffer: int = 1000
     seed: int = 42
     infinite: bool = True
-    feature_cache: Optional[str] = None  # precomputed tokenizer features (skips the frozen tokenizer)
+    feature_cache: str | None = None  # precomputed tokenizer features (skips the frozen tokenizer)
 
 
 # ------------------------------------------------------------------ stage / optim
@@ -214,7 +214,7 @@ class StageConfig:
     name: StageName = MISSING
     train_input_proj: bool = True
     train_output_proj: bool = True
-    init_from: Optional[str] = MISSING  # merged release folder (llm/ + agent/) an SFT starts from
+    init_from: str | None = MISSING  # merged release folder (llm/ + agent/) an SFT starts from
 
 
 @dataclass

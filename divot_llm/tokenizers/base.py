@@ -1,0 +1,131 @@
+"""The interface every frozen video tokenizer implements.
+
+A video tokenizer turns clips of frames into a fixed number of continuous feature
+vectors. The LLM reads these features (comprehension) and regresses them (generation),
+so the tokenizer is never trained here: it is always frozen, in eval mode, and runs under
+``no_grad``. Its dtype and device are the caller's choice (``tokenizer.to(device, dtype)``).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+T = TypeVar("T", bound="VideoTokenizer")
+
+
+class VideoTokenizer(nn.Module, abc.ABC):
+    """A frozen video tokenizer: ``encode(frames (B, F, 3, H, W)) -> features (B, N, D)``.
+
+    Subclasses build their modules in ``__init__``, call ``self.freeze()`` at its end and
+    implement ``_encode`` plus the loading/saving and shape members below. ``encode``
+    checks the input layout, so every tokenizer rejects bad input with the same message.
+    """
+
+    config_class: ClassVar[type]  # the dataclass ``from_config`` takes
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls: type[T], config: Any) -> T:
+        """Build the tokenizer and load the weights the config points to."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_pretrained(cls: type[T], path: str | os.PathLike) -> T:
+        """Load a tokenizer written by ``save_pretrained``."""
+
+    @abc.abstractmethod
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config and weights to the folder ``path`` (created if needed)."""
+
+    # ---------------------------------------------------------------------- shapes
+
+    @property
+    @abc.abstractmethod
+    def frames_per_clip(self) -> int:
+        """F: frames per clip ``encode`` expects."""
+
+    @property
+    @abc.abstractmethod
+    def num_tokens(self) -> int:
+        """N: feature vectors per clip."""
+
+    @property
+    @abc.abstractmethod
+    def feature_dim(self) -> int:
+        """D: width of each feature vector."""
+
+    @property
+    @abc.abstractmethod
+    def input_size(self) -> int:
+        """Frame side (H = W) the tokenizer was trained on; the data pipeline should
+        produce frames of this size."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # -------------------------------------------------------------------- freezing
+
+    def freeze(self: T) -> T:
+        """No parameter requires grad and the module is in eval mode (for good: see ``train``)."""
+        self.requires_grad_(False)
+        return super().train(False)
+
+    def train(self: T, mode: bool = True) -> T:
+        # A parent's ``.train()`` reaches this module too; a frozen tokenizer stays in
+        # eval mode so that dropout or similar never changes its features.
+        return super().train(False)
+
+    # -------------------------------------------------------------------- encoding
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Features of a batch of clips.
+
+        Args:
+            frames: ``(B, F, 3, H, W)`` floating-point frames in [-1, 1], with
+                ``F == frames_per_clip``. Moved to the tokenizer's device.
+
+        Returns:
+            ``(B, N, D)`` features in the tokenizer's dtype, without autograd history.
+
+        Raises:
+            ValueError: when ``frames`` is not laid out as ``(B, F, 3, H, W)`` floats.
+        """
+        self._check_frames(frames)
+        # no_grad rather than inference_mode: the features are later used as regression
+        # targets, and inference tensors cannot be saved for backward.
+        with torch.no_grad():
+            return self._encode(frames.to(device=self.device))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encode(frames)
+
+    @abc.abstractmethod
+    def _encode(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
+        """``(B, F, 3, H, W)`` in [-1, 1] -> ``(B, N, D)``; called under ``no_grad``."""
+
+    def _check_frames(self, frames: torch.Tensor) -> None:
+        expected = f"(B, F={self.frames_per_clip}, 3, H, W) floating-point frames in [-1, 1]"
+        if not isinstance(frames, torch.Tensor):
+            raise ValueError(f"expected a tensor of {expected}, got {type(frames).__name__}")
+        if frames.ndim != 5 or frames.shape[2] != 3:
+            hint = " (channels-last? permute to (B, F, 3, H, W))" if frames.ndim and frames.shape[-1] == 3 else ""
+            raise ValueError(f"expected {expected}, got shape {tuple(frames.shape)}{hint}")
+        if frames.shape[1] != self.frames_per_clip:
+            raise ValueError(
+                f"expected {self.frames_per_clip} frames per clip, got {frames.shape[1]} "
+                f"(shape {tuple(frames.shape)}); the data pipeline samples clips for this tokenizer"
+            )
+        if not frames.is_floating_point():
+            raise ValueError(f"expected {expected}, got dtype {frames.dtype} (uint8 frames need x / 127.5 - 1)")

@@ -1,0 +1,216 @@
+"""The Divot tokenizer: 5 frames -> 64 continuous 256-d tokens (reference §3).
+
+Pipeline for B clips of F frames (real shapes in brackets):
+
+1. CLIP ViT (frozen, in-module preprocessing): patch tokens of the last block, CLS
+   dropped -> (B*F, P [256 = 16x16], C [1280]).
+2. Temporal encoder across the F frames of each spatial position -> (B*P, F, hidden [1024]).
+3. Per-frame adaptive average pool of the patch grid to pool x pool [5x5], frame-major
+   flatten, LayerNorm -> (B, F*pool^2 [125], hidden).
+4. Spatial-temporal transformer with spatial + temporal position embeddings, then the
+   Perceiver resampler -> (B, N [64], D [256]).
+
+Weights: the ViT from its own file (``vit_path``), everything else from the release file
+``Divot_tokenizer.bin`` (``pretrained_path``), whose names match ``DivotVideoEncoder``
+exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from safetensors.torch import save_file
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from divot_llm.config.schema import DivotTokenizerConfig
+from divot_llm.tokenizers.base import VideoTokenizer
+from divot_llm.tokenizers.clip_vision import (
+    ClipVisionTower,
+    clip_vision_config,
+    load_clip_vision,
+    load_weights_file,
+)
+from divot_llm.tokenizers.divot_layers import LayerNorm6, SpatioTemporalTransformer, TemporalEncoder
+from divot_llm.tokenizers.registry import register_video_tokenizer
+
+# The release file may also carry the reference's ViT wrapper (``vit_model.model.*``,
+# text tower included); the ViT is loaded from its own file instead.
+RELEASE_VIT_PREFIX = "vit_model."
+
+# save_pretrained layout
+CONFIG_FILE = "tokenizer_config.json"
+ENCODER_WEIGHTS = "divot_tokenizer.safetensors"  # DivotVideoEncoder, release key names
+VIT_DIR = "vit"  # CLIPVisionModel HF folder
+
+
+def vit_config(config: DivotTokenizerConfig) -> CLIPVisionConfig:
+    """The CLIP vision architecture a Divot tokenizer config describes."""
+    return clip_vision_config(
+        width=config.vit_width,
+        layers=config.vit_layers,
+        heads=config.vit_heads,
+        mlp_dim=config.vit_mlp_dim,
+        patch_size=config.vit_patch_size,
+        image_size=config.vit_image_size,
+    )
+
+
+def check_config(config: DivotTokenizerConfig) -> None:
+    """Reject shapes the modules cannot be built with, naming the fields.
+
+    Raises:
+        ValueError: a width not divisible by its head count, or a ViT input size that is
+            not a whole number of patches.
+    """
+    problems = [
+        f"{width_name}={getattr(config, width_name)} is not divisible by {heads_name}={getattr(config, heads_name)}"
+        for width_name, heads_name in (
+            ("vit_width", "vit_heads"),
+            ("temporal_width", "temporal_heads"),
+            ("hidden_size", "st_heads"),
+            ("vit_image_size", "vit_patch_size"),
+        )
+        if getattr(config, width_name) % getattr(config, heads_name)
+    ]
+    if problems:
+        raise ValueError("invalid Divot tokenizer config: " + "; ".join(problems))
+
+
+class DivotVideoEncoder(nn.Module):
+    """Everything after the ViT: ViT patch tokens ``(B, F, P, C)`` -> features ``(B, N, D)``.
+
+    Its ``state_dict`` names are exactly those of the release ``Divot_tokenizer.bin``
+    (reference §9.1): ``temporal_encoder.*``, ``norm.*``, ``image_proj_model.*``.
+    """
+
+    def __init__(self, config: DivotTokenizerConfig) -> None:
+        super().__init__()
+        self.temporal_encoder = TemporalEncoder(
+            input_dim=config.vit_width,
+            output_dim=config.hidden_size,
+            width=config.temporal_width,
+            layers=config.temporal_layers,
+            heads=config.temporal_heads,
+            frames=config.frames_per_clip,
+        )
+        # Adaptive pooling windows overlap (e.g. 16 -> 5 uses 4-wide windows); as the reference.
+        self.spatial_pool = nn.AdaptiveAvgPool2d((config.pool_size, config.pool_size))
+        self.norm = LayerNorm6(config.hidden_size)
+        self.image_proj_model = SpatioTemporalTransformer(
+            dim=config.hidden_size,
+            heads=config.st_heads,
+            depth=config.st_layers,
+            frames=config.frames_per_clip,
+            tokens_per_frame=config.pool_size**2,
+            resampler_depth=config.resampler_layers,
+            resampler_heads=config.resampler_heads,
+            resampler_dim_head=config.resampler_dim_head,
+            num_queries=config.num_tokens,
+            output_dim=config.feature_dim,
+        )
+
+    def forward(self, patches_bfpc: torch.Tensor) -> torch.Tensor:
+        batch, _, num_patches, _ = patches_bfpc.shape
+        grid = math.isqrt(num_patches)
+        # One temporal sequence per (clip, spatial position).
+        seqs_nfc = rearrange(patches_bfpc, "b f p c -> (b p) f c")
+        seqs_nfd = self.temporal_encoder(seqs_nfc)
+        maps_mdhw = rearrange(seqs_nfd, "(b h w) f d -> (b f) d h w", b=batch, h=grid, w=grid)
+        pooled_mdhw = self.spatial_pool(maps_mdhw)
+        tokens_btd = rearrange(pooled_mdhw, "(b f) d h w -> b (f h w) d", b=batch)  # frame-major
+        return self.image_proj_model(self.norm(tokens_btd))
+
+    def load_release_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load ``Divot_tokenizer.bin`` (or a ``save_pretrained`` copy) with strict checking.
+
+        ``vit_model.*`` entries are skipped; every other key must match by name and shape.
+
+        Raises:
+            RuntimeError: missing, unexpected or mis-shaped keys (from ``load_state_dict``).
+        """
+        own = {name: tensor for name, tensor in state_dict.items() if not name.startswith(RELEASE_VIT_PREFIX)}
+        self.load_state_dict(own, strict=True)
+
+
+@register_video_tokenizer("divot")
+class DivotTokenizer(VideoTokenizer):
+    """The Divot video tokenizer: ``(B, 5, 3, H, W)`` frames in [-1, 1] -> ``(B, 64, 256)``.
+
+    Args:
+        config: architecture (and, for ``from_config``, weight paths).
+        vision_model: the CLIP vision tower; a randomly initialised one when None.
+
+    Example:
+        >>> tokenizer = build_video_tokenizer(cfg.video_tokenizer).to("cuda", torch.bfloat16)
+        >>> feats_bnd = tokenizer.encode(frames_bfchw)  # (B, 64, 256)
+    """
+
+    config_class = DivotTokenizerConfig
+
+    def __init__(self, config: DivotTokenizerConfig, vision_model: CLIPVisionModel | None = None) -> None:
+        super().__init__()
+        check_config(config)
+        self.config = config
+        if vision_model is None:
+            vision_model = load_clip_vision(None, vit_config(config))
+        self.vit = ClipVisionTower(vision_model)
+        self.encoder = DivotVideoEncoder(config)
+        self.freeze()
+
+    @classmethod
+    def from_config(cls, config: DivotTokenizerConfig) -> DivotTokenizer:
+        """Build from a config; ``vit_path`` and ``pretrained_path`` are loaded when set,
+        and random weights are used for whatever is null (tiny test/demo tokenizers)."""
+        tokenizer = cls(config, load_clip_vision(config.vit_path, vit_config(config)))
+        if config.pretrained_path is not None:
+            try:
+                tokenizer.encoder.load_release_state_dict(load_weights_file(config.pretrained_path))
+            except RuntimeError as err:
+                raise ValueError(f"{config.pretrained_path} does not fit the tokenizer config: {err}") from err
+        return tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> DivotTokenizer:
+        """Load a folder written by ``save_pretrained``."""
+        path = Path(path)
+        fields = json.loads((path / CONFIG_FILE).read_text())
+        fields.update(pretrained_path=str(path / ENCODER_WEIGHTS), vit_path=str(path / VIT_DIR))
+        return cls.from_config(DivotTokenizerConfig(**fields))
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``tokenizer_config.json``, the encoder weights (release key names,
+        safetensors) and the ViT as an HF folder under ``vit/``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        fields = dataclasses.asdict(self.config) | {"pretrained_path": None, "vit_path": None}
+        (path / CONFIG_FILE).write_text(json.dumps(fields, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items()}, path / ENCODER_WEIGHTS)
+        self.vit.model.save_pretrained(path / VIT_DIR)
+
+    @property
+    def frames_per_clip(self) -> int:
+        return self.config.frames_per_clip
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.num_tokens
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.feature_dim
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    def _encode(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
+        batch = frames_bfchw.shape[0]
+        patches_mpc = self.vit(rearrange(frames_bfchw, "b f c h w -> (b f) c h w"))
+        return self.encoder(rearrange(patches_mpc, "(b f) p c -> b f p c", b=batch))

@@ -1,0 +1,73 @@
+"""CLIP input preprocessing inside the tokenizer: resize, then CLIP mean/std.
+
+The reference resizes with ``kornia.geometry.resize(x, size, interpolation="bicubic",
+align_corners=True, antialias=True)``. Kornia's antialiasing is *not* torch's
+``antialias=True``: before a downscale it blurs with a Gaussian (sigma from the scale
+factor, reflect padding) and then interpolates plainly. The features the released weights
+expect depend on it, so it is reproduced here in plain torch (no kornia dependency).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# OpenAI CLIP normalisation, also used by the LAION open_clip models.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def gaussian_kernel1d(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Normalised Gaussian taps ``(size,)`` centred on the middle tap (kornia's layout)."""
+    x = torch.arange(size, dtype=dtype, device=device) - size // 2
+    if size % 2 == 0:
+        x = x + 0.5
+    taps = torch.exp(-(x**2) / (2 * sigma**2))
+    return taps / taps.sum()
+
+
+def gaussian_blur(x_bchw: torch.Tensor, kernel_hw: tuple[int, int], sigma_hw: tuple[float, float]) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding, shape preserved."""
+    channels = x_bchw.shape[1]
+    for dim, (size, sigma) in enumerate(zip(kernel_hw, sigma_hw, strict=True)):  # dim 0: along H, 1: along W
+        taps = gaussian_kernel1d(size, sigma, x_bchw.dtype, x_bchw.device)
+        front, rear = (size - 1) // 2, (size - 1) - (size - 1) // 2
+        if dim == 0:
+            weight = taps.view(1, 1, size, 1).expand(channels, 1, size, 1)
+            padded = F.pad(x_bchw, (0, 0, front, rear), mode="reflect")
+        else:
+            weight = taps.view(1, 1, 1, size).expand(channels, 1, 1, size)
+            padded = F.pad(x_bchw, (front, rear, 0, 0), mode="reflect")
+        x_bchw = F.conv2d(padded, weight, groups=channels)
+    return x_bchw
+
+
+def resize_antialiased(x_bchw: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize with ``align_corners=True`` and kornia-style antialiasing.
+
+    Same size is a no-op; a Gaussian blur precedes the interpolation only when at least
+    one side shrinks. Sigma and kernel size follow kornia (itself following skimage).
+    """
+    height, width = x_bchw.shape[-2:]
+    if (height, width) == tuple(size_hw):
+        return x_bchw
+    factors = (height / size_hw[0], width / size_hw[1])
+    if max(factors) > 1:
+        sigmas = tuple(max((f - 1.0) / 2.0, 0.001) for f in factors)
+        kernel = tuple(int(max(4.0 * s, 3)) for s in sigmas)
+        kernel = tuple(k + 1 if k % 2 == 0 else k for k in kernel)  # odd: centred taps
+        x_bchw = gaussian_blur(x_bchw, kernel, sigmas)
+    return F.interpolate(x_bchw, size=tuple(size_hw), mode="bicubic", align_corners=True)
+
+
+def clip_preprocess(frames_bchw: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Frames in [-1, 1] -> CLIP pixels ``(B, 3, image_size, image_size)`` in fp32.
+
+    Computed in fp32 whatever the input dtype: the normalisation constants and bicubic
+    taps lose visible precision in bf16.
+    """
+    x = resize_antialiased(frames_bchw.float(), (image_size, image_size))
+    x = (x + 1.0) / 2.0
+    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
