@@ -26,8 +26,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _fixed_seed():
+def _fixed_seed_one_thread():
+    """Every test starts from seed 0 on one intra-op thread: tiny matmuls run ~1000x
+    slower with 2 OpenMP threads than with 1 on small CPU boxes (thread wake-up dominates
+    a 64-wide GEMM), and nothing here is big enough to gain from more."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

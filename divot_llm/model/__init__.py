@@ -1,0 +1,46 @@
+"""The Divot-LLM module: backbone + LoRA, projections, GMM head, attention masks."""
+
+from divot_llm.model.attention import build_attention_mask, query_block_ids
+from divot_llm.model.backbone import load_backbone, mistral_config, resize_vocab
+from divot_llm.model.build import build_divot_llm, load_release
+from divot_llm.model.checkpoint import (
+    load_agent_weights,
+    load_training_state_dict,
+    read_agent_file,
+    save_release,
+)
+from divot_llm.model.divot import DivotLLM, DivotOutput
+from divot_llm.model.generation import (
+    FrameTokenLogitsProcessor,
+    GeneratedFeatures,
+    generate_features,
+    generate_text,
+)
+from divot_llm.model.gmm import GMMHead, GMMParams
+from divot_llm.model.lora import apply_lora, map_legacy_peft_keys
+from divot_llm.model.projection import ProjectionLayer
+
+__all__ = [
+    "DivotLLM",
+    "DivotOutput",
+    "FrameTokenLogitsProcessor",
+    "GMMHead",
+    "GMMParams",
+    "GeneratedFeatures",
+    "ProjectionLayer",
+    "apply_lora",
+    "build_attention_mask",
+    "build_divot_llm",
+    "generate_features",
+    "generate_text",
+    "load_agent_weights",
+    "load_backbone",
+    "load_release",
+    "load_training_state_dict",
+    "map_legacy_peft_keys",
+    "mistral_config",
+    "query_block_ids",
+    "read_agent_file",
+    "resize_vocab",
+    "save_release",
+]

@@ -1,0 +1,47 @@
+"""Two DeepSpeed ranks with different tasks: nobody hangs, gradients average correctly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests import helpers
+from tests.model import zero_two_rank_step as step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_ranks_with_different_idle_heads_step_together(mistral_tokenizer_dir, tmp_path, zero_stage):
+    """Rank 0 trains on a comprehension sample (output head idle), rank 1 on a generation
+    sample (input head idle). The step must finish (no rank waits on a gradient the other
+    never makes) and equal one SGD step on the average of the two samples' gradients."""
+    helpers.run_command(
+        [
+            helpers.PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={helpers.free_port()}",
+            "tests/model/zero_two_rank_step.py",
+            str(mistral_tokenizer_dir),
+            str(tmp_path),
+            str(zero_stage),
+        ],
+        cwd=helpers.REPO_ROOT,
+        timeout=240,
+    )
+    after = torch.load(tmp_path / "after.pt", weights_only=True)
+
+    model = step.build()
+    grads: dict[str, torch.Tensor] = {}
+    for batch in step.batches(str(mistral_tokenizer_dir), model.tokens_per_clip, model.feature_dim):
+        model.zero_grad(set_to_none=True)
+        model(**batch).total_loss.backward()
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                grads[name] = grads.get(name, 0) + p.grad / 2
+    assert after.keys() == grads.keys()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                torch.testing.assert_close(after[name], p - step.LR * grads[name], atol=2e-6, rtol=1e-5)

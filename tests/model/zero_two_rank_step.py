@@ -1,0 +1,77 @@
+"""One DeepSpeed step on 2 CPU ranks where rank 0 sees only a comprehension sample and
+rank 1 only a generation sample, so each rank leaves a different head idle.
+
+Run by ``test_distributed.py`` under ``torch.distributed.run``; rank 0 writes the
+trainable parameters after the step to ``<out>/after.pt``.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/model/zero_two_rank_step.py \
+        TOKENIZER_DIR OUT_DIR ZERO_STAGE
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+LR = 0.5
+
+
+def build(seed: int = 0):
+    from divot_llm.config.loading import compose_config
+    from divot_llm.model import build_divot_llm
+
+    cfg = compose_config()
+    torch.manual_seed(seed)
+    model = build_divot_llm(
+        cfg.model, tokens_per_clip=cfg.video_tokenizer.num_tokens, feature_dim=cfg.video_tokenizer.feature_dim
+    )
+    return model.eval()  # no LoRA dropout: the step must be reproducible in-process
+
+
+def batches(tokenizer_dir: str, n: int, d: int) -> list[dict[str, torch.Tensor]]:
+    """Per rank: [comprehension-only batch, generation-only batch]."""
+    from divot_llm.text import DivotTextTokenizer
+    from tests.model.samples import collate, comprehension_sample, generation_sample
+
+    tok = DivotTextTokenizer.from_pretrained(tokenizer_dir)
+    gen = torch.Generator().manual_seed(11)
+    comp = comprehension_sample(tok, n, torch.randn(2, n, d, generator=gen), "a red circle moving left")
+    gen_sample = generation_sample(tok, n, torch.randn(1, n, d, generator=gen), "a blue square")
+    return [collate([comp], tok.pad_id), collate([gen_sample], tok.pad_id)]
+
+
+def main(tokenizer_dir: str, out_dir: str, zero_stage: int) -> None:
+    import deepspeed
+    import deepspeed.ops
+
+    torch.set_num_threads(1)
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no JIT build; gloo does it all
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank = int(os.environ["RANK"])
+
+    model = build()
+    batch = batches(tokenizer_dir, model.tokens_per_clip, model.feature_dim)[rank]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": 0.0,  # DeepSpeed would clip at 1.0 by default; the check wants plain SGD
+        "zero_optimization": {"stage": zero_stage, "ignore_unused_parameters": False},
+    }
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    engine.backward(engine(**batch).total_loss)
+    engine.step()
+
+    params = [p for p in engine.module.parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters(params, enabled=zero_stage == 3):
+        after = {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
+    if rank == 0:
+        torch.save(after, os.path.join(out_dir, "after.pt"))
+    torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
