@@ -63,6 +63,7 @@ CODEC_CYCLE = (
     "h264", "h264", "gif", "h264", "mpeg4", "h264", "vp9", "h264", "h264", "h264",
 )  # fmt: skip
 VFR_EVERY = 5  # every 5th video (index 4, 9, ...) gets jittered frame times if it is h264
+ROTATED_EVERY = 7  # every 7th (index 6, 13, ...) is stored sideways + a display rotation, if h264
 _SPLIT_CODE = {"train": 0, "val": 1, "image": 2}
 
 
@@ -121,6 +122,7 @@ class VideoSpec:
     duration_s: float
     codec: str
     variable_frame_rate: bool
+    display_rotation: int  # stored rotated clockwise by this much; players rotate it back
     speed_frac: float  # distance per second as a fraction of the frame extent along the motion
     start_frac: tuple[float, float]  # initial centre (x, y) as fractions of (W, H)
 
@@ -182,6 +184,21 @@ def render_video(spec: VideoSpec) -> tuple[np.ndarray, np.ndarray]:
     return frames, times
 
 
+def encode_synthetic_video(spec: VideoSpec) -> bytes:
+    """The video file a spec describes (what a player shows is ``render_video(spec)``)."""
+    frames, times = render_video(spec)
+    if spec.display_rotation:
+        # store the frames turned clockwise; the display matrix turns them back
+        frames = np.ascontiguousarray(np.rot90(frames, k=-spec.display_rotation // 90, axes=(1, 2)))
+    return encode_video(
+        frames,
+        spec.fps,
+        spec.codec,
+        timestamps_s=times if spec.variable_frame_rate else None,
+        display_rotation=spec.display_rotation,
+    )
+
+
 def _random_scene(rng: np.random.Generator, moving: bool) -> Scene:
     color, background = rng.choice(list(COLORS), size=2, replace=False)
     return Scene(
@@ -212,6 +229,7 @@ def sample_video_spec(seed: int, split: str, index: int) -> VideoSpec:
         duration_s=round(duration, 2),
         codec=codec,
         variable_frame_rate=codec == "h264" and index % VFR_EVERY == VFR_EVERY - 1,
+        display_rotation=90 if codec == "h264" and index % ROTATED_EVERY == ROTATED_EVERY - 1 else 0,
         speed_frac=float(rng.uniform(0.15, 0.3)),
         start_frac=(float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8))),
     )
@@ -295,9 +313,8 @@ def write_synthetic_dataset(
         with _shard_writer(out / split / "videos", counts.samples_per_shard) as sink:
             for index in range(n_videos):
                 spec = sample_video_spec(seed, split, index)
-                frames, times = render_video(spec)
-                data = encode_video(frames, spec.fps, spec.codec, times if spec.variable_frame_rate else None)
-                meta = {**asdict(spec), "num_frames": len(frames), "captions": spec.scene.captions()}
+                data = encode_synthetic_video(spec)
+                meta = {**asdict(spec), "num_frames": len(frame_times(spec)), "captions": spec.scene.captions()}
                 sink.write(
                     {
                         "__key__": spec.key,

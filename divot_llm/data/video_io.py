@@ -51,6 +51,7 @@ def encode_video(
     fps: float,
     codec: str = "h264",
     timestamps_s: Sequence[float] | None = None,
+    display_rotation: int = 0,
 ) -> bytes:
     """Encode RGB uint8 frames (T, H, W, 3) into a video file's bytes.
 
@@ -60,6 +61,9 @@ def encode_video(
         codec: a key of ``VIDEO_CODECS``.
         timestamps_s: optional per-frame presentation times in seconds, strictly
             increasing, for variable-frame-rate videos (millisecond precision).
+        display_rotation: counter-clockwise degrees (multiple of 90) a player must rotate
+            the stored frames by, written as the container's display matrix (phones do
+            this); mp4 only.
     """
     spec = VIDEO_CODECS[codec]
     height, width = frames_thwc[0].shape[:2]
@@ -75,6 +79,8 @@ def encode_video(
         stream.width, stream.height, stream.pix_fmt = width, height, spec.pix_fmt
         if spec.bit_rate:
             stream.bit_rate = spec.bit_rate
+        if display_rotation:
+            stream.set_display_rotation(display_rotation)
         if timestamps_s is not None:
             stream.codec_context.time_base = _MS
         for i, array in enumerate(frames_thwc):
@@ -101,14 +107,22 @@ class DecodedVideo:
         return float(self.times_s[-1] - self.times_s[0] + np.median(np.diff(self.times_s)))
 
 
+def display_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as RGB uint8 (H, W, 3) the way a player shows it: the container's
+    display rotation applied."""
+    array = frame.to_ndarray(format="rgb24")
+    rotation = int(frame.rotation or 0) % 360
+    return np.ascontiguousarray(np.rot90(array, k=rotation // 90)) if rotation else array
+
+
 def decode_video(source: bytes | str | os.PathLike) -> DecodedVideo:
-    """Decode every frame of a video (bytes or a path) to RGB uint8."""
+    """Decode every frame of a video (bytes or a path) to RGB uint8, as displayed."""
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
     with av.open(handle) as container:
         stream = container.streams.video[0]
         frames, times = [], []
         for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(display_rgb(frame))
             times.append(
                 float(frame.time) if frame.time is not None else len(times) / float(stream.average_rate)
             )

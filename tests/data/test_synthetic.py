@@ -75,6 +75,7 @@ def test_videos_vary_in_size_rate_length_and_timing(synthetic_dir):
     metas = [json.loads(s["json"]) for s in _samples(str(synthetic_dir / "*" / "videos" / "*.tar"))]
     assert len({(m["width"], m["height"]) for m in metas}) >= 3
     assert len({m["fps"] for m in metas}) >= 2
+    assert any(m["display_rotation"] == 90 for m in metas)  # stored sideways, shown upright
     vfr = [
         s
         for s in _samples(str(synthetic_dir / "train" / "videos" / "*.tar"))

@@ -1,0 +1,289 @@
+"""Clip sampling and frame decoding for training (divot-reference §7.3).
+
+A clip is a 2-second window of 16 frames at 8 fps, reduced to 5 frames (positions 0, 4,
+8, 12 and the last). Which windows a video yields follows the reference rules exactly
+(``plan_windows``); decoding then reads only the frames those windows need: it seeks to
+the keyframe before a far-away window, stops after the last needed frame, and converts
+only the chosen frames to RGB. Frames are matched by presentation time, so variable
+frame-rate videos sample the frame on screen at each instant.
+
+Pixels follow the reference transform: PIL bilinear resize of the shorter side to 256,
+centre crop 256, scaled to [-1, 1]. Display rotation metadata is applied first.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+from divot_llm.data.video_io import display_rgb
+
+WINDOW_FRAMES = 16  # frames per 2-s window at SAMPLE_FPS
+SAMPLE_FPS = 8.0
+STRIDE = 4  # keep every 4th window frame plus the last -> 5 frames per clip
+
+
+class MediaError(ValueError):
+    """A media file that cannot be used; ``reason`` is a short counter key."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# ----------------------------------------------------------------- index arithmetic
+
+
+def clip_positions(window: int = WINDOW_FRAMES, stride: int = STRIDE) -> np.ndarray:
+    """Positions kept from a window: 0, stride, 2*stride, ... plus the last (0,4,8,12,15)."""
+    return np.asarray([*range(0, window, stride), window - 1]) if stride else np.arange(window)
+
+
+def plan_windows(
+    num_frames: int,
+    video_fps: float,
+    num_clips: int,
+    rng: np.random.Generator,
+    dense: bool,
+    window: int = WINDOW_FRAMES,
+    sample_fps: float = SAMPLE_FPS,
+) -> np.ndarray:
+    """Frame indices of each clip's 16-frame window, shape (C, window), int.
+
+    ``dense`` is the reference's QA rule: always exactly ``num_clips`` clips, one per
+    equal segment, resampled more densely when a segment is shorter than 2 s. Otherwise
+    (caption sources) long videos get ``num_clips`` segment clips the same way, and short
+    ones consecutive 2-s windows from a random start (the last one compressed), so C can
+    be smaller than ``num_clips``.
+    """
+    if num_frames < 1:
+        raise MediaError("no_frames", "video has no frames")
+    interval = video_fps / sample_fps  # source frames per sampled frame
+    at_8fps = int(num_frames // interval)
+    if dense or at_8fps >= num_clips * window:
+        windows = _segment_windows(num_frames, interval, num_clips, rng, window)
+        if windows.size == 0:  # fewer frames than clips: one clip over the whole video
+            windows = np.linspace(0, num_frames - 1, window).astype(np.int64)[None]
+    else:
+        windows = _consecutive_windows(num_frames, interval, num_clips, rng, window)
+    return np.clip(windows, 0, num_frames - 1)
+
+
+def _segment_windows(num_frames: int, interval: float, num_clips: int, rng, window: int) -> np.ndarray:
+    clip_len = num_frames // num_clips
+    if clip_len == 0:
+        return np.zeros((0, window), dtype=np.int64)
+    # a segment too short for 2 s at 8 fps is stretched: 16 frames spread over it
+    step = interval if clip_len >= window * interval else clip_len / window
+    out = []
+    for i in range(num_clips):
+        low, high = i * clip_len, (i + 1) * clip_len - window * step
+        start = rng.uniform(low, high) if high > low else float(low)
+        out.append((start + step * np.arange(window)).astype(np.int64))
+    return np.stack(out)
+
+
+def _consecutive_windows(num_frames: int, interval: float, num_clips: int, rng, window: int) -> np.ndarray:
+    span = window * interval
+    start = rng.uniform(0, interval)
+    out = []
+    while start < num_frames and len(out) < num_clips:
+        end = min(start + span, num_frames - 1)  # the reference's `len` end overflows by one; clamp
+        out.append(np.linspace(start, end, window).astype(np.int64))
+        start += span
+    return np.stack(out)
+
+
+# ------------------------------------------------------------------------ decoding
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int  # as displayed (after rotation)
+    height: int
+    rotation: int  # counter-clockwise degrees to rotate stored frames for display
+
+
+def _open(source: bytes | str | os.PathLike):
+    try:
+        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+        return av.open(handle)
+    except FileNotFoundError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError("corrupt_video", str(exc)) from exc
+
+
+def _probe(container) -> VideoInfo:
+    if not container.streams.video:
+        raise MediaError("no_video_stream")
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    duration_s = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration_s = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration_s = container.duration / av.time_base
+    rate = float(stream.average_rate) if stream.average_rate else None
+    num_frames = stream.frames
+    if not num_frames and duration_s and rate:
+        num_frames = int(round(duration_s * rate))
+    if num_frames and duration_s:
+        fps = num_frames / duration_s  # the real mean rate: gif's nominal rate can be off
+    elif rate:
+        fps = rate
+    else:
+        raise MediaError("unknown_frame_rate")
+    return VideoInfo(int(num_frames or 0), float(fps), ctx.width, ctx.height, rotation=0)
+
+
+def probe_video(source: bytes | str | os.PathLike) -> VideoInfo:
+    """Frame count, mean frame rate and displayed size, from the container headers (and
+    the first frame's display matrix) without decoding the video."""
+    with _open(source) as container:
+        info = _probe(container)
+        try:
+            first = next(container.decode(video=0))
+        except (StopIteration, av.error.FFmpegError) as exc:
+            raise MediaError("no_frames", str(exc)) from exc
+        rotation = int(first.rotation or 0) % 360
+    if rotation in (90, 270):
+        return VideoInfo(info.num_frames, info.fps, info.height, info.width, rotation)
+    return VideoInfo(info.num_frames, info.fps, info.width, info.height, rotation)
+
+
+def read_frames_at(
+    source: bytes | str | os.PathLike,
+    times_s: np.ndarray,
+    seek_gap_s: float = 2.0,
+) -> list[np.ndarray]:
+    """RGB uint8 frames (H, W, 3), as displayed, on screen at each time (seconds from the
+    first frame). ``times_s`` must be non-decreasing.
+
+    Decodes forward from the keyframe before the first time and seeks again when the
+    next time is more than ``seek_gap_s`` ahead; stops after the last time. Only the
+    chosen frames are converted to RGB.
+    """
+    times = np.asarray(times_s, dtype=np.float64)
+    if len(times) == 0:
+        return []
+    if np.any(np.diff(times) < 0):
+        raise ValueError("times_s must be non-decreasing")
+    with _open(source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        picked = _pick_frames(container, stream, times, origin, seek_gap_s)
+    return [display_rgb(frame) for frame in picked]
+
+
+def _pick_frames(container, stream, times: np.ndarray, origin: float, seek_gap_s: float) -> list:
+    # A target takes the frame nearest to it in time (ties to the earlier one), which is
+    # exact for constant-rate video and robust to coarse timestamps (gif: 1/100 s).
+    picked: list = [None] * len(times)
+    i, previous, previous_t = 0, None, -np.inf
+    frames = container.decode(stream)
+    can_seek, just_sought = True, False
+    try:
+        while i < len(times):
+            if can_seek and times[i] - previous_t > seek_gap_s and times[i] > seek_gap_s:
+                container.seek(int((times[i] + origin) / stream.time_base), stream=stream, backward=True)
+                frames, previous, previous_t, just_sought = container.decode(stream), None, -np.inf, True
+            for frame in frames:
+                t = (frame.time if frame.time is not None else previous_t + 1e-6) - origin
+                if just_sought and t < times[i] - seek_gap_s:
+                    can_seek = False  # the format ignores seeks (e.g. gif): decode through
+                just_sought = False
+                while i < len(times) and times[i] < t:
+                    closer_to_previous = previous is not None and times[i] - previous_t <= t - times[i]
+                    picked[i] = previous if closer_to_previous else frame
+                    i += 1
+                previous, previous_t = frame, t
+                if i >= len(times) or (can_seek and times[i] - previous_t > seek_gap_s):
+                    break  # done, or the next target is far: seek instead of decoding on
+            else:  # end of stream: the last frame stays on screen
+                while i < len(times):
+                    picked[i] = previous
+                    i += 1
+    except av.error.FFmpegError as exc:
+        raise MediaError("corrupt_video", str(exc)) from exc
+    if any(p is None for p in picked):
+        raise MediaError("no_frames", "no frame decoded")
+    return picked
+
+
+# ----------------------------------------------------------------------- transform
+
+
+def to_model_pixels(frames_hw3: list[np.ndarray], size: int = 256) -> torch.Tensor:
+    """The reference image transform: PIL bilinear resize of the shorter side to ``size``,
+    centre crop, [0, 255] -> [-1, 1]. Returns (F, 3, size, size) float32."""
+    out = torch.empty(len(frames_hw3), 3, size, size)
+    for i, array in enumerate(frames_hw3):
+        image = Image.fromarray(array)
+        w, h = image.size
+        if w <= h:
+            new_w, new_h = size, int(size * h / w)
+        else:
+            new_w, new_h = int(size * w / h), size
+        image = image.resize((new_w, new_h), Image.BILINEAR)
+        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+        crop = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32)
+        out[i] = torch.from_numpy(crop).permute(2, 0, 1) / 127.5 - 1.0
+    return out
+
+
+# -------------------------------------------------------------------- public entry
+
+
+def sample_video_clips(
+    source: bytes | str | os.PathLike,
+    num_clips: int,
+    rng: np.random.Generator,
+    dense: bool = False,
+    image_size: int = 256,
+    window: int = WINDOW_FRAMES,
+    sample_fps: float = SAMPLE_FPS,
+    stride: int = STRIDE,
+    min_resolution: int = 0,
+    min_aspect_ratio: float = 0.0,
+) -> torch.Tensor:
+    """Decode the clips a video yields under the reference rules.
+
+    Returns (C, 5, 3, image_size, image_size) in [-1, 1] with 1 <= C <= num_clips.
+    Raises MediaError (with a ``reason``) for unusable videos: corrupt, no frames, too
+    small, too elongated.
+    """
+    info = probe_video(source)
+    if min(info.width, info.height) < min_resolution:
+        raise MediaError("too_small", f"{info.width}x{info.height} < {min_resolution}")
+    if min(info.width, info.height) / max(info.width, info.height) < min_aspect_ratio:
+        raise MediaError("bad_aspect_ratio", f"{info.width}x{info.height}")
+    windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense, window, sample_fps)
+    indices = windows[:, clip_positions(window, stride)]  # (C, 5)
+    unique = np.unique(indices)
+    frames = read_frames_at(source, unique / info.fps)
+    pixels = to_model_pixels(frames, image_size)  # (U, 3, S, S)
+    lookup = {int(idx): k for k, idx in enumerate(unique)}
+    gather = torch.as_tensor([[lookup[int(x)] for x in row] for row in indices])
+    return pixels[gather]  # (C, 5, 3, S, S)
+
+
+def image_clip(image: Image.Image | bytes, frames_per_clip: int = 5, image_size: int = 256) -> torch.Tensor:
+    """A still image as one static clip: (1, frames_per_clip, 3, S, S) in [-1, 1]."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        try:
+            image = Image.open(io.BytesIO(image))
+            image.load()
+        except Exception as exc:  # PIL raises many types for truncated/corrupt files
+            raise MediaError("corrupt_image", str(exc)) from exc
+    pixels = to_model_pixels([np.asarray(image.convert("RGB"))], image_size)  # (1, 3, S, S)
+    return pixels.expand(frames_per_clip, -1, -1, -1).unsqueeze(0).clone()
