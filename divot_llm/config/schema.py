@@ -39,6 +39,11 @@ class StageName(str, Enum):
     sft_gen = "sft_gen"
 
 
+class MixMode(str, Enum):
+    sample = "sample"  # each example picks its source by weight: batches mix tasks
+    batch = "batch"  # each batch picks one source and takes its batch_size (the reference)
+
+
 class Precision(str, Enum):
     auto = "auto"  # bf16 on GPU, fp32 on CPU (bf16 GEMMs are ~100x slower on AVX2 CPUs)
     bf16 = "bf16"
@@ -182,7 +187,7 @@ class SourceConfig:
     paths: list[str] = MISSING  # shard / jsonl paths or globs, relative to data.root
     media_root: str | None = None  # jsonl media folder, relative to data.root
     weight: float = 1.0  # mixing weight (normalised across sources)
-    batch_size: int = 8
+    batch_size: int = 8  # used by "batch" mixing
     max_length: int = 1400
     num_clips: int = 1  # clips per sample (20 for video comprehension)
     min_resolution: int = 100
@@ -195,12 +200,13 @@ class DataConfig:
     root: str = MISSING  # every source path must stay inside this folder
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     val_sources: dict[str, SourceConfig] = field(default_factory=dict)
-    image_size: int = 256  # shorter-side resize + centre crop
-    fps: int = 8  # sampling rate of the 16-frame window
+    mixing: MixMode = MixMode.sample
+    batch_size: int = 8  # examples per batch in "sample" mixing (per rank)
+    tokens_per_batch: int | None = None  # "sample" mixing: close a batch once B x longest >= this
+    fps: int = 8  # sampling rate of the 16-frame window (frame size comes from the video tokenizer)
     frames_per_window: int = 16
     frame_stride: int = 4  # keep frames 0,4,8,12 + the last -> 5 per clip
     num_workers: int = 4
-    shuffle_buffer: int = 1000
     seed: int = 42
     infinite: bool = True
     feature_cache: str | None = None  # precomputed tokenizer features (skips the frozen tokenizer)
@@ -253,11 +259,17 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 10
     eval_every: int = 0  # 0 disables periodic validation
+    eval_at_start: bool = False  # also validate before the first step (a baseline)
+    max_eval_batches: int = 20  # per rank and validation
     resume: str = "auto"  # auto | none | <checkpoint dir>
     max_nonfinite_steps: int = 10  # abort after this many NaN/inf losses in a row
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "divot-llm"
+    progress_bar: bool = True  # tqdm on rank 0
+    peak_tflops: float | None = None  # per device, for MFU; null = known GPU table / measured CPU GEMM
+    plan_gpus_per_node: int = 8  # plan=true: the world to estimate memory for
+    plan_nodes: int = 1
 
 
 # --------------------------------------------------------------------------- root
@@ -266,6 +278,7 @@ class TrainConfig:
 @dataclass
 class DivotConfig:
     experiment_name: str = "default"
+    plan: bool = False  # divot-train plan=true: print parameter counts + memory estimate, train nothing
     model: ModelConfig = field(default_factory=ModelConfig)
     video_tokenizer: Any = MISSING  # an option with its own schema (schema_divot, ...)
     detokenizer: Any = MISSING

@@ -67,6 +67,7 @@ class Mixer:
         self.length_of = length_of
         self.rng = np.random.default_rng(seed)
         self._iterators: dict[str, Iterator[dict]] = {}
+        self._exhausted: set[str] = set()
 
     # ---------------------------------------------------------------------- state
 
@@ -81,6 +82,7 @@ class Mixer:
         for source in self.sources:
             source.stream.load_state_dict(state["streams"][source.name])
         self._iterators.clear()  # restart the iterators from the restored positions
+        self._exhausted.clear()
 
     # ------------------------------------------------------------------- batching
 
@@ -91,20 +93,52 @@ class Mixer:
         return next(self._iterators[source.name])
 
     def _pick(self) -> int:
-        return int(self.rng.choice(len(self.sources), p=self.probabilities))
+        live = self._live()
+        p = np.where(live, self.probabilities, 0.0)
+        return int(self.rng.choice(len(self.sources), p=p / p.sum()))
+
+    def _live(self) -> np.ndarray:
+        return np.asarray([s.name not in self._exhausted for s in self.sources])
+
+    def _draw(self, index: int | None = None) -> dict | None:
+        """The next example of ``index`` (or of a weighted pick); None when every stream
+        has ended (finite, e.g. validation, streams only)."""
+        while self._live().any():
+            chosen = self._pick() if index is None else index
+            try:
+                return self._next_from(chosen)
+            except StopIteration:
+                self._exhausted.add(self.sources[chosen].name)
+                if index is not None:
+                    return None
+        return None
 
     def __iter__(self) -> Iterator[list[dict]]:
         while True:
-            yield self.next_batch()
+            batch = self.next_batch()
+            if not batch:
+                return
+            yield batch
 
     def next_batch(self) -> list[dict]:
+        """The next batch; empty once every (finite) stream has ended."""
         if self.mode == "batch":
+            if not self._live().any():
+                return []
             index = self._pick()
-            return [self._next_from(index) for _ in range(self.sources[index].batch_size)]
+            batch = []
+            for _ in range(self.sources[index].batch_size):
+                example = self._draw(index)
+                if example is None:
+                    break
+                batch.append(example)
+            return batch if batch else self.next_batch()
         batch: list[dict] = []
         longest = 0
         while len(batch) < self.batch_size:
-            example = self._next_from(self._pick())
+            example = self._draw()
+            if example is None:
+                break
             batch.append(example)
             longest = max(longest, self.length_of(example))
             if self.tokens_per_batch is not None and len(batch) * longest >= self.tokens_per_batch:

@@ -190,7 +190,9 @@ class Source:
                     f"{self.consumer.count} (ranks x dataloader workers): fewer samples than readers"
                 )
             if started_at == 0 and not yielded:
-                raise DataError(f"source {self.name} yielded no usable sample (skipped: {dict(self.skipped)})")
+                raise DataError(
+                    f"source {self.name} yielded no usable sample (skipped: {dict(self.skipped)})"
+                )
             if not self.infinite:
                 return
             self.epoch, self.position = self.epoch + 1, 0
@@ -225,7 +227,9 @@ class JsonlSource(Source):
         return len(self._offsets)
 
     def _epoch_samples(self, epoch, start):
-        order = np.random.default_rng(stable_seed(self.seed, self.name, epoch)).permutation(len(self._offsets))
+        order = np.random.default_rng(stable_seed(self.seed, self.name, epoch)).permutation(
+            len(self._offsets)
+        )
         mine = order[self.consumer.index :: self.consumer.count]
         handles: dict[int, object] = {}
         try:
@@ -276,7 +280,9 @@ class TarSource(Source):
 
     def _epoch_samples(self, epoch, start):
         reader = self.consumer
-        shard_order = np.random.default_rng(stable_seed(self.seed, self.name, epoch)).permutation(len(self.shards))
+        shard_order = np.random.default_rng(stable_seed(self.seed, self.name, epoch)).permutation(
+            len(self.shards)
+        )
         # Deal whole shards when there are enough of them; otherwise deal samples.
         by_shard = len(self.shards) >= reader.count
         shards = shard_order[reader.index :: reader.count] if by_shard else shard_order
@@ -285,7 +291,9 @@ class TarSource(Source):
         for s in shards:
             shard = self.shards[int(s)]
             items = self._index_shard(shard)
-            order = np.random.default_rng(stable_seed(self.seed, self.name, epoch, shard.name)).permutation(len(items))
+            order = np.random.default_rng(stable_seed(self.seed, self.name, epoch, shard.name)).permutation(
+                len(items)
+            )
             for k in order:
                 if not by_shard:
                     dealt += 1
@@ -339,7 +347,9 @@ class TarSource(Source):
         try:
             with open(shard, "rb") as handle:
                 media = _read_at(handle, *item.members[media_ext])
-                caption = _read_at(handle, *item.members["txt"]).decode("utf-8") if "txt" in item.members else ""
+                caption = (
+                    _read_at(handle, *item.members["txt"]).decode("utf-8") if "txt" in item.members else ""
+                )
                 if not caption.strip() and "json" in item.members:
                     meta = json.loads(_read_at(handle, *item.members["json"]))
                     caption = meta.get("caption", "") if isinstance(meta, dict) else ""

@@ -314,7 +314,11 @@ def write_synthetic_dataset(
             for index in range(n_videos):
                 spec = sample_video_spec(seed, split, index)
                 data = encode_synthetic_video(spec)
-                meta = {**asdict(spec), "num_frames": len(frame_times(spec)), "captions": spec.scene.captions()}
+                meta = {
+                    **asdict(spec),
+                    "num_frames": len(frame_times(spec)),
+                    "captions": spec.scene.captions(),
+                }
                 sink.write(
                     {
                         "__key__": spec.key,

@@ -35,6 +35,7 @@ class MediaError(ValueError):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail
 
 
 # ----------------------------------------------------------------- index arithmetic
@@ -114,7 +115,9 @@ class VideoInfo:
 
 def _open(source: bytes | str | os.PathLike):
     try:
-        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+        handle = (
+            io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+        )
         return av.open(handle)
     except FileNotFoundError:
         raise

@@ -84,3 +84,56 @@ def generation_prompt(caption: str, media: str = "video") -> str:
     if media == "image":
         return instruction(f"Generate an image of {caption}")
     raise ValueError(f"media must be 'video' or 'image', got {media!r}")
+
+
+# SFT-generation instructions: one is picked at random and followed by " " + caption
+# (divot-reference §5.8: the reference draws from 17 video and 22 image prompts of this
+# kind; these lists are ours).
+VIDEO_GENERATION_PROMPTS: tuple[str, ...] = (
+    "Please generate a video of",
+    "Generate a video of",
+    "Show me a video:",
+    "Create a video showing",
+    "Make a short video of",
+    "Can you produce a video of",
+    "I would like to see a video of",
+    "Render a clip of",
+    "Produce a video clip showing",
+    "Give me a video that shows",
+    "Animate",
+    "Make a clip:",
+    "Create a short clip of",
+    "Please make a video showing",
+    "Generate a clip where there is",
+    "Show a video of",
+    "Could you create a video of",
+)
+IMAGE_GENERATION_PROMPTS: tuple[str, ...] = (
+    "Please generate an image of",
+    "Generate an image of",
+    "Show me an image:",
+    "Create an image showing",
+    "Draw",
+    "Make a picture of",
+    "Can you produce an image of",
+    "I would like to see a picture of",
+    "Render an image of",
+    "Paint",
+    "Give me a picture that shows",
+    "Produce an image of",
+    "Create a picture of",
+    "Please draw",
+    "Generate a picture where there is",
+    "Show a picture of",
+    "Could you create an image of",
+    "Illustrate",
+    "Make an image:",
+    "Sketch",
+    "Create a photo of",
+    "Generate a photo of",
+)
+
+
+def generation_instruction(prompt: str, caption: str) -> str:
+    """SFT-generation turn: ``"[INST] {prompt} {caption} [/INST]\\n"``."""
+    return instruction(f"{prompt} {caption}")

@@ -64,13 +64,17 @@ def keys(source) -> list[str]:
 @pytest.mark.parametrize("num_shards", [7, 2])  # dealt by shard / dealt by sample
 def test_tar_epoch_is_partitioned_exactly_across_readers(tmp_path, num_shards):
     shards = make_shards(tmp_path, num_shards, 5)
-    seen = [k for reader in READERS for k in keys(TarSource("v", shards, seed=1, consumer=reader, infinite=False))]
+    seen = [
+        k for reader in READERS for k in keys(TarSource("v", shards, seed=1, consumer=reader, infinite=False))
+    ]
     assert len(seen) == num_shards * 5 and len(set(seen)) == len(seen)
 
 
 def test_jsonl_epoch_is_partitioned_exactly_across_readers(tmp_path):
     path, media = make_jsonl(tmp_path, 23)
-    seen = [k for r in READERS for k in keys(JsonlSource("c", [path], media, seed=1, consumer=r, infinite=False))]
+    seen = [
+        k for r in READERS for k in keys(JsonlSource("c", [path], media, seed=1, consumer=r, infinite=False))
+    ]
     assert sorted(seen) == sorted(f"ann.jsonl:{i}" for i in range(1, 24))
 
 
@@ -90,7 +94,11 @@ def test_resume_continues_the_exact_stream(tmp_path, kind):
         if kind == "tar":
             return TarSource("v", make_shards(tmp_path / "s", 3, 4) if not (tmp_path / "s").exists()
                              else sorted((tmp_path / "s").glob("*.tar")), seed=9, consumer=READERS[1])  # fmt: skip
-        path, media = (tmp_path / "ann.jsonl", tmp_path / "media") if (tmp_path / "ann.jsonl").exists() else make_jsonl(tmp_path, 9)
+        path, media = (
+            (tmp_path / "ann.jsonl", tmp_path / "media")
+            if (tmp_path / "ann.jsonl").exists()
+            else make_jsonl(tmp_path, 9)
+        )
         return JsonlSource("c", [path], media, seed=9, consumer=READERS[1])
 
     uninterrupted = [s.key for s in itertools.islice(iter(build()), 10)]
@@ -139,7 +147,12 @@ def test_bad_tar_members_and_shards_are_skipped_and_counted(tmp_path):
     truncated.write_bytes(good.read_bytes()[:1200])  # cut inside the first sample's data
     source = TarSource("v", [good, evil, garbage, truncated], seed=0, infinite=False)
     got = keys(source)
-    assert sorted(k.split(":")[1] for k in got if k.startswith(("shard", "evil"))) == ["ok", "s0-000", "s0-001", "s0-002"]
+    assert sorted(k.split(":")[1] for k in got if k.startswith(("shard", "evil"))) == [
+        "ok",
+        "s0-000",
+        "s0-001",
+        "s0-002",
+    ]
     counts = dict(source.skipped)
     assert counts["unsafe_member_path"] == 2 and counts["empty_text"] == 1 and counts["no_media_member"] == 1
     assert counts["corrupt_shard"] == 1 and counts["truncated_shard"] == 1
@@ -153,7 +166,11 @@ def test_a_source_that_yields_nothing_is_an_error_naming_it(tmp_path):
     with pytest.raises(DataError, match="source cc3m: no file matches"):
         expand_paths(tmp_path, ["nothing/*.tar"], "cc3m")
     with pytest.raises(DataError, match="fewer samples than readers"):
-        list(JsonlSource("tiny", [make_jsonl(tmp_path / "one", 1)[0]], tmp_path / "one" / "media", consumer=READERS[3]))
+        list(
+            JsonlSource(
+                "tiny", [make_jsonl(tmp_path / "one", 1)[0]], tmp_path / "one" / "media", consumer=READERS[3]
+            )
+        )
 
 
 def test_paths_cannot_escape_their_roots(tmp_path):
@@ -169,9 +186,22 @@ def test_paths_cannot_escape_their_roots(tmp_path):
 
 
 def test_annotation_formats_of_the_reference():
-    assert parse_annotation({"video": "a.mp4", "caption": ["one", "two"]}) == ("video", "a.mp4", ["one", "two"], [])
-    assert parse_annotation({"video": "a.mp4", "question": "<video>\nWhat?", "answer": "That."})[3] == [("What?", "That.")]
-    assert parse_annotation({"image": "i.jpg", "data": ["q1", "a1", "q2", "a2"]})[3] == [("q1", "a1"), ("q2", "a2")]
-    assert parse_annotation({"image": "i.jpg", "questions": ["<image> q"], "answers": ["a"]})[:2] == ("image", "i.jpg")
+    assert parse_annotation({"video": "a.mp4", "caption": ["one", "two"]}) == (
+        "video",
+        "a.mp4",
+        ["one", "two"],
+        [],
+    )
+    assert parse_annotation({"video": "a.mp4", "question": "<video>\nWhat?", "answer": "That."})[3] == [
+        ("What?", "That.")
+    ]
+    assert parse_annotation({"image": "i.jpg", "data": ["q1", "a1", "q2", "a2"]})[3] == [
+        ("q1", "a1"),
+        ("q2", "a2"),
+    ]
+    assert parse_annotation({"image": "i.jpg", "questions": ["<image> q"], "answers": ["a"]})[:2] == (
+        "image",
+        "i.jpg",
+    )
     with pytest.raises(ValueError):
         parse_annotation({"image": "i.jpg", "data": ["q1"]})

@@ -168,7 +168,10 @@ def test_unusable_media_raise_media_error_with_a_reason():
         (lambda: sample_video_clips(video[: len(video) // 2], 1, np.random.default_rng(0)), "corrupt_video"),
         (lambda: sample_video_clips(b"not a video", 1, np.random.default_rng(0)), "corrupt_video"),
         (lambda: sample_video_clips(video, 1, np.random.default_rng(0), min_resolution=100), "too_small"),
-        (lambda: sample_video_clips(video, 1, np.random.default_rng(0), min_aspect_ratio=0.9), "bad_aspect_ratio"),
+        (
+            lambda: sample_video_clips(video, 1, np.random.default_rng(0), min_aspect_ratio=0.9),
+            "bad_aspect_ratio",
+        ),
         (lambda: image_clip(b"\x89PNG broken"), "corrupt_image"),
     ]
     for call, reason in cases:

@@ -1,0 +1,366 @@
+"""The training/validation data loader: sources -> examples -> mixed batches, over
+dataloader workers, with an exact, resumable state.
+
+Each dataloader worker of each rank is one *reader* (see ``sources.Consumer``): it owns
+its slice of every source, its own mixer and its own position. A worker yields each
+batch together with its state right after producing it; the main process keeps the state
+of the last batch it actually handed out per worker slot. Since torch's DataLoader takes
+batches from its workers round-robin, a resumed loader rotates which physical worker
+plays which slot so that the next batch comes from the slot whose turn it was -- the
+resumed stream is the uninterrupted one, batch for batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from divot_llm.data.collate import collate
+from divot_llm.data.mixing import Mixer, MixSource
+from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder, SequenceTooLong
+from divot_llm.data.sources import (
+    Consumer,
+    DataError,
+    JsonlSource,
+    RawSample,
+    Source,
+    TarSource,
+    expand_paths,
+    safe_join,
+    stable_seed,
+)
+from divot_llm.data.video import MediaError, clip_positions, image_clip, sample_video_clips
+from divot_llm.text.tokenizer import DivotTextTokenizer
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    kind: str  # webdataset | jsonl
+    task: str
+    paths: tuple[str, ...]
+    media_root: str | None
+    weight: float
+    batch_size: int
+    max_length: int
+    num_clips: int
+    min_resolution: int
+    min_aspect_ratio: float
+    bidirectional_queries: bool
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Everything a worker needs to rebuild its streams (plain, picklable values)."""
+
+    root: Path
+    sources: tuple[SourceSpec, ...]
+    seed: int
+    infinite: bool
+    mixing: str
+    batch_size: int
+    tokens_per_batch: int | None
+    tokens_per_clip: int
+    frames_per_clip: int
+    image_size: int
+    window: int
+    sample_fps: float
+    stride: int
+
+
+# ------------------------------------------------------------------------ examples
+
+
+def _open_image(media: bytes | Path) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(media) if isinstance(media, bytes) else media)
+        image.load()
+        return image.convert("RGB")
+    except Exception as exc:  # PIL raises many exception types for bad files
+        raise MediaError("corrupt_image", str(exc)) from exc
+
+
+def _clips(raw: RawSample, source: SourceSpec, spec: LoaderSpec, rng: np.random.Generator) -> torch.Tensor:
+    """(C, F, 3, S, S) frames of a sample's video (reference clip rules) or image."""
+    if raw.media_kind == "image":
+        image = _open_image(raw.media)
+        short, long = sorted(image.size)
+        if short < source.min_resolution:
+            raise MediaError("too_small", f"{image.size[0]}x{image.size[1]} < {source.min_resolution}")
+        if short / long < source.min_aspect_ratio:
+            raise MediaError("bad_aspect_ratio", f"{image.size[0]}x{image.size[1]}")
+        return image_clip(image, spec.frames_per_clip, spec.image_size)
+    generation = source.task not in COMPREHENSION_TASKS
+    return sample_video_clips(
+        raw.media,
+        num_clips=1 if generation else source.num_clips,
+        rng=rng,
+        dense=source.task == "sft_comp",  # QA: always num_clips clips (reference §7.3)
+        image_size=spec.image_size,
+        window=spec.window,
+        sample_fps=spec.sample_fps,
+        stride=spec.stride,
+        min_resolution=source.min_resolution,
+        min_aspect_ratio=source.min_aspect_ratio,
+    )
+
+
+def make_example(
+    raw: RawSample, source: SourceSpec, spec: LoaderSpec, builder: SequenceBuilder, rng: np.random.Generator
+) -> tuple[dict, bool]:
+    """One training example and whether its text was truncated."""
+    clips = _clips(raw, source, spec, rng)
+    seq = builder.build(
+        source.task, raw.media_kind, clips.shape[0], source.max_length, rng, raw.captions, raw.turns
+    )
+    comprehension = source.task in COMPREHENSION_TASKS
+    count = clips.shape[0]
+    example = {
+        "input_ids": seq.input_ids,
+        "labels": seq.labels,
+        "attention_mask": seq.attention_mask,
+        "ids_cmp_mask": seq.ids_cmp_mask,
+        "ids_gen_mask": seq.ids_gen_mask,
+        "frames": clips,
+        "embeds_cmp_mask": torch.full((count,), comprehension),
+        "embeds_gen_mask": torch.full((count,), not comprehension),
+        "source": raw.source,
+        "key": raw.key,
+    }
+    return example, seq.truncated
+
+
+class ExampleStream:
+    """A source's raw samples turned into examples; failures are skipped and counted on
+    the source's counter (so they travel with its state)."""
+
+    def __init__(self, source: Source, spec: SourceSpec, loader: LoaderSpec, builder: SequenceBuilder):
+        self.source, self.spec, self.loader, self.builder = source, spec, loader, builder
+
+    def state_dict(self) -> dict:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state)
+
+    def __iter__(self) -> Iterator[dict]:
+        last_success_epoch = self.source.epoch
+        for raw in self.source:
+            # per-sample randomness (clip starts, caption, prompt) depends only on the
+            # sample and epoch: the same whichever worker or rank reads it
+            rng = np.random.default_rng(stable_seed(self.loader.seed, raw.key, self.source.epoch))
+            try:
+                example, truncated = make_example(raw, self.spec, self.loader, self.builder, rng)
+            except (MediaError, SequenceTooLong) as exc:
+                self.source.skipped.skip(exc.reason, raw.key, exc.detail)
+                if self.source.epoch >= last_success_epoch + 2:
+                    raise DataError(
+                        f"source {self.source.name} produced no usable example in a whole epoch "
+                        f"(skipped: {dict(self.source.skipped)})"
+                    ) from exc
+                continue
+            except FileNotFoundError as exc:
+                self.source.skipped.skip("missing_file", raw.key, str(exc))
+                continue
+            if truncated:
+                self.source.skipped["truncated_kept"] += 1
+            last_success_epoch = self.source.epoch
+            yield example
+
+
+# ------------------------------------------------------------------------- mixing
+
+
+def build_mixer(spec: LoaderSpec, tokenizer: DivotTextTokenizer, consumer: Consumer) -> Mixer:
+    sources = []
+    for src in spec.sources:
+        files = expand_paths(spec.root, list(src.paths), src.name)
+        if src.kind == "jsonl":
+            media_root = safe_join(spec.root, src.media_root or ".")
+            source: Source = JsonlSource(src.name, files, media_root, spec.seed, consumer, spec.infinite)
+        else:
+            source = TarSource(src.name, files, spec.seed, consumer, spec.infinite)
+        builder = SequenceBuilder(tokenizer, spec.tokens_per_clip, src.bidirectional_queries)
+        stream = ExampleStream(source, src, spec, builder)
+        sources.append(MixSource(src.name, stream, src.weight, src.batch_size))
+    return Mixer(
+        sources,
+        seed=stable_seed(spec.seed, "mix", consumer.index, consumer.count),
+        mode=spec.mixing,
+        batch_size=spec.batch_size,
+        tokens_per_batch=spec.tokens_per_batch,
+    )
+
+
+class _WorkerStreams(torch.utils.data.IterableDataset):
+    """What each dataloader worker runs: its slot's mixer, yielding (batch, slot, state)."""
+
+    def __init__(self, spec, tokenizer, rank, world_size, num_workers, slot_states, first_slot):
+        super().__init__()
+        self.spec, self.tokenizer = spec, tokenizer
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.slot_states, self.first_slot = slot_states, first_slot
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        physical = info.id if info is not None else 0
+        slot = (physical + self.first_slot) % max(1, self.num_workers)
+        consumer = Consumer.of(self.rank, self.world_size, slot, self.num_workers)
+        mixer = build_mixer(self.spec, self.tokenizer, consumer)
+        if self.slot_states[slot] is not None:
+            mixer.load_state_dict(self.slot_states[slot])
+        for examples in mixer:
+            yield collate(examples, self.tokenizer.pad_id), slot, mixer.state_dict()
+        yield None, slot, mixer.state_dict()  # end of a finite stream: its final counts
+
+
+class DivotLoader:
+    """Iterable over batches of one rank; ``state_dict``/``load_state_dict`` resume it.
+
+    Args:
+        stateful: keep position across iterations (training). A validation loader is not
+            stateful: every iteration is a fresh pass over its (finite) sources.
+    """
+
+    def __init__(self, spec, tokenizer, rank=0, world_size=1, num_workers=0, stateful=True):
+        self.spec, self.tokenizer = spec, tokenizer
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.stateful = stateful
+        self._slots = max(1, num_workers)
+        self._slot_states: list[dict | None] = [None] * self._slots  # as of the last batch handed out
+        self._final_states: list[dict | None] = [None] * self._slots  # latest seen, for counts
+        self._next_slot = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        states = self._slot_states if self.stateful else [None] * self._slots
+        first = self._next_slot if self.stateful else 0
+        dataset = _WorkerStreams(
+            self.spec, self.tokenizer, self.rank, self.world_size, self.num_workers, states, first
+        )
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            prefetch_factor=2 if self.num_workers else None,
+            persistent_workers=False,
+        )
+        self._final_states = [None] * self._slots
+        for batch, slot, state in loader:
+            if batch is None:
+                self._final_states[slot] = state
+                continue
+            if self.stateful:
+                self._slot_states[slot] = state
+                self._next_slot = (slot + 1) % self._slots
+            self._final_states[slot] = state
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "slot_states": copy.deepcopy(self._slot_states),
+            "next_slot": self._next_slot,
+            "num_workers": self.num_workers,
+            "world_size": self.world_size,
+            "rank": self.rank,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["num_workers"], state["world_size"]) != (self.num_workers, self.world_size):
+            raise ValueError(
+                f"the data state was saved with {state['world_size']} ranks x {state['num_workers']} workers; "
+                f"resuming needs the same layout (now {self.world_size} x {self.num_workers}) to continue the "
+                "exact stream"
+            )
+        self._slot_states = copy.deepcopy(state["slot_states"])
+        self._final_states = copy.deepcopy(state["slot_states"])
+        self._next_slot = int(state["next_slot"])
+
+    def skip_counts(self) -> dict[str, int]:
+        """Skipped samples per reason (plus ``truncated_kept``), over the batches handed
+        out so far, summed over this rank's workers and sources."""
+        total: Counter[str] = Counter()
+        for state in self._final_states:
+            for stream in (state or {}).get("streams", {}).values():
+                total.update(stream.get("skipped", {}))
+        return dict(total)
+
+
+# ----------------------------------------------------------------------- building
+
+
+def build_loader(
+    data_cfg: Any,
+    tokenizer: DivotTextTokenizer,
+    tokens_per_clip: int,
+    frames_per_clip: int,
+    image_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    split: str = "train",
+) -> DivotLoader:
+    """The loader of one rank for ``cfg.data`` (``split="val"``: ``val_sources``, one pass).
+
+    Raises:
+        DataError: no sources, or a source whose paths match nothing.
+        ValueError: the clip sampling gives a different number of frames than the video
+            tokenizer takes.
+    """
+    sources_cfg = data_cfg.sources if split == "train" else data_cfg.val_sources
+    if not sources_cfg:
+        raise DataError(
+            f"no {split} data sources configured (data.{'sources' if split == 'train' else 'val_sources'})"
+        )
+    sampled = len(clip_positions(data_cfg.frames_per_window, data_cfg.frame_stride))
+    if sampled != frames_per_clip:
+        raise ValueError(
+            f"clip sampling gives {sampled} frames (window {data_cfg.frames_per_window}, stride "
+            f"{data_cfg.frame_stride}) but the video tokenizer takes {frames_per_clip}"
+        )
+    spec = LoaderSpec(
+        root=Path(data_cfg.root).resolve(),
+        sources=tuple(_source_spec(name, cfg) for name, cfg in sources_cfg.items()),
+        seed=int(data_cfg.seed),
+        infinite=bool(data_cfg.infinite) and split == "train",
+        mixing=str(getattr(data_cfg.mixing, "value", data_cfg.mixing)),
+        batch_size=int(data_cfg.batch_size),
+        tokens_per_batch=data_cfg.tokens_per_batch,
+        tokens_per_clip=tokens_per_clip,
+        frames_per_clip=frames_per_clip,
+        image_size=image_size,
+        window=int(data_cfg.frames_per_window),
+        sample_fps=float(data_cfg.fps),
+        stride=int(data_cfg.frame_stride),
+    )
+    for source in spec.sources:  # fail at start-up, naming the source, not in a worker
+        expand_paths(spec.root, list(source.paths), source.name)
+    workers = int(data_cfg.num_workers)
+    return DivotLoader(spec, tokenizer, rank, world_size, workers, stateful=split == "train")
+
+
+def _source_spec(name: str, cfg: Any) -> SourceSpec:
+    def plain(value):
+        return getattr(value, "value", value)  # enums from the structured config
+
+    return SourceSpec(
+        name=name,
+        kind=plain(cfg.kind),
+        task=plain(cfg.task),
+        paths=tuple(cfg.paths),
+        media_root=cfg.media_root,
+        weight=float(cfg.weight),
+        batch_size=int(cfg.batch_size),
+        max_length=int(cfg.max_length),
+        num_clips=int(cfg.num_clips),
+        min_resolution=int(cfg.min_resolution),
+        min_aspect_ratio=float(cfg.min_aspect_ratio),
+        bidirectional_queries=bool(cfg.bidirectional_queries),
+    )
