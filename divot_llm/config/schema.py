@@ -152,29 +152,51 @@ class DivotTokenizerConfig:
 
 @dataclass
 class DynamiCrafterConfig:
-    """Video diffusion de-tokenizer (DynamiCrafter-style 3D UNet + SD KL-f8 VAE)."""
+    """Video diffusion de-tokenizer: Resampler_DC conditioning -> DynamiCrafter-style 3D UNet
+    (v-prediction, zero-terminal-SNR DDIM) -> SD KL-f8 VAE. Defaults are the released
+    Divot shapes and sampler settings (reference §4)."""
 
     name: str = "divot"
+    arch: str = "dynamicrafter"  # implementation: divot_llm/detokenizers/<arch>.py (registry key)
     pretrained_path: str | None = MISSING  # Divot_detokenizer_stage{1,2}.bin; null = random
-    num_frames: int = 16  # output frames per clip (8 fps, 2 s)
+    vae_path: str | None = None  # SD VAE (diffusers folder or LDM file), loaded before pretrained_path
+    feature_dim: int = 256  # D of the tokenizer features it decodes
+    num_frames: int = 16  # output frames per clip
+    fps: int = 8  # playback rate of the decoded clip (16 frames = 2 s)
     image_size: int = 256
     latent_channels: int = 4
     scale_factor: float = 0.18215
+    # UNet (widths must be multiples of 32: lvdm hard-codes 32 GroupNorm groups)
     model_channels: int = 320
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
     num_res_blocks: int = 2
     attention_resolutions: list[int] = field(default_factory=lambda: [4, 2, 1])
     num_head_channels: int = 64
+    transformer_depth: int = 1
     context_dim: int = 1024
+    text_context_len: int = 77  # first 77 context tokens -> "text" k/v, the rest -> "image" k/v
+    dropout: float = 0.1
+    gradient_checkpointing: bool = True  # per UNet block, while training
+    # VAE (ch, ch_mult of the LDM ddconfig; 2 res blocks per level, as SD)
     vae_channels: int = 128
     vae_channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
-    condition_tokens: int = 125  # image_proj_model queries
+    # image_proj_model (Resampler_DC): (B, N, feature_dim) -> (B, condition_tokens, context_dim)
+    condition_tokens: int = 125
     condition_layers: int = 6
+    condition_heads: int = 16
+    condition_dim_head: int = 64
+    # noise schedule and sampler
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    timestep_spacing: str = "uniform"  # lvdm names: uniform (1, 21, ..., 981) | uniform_trailing
     ddim_steps: int = 50
     ddim_eta: float = 1.0
     guidance_scale: float = 7.5
     guidance_rescale: float = 0.7
     frame_stride: int = 3  # fs conditioning
+    # training
+    cond_drop_prob: float = 0.1  # clips conditioned on the zero-clip features (CFG dropout) [inferred]
 
 
 # --------------------------------------------------------------------------- data
@@ -203,6 +225,8 @@ class DataConfig:
     mixing: MixMode = MixMode.sample
     batch_size: int = 8  # examples per batch in "sample" mixing (per rank)
     tokens_per_batch: int | None = None  # "sample" mixing: close a batch once B x longest >= this
+    packing: bool = False  # several examples per row, each attending only to itself
+    pack_length: int | None = None  # row length when packing; null = the longest source max_length
     fps: int = 8  # sampling rate of the 16-frame window (frame size comes from the video tokenizer)
     frames_per_window: int = 16
     frame_stride: int = 4  # keep frames 0,4,8,12 + the last -> 5 per clip

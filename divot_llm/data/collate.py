@@ -12,6 +12,7 @@ import torch
 from divot_llm.text.templates import IGNORE_INDEX, PADDING
 
 TEXT_KEYS = ("input_ids", "labels", "attention_mask", "ids_cmp_mask", "ids_gen_mask")
+PACKED_KEYS = ("segment_ids", "position_ids")  # present only in packed batches
 
 
 def collate(examples: list[dict], pad_id: int) -> dict:
@@ -20,9 +21,10 @@ def collate(examples: list[dict], pad_id: int) -> dict:
     length = max(len(e["input_ids"]) for e in examples)
     clips = max(e["frames"].shape[0] for e in examples)
     fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": PADDING, "ids_cmp_mask": False,
-            "ids_gen_mask": False}  # fmt: skip
+            "ids_gen_mask": False, "segment_ids": 0, "position_ids": 0}  # fmt: skip
     batch: dict = {}
-    for key in TEXT_KEYS:
+    keys = TEXT_KEYS + (PACKED_KEYS if "segment_ids" in examples[0] else ())
+    for key in keys:
         first = examples[0][key]
         out = torch.full((len(examples), length), fill[key], dtype=first.dtype)
         for row, example in enumerate(examples):
@@ -40,3 +42,36 @@ def collate(examples: list[dict], pad_id: int) -> dict:
     batch["sources"] = [e["source"] for e in examples]
     batch["keys"] = [e["key"] for e in examples]
     return batch
+
+
+def pack(examples: list[dict], pad_id: int, pack_length: int) -> dict:
+    """Sequence packing: several examples per row, each a segment that attends only to
+    itself (``segment_ids``, 1-based, 0 = padding) with positions restarting at 0
+    (``position_ids``). Rows fill in order (next-fit), so clips keep their global
+    (example, clip) order and the losses equal those of the unpacked batch.
+    """
+    rows: list[list[dict]] = [[]]
+    used = 0
+    for example in examples:
+        length = len(example["input_ids"])
+        if length > pack_length:
+            raise ValueError(f"example {example['key']} has {length} tokens > pack_length {pack_length}")
+        if used + length > pack_length and rows[-1]:
+            rows.append([])
+            used = 0
+        rows[-1].append(example)
+        used += length
+    return collate([_concatenate(row) for row in rows], pad_id)
+
+
+def _concatenate(row: list[dict]) -> dict:
+    """One packed row as a single example (plus segment and position ids)."""
+    merged = {
+        key: torch.cat([e[key] for e in row]) for key in (*TEXT_KEYS, "embeds_cmp_mask", "embeds_gen_mask")
+    }
+    merged["frames"] = torch.cat([e["frames"] for e in row])
+    merged["segment_ids"] = torch.cat([torch.full((len(e["input_ids"]),), i + 1) for i, e in enumerate(row)])
+    merged["position_ids"] = torch.cat([torch.arange(len(e["input_ids"])) for e in row])
+    merged["source"] = "+".join(e["source"] for e in row)
+    merged["key"] = "+".join(e["key"] for e in row)
+    return merged

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from divot_llm.data.collate import collate
+from divot_llm.data.collate import collate, pack
 from divot_llm.data.mixing import Mixer, MixSource
 from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder, SequenceTooLong
 from divot_llm.data.sources import (
@@ -69,6 +69,7 @@ class LoaderSpec:
     mixing: str
     batch_size: int
     tokens_per_batch: int | None
+    pack_length: int | None  # None: no packing
     tokens_per_clip: int
     frames_per_clip: int
     image_size: int
@@ -219,7 +220,11 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
         if self.slot_states[slot] is not None:
             mixer.load_state_dict(self.slot_states[slot])
         for examples in mixer:
-            yield collate(examples, self.tokenizer.pad_id), slot, mixer.state_dict()
+            if self.spec.pack_length:
+                batch = pack(examples, self.tokenizer.pad_id, self.spec.pack_length)
+            else:
+                batch = collate(examples, self.tokenizer.pad_id)
+            yield batch, slot, mixer.state_dict()
         yield None, slot, mixer.state_dict()  # end of a finite stream: its final counts
 
 
@@ -333,6 +338,7 @@ def build_loader(
         mixing=str(getattr(data_cfg.mixing, "value", data_cfg.mixing)),
         batch_size=int(data_cfg.batch_size),
         tokens_per_batch=data_cfg.tokens_per_batch,
+        pack_length=_pack_length(data_cfg, sources_cfg),
         tokens_per_clip=tokens_per_clip,
         frames_per_clip=frames_per_clip,
         image_size=image_size,
@@ -344,6 +350,16 @@ def build_loader(
         expand_paths(spec.root, list(source.paths), source.name)
     workers = int(data_cfg.num_workers)
     return DivotLoader(spec, tokenizer, rank, world_size, workers, stateful=split == "train")
+
+
+def _pack_length(data_cfg: Any, sources_cfg: Any) -> int | None:
+    if not data_cfg.packing:
+        return None
+    longest = max(int(cfg.max_length) for cfg in sources_cfg.values())
+    length = int(data_cfg.pack_length or longest)
+    if length < longest:
+        raise ValueError(f"data.pack_length {length} is shorter than a source's max_length {longest}")
+    return length
 
 
 def _source_spec(name: str, cfg: Any) -> SourceSpec:

@@ -56,6 +56,7 @@ def build_attention_mask(
     block_size: int,
     dtype: torch.dtype,
     sliding_window: int | None = None,
+    segment_bt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Additive ``(B, 1, T, T)`` mask: 0 where a query row may attend a key, a large
     negative number elsewhere.
@@ -65,6 +66,8 @@ def build_attention_mask(
         block_size: N, the query block length.
         dtype: The attention dtype (the model's).
         sliding_window: Mistral's window: a causal key further back than this is masked.
+        segment_bt: ``(B, T)`` ids of packed samples (sequence packing): a token only
+            attends to tokens of its own segment. None: one sample per row.
 
     Returns:
         ``(B, 1, T, T)`` tensor of ``dtype``.
@@ -76,6 +79,8 @@ def build_attention_mask(
         causal_tt = causal_tt & (pos_t[:, None] - pos_t[None, :] < sliding_window)
     key_valid_bt = mask_bt != PADDING
     allowed_btt = causal_tt[None] & key_valid_bt[:, None, :]
+    if segment_bt is not None:  # packed rows: samples never see each other
+        allowed_btt = allowed_btt & (segment_bt[:, :, None] == segment_bt[:, None, :])
 
     block_bt = query_block_ids(mask_bt == QUERY, block_size)
     same_block_btt = (block_bt[:, :, None] == block_bt[:, None, :]) & (block_bt[:, :, None] >= 0)

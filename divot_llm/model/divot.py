@@ -142,25 +142,36 @@ class DivotLLM(nn.Module):
         clips_gnh = self.input_resampler(clips_gnd.to(embeds_bth.dtype))  # (G, N, H)
         return embeds_bth.masked_scatter(ids_cmp_mask.unsqueeze(-1), clips_gnh)
 
-    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden_states(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        segment_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Final-norm hidden states ``(B, T, H)``; query blocks attend bidirectionally.
 
+        ``segment_ids``/``position_ids`` (B, T) describe packed rows: each segment is one
+        sample that attends only to itself, with positions restarting at 0.
+
         Raises:
-            ValueError: the batch has query tokens and the backbone uses flash-attention-2.
+            ValueError: the batch needs a 4-D mask and the backbone uses flash-attention-2.
         """
         config = self.causal_lm.config
-        if (attention_mask == QUERY).any():
+        if (attention_mask == QUERY).any() or segment_ids is not None:
             if config._attn_implementation == "flash_attention_2":
                 raise ValueError(
-                    "flash_attention_2 cannot take the bidirectional query-block mask; use "
-                    "llm.attn_implementation=sdpa for batches with generation samples"
+                    "flash_attention_2 cannot take the bidirectional query-block / packed-sample mask; "
+                    "use llm.attn_implementation=sdpa for batches with generation samples or packing"
                 )
             mask = build_attention_mask(
-                attention_mask, self.tokens_per_clip, inputs_embeds.dtype, config.sliding_window
+                attention_mask, self.tokens_per_clip, inputs_embeds.dtype, config.sliding_window, segment_ids
             )
         else:
             mask = (attention_mask != PADDING).long()  # transformers builds the causal mask
-        out = self.causal_lm.model(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=False)
+        out = self.causal_lm.model(
+            inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
+        )
         return out.last_hidden_state
 
     def query_gmm_params(self, hidden_bth: torch.Tensor, ids_gen_mask: torch.Tensor) -> torch.Tensor:
@@ -181,8 +192,12 @@ class DivotLLM(nn.Module):
         embeds_gen_mask: torch.Tensor | None = None,
         ids_cmp_mask: torch.Tensor | None = None,
         ids_gen_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> DivotOutput:
-        """Losses of a batch (keys described in the module docstring).
+        """Losses of a batch (keys described in the module docstring). With sequence
+        packing, ``segment_ids``/``position_ids`` (B, T) mark the samples of each row and
+        the per-sample losses are per row.
 
         Raises:
             ValueError: mask counts disagree with N x clips for some sample.
@@ -192,7 +207,7 @@ class DivotLLM(nn.Module):
             for m in (embeds_cmp_mask, embeds_gen_mask, ids_cmp_mask, ids_gen_mask)
         )
         embeds_bth = self.embed(input_ids, video_feats, embeds_cmp_mask, ids_cmp_mask)
-        hidden_bth = self.hidden_states(embeds_bth, attention_mask)
+        hidden_bth = self.hidden_states(embeds_bth, attention_mask, segment_ids, position_ids)
         batch = input_ids.shape[0]
 
         lm_sum_b, lm_count_b = self._lm_loss_sums(hidden_bth, labels, batch)
