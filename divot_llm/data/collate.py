@@ -2,7 +2,8 @@
 
 Text is right-padded to the longest sequence (pad id, labels -100, attention 0, masks
 False); clips are padded to the most clips in the batch with zero frames and False clip
-masks, so ``frames`` is (B, C, F, 3, S, S) and ``embeds_*_mask`` is (B, C).
+masks, so ``frames`` is (B, C, F, 3, S, S) -- or, from a feature cache, ``video_feats`` is
+(B, C, N, D) -- and ``embeds_*_mask`` is (B, C).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def collate(examples: list[dict], pad_id: int) -> dict:
     if not examples:
         raise ValueError("cannot collate an empty batch")
     length = max(len(e["input_ids"]) for e in examples)
-    clips = max(e["frames"].shape[0] for e in examples)
+    clips = max(len(e["embeds_cmp_mask"]) for e in examples)
     fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": PADDING, "ids_cmp_mask": False,
             "ids_gen_mask": False, "segment_ids": 0, "position_ids": 0}  # fmt: skip
     batch: dict = {}
@@ -30,13 +31,14 @@ def collate(examples: list[dict], pad_id: int) -> dict:
         for row, example in enumerate(examples):
             out[row, : len(example[key])] = example[key]
         batch[key] = out
-    frame_shape = examples[0]["frames"].shape[1:]  # (F, 3, S, S)
-    batch["frames"] = torch.zeros((len(examples), clips, *frame_shape), dtype=examples[0]["frames"].dtype)
+    media = "video_feats" if "video_feats" in examples[0] else "frames"  # cached features or pixels
+    shape = examples[0][media].shape[1:]  # (F, 3, S, S) or (N, D)
+    batch[media] = torch.zeros((len(examples), clips, *shape), dtype=examples[0][media].dtype)
     for key in ("embeds_cmp_mask", "embeds_gen_mask"):
         batch[key] = torch.zeros((len(examples), clips), dtype=torch.bool)
     for row, example in enumerate(examples):
-        count = example["frames"].shape[0]
-        batch["frames"][row, :count] = example["frames"]
+        count = example[media].shape[0]
+        batch[media][row, :count] = example[media]
         batch["embeds_cmp_mask"][row, :count] = example["embeds_cmp_mask"]
         batch["embeds_gen_mask"][row, :count] = example["embeds_gen_mask"]
     batch["sources"] = [e["source"] for e in examples]
@@ -69,7 +71,8 @@ def _concatenate(row: list[dict]) -> dict:
     merged = {
         key: torch.cat([e[key] for e in row]) for key in (*TEXT_KEYS, "embeds_cmp_mask", "embeds_gen_mask")
     }
-    merged["frames"] = torch.cat([e["frames"] for e in row])
+    media = "video_feats" if "video_feats" in row[0] else "frames"
+    merged[media] = torch.cat([e[media] for e in row])
     merged["segment_ids"] = torch.cat([torch.full((len(e["input_ids"]),), i + 1) for i, e in enumerate(row)])
     merged["position_ids"] = torch.cat([torch.arange(len(e["input_ids"])) for e in row])
     merged["source"] = "+".join(e["source"] for e in row)

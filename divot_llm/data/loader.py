@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from divot_llm.data.collate import collate, pack
+from divot_llm.data.feature_cache import CacheInfo, FeatureCache
 from divot_llm.data.mixing import Mixer, MixSource
 from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder, SequenceTooLong
 from divot_llm.data.sources import (
@@ -76,6 +77,8 @@ class LoaderSpec:
     window: int
     sample_fps: float
     stride: int
+    feature_cache: str | None = None  # read tokenizer features instead of decoding frames
+    split: str = "train"
 
 
 # ------------------------------------------------------------------------ examples
@@ -115,23 +118,49 @@ def _clips(raw: RawSample, source: SourceSpec, spec: LoaderSpec, rng: np.random.
     )
 
 
+def sample_rngs(seed: int, key: str, epoch: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Per-sample generators for clip sampling and for text choices (caption, prompt).
+
+    They depend only on the sample and epoch -- the same whichever worker or rank reads
+    it -- and are separate so that reading cached features (no clip sampling) leaves the
+    text choices exactly as when decoding frames.
+    """
+    return (
+        np.random.default_rng(stable_seed(seed, key, epoch, "clips")),
+        np.random.default_rng(stable_seed(seed, key, epoch, "text")),
+    )
+
+
 def make_example(
-    raw: RawSample, source: SourceSpec, spec: LoaderSpec, builder: SequenceBuilder, rng: np.random.Generator
+    raw: RawSample,
+    source: SourceSpec,
+    spec: LoaderSpec,
+    builder: SequenceBuilder,
+    epoch: int,
+    cache: FeatureCache | None = None,
 ) -> tuple[dict, bool]:
-    """One training example and whether its text was truncated."""
-    clips = _clips(raw, source, spec, rng)
+    """One training example and whether its text was truncated. With a feature cache the
+    example carries ``video_feats (C, N, D)`` instead of ``frames (C, F, 3, S, S)``."""
+    clip_rng, text_rng = sample_rngs(spec.seed, raw.key, epoch)
+    if cache is not None:
+        try:
+            media_key, media = "video_feats", cache.load(cache_group(spec.split, raw.source), raw.key)
+        except FileNotFoundError as exc:
+            raise MediaError("not_in_cache", str(exc)) from exc
+    else:
+        media_key, media = "frames", _clips(raw, source, spec, clip_rng)
+    count = media.shape[0]
     seq = builder.build(
-        source.task, raw.media_kind, clips.shape[0], source.max_length, rng, raw.captions, raw.turns
+        source.task, raw.media_kind, count, source.max_length, text_rng, raw.captions, raw.turns
     )
     comprehension = source.task in COMPREHENSION_TASKS
-    count = clips.shape[0]
     example = {
         "input_ids": seq.input_ids,
         "labels": seq.labels,
         "attention_mask": seq.attention_mask,
         "ids_cmp_mask": seq.ids_cmp_mask,
         "ids_gen_mask": seq.ids_gen_mask,
-        "frames": clips,
+        media_key: media,
         "embeds_cmp_mask": torch.full((count,), comprehension),
         "embeds_gen_mask": torch.full((count,), not comprehension),
         "source": raw.source,
@@ -146,6 +175,7 @@ class ExampleStream:
 
     def __init__(self, source: Source, spec: SourceSpec, loader: LoaderSpec, builder: SequenceBuilder):
         self.source, self.spec, self.loader, self.builder = source, spec, loader, builder
+        self.cache = FeatureCache(loader.feature_cache) if loader.feature_cache else None
 
     def state_dict(self) -> dict:
         return self.source.state_dict()
@@ -156,11 +186,10 @@ class ExampleStream:
     def __iter__(self) -> Iterator[dict]:
         last_success_epoch = self.source.epoch
         for raw in self.source:
-            # per-sample randomness (clip starts, caption, prompt) depends only on the
-            # sample and epoch: the same whichever worker or rank reads it
-            rng = np.random.default_rng(stable_seed(self.loader.seed, raw.key, self.source.epoch))
             try:
-                example, truncated = make_example(raw, self.spec, self.loader, self.builder, rng)
+                example, truncated = make_example(
+                    raw, self.spec, self.loader, self.builder, self.source.epoch, self.cache
+                )
             except (MediaError, SequenceTooLong) as exc:
                 self.source.skipped.skip(exc.reason, raw.key, exc.detail)
                 if self.source.epoch >= last_success_epoch + 2:
@@ -181,15 +210,24 @@ class ExampleStream:
 # ------------------------------------------------------------------------- mixing
 
 
+def cache_group(split: str, source: str) -> str:
+    """The feature-cache folder of a source: splits may reuse source names."""
+    return f"{split}-{source}"
+
+
+def open_source(spec: LoaderSpec, src: SourceSpec, consumer: Consumer, infinite: bool) -> Source:
+    """The raw-sample reader of one configured source."""
+    files = expand_paths(spec.root, list(src.paths), src.name)
+    if src.kind == "jsonl":
+        media_root = safe_join(spec.root, src.media_root or ".")
+        return JsonlSource(src.name, files, media_root, spec.seed, consumer, infinite)
+    return TarSource(src.name, files, spec.seed, consumer, infinite)
+
+
 def build_mixer(spec: LoaderSpec, tokenizer: DivotTextTokenizer, consumer: Consumer) -> Mixer:
     sources = []
     for src in spec.sources:
-        files = expand_paths(spec.root, list(src.paths), src.name)
-        if src.kind == "jsonl":
-            media_root = safe_join(spec.root, src.media_root or ".")
-            source: Source = JsonlSource(src.name, files, media_root, spec.seed, consumer, spec.infinite)
-        else:
-            source = TarSource(src.name, files, spec.seed, consumer, spec.infinite)
+        source = open_source(spec, src, consumer, spec.infinite)
         builder = SequenceBuilder(tokenizer, spec.tokens_per_clip, src.bidirectional_queries)
         stream = ExampleStream(source, src, spec, builder)
         sources.append(MixSource(src.name, stream, src.weight, src.batch_size))
@@ -302,22 +340,15 @@ class DivotLoader:
 # ----------------------------------------------------------------------- building
 
 
-def build_loader(
-    data_cfg: Any,
-    tokenizer: DivotTextTokenizer,
-    tokens_per_clip: int,
-    frames_per_clip: int,
-    image_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    split: str = "train",
-) -> DivotLoader:
-    """The loader of one rank for ``cfg.data`` (``split="val"``: ``val_sources``, one pass).
+def loader_spec(
+    data_cfg: Any, tokens_per_clip: int, frames_per_clip: int, image_size: int, split: str = "train"
+) -> LoaderSpec:
+    """The plain description of ``cfg.data`` for a split, checked against the tokenizer.
 
     Raises:
         DataError: no sources, or a source whose paths match nothing.
         ValueError: the clip sampling gives a different number of frames than the video
-            tokenizer takes.
+            tokenizer takes; a bad pack length.
     """
     sources_cfg = data_cfg.sources if split == "train" else data_cfg.val_sources
     if not sources_cfg:
@@ -345,9 +376,40 @@ def build_loader(
         window=int(data_cfg.frames_per_window),
         sample_fps=float(data_cfg.fps),
         stride=int(data_cfg.frame_stride),
+        feature_cache=data_cfg.feature_cache,
+        split=split,
     )
     for source in spec.sources:  # fail at start-up, naming the source, not in a worker
         expand_paths(spec.root, list(source.paths), source.name)
+    return spec
+
+
+def build_loader(
+    data_cfg: Any,
+    tokenizer: DivotTextTokenizer,
+    tokens_per_clip: int,
+    frames_per_clip: int,
+    image_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    split: str = "train",
+    cache_info: CacheInfo | None = None,
+) -> DivotLoader:
+    """The loader of one rank for ``cfg.data`` (``split="val"``: ``val_sources``, one pass).
+
+    With ``data.feature_cache`` set, ``cache_info`` (what this run's tokenizer and sampling
+    would produce, see ``feature_cache.expected_info``) must be given and match the cache.
+
+    Raises:
+        DataError / ValueError: see ``loader_spec``; a cache that does not match.
+    """
+    spec = loader_spec(data_cfg, tokens_per_clip, frames_per_clip, image_size, split)
+    if spec.feature_cache:
+        if cache_info is None:
+            raise ValueError(
+                "data.feature_cache is set: pass the run's cache_info so the cache can be checked"
+            )
+        FeatureCache(spec.feature_cache).check(cache_info)
     workers = int(data_cfg.num_workers)
     return DivotLoader(spec, tokenizer, rank, world_size, workers, stateful=split == "train")
 

@@ -1,0 +1,94 @@
+"""Feature cache: cached features equal the tokenizer's on the frames the loader samples,
+training batches from the cache give the same loss, mismatches are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from divot_llm.config import compose_config
+from divot_llm.data.cache_build import build_feature_cache
+from divot_llm.data.feature_cache import expected_info
+from divot_llm.data.loader import build_loader
+from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
+from divot_llm.model import build_divot_llm
+from divot_llm.text import DivotTextTokenizer
+from divot_llm.tokenizers import build_video_tokenizer
+
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "embeds_cmp_mask", "embeds_gen_mask", "ids_cmp_mask",
+              "ids_gen_mask")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, mistral_tokenizer_dir):
+    base = tmp_path_factory.mktemp("cache")
+    write_synthetic_dataset(
+        base / "synthetic", seed=4, counts=SyntheticCounts(train_videos=6, val_videos=2, images=4)
+    )
+    cfg = compose_config([f"data.root={base / 'synthetic'}", "data.num_workers=0"])
+    torch.manual_seed(0)
+    video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
+    tokenizer_cfg = OmegaConf.to_container(cfg.video_tokenizer, resolve=True)
+    info = expected_info(video_tokenizer, tokenizer_cfg, cfg.data)
+    counts = build_feature_cache(cfg.data, video_tokenizer, info, base / "cache", batch_clips=8)
+    text = DivotTextTokenizer.from_pretrained(mistral_tokenizer_dir)
+    return cfg, video_tokenizer, info, base / "cache", counts, text
+
+
+def loader(cfg, text, info=None, cache=None):
+    overrides = {"data": {"feature_cache": str(cache)}} if cache else {}
+    cfg = OmegaConf.merge(cfg, overrides)
+    vt = cfg.video_tokenizer
+    return build_loader(cfg.data, text, vt.num_tokens, vt.frames_per_clip, vt.input_size, cache_info=info)
+
+
+def test_cache_covers_every_sample_and_a_rerun_skips_them(setup, tmp_path):
+    cfg, video_tokenizer, info, cache_dir, counts, _ = setup
+    assert counts["written"] == 6 + 6 + 4 + 4 + 2 + 2  # 4 train sources + 2 val sources
+    again = build_feature_cache(cfg.data, video_tokenizer, info, cache_dir)
+    assert again["written"] == 0 and again["already_cached"] == counts["written"]
+
+
+def test_cached_batches_equal_frame_batches_encoded(setup):
+    cfg, video_tokenizer, info, cache_dir, _, text = setup
+    # one epoch: the cache holds epoch-0 clips (later epochs reuse them by design)
+    cfg = OmegaConf.merge(cfg, {"data": {"infinite": False}})
+    n = 0
+    torch.manual_seed(1)
+    model = build_divot_llm(
+        cfg.model, tokens_per_clip=info.tokens_per_clip, feature_dim=info.feature_dim
+    ).eval()
+    for from_frames, from_cache in zip(loader(cfg, text), loader(cfg, text, info, cache_dir), strict=False):
+        assert from_frames["keys"] == from_cache["keys"]
+        assert torch.equal(from_frames["input_ids"], from_cache["input_ids"])  # same captions/prompts
+        clips = from_frames["embeds_cmp_mask"] | from_frames["embeds_gen_mask"]
+        feats = torch.zeros_like(from_cache["video_feats"])
+        feats[clips] = video_tokenizer.encode(from_frames["frames"][clips])
+        torch.testing.assert_close(from_cache["video_feats"], feats, rtol=1e-6, atol=1e-6)
+        with torch.no_grad():
+            loss_frames = model(**{k: from_frames[k] for k in MODEL_KEYS}, video_feats=feats).total_loss
+            loss_cache = model(
+                **{k: from_cache[k] for k in MODEL_KEYS}, video_feats=from_cache["video_feats"]
+            ).total_loss
+        torch.testing.assert_close(loss_cache, loss_frames, rtol=1e-6, atol=1e-6)
+        n += 1
+    assert n >= 4
+
+
+def test_a_cache_from_another_tokenizer_or_sampling_is_refused(setup):
+    cfg, _, info, cache_dir, _, text = setup
+    torch.manual_seed(123)
+    other = build_video_tokenizer(cfg.video_tokenizer)  # same config, other weights
+    other_info = expected_info(other, OmegaConf.to_container(cfg.video_tokenizer, resolve=True), cfg.data)
+    with pytest.raises(ValueError, match="tokenizer_fingerprint"):
+        loader(cfg, text, other_info, cache_dir)
+    with pytest.raises(ValueError, match="data_seed"):
+        loader(
+            OmegaConf.merge(cfg, {"data": {"seed": 7}}),
+            text,
+            info.__class__(**{**info.__dict__, "data_seed": 7}),
+            cache_dir,
+        )
+    with pytest.raises(ValueError, match="cache_info"):
+        loader(cfg, text, None, cache_dir)
