@@ -92,3 +92,16 @@ def test_a_cache_from_another_tokenizer_or_sampling_is_refused(setup):
         )
     with pytest.raises(ValueError, match="cache_info"):
         loader(cfg, text, None, cache_dir)
+
+
+@pytest.mark.slow
+def test_benchmark_reports_both_step_times_and_the_ratio():
+    from tests import helpers
+
+    out = helpers.run_command(
+        [helpers.PYTHON, "tools/bench/feature_cache.py", "--steps", "2", "--videos", "4"],
+        cwd=helpers.REPO_ROOT,
+    ).stdout
+    assert "step time from frames" in out and "step time from cache" in out
+    ratio = float(out.split("ratio cached/uncached :")[1].split()[0])
+    assert ratio > 0
