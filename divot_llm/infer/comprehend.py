@@ -1,0 +1,81 @@
+"""Video (or image) + question -> answer text, with the reference prompt templates.
+
+The media goes through the same clip sampling as training (the QA rule: always
+``num_clips`` clips) and the frozen video tokenizer; its features replace the frame-token
+placeholders of the prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from divot_llm.data.video import image_clip, sample_video_clips
+from divot_llm.text import templates
+from divot_llm.text.tokenizer import DivotTextTokenizer
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def encode_media(
+    path: str | os.PathLike, video_tokenizer, num_clips: int, seed: int = 0
+) -> tuple[torch.Tensor, str]:
+    """Features ``(C, N, D)`` of a video or image file and its kind ("video" | "image")."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        clips = image_clip(
+            Image.open(path).convert("RGB"), video_tokenizer.frames_per_clip, video_tokenizer.input_size
+        )
+        kind = "image"
+    else:
+        rng = np.random.default_rng(seed)
+        clips = sample_video_clips(path, num_clips, rng, dense=True, image_size=video_tokenizer.input_size)
+        kind = "video"
+    feats = video_tokenizer.encode(clips.to(video_tokenizer.device, video_tokenizer.dtype))  # (C, N, D)
+    return feats.float(), kind
+
+
+def comprehension_prompt_ids(
+    tokenizer: DivotTextTokenizer, kind: str, num_clips: int, tokens_per_clip: int, question: str | None
+) -> list[int]:
+    """``[bos] [INST] <media> question [/INST]\\n`` (SFT models) or, without a question,
+    ``[bos] <media>`` (a pretrained model continues with a caption)."""
+    media = (
+        templates.image_tokens(tokens_per_clip)
+        if kind == "image"
+        else templates.video_tokens(num_clips, tokens_per_clip)
+    )
+    if question is None:
+        return [tokenizer.bos_id, *tokenizer.encode(media)]
+    return [tokenizer.bos_id, *tokenizer.encode(templates.comprehension_prompt(media, question))]
+
+
+def comprehend(
+    model,
+    tokenizer: DivotTextTokenizer,
+    video_tokenizer,
+    media_paths: list[str | os.PathLike],
+    question: str | None,
+    num_clips: int = 20,
+    seed: int = 0,
+    **generation,
+) -> list[str]:
+    """Answers (or captions, with ``question=None``) for a batch of media files.
+
+    ``generation`` goes to ``generate_text`` (``do_sample``, ``temperature``, ``top_p``,
+    ``max_new_tokens``, ...).
+    """
+    prompts, feats = [], []
+    for path in media_paths:
+        clips_cnd, kind = encode_media(path, video_tokenizer, num_clips, seed)
+        prompts.append(
+            comprehension_prompt_ids(tokenizer, kind, clips_cnd.shape[0], model.tokens_per_clip, question)
+        )
+        feats.append(clips_cnd)
+    torch.manual_seed(seed)
+    outputs = model.generate_text(tokenizer, prompts, video_feats=feats, **generation)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
