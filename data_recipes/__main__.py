@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_recipes import inspect_shards, synthetic
+from data_recipes import cc3m, features, inspect_shards, synthetic, videollava, webvid
 
-RECIPES = {"synthetic": synthetic, "inspect": inspect_shards}
+RECIPES = {
+    "synthetic": synthetic,
+    "webvid": webvid,
+    "videollava": videollava,
+    "cc3m": cc3m,
+    "inspect": inspect_shards,
+    "features": features,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="recipe", required=True)
     for name, module in RECIPES.items():
         sub = subparsers.add_parser(
-            name, help=module.__doc__.strip().splitlines()[0], description=module.__doc__
+            name,
+            help=module.__doc__.strip().splitlines()[0],
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the docstring's layout
         )
         module.add_arguments(sub)
     args = parser.parse_args(argv)

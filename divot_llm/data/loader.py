@@ -115,6 +115,8 @@ def _clips(raw: RawSample, source: SourceSpec, spec: LoaderSpec, rng: np.random.
         stride=spec.stride,
         min_resolution=source.min_resolution,
         min_aspect_ratio=source.min_aspect_ratio,
+        # one decoder thread per dataloader worker: the workers already use the cores
+        threads=1 if torch.utils.data.get_worker_info() is not None else 0,
     )
 
 

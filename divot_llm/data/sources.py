@@ -347,19 +347,24 @@ class TarSource(Source):
         try:
             with open(shard, "rb") as handle:
                 media = _read_at(handle, *item.members[media_ext])
-                caption = (
-                    _read_at(handle, *item.members["txt"]).decode("utf-8") if "txt" in item.members else ""
-                )
-                if not caption.strip() and "json" in item.members:
-                    meta = json.loads(_read_at(handle, *item.members["json"]))
-                    caption = meta.get("caption", "") if isinstance(meta, dict) else ""
+                text = _read_at(handle, *item.members["txt"]).decode("utf-8") if "txt" in item.members else ""
+                meta = json.loads(_read_at(handle, *item.members["json"])) if "json" in item.members else {}
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             self.skipped.skip("unreadable_member", where, str(exc))
             return None
-        if not caption.strip():
+        captions, turns = [text.strip()] if text.strip() else [], []
+        if isinstance(meta, dict) and not captions:
+            # a .json member may carry the text instead: a caption or QA turns (the
+            # formats of the jsonl lines, see parse_annotation)
+            try:
+                _, _, captions, turns = parse_annotation({kind: where, **meta})
+            except (ValueError, TypeError) as exc:
+                self.skipped.skip("bad_json_member", where, str(exc))
+                return None
+        if not captions and not turns:
             self.skipped.skip("empty_text", where)
             return None
-        return RawSample(self.name, where, kind, media, captions=[caption.strip()])
+        return RawSample(self.name, where, kind, media, captions=captions, turns=turns)
 
 
 def _read_at(handle, offset: int, size: int) -> bytes:

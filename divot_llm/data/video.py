@@ -167,13 +167,15 @@ def read_frames_at(
     source: bytes | str | os.PathLike,
     times_s: np.ndarray,
     seek_gap_s: float = 2.0,
+    threads: int = 0,
 ) -> list[np.ndarray]:
     """RGB uint8 frames (H, W, 3), as displayed, on screen at each time (seconds from the
     first frame). ``times_s`` must be non-decreasing.
 
     Decodes forward from the keyframe before the first time and seeks again when the
     next time is more than ``seek_gap_s`` ahead; stops after the last time. Only the
-    chosen frames are converted to RGB.
+    chosen frames are converted to RGB. ``threads``: decoder threads, 0 = FFmpeg's choice
+    (about one per core: right for one process, oversubscribing with many workers).
     """
     times = np.asarray(times_s, dtype=np.float64)
     if len(times) == 0:
@@ -183,6 +185,7 @@ def read_frames_at(
     with _open(source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
         origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         picked = _pick_frames(container, stream, times, origin, seek_gap_s)
     return [display_rgb(frame) for frame in picked]
@@ -258,6 +261,7 @@ def sample_video_clips(
     stride: int = STRIDE,
     min_resolution: int = 0,
     min_aspect_ratio: float = 0.0,
+    threads: int = 0,
 ) -> torch.Tensor:
     """Decode the clips a video yields under the reference rules.
 
@@ -273,7 +277,7 @@ def sample_video_clips(
     windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense, window, sample_fps)
     indices = windows[:, clip_positions(window, stride)]  # (C, 5)
     unique = np.unique(indices)
-    frames = read_frames_at(source, unique / info.fps)
+    frames = read_frames_at(source, unique / info.fps, threads=threads)
     pixels = to_model_pixels(frames, image_size)  # (U, 3, S, S)
     lookup = {int(idx): k for k, idx in enumerate(unique)}
     gather = torch.as_tensor([[lookup[int(x)] for x in row] for row in indices])

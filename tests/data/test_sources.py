@@ -205,3 +205,13 @@ def test_annotation_formats_of_the_reference():
     )
     with pytest.raises(ValueError):
         parse_annotation({"image": "i.jpg", "data": ["q1"]})
+
+
+def test_tar_samples_may_carry_qa_turns_in_their_json_member(tmp_path):
+    qa = {"questions": ["<video>\nWhat moves?", "Where?"], "answers": ["A circle.", "Left."]}
+    shard = write_tar(tmp_path / "qa.tar", [("clip.mp4", b"x"), ("clip.json", json.dumps(qa).encode()),
+                                            ("bad.mp4", b"x"), ("bad.json", b'{"questions": ["q"], "answers": []}')])  # fmt: skip
+    source = TarSource("qa", [shard], infinite=False)
+    samples = list(source)
+    assert [s.turns for s in samples] == [[("What moves?", "A circle."), ("Where?", "Left.")]]
+    assert dict(source.skipped) == {"bad_json_member": 1}

@@ -1,0 +1,54 @@
+"""Precompute video-tokenizer features for a config's data (the feature cache).
+
+    divot-data features --out data/cache/demo -- experiment=demo data.root=data/synthetic
+
+Runs the frozen video tokenizer once over every train and validation sample (the clips
+the loader samples in epoch 0) and writes one safetensors file per sample. Train with
+``data.feature_cache=<out>`` to skip decoding and the tokenizer. Re-running resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from divot_llm.config import compose_config
+from divot_llm.data.cache_build import build_feature_cache
+from divot_llm.data.feature_cache import expected_info
+from divot_llm.tokenizers import build_video_tokenizer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="cache folder")
+    parser.add_argument("--batch-clips", type=int, default=32, help="clips per tokenizer forward")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto: bf16 on GPU, fp32 on CPU (as training)",
+    )
+    parser.add_argument("overrides", nargs="*", help="config overrides, after --, e.g. experiment=demo")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = compose_config(args.overrides)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
+    if args.device == "auto" and not torch.cuda.is_available():
+        device = torch.device("cpu")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tokenizer = build_video_tokenizer(cfg.video_tokenizer).to(device, dtype)
+    tokenizer_cfg = OmegaConf.to_container(cfg.video_tokenizer, resolve=True)
+    info = expected_info(tokenizer, tokenizer_cfg, cfg.data)
+    with tqdm(desc="features", unit="sample") as bar:
+        counts = build_feature_cache(
+            cfg.data, tokenizer, info, args.out, batch_clips=args.batch_clips, progress=bar.update
+        )
+    print(f"feature cache {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"train with: data.feature_cache={args.out}")
+    return 0
