@@ -19,7 +19,11 @@ def test_default_config_builds_the_tiny_divot_tokenizer():
     tokenizer = build_video_tokenizer(cfg.video_tokenizer)
     assert isinstance(tokenizer, DivotTokenizer)
     assert (tokenizer.frames_per_clip, tokenizer.num_tokens, tokenizer.feature_dim, tokenizer.input_size) == (
-        5, 8, 16, 64)
+        5,
+        8,
+        16,
+        64,
+    )
     assert tokenizer.encode(tiny.random_clips(tokenizer.config)).shape == (2, 8, 16)
 
 
@@ -35,7 +39,9 @@ def test_config_built_in_code_still_needs_weight_paths():
 
 
 def test_unknown_arch_and_unknown_keys_are_errors():
-    with pytest.raises(ValueError, match="unknown video tokenizer arch 'vidtok'.*divot_llm/tokenizers/vidtok.py"):
+    with pytest.raises(
+        ValueError, match="unknown video tokenizer arch 'vidtok'.*divot_llm/tokenizers/vidtok.py"
+    ):
         build_video_tokenizer({"arch": "vidtok"})
     with pytest.raises(ConfigError, match=r"unknown keys for DivotTokenizerConfig: \['num_token'\]"):
         build_video_tokenizer({"arch": "divot", "num_token": 8})
@@ -43,7 +49,7 @@ def test_unknown_arch_and_unknown_keys_are_errors():
 
 def test_a_registered_tokenizer_is_built_from_its_arch_name(monkeypatch):
     """What a new tokenizer file does: subclass VideoTokenizer and register an arch."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.VIDEO_TOKENIZERS, "_classes", dict(registry.VIDEO_TOKENIZERS._classes))
 
     @dataclasses.dataclass
     class MeanPatchConfig:

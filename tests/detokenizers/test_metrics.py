@@ -1,0 +1,64 @@
+"""PSNR and SSIM against direct, loop-based computations of their definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from divot_llm.detokenizers.metrics import psnr, reconstruction_metrics, ssim
+
+
+def clips(seed: int, shape=(2, 3, 3, 14, 13)) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_psnr_is_per_frame_then_averaged():
+    a, b = clips(0), clips(1)
+    expected = []
+    for clip in range(2):
+        per_frame = []
+        for frame in range(3):
+            x, y = (a[clip, frame].double() + 1) / 2, (b[clip, frame].double() + 1) / 2
+            per_frame.append(10 * math.log10(1 / ((x - y) ** 2).mean().item()))
+        expected.append(sum(per_frame) / 3)
+    np.testing.assert_allclose(psnr(a, b).numpy(), expected, rtol=1e-5)
+    assert torch.isinf(psnr(a, a)).all()
+
+
+def naive_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """Wang et al. 2004 on one (H, W) channel in [0, 1]: 11x11 Gaussian (sigma 1.5) weighted
+    statistics at every valid window position, averaged."""
+    r = np.arange(11) - 5
+    w = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5**2))
+    w /= w.sum()
+    c1, c2 = 0.01**2, 0.03**2
+    values = []
+    for i in range(x.shape[0] - 10):
+        for j in range(x.shape[1] - 10):
+            px, py = x[i : i + 11, j : j + 11], y[i : i + 11, j : j + 11]
+            mx, my = (w * px).sum(), (w * py).sum()
+            vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
+            cov = (w * (px - mx) * (py - my)).sum()
+            values.append(((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_matches_the_definition():
+    a = clips(0)
+    b = (a + 0.3 * clips(1)).clamp(-1, 1)  # related images: SSIM well inside (0, 1)
+    expected = [
+        np.mean(
+            [
+                naive_ssim((a[c, f, ch].double().numpy() + 1) / 2, (b[c, f, ch].double().numpy() + 1) / 2)
+                for f in range(3)
+                for ch in range(3)
+            ]
+        )
+        for c in range(2)
+    ]
+    np.testing.assert_allclose(ssim(a, b).numpy(), expected, rtol=1e-4)
+    torch.testing.assert_close(ssim(a, a), torch.ones(2))
+    metrics = reconstruction_metrics(b, a)
+    assert set(metrics) == {"psnr", "ssim"} and 0 < metrics["ssim"] < 1
