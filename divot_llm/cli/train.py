@@ -1,0 +1,116 @@
+"""``divot-train``: the Hydra app that trains one stage (pretrain, SFT-comp, SFT-gen).
+
+    divot-train experiment=demo data.root=data/synthetic                     # one process
+    torchrun --nproc_per_node 8 -m divot_llm.train experiment=pretrain_7b ...
+    deepspeed --no_local_rank --num_gpus 8 --module divot_llm.train experiment=pretrain_7b ...
+    divot-train experiment=pretrain_7b ... plan=true                          # memory plan only
+
+The ``deepspeed`` launcher needs ``--no_local_rank``: Hydra rejects the ``--local_rank``
+argument it would append (ranks read ``LOCAL_RANK`` from the environment instead).
+
+Start-up order: compose (unknown keys and wrong types fail here, naming the key), check
+that no value is still ``???``, then either print the plan or train. Exit codes: 0 done,
+2 config error, 143 stopped by a signal after saving a checkpoint (resume with
+``train.resume=auto``; non-zero so that a script chaining stages does not go on).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import warnings
+
+import hydra
+from omegaconf import DictConfig
+
+from divot_llm.config.loading import (
+    CONF_DIR,
+    ConfigError,
+    compose_config,
+    describe_config_error,
+    missing_keys,
+    register_configs,
+)
+
+EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM, the shell convention for "terminated"
+
+register_configs()
+
+
+def _overrides(argv: list[str]) -> list[str] | None:
+    """The Hydra overrides in ``argv``, or None when Hydra's own flags (--help, --cfg,
+    ...) are present and Hydra should handle the command line alone."""
+    return None if any(arg.startswith("-") for arg in argv) else list(argv)
+
+
+def _check_config(overrides: list[str]) -> None:
+    """Compose once up front so a bad key or a missing value exits with one clear line
+    instead of a Hydra traceback (or, for ``???``, an error deep inside start-up)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = compose_config(overrides)
+    except (HydraException, OmegaConfBaseException, ConfigError) as exc:
+        print(f"divot-train: config error: {describe_config_error(exc)}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+    missing = missing_keys(cfg)
+    if missing:
+        print("divot-train: config error: these values must be set: " + ", ".join(missing), file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+
+
+def run(cfg: DictConfig) -> int:
+    """Plan or train as ``cfg`` says; returns the process exit code."""
+    # Libraries log build probes and set-up chatter at INFO through the root logger Hydra
+    # configured; our own progress goes to the progress bar, metrics.jsonl and TensorBoard.
+    logging.getLogger().setLevel(logging.WARNING)
+    # Deprecations inside DeepSpeed/transformers that users cannot act on, once per rank and step.
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    if cfg.plan:
+        from divot_llm.train.plan import format_plan, make_plan
+
+        plan, _, _ = make_plan(cfg)
+        print(format_plan(plan, cfg))
+        return 0
+
+    from divot_llm.train import distributed
+    from divot_llm.train.trainer import INTERRUPTED, Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        status = trainer.train()
+    finally:
+        trainer.cleanup()
+    distributed.shutdown_distributed()
+    return EXIT_INTERRUPTED if status == INTERRUPTED else 0
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    """Console entry point (``divot-train``) and ``python -m divot_llm.train``."""
+    # `kill -USR1 <pid>` prints every thread's Python stack: the first question about a hang.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    overrides = _overrides(sys.argv[1:])
+    if overrides is not None:
+        _check_config(overrides)
+    if int(os.environ.get("RANK", "0")) != 0:
+        # One copy of Hydra's outputs (.hydra/, the job log file) per run, not per rank.
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    _app()
+
+
+if __name__ == "__main__":
+    main()

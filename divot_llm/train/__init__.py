@@ -1,0 +1,10 @@
+"""Training: the DeepSpeed engine, the three-stage recipe, checkpoints, metrics, planning.
+
+``Trainer`` (``trainer.py``) is the recipe; ``divot-train`` (``divot_llm/cli/train.py``)
+runs it under any launcher. Submodules import DeepSpeed lazily where they can, so
+importing this package stays cheap.
+"""
+
+from divot_llm.train.schedule import WarmupCosine, build_scheduler
+
+__all__ = ["WarmupCosine", "build_scheduler"]

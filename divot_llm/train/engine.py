@@ -1,0 +1,146 @@
+"""The DeepSpeed engine: its JSON config from ours, the optimizer, the schedule.
+
+Everything DeepSpeed needs is derived from ``cfg.deepspeed`` + ``cfg.optim`` +
+``cfg.train``, so there is no second config file to keep in sync. Choices that differ
+from a plain ``deepspeed.initialize(config=...)``:
+
+* The optimizer is built here, not from an ``"optimizer"`` JSON block: on CPU a client
+  ``torch.optim.AdamW`` avoids DeepSpeed's ~100 s ``fused_adam`` JIT build; on GPU torch's
+  fused AdamW does the same job; with optimizer offload DeepSpeed requires its own
+  ``DeepSpeedCPUAdam`` (built on first use).
+* ``gradient_clipping`` is always written: DeepSpeed 0.19.8 clips at 1.0 when it is unset.
+* ``train_micro_batch_size_per_gpu`` is bookkeeping only (1): batch sizes vary per step
+  (token-budget batches, per-source sizes), the loader -- not DeepSpeed -- makes batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from divot_llm.config.loading import ConfigError
+from divot_llm.train.schedule import build_scheduler
+
+
+def resolve_dtype(precision: Any, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 on GPU, fp32 on CPU (bf16 GEMMs are ~100x slower on AVX2 CPUs).
+
+    Raises:
+        ConfigError: an unknown precision name.
+    """
+    name = str(getattr(precision, "value", precision))
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name in ("bf16", "fp32"):
+        return torch.bfloat16 if name == "bf16" else torch.float32
+    raise ConfigError(f"deepspeed.precision must be auto, bf16 or fp32, got {name!r}")
+
+
+def deepspeed_config(cfg: Any, world_size: int, dtype: torch.dtype, on_gpu: bool) -> dict[str, Any]:
+    """The DeepSpeed JSON config for a run.
+
+    Args:
+        cfg: The composed run config (``deepspeed``, ``optim``, ``train`` are read).
+        world_size: Data-parallel ranks.
+        dtype: Training dtype (``resolve_dtype``).
+        on_gpu: Pin offloaded optimizer memory only where there is a GPU to copy to.
+
+    Raises:
+        ConfigError: a ZeRO stage outside 0..3, or parameter offload without ZeRO-3.
+    """
+    ds = cfg.deepspeed
+    if ds.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {ds.zero_stage}")
+    if ds.offload_param and ds.zero_stage != 3:
+        raise ConfigError(
+            "deepspeed.offload_param needs deepspeed.zero_stage=3 (parameters are only sharded there)"
+        )
+    if ds.offload_optimizer and ds.zero_stage == 0:
+        raise ConfigError("deepspeed.offload_optimizer needs ZeRO stage 1, 2 or 3")
+    accum = int(cfg.train.grad_accum_steps)
+    zero: dict[str, Any] = {
+        "stage": int(ds.zero_stage),
+        "overlap_comm": bool(ds.overlap_comm),
+        "contiguous_gradients": bool(ds.contiguous_gradients),
+        "reduce_bucket_size": int(ds.reduce_bucket_size),
+    }
+    if ds.zero_stage in (1, 2):
+        zero.update(
+            allgather_partitions=True,
+            allgather_bucket_size=int(ds.allgather_bucket_size),
+            reduce_scatter=True,
+            ignore_unused_parameters=bool(ds.ignore_unused_parameters),
+        )
+    if ds.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = bool(ds.stage3_gather_16bit_weights_on_model_save)
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if ds.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": accum * world_size,
+        "gradient_clipping": float(cfg.optim.grad_clip),
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases and norm weights: 1-D tensors (RMSNorm/LayerNorm scales, biases)."""
+    return param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
+
+
+def param_groups(model: nn.Module, optim_cfg: Any) -> list[dict[str, Any]]:
+    """Trainable parameters in one group (the reference: uniform weight decay), or two
+    when ``no_decay_norms_and_biases`` keeps decay off norms and biases."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    wd = float(optim_cfg.weight_decay)
+    if not optim_cfg.no_decay_norms_and_biases:
+        return [{"params": [p for _, p in named], "weight_decay": wd}]
+    decay = [p for n, p in named if not _no_decay(n, p)]
+    no_decay = [p for n, p in named if _no_decay(n, p)]
+    return [
+        g
+        for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: Any, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (see the module docstring for which class)."""
+    groups = param_groups(model, cfg.optim)
+    kwargs = dict(lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas), eps=float(cfg.optim.eps))
+    if cfg.deepspeed.offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(groups, fused=device.type == "cuda", **kwargs)
+
+
+def build_engine(model: nn.Module, cfg: Any, world_size: int, dtype: torch.dtype, device: torch.device):
+    """``deepspeed.initialize`` with our optimizer and warmup-cosine schedule.
+
+    Returns:
+        The engine; ``engine.lr_scheduler`` steps once per optimizer update and is saved
+        in its checkpoints.
+    """
+    import deepspeed
+
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("the model has no trainable parameters (check stage.* and model.lora)")
+    optimizer = build_optimizer(model, cfg, device)
+    config = deepspeed_config(cfg, world_size, dtype, on_gpu=device.type == "cuda")
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, int(cfg.train.max_steps)),
+        config=config,
+    )
+    return engine

@@ -1,0 +1,178 @@
+"""Throughput accounting: FLOPs per step, MFU / HFU, peak memory.
+
+FLOP formula (peers-and-style §2.2, PaLM appendix B convention), per micro-batch, summed
+over samples ``b`` with ``T_b`` real (non-padding) tokens:
+
+    F_model = sum_b [ T_b * (4 * N_frozen + 6 * N_lora) + 12 * L * d * T_b^2 ]    LLM body
+            + M * c_head * V * d                                               LM head
+            + P_in * c_in * N_in + Q * c_out * N_out                           projections
+            + G * F_tok                                                        video tokenizer
+
+* N_frozen / N_lora: matmul weights of the decoder layers that are frozen (forward 2N +
+  input-gradient 2N) / trainable (+ weight-gradient 2N). Embedding lookups are not FLOPs.
+* 12·L·d·T per token is attention (QK^T and AV, forward + backward) counting the full
+  T x T matrix, as PaLM and nanoGPT do; causal kernels skip about half of it.
+* The LM head runs only at the M supervised positions (``DivotLLM`` never computes the
+  other logits): c_head = 6 when it trains (the reference trains it), else 4.
+* Projections: P_in comprehension placeholders x the input projection (6N trained, 2N
+  frozen: nothing upstream needs its gradient), Q query tokens x the output projection
+  (6N trained, 4N frozen).
+* F_tok: forward FLOPs of the frozen video tokenizer for one clip (ViT included),
+  measured once with ``torch.utils.flop_counter`` -- so any tokenizer is counted right --
+  times the G real clips encoded (no backward: it is frozen, under no_grad).
+
+MFU = F_model / step time / (devices x peak). HFU adds what the hardware recomputes with
+activation checkpointing: one more forward of the body, T_b * 2 * (N_frozen + N_lora) +
+4 * L * d * T_b^2. Peak: a table of dense bf16 GPU peaks (or ``train.peak_tflops``); on a
+CPU there is no published peak, so the ratio is against a fp32 GEMM measured at start-up
+and labelled as such -- a sanity number, not a hardware utilisation claim.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Dense (non-sparse) bf16 tensor-core peaks, FLOP/s, matched on the CUDA device name.
+GPU_BF16_PEAK = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+)
+
+
+@dataclass(frozen=True)
+class FlopModel:
+    """Parameter counts the formula needs; build with ``from_model`` before ZeRO-3
+    partitions the parameters (afterwards their shapes are the local shards)."""
+
+    layers: int
+    hidden: int
+    vocab: int
+    frozen_body: int
+    lora_body: int
+    head_trainable: bool
+    input_proj: int
+    input_proj_trainable: bool
+    output_proj: int
+    output_proj_trainable: bool
+    tokenizer_flops_per_clip: float
+    recompute: bool  # activation checkpointing
+
+    @classmethod
+    def from_model(cls, model, tokenizer_flops_per_clip: float, recompute: bool) -> FlopModel:
+        """Counts from a ``DivotLLM`` (real or on the meta device)."""
+        config = model.causal_lm.config
+        head = model.causal_lm.get_output_embeddings().weight
+        skip = {id(model.causal_lm.get_input_embeddings().weight), id(head)}
+        frozen = lora = 0
+        for p in model.llm.parameters():
+            if p.ndim == 2 and id(p) not in skip:
+                if p.requires_grad:
+                    lora += p.numel()
+                else:
+                    frozen += p.numel()
+        return cls(
+            layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            vocab=head.shape[0],
+            frozen_body=frozen,
+            lora_body=lora,
+            head_trainable=head.requires_grad,
+            input_proj=_matmul_params(model.input_resampler),
+            input_proj_trainable=any(p.requires_grad for p in model.input_resampler.parameters()),
+            output_proj=_matmul_params(model.output_resampler),
+            output_proj_trainable=any(p.requires_grad for p in model.output_resampler.parameters()),
+            tokenizer_flops_per_clip=tokenizer_flops_per_clip,
+            recompute=recompute,
+        )
+
+    def batch_flops(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """(model FLOPs, hardware FLOPs) of one micro-batch (CPU tensors of the loader)."""
+        tokens_b = (batch["attention_mask"] != 0).sum(dim=1).double()
+        body = float((tokens_b * (4 * self.frozen_body + 6 * self.lora_body)).sum())
+        attention = float((12 * self.layers * self.hidden * tokens_b**2).sum())
+        supervised = float((batch["labels"][:, 1:] != -100).sum())
+        head = supervised * (6 if self.head_trainable else 4) * self.vocab * self.hidden
+        proj = float(batch["ids_cmp_mask"].sum()) * (6 if self.input_proj_trainable else 2) * self.input_proj
+        proj += (
+            float(batch["ids_gen_mask"].sum()) * (6 if self.output_proj_trainable else 4) * self.output_proj
+        )
+        clips = float((batch["embeds_cmp_mask"] | batch["embeds_gen_mask"]).sum())
+        model_flops = body + attention + head + proj + clips * self.tokenizer_flops_per_clip
+        hardware = model_flops
+        if self.recompute:
+            hardware += float((tokens_b * 2 * (self.frozen_body + self.lora_body)).sum())
+            hardware += float((4 * self.layers * self.hidden * tokens_b**2).sum())
+        return model_flops, hardware
+
+
+def _matmul_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.ndim == 2)
+
+
+def tokenizer_flops_per_clip(tokenizer, device: torch.device | str) -> float:
+    """Forward FLOPs of one clip through ``tokenizer``, counted by torch (matmuls,
+    convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = tokenizer.input_size
+    clip = torch.zeros(1, tokenizer.frames_per_clip, 3, size, size, device=device, dtype=tokenizer.dtype)
+    with FlopCounterMode(display=False) as counter:
+        tokenizer.encode(clip)
+    return float(counter.get_total_flops())
+
+
+# ------------------------------------------------------------------------ peaks
+
+
+@dataclass(frozen=True)
+class Peak:
+    flops: float  # per device, FLOP/s
+    source: str  # where the number comes from, printed with MFU
+
+
+def device_peak(device: torch.device, dtype: torch.dtype, override_tflops: float | None) -> Peak | None:
+    """The per-device peak MFU is measured against (None: unknown, MFU not reported)."""
+    if override_tflops:
+        return Peak(override_tflops * 1e12, "train.peak_tflops")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if dtype == torch.bfloat16:
+            for key, flops in GPU_BF16_PEAK:
+                if key in name:
+                    return Peak(flops, f"{name} dense bf16 spec")
+        return None
+    return Peak(measure_cpu_gemm_flops(), "measured CPU fp32 GEMM (not a hardware spec)")
+
+
+def measure_cpu_gemm_flops(size: int = 512, repeats: int = 5) -> float:
+    """Best-of-``repeats`` fp32 matmul throughput on this process's threads."""
+    a, b = torch.randn(size, size, generator=torch.Generator().manual_seed(0)), torch.ones(size, size)
+    a @ b  # warm-up (allocations, thread pool)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+# ------------------------------------------------------------------------ memory
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated GPU memory of this process, or its peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

@@ -1,0 +1,189 @@
+"""``divot-train ... plan=true``: parameter counts and a per-GPU memory estimate, from the
+model built on the meta device (shapes only: no weights are read, no memory is used).
+
+Model states come from DeepSpeed's own estimators (``estimate_zero2/3_model_states_mem_needs``)
+applied to the *trainable* parameters; they assume full fine-tuning, so the frozen base
+is added separately (16-bit weights: replicated up to ZeRO-2, sharded by ZeRO-3). The
+frozen video tokenizer is replicated on every GPU. Activations are estimated per token
+and layer from the Mistral shapes (what autograd keeps for backward, in the training
+dtype; the attention scores are not stored by SDPA/flash kernels), for the largest
+micro-batch the data config can produce. Temporary buffers, the tokenizer's transient
+activations (under no_grad, freed before the LLM runs) and fragmentation come on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    total_params: int
+    trainable_params: int
+    frozen_params: int
+    tokenizer_params: int
+    gpus: int
+    frozen_bytes: float
+    model_states_bytes: float  # trainable weights + grads + fp32 master + Adam, per GPU
+    tokenizer_bytes: float
+    activation_bytes: float
+    micro_batch_tokens: int
+    cpu_bytes: float  # host memory per node for offloaded states (0 without offload)
+
+    @property
+    def gpu_total_bytes(self) -> float:
+        return self.frozen_bytes + self.model_states_bytes + self.tokenizer_bytes + self.activation_bytes
+
+
+def micro_batch_shape(data_cfg: Any) -> tuple[int, int]:
+    """(samples, tokens per sample) of the largest micro-batch the data config allows."""
+    sources = list(data_cfg.sources.values())
+    mixing = str(getattr(data_cfg.mixing, "value", data_cfg.mixing))
+    if mixing == "batch":  # one source per batch, with that source's batch size
+        biggest = max(sources, key=lambda s: int(s.batch_size) * int(s.max_length))
+        return int(biggest.batch_size), int(biggest.max_length)
+    longest = max(int(s.max_length) for s in sources)
+    samples = int(data_cfg.batch_size)
+    if data_cfg.tokens_per_batch:  # a batch closes once samples x longest reaches the budget
+        samples = min(samples, int(data_cfg.tokens_per_batch) // longest + 1)
+    return samples, longest
+
+
+def activation_bytes_per_token(llm_config, lora_cfg, dtype_bytes: int, checkpointing: bool) -> float:
+    """Bytes autograd keeps per token for the decoder (Mistral: GQA attention, SwiGLU MLP).
+
+    Per layer (elements): attention 4d + 2d_kv (input, norm, q, attention output; k, v),
+    MLP 2d + 4f (input, norm; gate, up, act(gate), product), LoRA 6d + f (the dropped-out
+    inputs of its 7 adapters) when its dropout is on. With checkpointing only each
+    layer's input is kept, plus one layer's full set during its recompute.
+    """
+    d, f, layers = llm_config.hidden_size, llm_config.intermediate_size, llm_config.num_hidden_layers
+    d_kv = d * llm_config.num_key_value_heads // llm_config.num_attention_heads
+    per_layer = 4 * d + 2 * d_kv + 2 * d + 4 * f
+    if lora_cfg.enabled and lora_cfg.dropout > 0:
+        per_layer += 6 * d + f
+    if checkpointing:
+        return dtype_bytes * (layers * d + per_layer)
+    return dtype_bytes * layers * per_layer
+
+
+def _model_states(
+    stage: int, trainable: int, largest: int, gpus_per_node: int, nodes: int, ds_cfg
+) -> tuple[float, float]:
+    """(GPU bytes, CPU bytes per node) of the trainable states, from DeepSpeed's estimators."""
+    gpus = gpus_per_node * nodes
+    if stage == 3:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+            trainable,
+            largest,
+            gpus_per_node,
+            nodes,
+            ds_cfg.offload_optimizer,
+            ds_cfg.offload_param,
+            zero_init=False,
+        )
+        return gpu, cpu if ds_cfg.offload_optimizer else 0.0
+    if stage == 2:
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        cpu, gpu = estimate_zero2_model_states_mem_needs(
+            trainable, gpus_per_node, nodes, ds_cfg.offload_optimizer
+        )
+        return gpu, cpu if ds_cfg.offload_optimizer else 0.0
+    # ZeRO-1 shards only the 16 bytes of fp32 master + Adam moments; ZeRO-0 shards nothing.
+    return 4 * trainable + 16 * trainable / (gpus if stage == 1 else 1), 0.0
+
+
+def _largest_module_params(model: torch.nn.Module) -> int:
+    """Parameters of the biggest leaf module: what ZeRO-3 gathers at once."""
+    return max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+
+
+def _meta_tokenizer(cfg: Any):
+    """The video tokenizer's architecture on the meta device (its weight paths dropped)."""
+    from divot_llm.tokenizers import build_video_tokenizer
+
+    tok_cfg = OmegaConf.to_container(cfg.video_tokenizer, resolve=True)
+    for key in ("pretrained_path", "vit_path"):
+        if key in tok_cfg:
+            tok_cfg[key] = None
+    with torch.device("meta"):
+        return build_video_tokenizer(tok_cfg)
+
+
+def make_plan(cfg: Any) -> tuple[MemoryPlan, Any, Any]:
+    """The memory plan of ``cfg`` (plus the meta model and tokenizer, for counting)."""
+    from divot_llm.model import build_divot_llm
+
+    tokenizer = _meta_tokenizer(cfg)
+    model = build_divot_llm(
+        cfg.model,
+        tokens_per_clip=tokenizer.num_tokens,
+        feature_dim=tokenizer.feature_dim,
+        train_input_proj=cfg.stage.train_input_proj,
+        train_output_proj=cfg.stage.train_output_proj,
+        init_from=None,  # the release's architecture is model.llm.path; its weights are not read
+        device="meta",
+    )
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokenizer_params = sum(p.numel() for p in tokenizer.parameters())
+    gpus_per_node, nodes = int(cfg.train.plan_gpus_per_node), int(cfg.train.plan_nodes)
+    gpus = gpus_per_node * nodes
+    stage = int(cfg.deepspeed.zero_stage)
+    precision = str(getattr(cfg.deepspeed.precision, "value", cfg.deepspeed.precision))
+    width = 4 if precision == "fp32" else 2  # plans are for GPUs: auto means bf16
+    states_gpu, states_cpu = _model_states(
+        stage, trainable, _largest_module_params(model), gpus_per_node, nodes, cfg.deepspeed
+    )
+    samples, length = micro_batch_shape(cfg.data)
+    per_token = activation_bytes_per_token(
+        model.causal_lm.config, cfg.model.lora, width, bool(cfg.model.llm.gradient_checkpointing)
+    )
+    vocab = model.causal_lm.get_output_embeddings().weight.shape[0]
+    logits = samples * length * vocab * 4 * 2  # fp32 logits + their gradient, every token supervised (bound)
+    plan = MemoryPlan(
+        total_params=total,
+        trainable_params=trainable,
+        frozen_params=total - trainable,
+        tokenizer_params=tokenizer_params,
+        gpus=gpus,
+        frozen_bytes=width * (total - trainable) / (gpus if stage == 3 else 1),
+        model_states_bytes=states_gpu,
+        tokenizer_bytes=width * tokenizer_params,
+        activation_bytes=samples * length * per_token + logits,
+        micro_batch_tokens=samples * length,
+        cpu_bytes=states_cpu,
+    )
+    return plan, model, tokenizer
+
+
+def format_plan(plan: MemoryPlan, cfg: Any) -> str:
+    """A human-readable report of ``plan``."""
+    stage = int(cfg.deepspeed.zero_stage)
+    offload = " + optimizer offload" if cfg.deepspeed.offload_optimizer else ""
+    rows = [
+        f"parameters: {plan.total_params / 1e6:,.1f} M in the LLM + heads "
+        f"({plan.trainable_params / 1e6:,.2f} M trainable, {plan.frozen_params / 1e6:,.1f} M frozen); "
+        f"video tokenizer {plan.tokenizer_params / 1e6:,.1f} M (frozen)",
+        f"memory per GPU, ZeRO-{stage}{offload}, {plan.gpus} GPUs "
+        f"({cfg.train.plan_nodes} node(s) x {cfg.train.plan_gpus_per_node}):",
+        f"  frozen LLM weights        {plan.frozen_bytes / GiB:8.2f} GiB",
+        f"  trainable states          {plan.model_states_bytes / GiB:8.2f} GiB  (DeepSpeed estimator)",
+        f"  video tokenizer weights   {plan.tokenizer_bytes / GiB:8.2f} GiB",
+        f"  activations               {plan.activation_bytes / GiB:8.2f} GiB  "
+        f"(micro-batch of {plan.micro_batch_tokens:,} tokens, checkpointing "
+        f"{'on' if cfg.model.llm.gradient_checkpointing else 'off'})",
+        f"  total                     {plan.gpu_total_bytes / GiB:8.2f} GiB  (+ buffers and fragmentation)",
+    ]
+    if plan.cpu_bytes:
+        rows.append(f"host memory per node for offloaded states: {plan.cpu_bytes / GiB:.1f} GiB")
+    return "\n".join(rows)

@@ -1,0 +1,120 @@
+"""Shared pieces of the training tests: a small synthetic dataset, the tiny demo config,
+hand-made batches behind the loader interface, and launching ``launch/train_cpu.sh``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from divot_llm.config import compose_config
+from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
+from tests import helpers
+
+# Enough for 2 ranks x 1 worker: every source has samples on every reader, and the
+# validation split gives each rank 2 batches of 2.
+COUNTS = SyntheticCounts(train_videos=12, val_videos=4, images=8, samples_per_shard=4)
+
+# What every test run shares: tiny demo models, fp32, small batches (the synthetic video
+# decode dominates a CPU step), one log record per step for exact loss comparisons.
+RUN_OVERRIDES = (
+    "experiment=demo",
+    "data.batch_size=2",
+    "data.num_workers=1",
+    "train.log_every=1",
+    "train.progress_bar=false",
+)
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_data") / "synthetic"
+    write_synthetic_dataset(root, seed=3, counts=COUNTS)
+    return root
+
+
+def run_env() -> dict[str, str]:
+    """The venv's scripts (``deepspeed``, ``python``) first on PATH, even when pytest was
+    started as ``.venv/bin/python -m pytest`` without activating the venv."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "MASTER_PORT": str(helpers.free_port()),
+    }
+
+
+def train_cpu_command(*overrides: str) -> list[str]:
+    """``launch/train_cpu.sh`` (the real ``deepspeed`` CLI, 2 CPU ranks) with overrides."""
+    return ["bash", str(helpers.REPO_ROOT / "launch" / "train_cpu.sh"), *RUN_OVERRIDES, *overrides]
+
+
+def single_process_command(*overrides: str) -> list[str]:
+    """``python -m divot_llm.train`` without any launcher (one rank)."""
+    return [helpers.PYTHON, "-m", "divot_llm.train", *RUN_OVERRIDES, *overrides]
+
+
+def read_metrics(output_dir: Path, kind: str = "train") -> dict[int, dict]:
+    """The ``metrics.jsonl`` records of one kind, by step (a resumed run appends)."""
+    path = Path(output_dir) / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {r["step"]: r for r in records if r["kind"] == kind}
+
+
+def val_total(record: dict) -> float:
+    return record["val/lm_loss"] + record["val/gmm_nll"]
+
+
+def tiny_cfg(*overrides: str):
+    """The demo config for in-process runs over hand-made batches: no validation."""
+    return compose_config(
+        [*RUN_OVERRIDES, "data.root=unused", "train.eval_every=0", "train.eval_at_start=false", *overrides]
+    )
+
+
+class BatchList:
+    """The loader interface over fixed batches, cycled; ``state_dict`` is the number of
+    batches handed out. ``on_yield(i)`` runs after batch ``i`` is handed out; ``skips``
+    is what ``skip_counts`` reports."""
+
+    def __init__(self, batches: list[dict], on_yield=None, skips: dict[str, int] | None = None):
+        self.batches, self.on_yield, self.position = batches, on_yield, 0
+        self.skips = skips or {}
+
+    def __iter__(self):
+        while True:
+            batch = self.batches[self.position % len(self.batches)]
+            self.position += 1
+            if self.on_yield is not None:
+                self.on_yield(self.position)
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+
+    def skip_counts(self) -> dict[str, int]:
+        return dict(self.skips)
+
+
+def hand_batches(tokenizer_dir: Path, n: int, d: int, count: int = 4, seed: int = 5) -> list[dict]:
+    """Loader-style batches with cached features (``video_feats``), mixing a comprehension
+    and a generation sample each (tests/model/samples.py templates)."""
+    from divot_llm.text import DivotTextTokenizer
+    from tests.model.samples import collate, comprehension_sample, generation_sample
+
+    tok = DivotTextTokenizer.from_pretrained(tokenizer_dir)
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for i in range(count):
+        comp = comprehension_sample(
+            tok, n, torch.randn(2, n, d, generator=gen), f"a red circle moving left {i}"
+        )
+        gen_sample = generation_sample(tok, n, torch.randn(1, n, d, generator=gen), f"a blue square {i}")
+        batches.append(collate([comp, gen_sample], tok.pad_id))
+    return batches

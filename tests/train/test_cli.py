@@ -1,0 +1,98 @@
+"""``divot-train`` start-up: clear config errors, and ``plan=true`` (meta device, no weights)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from transformers import MistralConfig
+
+from divot_llm.train.plan import make_plan
+from tests import helpers
+from tests.train.conftest import tiny_cfg
+
+GiB = 2**30
+
+
+def divot_train(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [helpers.PYTHON, "-m", "divot_llm.train", *args],
+        cwd=cwd, env=helpers.cpu_distributed_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_unknown_key_fails_fast_naming_it(tmp_path):
+    proc = divot_train("model.lora.rnak=3", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "rnak" in proc.stderr and "LoraConfig" in proc.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing started
+
+
+def test_missing_values_are_listed(tmp_path):
+    proc = divot_train("experiment=sft_comp_7b", "data.root=/datasets", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "must be set" in proc.stderr and "stage.init_from" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def mistral_7b_config_dir(tmp_path_factory):
+    """An HF folder with only Mistral-7B's config.json: planning must not need weights."""
+    out = tmp_path_factory.mktemp("mistral_7b")
+    MistralConfig(sliding_window=4096).save_pretrained(out)  # defaults are the 7B shapes
+    return out
+
+
+def plan_overrides(llm_dir, *extra):
+    return [
+        "experiment=pretrain_7b",
+        f"model.llm.path={llm_dir}",
+        "model.tokenizer_path=null",
+        "video_tokenizer.pretrained_path=null",
+        "video_tokenizer.vit_path=null",
+        "detokenizer.pretrained_path=null",
+        "data.root=/datasets",
+        "plan=true",
+        *extra,
+    ]
+
+
+def test_plan_counts_match_the_reference_and_follow_zero_formulas(mistral_7b_config_dir):
+    from divot_llm.config import compose_config
+
+    z2, model, _ = make_plan(compose_config(plan_overrides(mistral_7b_config_dir)))
+    assert z2.trainable_params == 467_284_256  # divot-reference §6.6: ≈ 467.3 M in pretraining
+    assert next(model.parameters()).device.type == "meta"
+    assert z2.frozen_bytes == 2 * z2.frozen_params  # bf16, replicated by ZeRO-2
+    psi = z2.trainable_params
+    assert z2.model_states_bytes == 2 * psi + int(18 * psi / 8)  # DeepSpeed's ZeRO-2 estimate, 8 GPUs
+    assert 12 < z2.frozen_bytes / GiB < 14  # ~6.98 B frozen Mistral weights
+
+    z3, *_ = make_plan(
+        compose_config(plan_overrides(mistral_7b_config_dir, "deepspeed=zero3", "train.plan_nodes=4"))
+    )
+    assert z3.gpus == 32 and z3.frozen_bytes == 2 * z3.frozen_params / 32
+    assert z2.activation_bytes > 0  # mistral_7b checkpoints activations; without, far more
+    full, *_ = make_plan(
+        compose_config(plan_overrides(mistral_7b_config_dir, "model.llm.gradient_checkpointing=false"))
+    )
+    assert full.activation_bytes > 5 * z2.activation_bytes
+
+    sft, *_ = make_plan(
+        compose_config(
+            plan_overrides(mistral_7b_config_dir, "stage=sft_gen", "stage.init_from=/releases/pretrain")
+        )
+    )
+    assert sft.trainable_params == 449_450_272  # §6.6: ≈ 449.5 M, the input projection frozen
+
+
+def test_plan_runs_from_the_command_line_without_weights(mistral_7b_config_dir, tmp_path):
+    proc = divot_train(*plan_overrides(mistral_7b_config_dir, f"train.output_dir={tmp_path}"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "467.28 M trainable" in proc.stdout and "ZeRO-2" in proc.stdout and "GiB" in proc.stdout
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_tiny_plan_matches_the_tiny_model():
+    plan, model, tokenizer = make_plan(tiny_cfg())
+    assert plan.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert plan.tokenizer_params == sum(p.numel() for p in tokenizer.parameters())

@@ -1,0 +1,273 @@
+"""End to end through the real launchers on 2 CPU ranks and the synthetic shards.
+
+* ``launch/train_cpu.sh`` (the ``deepspeed`` CLI) with ZeRO-2 and ZeRO-3: the validation
+  loss (a fixed set of held-out batches, measured before the first step and after the
+  last) falls by at least 30% in 30 tiny steps.
+* A run stopped by SIGTERM mid-way saves a checkpoint; the continuation is then killed by
+  the kernel *while writing* its next checkpoint (a file-size limit: SIGXFSZ); the next
+  ``resume=auto`` (under torchrun this time) starts from the last complete checkpoint and
+  every logged loss equals the uninterrupted run's to 1e-5.
+* Both SFT stages start from the merged release of the pretraining run (plain
+  ``python -m divot_llm.train``, one process), train only what their stage trains.
+
+The ZeRO-2 pretraining run is shared: learning check, resume reference, release source.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from divot_llm.train import checkpoint
+from tests import helpers
+from tests.train.conftest import (
+    RUN_OVERRIDES,
+    hand_batches,
+    read_metrics,
+    run_env,
+    single_process_command,
+    train_cpu_command,
+    val_total,
+)
+
+pytestmark = pytest.mark.slow
+
+STEPS = 30
+PRETRAIN = (
+    f"train.max_steps={STEPS}",
+    "train.save_every=10",
+    "train.keep_last=5",
+    f"train.eval_every={STEPS}",
+    "train.eval_at_start=true",
+    "optim.warmup_steps=5",
+)
+
+
+def launch(command: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
+    return helpers.run_command(command, cwd=helpers.REPO_ROOT, timeout=timeout, **run_env())
+
+
+@pytest.fixture(scope="module")
+def pretrain_zero2(train_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain_zero2")
+    launch(train_cpu_command(f"data.root={train_data}", f"train.output_dir={out}", *PRETRAIN))
+    return out
+
+
+def assert_learned(out: Path) -> None:
+    val = read_metrics(out, kind="val")
+    assert sorted(val) == [0, STEPS]
+    start, end = val[0], val[STEPS]
+    assert val_total(end) <= 0.7 * val_total(start), (start, end)
+    assert end["val/lm_loss"] < start["val/lm_loss"] and end["val/gmm_nll"] < start["val/gmm_nll"]
+    assert end["val/feature_cosine"] > start["val/feature_cosine"]
+    assert sorted(read_metrics(out)) == list(range(1, STEPS + 1))
+
+
+def test_zero2_training_learns(pretrain_zero2):
+    assert_learned(pretrain_zero2)
+    assert (pretrain_zero2 / "config.yaml").is_file()
+    assert (pretrain_zero2 / "checkpoints" / "latest").read_text() == checkpoint.step_dir_name(STEPS)
+
+
+def test_zero3_training_learns(train_data, tmp_path):
+    launch(
+        train_cpu_command(
+            "deepspeed=zero3", f"data.root={train_data}", f"train.output_dir={tmp_path}", *PRETRAIN
+        )
+    )
+    assert_learned(tmp_path)
+
+
+# ------------------------------------------------------------------------ resume
+
+
+def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while max(read_metrics(out), default=0) < step:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline, f"step {step} not reached in {timeout} s"
+        time.sleep(0.2)
+
+
+def wait_group_gone(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until every process of the launch (launcher, ranks, data workers) has exited; on a
+    timeout the group (ours, started by this test) is killed and its survivors listed."""
+    pgid = proc.pid
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.poll()  # reap the group leader, or it lingers as a zombie member
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            survivors = subprocess.run(
+                ["ps", "-o", "pid,stat,cmd", "-g", str(pgid)], capture_output=True, text=True
+            )
+            os.killpg(pgid, signal.SIGKILL)
+            raise AssertionError(f"processes still running {timeout} s after SIGTERM:\n{survivors.stdout}")
+        time.sleep(0.2)
+
+
+def file_size_limit(limit: int):
+    """preexec_fn: writing a file past ``limit`` bytes kills the process (SIGXFSZ), no core
+    file. The limit must exceed the batches the data workers pass through shared memory
+    (files too) and stay below the checkpoint's files (16-25 MB for the tiny model)."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+def run_group(command: list[str], env: dict, log: Path, timeout: float = 400, preexec_fn=None) -> int:
+    """Run a launch in its own process group; on a timeout the whole group is killed
+    (the launcher's children would otherwise outlive it)."""
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            command, cwd=helpers.REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=preexec_fn,
+        )  # fmt: skip
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError(f"timed out after {timeout} s:\n{log.read_text()[-4000:]}") from None
+        finally:
+            wait_group_gone(proc, timeout=60)
+
+
+def test_sigterm_and_killed_checkpoint_write_resume_to_identical_losses(pretrain_zero2, train_data, tmp_path):
+    out = tmp_path / "run"
+    args = (f"data.root={train_data}", f"train.output_dir={out}", *PRETRAIN)
+    env = helpers.cpu_distributed_env(**run_env())
+    root = out / "checkpoints"
+
+    # 1. SIGTERM to the whole launch (as a scheduler or Ctrl-C does) once step 8 is logged.
+    log = tmp_path / "interrupted.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            train_cpu_command(*args), cwd=helpers.REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_for_step(out, 8, proc)
+        os.killpg(proc.pid, signal.SIGTERM)
+        wait_group_gone(proc)
+    assert "stopped by SIGTERM after step" in log.read_text(), log.read_text()[-3000:]
+    stopped = checkpoint.latest_checkpoint(root)
+    assert stopped is not None and 8 <= stopped.step < STEPS
+    assert (root / "latest").read_text() == stopped.path.name
+
+    # 2. Resume, and get killed by the kernel in the middle of the next checkpoint write.
+    next_save = (stopped.step // 10 + 1) * 10
+    crash_log = tmp_path / "crashed.log"
+    returncode = run_group(
+        train_cpu_command(*args, "train.resume=auto"), env, crash_log, preexec_fn=file_size_limit(8 * 2**20)
+    )
+    assert returncode != 0, crash_log.read_text()[-3000:]
+    assert (root / f".tmp-{checkpoint.step_dir_name(next_save)}").is_dir()  # the partial write
+    assert checkpoint.latest_checkpoint(root).path == stopped.path
+    assert (root / "latest").read_text() == stopped.path.name
+
+    # 3. resume=auto picks the last complete checkpoint (torchrun this time) and finishes.
+    done = launch(
+        [
+            helpers.PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            f"--master_port={helpers.free_port()}", "-m", "divot_llm.train", *RUN_OVERRIDES, *args,
+            "train.resume=auto",
+        ]
+    )  # fmt: skip
+    assert f"resumed from {stopped.path} at step {stopped.step}" in done.stderr
+    assert not list(root.glob(".tmp-*"))
+
+    reference, resumed = read_metrics(pretrain_zero2), read_metrics(out)  # last record per step wins
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert resumed[step]["train/loss"] == pytest.approx(reference[step]["train/loss"], abs=1e-5), step
+    assert read_metrics(out, "val")[STEPS]["val/lm_loss"] == pytest.approx(
+        read_metrics(pretrain_zero2, "val")[STEPS]["val/lm_loss"], abs=1e-5
+    )
+
+
+# ------------------------------------------------------------------------ stages
+
+
+@pytest.fixture(scope="module")
+def release(pretrain_zero2, tmp_path_factory) -> Path:
+    from divot_llm.train.release import checkpoint_to_release
+
+    return checkpoint_to_release(pretrain_zero2, tmp_path_factory.mktemp("release") / "pretrain")
+
+
+def test_release_holds_the_trained_model_merged(pretrain_zero2, release, mistral_tokenizer_dir):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from omegaconf import OmegaConf
+
+    from divot_llm.model import load_release, load_training_state_dict
+    from divot_llm.train.trainer import build_models
+
+    last = checkpoint.latest_checkpoint(pretrain_zero2 / "checkpoints").path
+    cfg = OmegaConf.load(last / "config.yaml")
+    _, _, trained = build_models(cfg, torch.float32)  # the run's frozen random base, from its seed
+    load_training_state_dict(
+        trained,
+        get_fp32_state_dict_from_zero_checkpoint(str(last), tag="engine", exclude_frozen_parameters=True),
+    )
+    merged = load_release(release, cfg.model, tokens_per_clip=8, feature_dim=16)
+    batch = hand_batches(mistral_tokenizer_dir, 8, 16, count=1)[0]
+    with torch.no_grad():
+        expected, got = trained.eval()(**batch), merged(**batch)
+    assert got.lm_loss == pytest.approx(float(expected.lm_loss), abs=1e-4)
+    assert got.gmm_loss == pytest.approx(float(expected.gmm_loss), abs=1e-4)
+    assert (release / "llm" / "tokenizer.model").is_file() and (
+        release / "agent" / "pytorch_model.bin"
+    ).is_file()
+
+
+@pytest.mark.parametrize(
+    ("stage", "trained_head", "frozen_head"),
+    [("sft_comp", "input_resampler", "output_resampler"), ("sft_gen", "output_resampler", "input_resampler")],
+)
+def test_sft_stage_trains_from_the_merged_release(
+    release, train_data, tmp_path, stage, trained_head, frozen_head
+):
+    """4 steps of each SFT stage from the release: the run trains a fresh LoRA, its stage's
+    projection and the embeddings, all starting from the release's values (a few AdamW
+    steps of lr <= 3e-3 move them by a few 1e-3; a random init would be ~1e-1 away)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import load_file
+
+    from divot_llm.model import read_agent_file
+
+    launch(
+        single_process_command(
+            f"stage={stage}", f"data=synthetic_{stage}", f"data.root={train_data}", f"stage.init_from={release}",
+            f"train.output_dir={tmp_path}", "train.max_steps=4", "train.save_every=4", "optim.warmup_steps=1",
+        )
+    )  # fmt: skip
+    records = read_metrics(tmp_path)
+    assert sorted(records) == [1, 2, 3, 4] and all(math.isfinite(r["train/loss"]) for r in records.values())
+    state = get_fp32_state_dict_from_zero_checkpoint(
+        str(tmp_path / "checkpoints" / "step_00000004"), tag="engine", exclude_frozen_parameters=True
+    )
+    assert any("lora_A" in k for k in state)  # a fresh LoRA on the merged weights
+    assert not any(k.startswith(frozen_head) for k in state)  # frozen: not trained, not saved
+    agent = read_agent_file(release / "agent")
+    for key in (k for k in agent if k.startswith(trained_head)):
+        assert (state[key] - agent[key]).abs().mean() < 0.02, key
+    # Rows of tokens the 4 batches never touch only see weight decay: equal to the release's.
+    embed = state["llm.base_model.model.model.embed_tokens.weight"]
+    assert (
+        embed - load_file(release / "llm" / "model.safetensors")["model.embed_tokens.weight"]
+    ).abs().median() < 1e-4

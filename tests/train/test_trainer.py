@@ -1,0 +1,68 @@
+"""The training step in-process (1 rank, real DeepSpeed engine): NaN/inf losses are
+skipped together and abort a run after the configured streak; real loader batches have
+only their real clips encoded by the frozen video tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from divot_llm.config import compose_config
+from divot_llm.data.loader import build_loader
+from divot_llm.text import load_text_tokenizer
+from divot_llm.train.trainer import NonFiniteLossError, Trainer
+from tests.train.conftest import RUN_OVERRIDES, BatchList, hand_batches, tiny_cfg
+
+
+def test_nonfinite_losses_are_skipped_then_abort(ds_process_group, mistral_tokenizer_dir, tmp_path):
+    good = hand_batches(mistral_tokenizer_dir, 8, 16, count=2)
+    bad = {
+        **good[0],
+        "video_feats": torch.full_like(good[0]["video_feats"], float("nan")),
+    }  # a corrupt feature cache
+    stream = [good[0], bad, good[1], bad, bad, bad]
+    cfg = tiny_cfg(f"train.output_dir={tmp_path}", "train.max_steps=10", "train.max_nonfinite_steps=3")
+    trainer = Trainer(cfg, build_loader=lambda *args, **kwargs: BatchList(stream))
+    trainer.setup()
+    try:
+        with pytest.raises(NonFiniteLossError, match="3 micro-batches in a row"):
+            trainer.train()
+    finally:
+        trainer.cleanup()
+    assert trainer.step == 2  # step 1: good; step 2: one skip, then good; step 3: three skips
+    assert trainer.nonfinite_total == 4
+    assert all(torch.isfinite(p).all() for p in trainer.engine.module.parameters())
+
+
+def test_only_real_clips_are_encoded(ds_process_group, train_data, tmp_path):
+    cfg = compose_config(
+        [
+            *RUN_OVERRIDES,
+            f"data.root={train_data}",
+            "data.num_workers=0",
+            "data.batch_size=4",
+            "train.eval_every=0",
+        ]
+    )
+    vt = cfg.video_tokenizer
+    loader = build_loader(
+        cfg.data, load_text_tokenizer(None), vt.num_tokens, vt.frames_per_clip, vt.input_size
+    )
+    batch = next(
+        b for b in loader if not (b["embeds_cmp_mask"] | b["embeds_gen_mask"]).all()
+    )  # has padded clips
+    cfg.train.output_dir = str(tmp_path)
+    cfg.train.max_steps = 1
+    cfg.train.eval_at_start = False
+    trainer = Trainer(cfg, build_loader=lambda *args, **kwargs: BatchList([batch]))
+    trainer.setup()
+    try:
+        feats = trainer.prepare(batch)["video_feats"]
+        real = batch["embeds_cmp_mask"] | batch["embeds_gen_mask"]
+        assert feats.shape == (*real.shape, vt.num_tokens, vt.feature_dim)
+        assert (feats[~real] == 0).all()
+        expected = trainer.video_tokenizer.encode(batch["frames"][real])
+        torch.testing.assert_close(feats[real], expected)
+        assert trainer.train() == "finished"
+    finally:
+        trainer.cleanup()
