@@ -37,6 +37,7 @@ from divot_llm.train.validate import validate
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "ids_cmp_mask", "ids_gen_mask")
 CLIP_MASK_KEYS = ("embeds_cmp_mask", "embeds_gen_mask")
+PACKED_KEYS = ("segment_ids", "position_ids")  # only in packed batches (data.packing)
 
 FINISHED, INTERRUPTED = "finished", "interrupted"
 
@@ -383,7 +384,8 @@ class Trainer:
         Only real clips (``embeds_cmp_mask | embeds_gen_mask``) go through the tokenizer;
         padded clip slots stay zero. A batch from a feature cache brings ``video_feats``.
         """
-        inputs = {k: batch[k].to(self.device, non_blocking=True) for k in MODEL_INPUT_KEYS + CLIP_MASK_KEYS}
+        keys = MODEL_INPUT_KEYS + CLIP_MASK_KEYS + tuple(k for k in PACKED_KEYS if k in batch)  # packing
+        inputs = {k: batch[k].to(self.device, non_blocking=True) for k in keys}
         if "video_feats" in batch:
             inputs["video_feats"] = batch["video_feats"].to(self.device, non_blocking=True)
             return inputs

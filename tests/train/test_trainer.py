@@ -66,3 +66,53 @@ def test_only_real_clips_are_encoded(ds_process_group, train_data, tmp_path):
         assert trainer.train() == "finished"
     finally:
         trainer.cleanup()
+
+
+def _first_loss(cfg, tmp_path) -> tuple[float, dict]:
+    cfg.train.output_dir = str(tmp_path)
+    cfg.train.max_steps = 1
+    cfg.train.eval_at_start = False
+    trainer = Trainer(cfg)
+    trainer.setup()
+    try:
+        batch = next(iter(trainer.loader))
+        inputs = trainer.prepare(batch)
+        with torch.no_grad():
+            loss = trainer.engine(**inputs).total_loss.item()
+    finally:
+        trainer.cleanup()
+    return loss, inputs
+
+
+def test_packed_batches_reach_the_model_with_their_segments(ds_process_group, train_data, tmp_path):
+    cfg = compose_config([*RUN_OVERRIDES, f"data.root={train_data}", "data.num_workers=0", "data.batch_size=4",
+                          "data.packing=true", "data.pack_length=400", "train.eval_every=0"])  # fmt: skip
+    loss, inputs = _first_loss(cfg, tmp_path)
+    assert "segment_ids" in inputs and int(inputs["segment_ids"].max()) >= 2
+    assert torch.isfinite(torch.tensor(loss))
+
+
+def test_training_from_the_feature_cache_gives_the_same_loss_as_from_frames(
+    ds_process_group, train_data, tmp_path
+):
+    from omegaconf import OmegaConf
+
+    from divot_llm.data.cache_build import build_feature_cache
+    from divot_llm.data.feature_cache import expected_info
+
+    overrides = [*RUN_OVERRIDES, f"data.root={train_data}", "data.num_workers=0", "train.eval_every=0"]
+    cfg = compose_config(overrides)
+    loss_frames, _ = _first_loss(compose_config(overrides), tmp_path / "frames")
+    # the cache must be made by the tokenizer the trainer builds (same seed -> same weights)
+    trainer = Trainer(compose_config([*overrides, f"train.output_dir={tmp_path / 'probe'}"]))
+    trainer.setup()
+    try:
+        tok = trainer.video_tokenizer
+        info = expected_info(tok, OmegaConf.to_container(cfg.video_tokenizer, resolve=True), cfg.data)
+        build_feature_cache(cfg.data, tok, info, tmp_path / "cache", splits=("train",))
+    finally:
+        trainer.cleanup()
+    loss_cache, inputs = _first_loss(
+        compose_config([*overrides, f"data.feature_cache={tmp_path / 'cache'}"]), tmp_path / "cached"
+    )
+    assert loss_cache == pytest.approx(loss_frames, rel=1e-5, abs=1e-6)
