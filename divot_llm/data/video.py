@@ -183,12 +183,15 @@ def read_frames_at(
     if np.any(np.diff(times) < 0):
         raise ValueError("times_s must be non-decreasing")
     with _open(source) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        picked = _pick_frames(container, stream, times, origin, seek_gap_s)
-    return [display_rgb(frame) for frame in picked]
+        return _frames_at(container, times, seek_gap_s, threads)
+
+
+def _frames_at(container, times: np.ndarray, seek_gap_s: float, threads: int) -> list[np.ndarray]:
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = threads
+    origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    return [display_rgb(frame) for frame in _pick_frames(container, stream, times, origin, seek_gap_s)]
 
 
 def _pick_frames(container, stream, times: np.ndarray, origin: float, seek_gap_s: float) -> list:
@@ -269,15 +272,18 @@ def sample_video_clips(
     Raises MediaError (with a ``reason``) for unusable videos: corrupt, no frames, too
     small, too elongated.
     """
-    info = probe_video(source)
-    if min(info.width, info.height) < min_resolution:
-        raise MediaError("too_small", f"{info.width}x{info.height} < {min_resolution}")
-    if min(info.width, info.height) / max(info.width, info.height) < min_aspect_ratio:
-        raise MediaError("bad_aspect_ratio", f"{info.width}x{info.height}")
-    windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense, window, sample_fps)
-    indices = windows[:, clip_positions(window, stride)]  # (C, 5)
-    unique = np.unique(indices)
-    frames = read_frames_at(source, unique / info.fps, threads=threads)
+    # One open for headers and frames. The size filters need no display rotation: the
+    # shorter side and the aspect ratio are the same either way round.
+    with _open(source) as container:
+        info = _probe(container)
+        if min(info.width, info.height) < min_resolution:
+            raise MediaError("too_small", f"{info.width}x{info.height} < {min_resolution}")
+        if min(info.width, info.height) / max(info.width, info.height) < min_aspect_ratio:
+            raise MediaError("bad_aspect_ratio", f"{info.width}x{info.height}")
+        windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense, window, sample_fps)
+        indices = windows[:, clip_positions(window, stride)]  # (C, 5)
+        unique = np.unique(indices)
+        frames = _frames_at(container, unique / info.fps, seek_gap_s=2.0, threads=threads)
     pixels = to_model_pixels(frames, image_size)  # (U, 3, S, S)
     lookup = {int(idx): k for k, idx in enumerate(unique)}
     gather = torch.as_tensor([[lookup[int(x)] for x in row] for row in indices])

@@ -105,3 +105,18 @@ def test_benchmark_reports_both_step_times_and_the_ratio():
     assert "step time from frames" in out and "step time from cache" in out
     ratio = float(out.split("ratio cached/uncached :")[1].split()[0])
     assert ratio > 0
+
+
+def test_features_command_builds_a_cache_the_loader_accepts(setup, tmp_path):
+    """The README command, on the default device choice (CPU here)."""
+    from data_recipes.__main__ import main
+
+    cfg, video_tokenizer, info, _, counts, text = setup
+    torch.manual_seed(0)  # the command builds the tokenizer from config: same seed, same weights
+    out = tmp_path / "cache"
+    assert main(["features", "--out", str(out), "--", f"data.root={cfg.data.root}"]) == 0
+    assert len(list(out.rglob("*.safetensors"))) == counts["written"]
+    assert next(iter(loader(cfg, text, info, out)))["video_feats"].shape[-2:] == (
+        info.tokens_per_clip,
+        info.feature_dim,
+    )
