@@ -19,6 +19,7 @@ from divot_llm.config import compose_config
 from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.feature_cache import expected_info
 from divot_llm.tokenizers import build_video_tokenizer
+from divot_llm.train.trainer import seed_everything
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # Seeded as the trainer builds it (build_models): a random-init tokenizer (tiny configs)
+    # must be the very one the run will use, or the cache's fingerprint will not match it.
+    seed_everything(int(cfg.train.seed))
     tokenizer = build_video_tokenizer(cfg.video_tokenizer).to(device, dtype)
     tokenizer_cfg = OmegaConf.to_container(cfg.video_tokenizer, resolve=True)
     info = expected_info(tokenizer, tokenizer_cfg, cfg.data)

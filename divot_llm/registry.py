@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from omegaconf import MISSING, DictConfig, MissingMandatoryValue, OmegaConf
@@ -96,3 +99,15 @@ class ComponentRegistry(Generic[C]):
         if missing:
             raise ConfigError(f"{self.config_group}.{missing[0]} must be set (it is ???)")
         return config
+
+    def load_saved(self, path: str | os.PathLike, config_file: str) -> C:
+        """A component folder written by its ``save_pretrained``; the ``arch`` in its
+        ``config_file`` picks the class.
+
+        Raises:
+            FileNotFoundError: no ``config_file`` in ``path``.
+        """
+        file = Path(path) / config_file
+        if not file.is_file():
+            raise FileNotFoundError(f"{path} is not a saved {self.kind} (no {config_file})")
+        return self.get(json.loads(file.read_text())["arch"]).from_pretrained(path)

@@ -1,47 +1,94 @@
 #!/usr/bin/env bash
-# CPU demo of the pipeline as it stands, end to end, on the embedded default config
-# (tiny models, synthetic data). `make demo` runs it inside the project's .venv.
+# The whole pipeline on CPU, end to end: tiny models, synthetic data, the real tools.
+# `make demo` runs it inside the project's .venv.
 #
 #   1. write the synthetic dataset (real h264/mpeg4/vp9/gif videos, images, captions, QA)
-#   2. inspect every shard: decode all media, check each caption against the pixels
-#   3. compose + validate the demo experiment and save its fully resolved config
-#   4. train it: 2 CPU ranks under the real `deepspeed` launcher (launch/train_cpu.sh),
-#      ZeRO-2, fp32; validation before and after; checkpoints under $OUT/checkpoints
-#      (run the demo again to continue a stopped run: train.resume=auto is the default)
+#   2. pretrain: 2 CPU ranks under the real `deepspeed` launcher (launch/train_cpu.sh), ZeRO-2
+#   3. release it: divot-export zero-to-fp32, then divot-merge --verify
+#   4. SFT for comprehension and SFT for generation, each from the merged pretrain release,
+#      each exported and merged the same way
+#   5. divot-infer comprehend: the SFT-comp release answers "What color is the shape in the
+#      video?" for every held-out video; divot-infer generate: features for a caption
+#   6. a report: losses per stage, releases, held-out accuracy (tools/demo_report.py)
 #
 # Environment: DEMO_DATA (default data/synthetic), DEMO_OUT (default outputs/demo),
-# DEMO_SEED (default 0). Extra arguments are passed on as config overrides.
+# DEMO_SEED (0), DEMO_VIDEOS (train videos, 320), DEMO_IMAGES (2000), DEMO_BATCH (per rank,
+# 16), DEMO_PRETRAIN_STEPS, DEMO_SFT_COMP_STEPS, DEMO_SFT_GEN_STEPS. Extra arguments are config overrides for every stage. Runs that
+# already finished are kept (delete DEMO_OUT to start over); a stopped stage resumes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DATA=${DEMO_DATA:-data/synthetic}
 OUT=${DEMO_OUT:-outputs/demo}
 SEED=${DEMO_SEED:-0}
+VIDEOS=${DEMO_VIDEOS:-320}
+IMAGES=${DEMO_IMAGES:-1000}
+PRETRAIN_STEPS=${DEMO_PRETRAIN_STEPS:-500}
+SFT_COMP_STEPS=${DEMO_SFT_COMP_STEPS:-500}
+SFT_GEN_STEPS=${DEMO_SFT_GEN_STEPS:-50}
+BATCH=${DEMO_BATCH:-16}
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+started=$SECONDS
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%ds] %s\n' $((SECONDS - started)) "$*"; }
 
-step "1/4 synthetic data -> $DATA"
-if [[ -f "$DATA/manifest.json" ]] && grep -q "\"seed\": $SEED," "$DATA/manifest.json"; then
-  echo "already there (seed $SEED); delete $DATA to rebuild"
+# train_stage NAME STEPS OVERRIDES...: cache the frozen tokenizer's features of the stage's
+# data (divot-data features), train from them (resuming if stopped), then export + merge.
+train_stage() {
+  local name=$1 steps=$2
+  shift 2
+  local run="$OUT/runs/$name" release="$OUT/releases/$name" cache="$OUT/cache/$name"
+  if [[ -f "$release/release.json" ]]; then
+    echo "$release already there"
+    return
+  fi
+  divot-data features --out "$cache" -- experiment=demo "data.root=$DATA" "${COMMON[@]}" "$@" 2> /dev/null | tail -n 2
+  bash launch/train_cpu.sh experiment=demo "data.root=$DATA" "data.feature_cache=$cache" \
+    "train.output_dir=$run" "train.max_steps=$steps" "train.save_every=$steps" "train.eval_every=$steps" \
+    "train.log_every=$(( steps / 5 > 0 ? steps / 5 : 1 ))" train.progress_bar=false "${COMMON[@]}" "$@" 2>&1 \
+    | grep -E '^(divot-train|step|outputs|finished|resumed|stopped)' || true
+  [[ -f "$run/checkpoints/latest" ]] || { echo "training $name failed: see $run/train.log" >&2; exit 1; }
+  divot-export zero-to-fp32 "$run" "$OUT/fp32/$name" --overwrite 2> /dev/null | tail -n 1
+  divot-merge --checkpoint "$OUT/fp32/$name" --out "$release" --verify --overwrite 2>&1 | grep -E 'verify|release'
+}
+
+# Every stage: the demo tokenizer, larger batches (tiny steps are overhead-bound), and the
+# command line's overrides.
+COMMON=(video_tokenizer=divot_demo "data.batch_size=$BATCH" "$@")
+step "1/6 synthetic data -> $DATA"
+if [[ -f "$DATA/manifest.json" ]] && grep -q "\"seed\": $SEED," "$DATA/manifest.json" \
+  && grep -q "\"train_videos\": $VIDEOS," "$DATA/manifest.json"; then
+  echo "already there (seed $SEED, $VIDEOS videos); delete $DATA to rebuild"
 else
-  divot-data synthetic --out "$DATA" --seed "$SEED" --overwrite
+  divot-data synthetic --out "$DATA" --seed "$SEED" --train-videos "$VIDEOS" --val-videos 24 \
+    --images "$IMAGES" --samples-per-shard 64 --overwrite
 fi
 
-step "2/4 inspect shards (decode every video/image, caption vs pixels)"
-divot-data inspect "$DATA/*/*/shard-*.tar" --verify-synthetic
+step "2/6 pretrain ($PRETRAIN_STEPS steps, 2 CPU ranks, ZeRO-2)"
+train_stage pretrain "$PRETRAIN_STEPS" stage=pretrain
 
-step "3/4 resolve the demo config -> $OUT/config.yaml"
-divot-config experiment=demo "data.root=$DATA" "train.output_dir=$OUT" "$@" --save "$OUT" > /dev/null
+step "3/6 SFT for comprehension from the pretrain release ($SFT_COMP_STEPS steps)"
+train_stage sft_comp "$SFT_COMP_STEPS" stage=sft_comp data=synthetic_sft_comp \
+  "stage.init_from=$OUT/releases/pretrain" train.eval_at_start=false
 
-step "4/4 train (2 CPU ranks, deepspeed launcher) -> $OUT"
-bash launch/train_cpu.sh experiment=demo "data.root=$DATA" "train.output_dir=$OUT" "$@"
+step "4/6 SFT for generation from the pretrain release ($SFT_GEN_STEPS steps)"
+train_stage sft_gen "$SFT_GEN_STEPS" stage=sft_gen data=synthetic_sft_gen \
+  "stage.init_from=$OUT/releases/pretrain" train.eval_at_start=false
 
-cat <<EOF2
+step "5/6 comprehend the held-out videos; generate features for a caption"
+mkdir -p "$OUT/comprehension"
+mapfile -t heldout < <(python -c "
+import json, sys
+for line in open('$DATA/annotations/val_video_qa.jsonl'):
+    print('$DATA/media/' + json.loads(line)['video'])")
+divot-infer comprehend --release "$OUT/releases/sft_comp" "${heldout[@]}" --greedy --max-new-tokens 16 \
+  --num-clips 4 -q "What color is the shape in the video?" --no-stream --batch-size 8 \
+  --jsonl "$OUT/comprehension/answers.jsonl" > "$OUT/comprehension/answers.txt" 2> /dev/null
+head -n 3 "$OUT/comprehension/answers.txt"
+echo "... (${#heldout[@]} videos; all answers in $OUT/comprehension/answers.jsonl)"
+divot-infer generate --release "$OUT/releases/sft_gen" "a red circle moving left on a blue background" \
+  --out "$OUT/generation" 2> /dev/null
 
-Demo finished. Outputs:
-  data     $(cd "$DATA" && pwd)   (train/ val/ shards, media/, annotations/*.jsonl)
-  config   $(cd "$OUT" && pwd)/config.yaml
-  metrics  $(cd "$OUT" && pwd)/metrics.jsonl   (tensorboard --logdir $OUT/tensorboard)
-  ckpts    $(cd "$OUT" && pwd)/checkpoints/     (latest: $(cat "$OUT/checkpoints/latest"))
-EOF2
+step "6/6 report"
+python tools/demo_report.py "$OUT" --data "$DATA" --json "$OUT/report.json"
+echo "demo finished in $((SECONDS - started)) s"

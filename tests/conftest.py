@@ -75,3 +75,50 @@ def mistral_tokenizer_dir(tmp_path_factory):
 def tiny_mistral_dir(tmp_path_factory):
     """A saved random tiny Mistral (HF folder, real 32000-token vocabulary)."""
     return helpers.build_tiny_mistral_dir(tmp_path_factory.mktemp("tiny_mistral"))
+
+
+# ----------------------------------------------------------- two-rank training runs
+# 2 steps of the demo config on 2 ranks (ZeRO-2 / ZeRO-3) over a small synthetic set;
+# ``<run>/live.pt`` holds the parameters the live engine had after its last checkpoint.
+# Export, merge and inference tests all start from these checkpoints.
+
+
+@pytest.fixture(scope="session")
+def export_data(tmp_path_factory):
+    from divot_llm.data.synthetic import write_synthetic_dataset
+    from tests.train.conftest import COUNTS
+
+    root = tmp_path_factory.mktemp("export_data") / "synthetic"
+    write_synthetic_dataset(root, seed=4, counts=COUNTS)
+    return root
+
+
+def _two_rank_run(data, out, zero_stage: int):
+    helpers.run_command(
+        [
+            helpers.PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            f"--master_port={helpers.free_port()}", "-m", "tests.export.live_run",
+            str(data), str(out), str(zero_stage),
+        ],
+        cwd=helpers.REPO_ROOT,
+        timeout=400,
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def zero2_run(export_data, tmp_path_factory):
+    return _two_rank_run(export_data, tmp_path_factory.mktemp("zero2_run"), 2)
+
+
+@pytest.fixture(scope="session")
+def zero3_run(export_data, tmp_path_factory):
+    return _two_rank_run(export_data, tmp_path_factory.mktemp("zero3_run"), 3)
+
+
+@pytest.fixture(scope="session")
+def tiny_release(zero2_run, tmp_path_factory):
+    """The verified fp32 release (divot-merge) of the ZeRO-2 run."""
+    out = tmp_path_factory.mktemp("tiny_release") / "pretrain"
+    helpers.run_entry_point("divot-merge", "--checkpoint", str(zero2_run), "--out", str(out), "--verify")
+    return out

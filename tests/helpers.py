@@ -86,3 +86,32 @@ def run_command(args: list[str], cwd: str | os.PathLike | None = None, timeout: 
 
 
 PYTHON = sys.executable
+
+
+def run_entry_point(
+    *args: str, check: bool = True, cwd: str | os.PathLike | None = None, timeout: float = 600
+):
+    """Run a console script (``divot-export ...``) as users do: the venv's executable."""
+    script = Path(sys.executable).parent / args[0]
+    proc = subprocess.run(
+        [str(script), *args[1:]], cwd=cwd or REPO_ROOT, env=cpu_distributed_env(),
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({proc.returncode}):\n--- stdout ---\n{proc.stdout[-4000:]}\n"
+            f"--- stderr ---\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def run_main(main, *args: str, capsys, check: bool = True):
+    """Call a CLI's ``main(argv)`` in this process (no interpreter start-up per call);
+    returns ``(exit code, stdout, stderr)``. Tests that need the installed console script
+    itself use ``run_entry_point``."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    if check and code != 0:
+        raise AssertionError(f"{' '.join(args)} exited {code}:\n{out[-4000:]}\n{err[-4000:]}")
+    return code, out, err

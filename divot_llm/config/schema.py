@@ -37,6 +37,15 @@ class StageName(str, Enum):
     pretrain = "pretrain"
     sft_comp = "sft_comp"
     sft_gen = "sft_gen"
+    detok = "detok"  # de-tokenizer (stage 1) on the frozen tokenizer's features
+    tokenizer = "tokenizer"  # tokenizer (all but the ViT) + de-tokenizer through the diffusion loss
+    detok_adapt = "detok_adapt"  # de-tokenizer adaptation (stage 2) on features sampled from the LLM's GMM
+
+    def __str__(self) -> str:  # "${stage.name}" in a config path interpolates to "sft_comp"
+        return self.value
+
+
+DETOK_STAGES = (StageName.detok, StageName.tokenizer, StageName.detok_adapt)  # train a de-tokenizer
 
 
 class MixMode(str, Enum):
@@ -197,6 +206,9 @@ class DynamiCrafterConfig:
     frame_stride: int = 3  # fs conditioning
     # training
     cond_drop_prob: float = 0.1  # clips conditioned on the zero-clip features (CFG dropout) [inferred]
+    # latents trained on: "sample" (the reference: posterior.sample()) | "mean" (the posterior
+    # mean; for random test VAEs, whose posterior std ~1 leaves nothing to learn)
+    vae_posterior: str = "sample"
 
 
 # --------------------------------------------------------------------------- data
@@ -242,9 +254,21 @@ class DataConfig:
 @dataclass
 class StageConfig:
     name: StageName = MISSING
+    # LLM stages
     train_input_proj: bool = True
     train_output_proj: bool = True
-    init_from: str | None = MISSING  # merged release folder (llm/ + agent/) an SFT starts from
+    # merged release folder (llm/ + agent/): what an SFT starts from, and the Divot-LLM whose
+    # GMM samples the conditioning features of detok_adapt
+    init_from: str | None = MISSING
+    # de-tokenizer stages (detok, tokenizer, detok_adapt); the VAE is always frozen
+    train_diffusion_model: bool = True  # the UNet
+    train_image_proj_model: bool = True  # the conditioning resampler
+    detokenizer_init_from: str | None = None  # save_pretrained folder the de-tokenizer starts from
+    tokenizer_zero_init: bool = False  # tokenizer stage: the reference's zero-init temporal encoder
+    var_scale: float | None = None  # detok_adapt: GMM sampling variance scale; null = model.gmm.sample_var_scale
+    instruct_prompt: bool = False  # detok_adapt: SFT-gen prompt ([INST] ...) instead of the bare caption
+    recon_clips: int = 2  # validation: clips per rank decoded for PSNR/SSIM (0: loss only)
+    recon_steps: int | None = None  # validation sampler steps; null = detokenizer.ddim_steps
 
 
 @dataclass
@@ -303,6 +327,8 @@ class TrainConfig:
 class DivotConfig:
     experiment_name: str = "default"
     plan: bool = False  # divot-train plan=true: print parameter counts + memory estimate, train nothing
+    # Divot's official files (divot-reference §9.3 layout); experiment=divot_official reads them
+    pretrained_root: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     video_tokenizer: Any = MISSING  # an option with its own schema (schema_divot, ...)
     detokenizer: Any = MISSING

@@ -8,6 +8,10 @@ of the last batch it actually handed out per worker slot. Since torch's DataLoad
 batches from its workers round-robin, a resumed loader rotates which physical worker
 plays which slot so that the next batch comes from the slot whose turn it was -- the
 resumed stream is the uninterrupted one, batch for batch.
+
+Two kinds of examples flow through the same machinery: token sequences with 5-frame
+tokenizer clips (the LLM stages), or -- with ``windows`` (``divot_llm.data.windows``) --
+full de-tokenizer windows with a caption (the de-tokenizer stages).
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from __future__ import annotations
 import copy
 import io
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -59,6 +63,13 @@ class SourceSpec:
     bidirectional_queries: bool
 
 
+class ExampleKind(Protocol):
+    """How a non-sequence loader turns raw samples into batches (``windows.WindowSpec``)."""
+
+    def example(self, raw: RawSample, source: SourceSpec, seed: int, epoch: int) -> dict: ...
+    def collate(self, examples: list[dict]) -> dict: ...
+
+
 @dataclass(frozen=True)
 class LoaderSpec:
     """Everything a worker needs to rebuild its streams (plain, picklable values)."""
@@ -79,6 +90,7 @@ class LoaderSpec:
     stride: int
     feature_cache: str | None = None  # read tokenizer features instead of decoding frames
     split: str = "train"
+    windows: ExampleKind | None = None  # de-tokenizer windows instead of token sequences
 
 
 # ------------------------------------------------------------------------ examples
@@ -171,13 +183,26 @@ def make_example(
     return example, seq.truncated
 
 
+MakeExample = Callable[[RawSample, int], tuple[dict, bool]]  # (raw, epoch) -> (example, truncated)
+
+
+def example_maker(spec: LoaderSpec, src: SourceSpec, tokenizer: DivotTextTokenizer | None) -> MakeExample:
+    """What turns one source's raw samples into examples: a token sequence + clips (or
+    cached features), or a de-tokenizer window when ``spec.windows`` is set."""
+    if spec.windows is not None:
+        kind = spec.windows
+        return lambda raw, epoch: (kind.example(raw, src, spec.seed, epoch), False)
+    builder = SequenceBuilder(tokenizer, spec.tokens_per_clip, src.bidirectional_queries)
+    cache = FeatureCache(spec.feature_cache) if spec.feature_cache else None
+    return lambda raw, epoch: make_example(raw, src, spec, builder, epoch, cache)
+
+
 class ExampleStream:
     """A source's raw samples turned into examples; failures are skipped and counted on
     the source's counter (so they travel with its state)."""
 
-    def __init__(self, source: Source, spec: SourceSpec, loader: LoaderSpec, builder: SequenceBuilder):
-        self.source, self.spec, self.loader, self.builder = source, spec, loader, builder
-        self.cache = FeatureCache(loader.feature_cache) if loader.feature_cache else None
+    def __init__(self, source: Source, make: MakeExample):
+        self.source, self.make = source, make
 
     def state_dict(self) -> dict:
         return self.source.state_dict()
@@ -189,9 +214,7 @@ class ExampleStream:
         last_success_epoch = self.source.epoch
         for raw in self.source:
             try:
-                example, truncated = make_example(
-                    raw, self.spec, self.loader, self.builder, self.source.epoch, self.cache
-                )
+                example, truncated = self.make(raw, self.source.epoch)
             except (MediaError, SequenceTooLong) as exc:
                 self.source.skipped.skip(exc.reason, raw.key, exc.detail)
                 if self.source.epoch >= last_success_epoch + 2:
@@ -226,19 +249,20 @@ def open_source(spec: LoaderSpec, src: SourceSpec, consumer: Consumer, infinite:
     return TarSource(src.name, files, spec.seed, consumer, infinite)
 
 
-def build_mixer(spec: LoaderSpec, tokenizer: DivotTextTokenizer, consumer: Consumer) -> Mixer:
+def build_mixer(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None, consumer: Consumer) -> Mixer:
     sources = []
     for src in spec.sources:
         source = open_source(spec, src, consumer, spec.infinite)
-        builder = SequenceBuilder(tokenizer, spec.tokens_per_clip, src.bidirectional_queries)
-        stream = ExampleStream(source, src, spec, builder)
+        stream = ExampleStream(source, example_maker(spec, src, tokenizer))
         sources.append(MixSource(src.name, stream, src.weight, src.batch_size))
+    extra = {} if spec.windows is None else {"length_of": lambda example: 1}  # windows have no tokens
     return Mixer(
         sources,
         seed=stable_seed(spec.seed, "mix", consumer.index, consumer.count),
         mode=spec.mixing,
         batch_size=spec.batch_size,
         tokens_per_batch=spec.tokens_per_batch,
+        **extra,
     )
 
 
@@ -260,7 +284,9 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
         if self.slot_states[slot] is not None:
             mixer.load_state_dict(self.slot_states[slot])
         for examples in mixer:
-            if self.spec.pack_length:
+            if self.spec.windows is not None:
+                batch = self.spec.windows.collate(examples)
+            elif self.spec.pack_length:
                 batch = pack(examples, self.tokenizer.pad_id, self.spec.pack_length)
             else:
                 batch = collate(examples, self.tokenizer.pad_id)
@@ -343,22 +369,34 @@ class DivotLoader:
 
 
 def loader_spec(
-    data_cfg: Any, tokens_per_clip: int, frames_per_clip: int, image_size: int, split: str = "train"
+    data_cfg: Any,
+    tokens_per_clip: int,
+    frames_per_clip: int,
+    image_size: int,
+    split: str = "train",
+    windows: ExampleKind | None = None,
 ) -> LoaderSpec:
     """The plain description of ``cfg.data`` for a split, checked against the tokenizer.
+
+    With ``windows`` (see ``divot_llm.data.windows.window_loader_spec``) examples are
+    de-tokenizer windows; the tokenizer-clip arguments then describe the window.
 
     Raises:
         DataError: no sources, or a source whose paths match nothing.
         ValueError: the clip sampling gives a different number of frames than the video
-            tokenizer takes; a bad pack length.
+            tokenizer takes; a bad pack length; packing or a feature cache with windows.
     """
     sources_cfg = data_cfg.sources if split == "train" else data_cfg.val_sources
     if not sources_cfg:
         raise DataError(
             f"no {split} data sources configured (data.{'sources' if split == 'train' else 'val_sources'})"
         )
+    if windows is not None and (data_cfg.packing or data_cfg.feature_cache):
+        raise ValueError(
+            "de-tokenizer windows are decoded pixels: set data.packing=false and data.feature_cache=null"
+        )
     sampled = len(clip_positions(data_cfg.frames_per_window, data_cfg.frame_stride))
-    if sampled != frames_per_clip:
+    if windows is None and sampled != frames_per_clip:
         raise ValueError(
             f"clip sampling gives {sampled} frames (window {data_cfg.frames_per_window}, stride "
             f"{data_cfg.frame_stride}) but the video tokenizer takes {frames_per_clip}"
@@ -380,6 +418,7 @@ def loader_spec(
         stride=int(data_cfg.frame_stride),
         feature_cache=data_cfg.feature_cache,
         split=split,
+        windows=windows,
     )
     for source in spec.sources:  # fail at start-up, naming the source, not in a worker
         expand_paths(spec.root, list(source.paths), source.name)
@@ -388,7 +427,7 @@ def loader_spec(
 
 def build_loader(
     data_cfg: Any,
-    tokenizer: DivotTextTokenizer,
+    tokenizer: DivotTextTokenizer | None,
     tokens_per_clip: int,
     frames_per_clip: int,
     image_size: int,
@@ -396,16 +435,19 @@ def build_loader(
     world_size: int = 1,
     split: str = "train",
     cache_info: CacheInfo | None = None,
+    windows: ExampleKind | None = None,
 ) -> DivotLoader:
     """The loader of one rank for ``cfg.data`` (``split="val"``: ``val_sources``, one pass).
 
     With ``data.feature_cache`` set, ``cache_info`` (what this run's tokenizer and sampling
     would produce, see ``feature_cache.expected_info``) must be given and match the cache.
+    With ``windows`` it yields de-tokenizer windows (``tokenizer`` may then be None; see
+    ``divot_llm.data.windows``).
 
     Raises:
         DataError / ValueError: see ``loader_spec``; a cache that does not match.
     """
-    spec = loader_spec(data_cfg, tokens_per_clip, frames_per_clip, image_size, split)
+    spec = loader_spec(data_cfg, tokens_per_clip, frames_per_clip, image_size, split, windows)
     if spec.feature_cache:
         if cache_info is None:
             raise ValueError(

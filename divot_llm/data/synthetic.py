@@ -10,11 +10,12 @@ in the formats the pipeline reads (divot-reference.md §7.2):
     <out>/train/videos/shard-NNNNN.tar   <key>.mp4|webm|gif + <key>.txt + <key>.json
     <out>/train/images/shard-NNNNN.tar   <key>.jpg|png      + <key>.txt + <key>.json
     <out>/val/videos/shard-NNNNN.tar     held-out videos, same layout
-    <out>/media/videos/<key>.<ext>       the train videos as files, for the jsonl files
+    <out>/media/videos/<key>.<ext>       the train and val videos as files, for the jsonl files
     <out>/media/images/<key>.<ext>
     <out>/annotations/video_caption.jsonl  {"video", "caption": str | [str, ...]}
     <out>/annotations/video_qa.jsonl       {"video", "question", "answer"} | {"video", "questions", "answers"}
     <out>/annotations/image_qa.jsonl       {"image", "questions", "answers"} | {"image", "data": [q, a, ...]}
+    <out>/annotations/val_video_qa.jsonl   held-out val videos: the shape-colour question + answer
     <out>/manifest.json
 
 Everything is a pure function of the seed: each sample draws from its own generator
@@ -206,7 +207,9 @@ def _random_scene(rng: np.random.Generator, moving: bool) -> Scene:
         color=str(color),
         background=str(background),
         direction=str(rng.choice(list(DIRECTIONS))) if moving else None,
-        radius_frac=float(rng.uniform(0.14, 0.2)),
+        # Large enough that the tiny random-init demo tokenizer keeps the shape's colour in
+        # its features (at 0.14-0.2 a linear probe on them reads it no better than chance).
+        radius_frac=float(rng.uniform(0.22, 0.28)),
     )
 
 
@@ -231,7 +234,9 @@ def sample_video_spec(seed: int, split: str, index: int) -> VideoSpec:
         variable_frame_rate=codec == "h264" and index % VFR_EVERY == VFR_EVERY - 1,
         display_rotation=90 if codec == "h264" and index % ROTATED_EVERY == ROTATED_EVERY - 1 else 0,
         speed_frac=float(rng.uniform(0.15, 0.3)),
-        start_frac=(float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8))),
+        # Across the motion the centre stays > 0.28 of the frame from the edges: the shape
+        # never touches them there, so frames where it is whole always exist.
+        start_frac=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7))),
     )
 
 
@@ -305,7 +310,7 @@ def write_synthetic_dataset(
     counts = counts or SyntheticCounts()
     out = Path(out_dir)
     tick = progress or (lambda n: None)
-    caption_lines, video_qa_lines, image_qa_lines = [], [], []
+    caption_lines, video_qa_lines, image_qa_lines, val_qa_lines = [], [], [], []
     qa_rng = np.random.default_rng([seed, 99])
     totals = {"train_videos": 0, "val_videos": 0, "images": 0, "codecs": {}}
 
@@ -329,10 +334,15 @@ def write_synthetic_dataset(
                 )
                 totals[f"{split}_videos"] += 1
                 totals["codecs"][spec.codec] = totals["codecs"].get(spec.codec, 0) + 1
+                media = out / "media" / "videos" / f"{spec.key}.{spec.extension}"
+                media.parent.mkdir(parents=True, exist_ok=True)
+                media.write_bytes(data)
+                if split == "val":  # held-out evaluation: the question every model must answer
+                    question, answer = spec.scene.qa_pairs()[0]
+                    val_qa_lines.append(
+                        {"video": f"videos/{media.name}", "question": question, "answer": answer}
+                    )
                 if split == "train":
-                    media = out / "media" / "videos" / f"{spec.key}.{spec.extension}"
-                    media.parent.mkdir(parents=True, exist_ok=True)
-                    media.write_bytes(data)
                     caption = spec.scene.captions() if index % 3 == 0 else spec.scene.caption(0)
                     caption_lines.append({"video": f"videos/{media.name}", "caption": caption})
                     video_qa_lines.append(_video_qa_line(spec, qa_rng))
@@ -353,6 +363,7 @@ def write_synthetic_dataset(
     _write_jsonl(out / "annotations" / "video_caption.jsonl", caption_lines)
     _write_jsonl(out / "annotations" / "video_qa.jsonl", video_qa_lines)
     _write_jsonl(out / "annotations" / "image_qa.jsonl", image_qa_lines)
+    _write_jsonl(out / "annotations" / "val_video_qa.jsonl", val_qa_lines)
     manifest = {"generator": "divot_llm.data.synthetic", "version": 1, "seed": seed, **totals}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -462,3 +473,11 @@ def read_scene_from_frames(frames_thw3: np.ndarray, max_frames: int = 48) -> dic
         "direction": direction,
         "shape": shape_from_fill(float(np.median(whole))) if whole else None,
     }
+
+
+def named_color(text: str) -> str | None:
+    """The first palette colour named in ``text`` (an answer or caption), or None."""
+    import re
+
+    found = re.search(r"\b(" + "|".join(COLORS) + r")\b", text.lower())
+    return found.group(1) if found else None

@@ -13,6 +13,7 @@ centre crop 256, scaled to [-1, 1]. Display rotation metadata is applied first.
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 from dataclasses import dataclass
@@ -173,7 +174,8 @@ def read_frames_at(
     first frame). ``times_s`` must be non-decreasing.
 
     Decodes forward from the keyframe before the first time and seeks again when the
-    next time is more than ``seek_gap_s`` ahead; stops after the last time. Only the
+    next time is more than ``seek_gap_s`` ahead; stops after the last time. Frames far
+    from every time that no other frame references are skipped undecoded; only the
     chosen frames are converted to RGB. ``threads``: decoder threads, 0 = FFmpeg's choice
     (about one per core: right for one process, oversubscribing with many workers).
     """
@@ -183,29 +185,99 @@ def read_frames_at(
     if np.any(np.diff(times) < 0):
         raise ValueError("times_s must be non-decreasing")
     with _open(source) as container:
-        return _frames_at(container, times, seek_gap_s, threads)
+        return _frames_at(container, times, seek_gap_s, threads, source)
 
 
-def _frames_at(container, times: np.ndarray, seek_gap_s: float, threads: int) -> list[np.ndarray]:
+def _frames_at(
+    container, times: np.ndarray, seek_gap_s: float, threads: int, source, skip: bool = True
+) -> list[np.ndarray]:
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     stream.codec_context.thread_count = threads
     origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-    return [display_rgb(frame) for frame in _pick_frames(container, stream, times, origin, seek_gap_s)]
+    rate = stream.average_rate or stream.guessed_rate
+    # A target's nearest frame lies within half a frame of it at a constant rate; 0.75
+    # frames leaves room for rounding and a mean rate that is slightly off.
+    reach = 0.75 / float(rate) if skip and rate else 0.0
+    try:
+        picked = _pick_frames(container, stream, times, origin, seek_gap_s, reach)
+    except _Unproven:
+        # Rare (variable frame rate, times past the end): skipping may have hidden a frame
+        # nearer to a time than the one picked. Decode again with nothing skipped.
+        with _open(source) as fresh:
+            return _frames_at(fresh, times, seek_gap_s, threads, source, skip=False)
+    return [display_rgb(frame) for frame in picked]
 
 
-def _pick_frames(container, stream, times: np.ndarray, origin: float, seek_gap_s: float) -> list:
+class _Unproven(Exception):
+    """A picked frame is farther from its time than ``reach`` while frames were skipped."""
+
+
+class _PacketDecoder:
+    """Decodes a stream packet by packet, skipping what cannot be picked.
+
+    A packet whose presentation time is more than ``reach`` from every target is decoded
+    with ``skip_frame=NONREF``: FFmpeg then drops it undecoded if no other frame
+    references it (the non-reference B-frames, about half of an h264 stream) and decodes
+    it as usual otherwise. Nothing else depends on a dropped frame, so every frame that
+    comes out is bit-exact; the only risk is that a dropped frame was the nearest to a
+    target, which ``_pick_frames`` rules out afterwards (``proves``). ``reach`` 0 skips
+    nothing.
+    """
+
+    def __init__(self, container, stream, times: np.ndarray, origin: float, reach: float):
+        self.container, self.stream, self.reach = container, stream, reach
+        self.ctx = stream.codec_context
+        self.time_base = float(stream.time_base)
+        self.times, self.origin = times.tolist(), origin
+        self.fed_skippable: set[int] = set()  # pts of packets sent with NONREF
+        self.output: set[int] = set()  # pts of frames that came out
+
+    def frames(self):
+        """Frames from the container's current position (after a seek: the keyframe)."""
+        mode = None
+        for packet in self.container.demux(self.stream):
+            skippable = self.reach > 0 and packet.pts is not None and self._far(packet.pts)
+            if skippable:
+                self.fed_skippable.add(packet.pts)
+            if mode != skippable:  # the decoder reads the setting per packet
+                self.ctx.skip_frame = "NONREF" if skippable else "DEFAULT"
+                mode = skippable
+            for frame in self.ctx.decode(packet):  # the last (empty) packet drains it
+                if frame.pts is not None:
+                    self.output.add(frame.pts)
+                yield frame
+
+    def _far(self, pts: int) -> bool:
+        t = pts * self.time_base - self.origin
+        j = bisect.bisect_left(self.times, t - self.reach)
+        return j == len(self.times) or self.times[j] > t + self.reach
+
+    def proves(self, times: np.ndarray, picked_t: np.ndarray) -> bool:
+        """Whether the picks are those of a full decode. Every frame within ``reach`` of a
+        target was decoded, so a pick within ``reach`` has no hidden nearer frame; a
+        farther pick is only safe if nothing was dropped."""
+        if not self.fed_skippable - self.output:
+            return True
+        return bool(np.all(np.abs(picked_t - times) < self.reach - 1e-9))
+
+
+def _pick_frames(
+    container, stream, times: np.ndarray, origin: float, seek_gap_s: float, reach: float = 0.0
+) -> list:
     # A target takes the frame nearest to it in time (ties to the earlier one), which is
     # exact for constant-rate video and robust to coarse timestamps (gif: 1/100 s).
     picked: list = [None] * len(times)
+    picked_t = np.zeros(len(times))
     i, previous, previous_t = 0, None, -np.inf
-    frames = container.decode(stream)
+    decoder = _PacketDecoder(container, stream, times, origin, reach)
+    frames = decoder.frames()
     can_seek, just_sought = True, False
     try:
         while i < len(times):
             if can_seek and times[i] - previous_t > seek_gap_s and times[i] > seek_gap_s:
                 container.seek(int((times[i] + origin) / stream.time_base), stream=stream, backward=True)
-                frames, previous, previous_t, just_sought = container.decode(stream), None, -np.inf, True
+                frames, previous, previous_t, just_sought = decoder.frames(), None, -np.inf, True
             for frame in frames:
                 t = (frame.time if frame.time is not None else previous_t + 1e-6) - origin
                 if just_sought and t < times[i] - seek_gap_s:
@@ -213,19 +285,21 @@ def _pick_frames(container, stream, times: np.ndarray, origin: float, seek_gap_s
                 just_sought = False
                 while i < len(times) and times[i] < t:
                     closer_to_previous = previous is not None and times[i] - previous_t <= t - times[i]
-                    picked[i] = previous if closer_to_previous else frame
+                    picked[i], picked_t[i] = (previous, previous_t) if closer_to_previous else (frame, t)
                     i += 1
                 previous, previous_t = frame, t
                 if i >= len(times) or (can_seek and times[i] - previous_t > seek_gap_s):
                     break  # done, or the next target is far: seek instead of decoding on
             else:  # end of stream: the last frame stays on screen
                 while i < len(times):
-                    picked[i] = previous
+                    picked[i], picked_t[i] = previous, previous_t
                     i += 1
     except av.error.FFmpegError as exc:
         raise MediaError("corrupt_video", str(exc)) from exc
     if any(p is None for p in picked):
         raise MediaError("no_frames", "no frame decoded")
+    if not decoder.proves(times, picked_t):
+        raise _Unproven
     return picked
 
 
@@ -235,9 +309,16 @@ def _pick_frames(container, stream, times: np.ndarray, origin: float, seek_gap_s
 def to_model_pixels(frames_hw3: list[np.ndarray], size: int = 256) -> torch.Tensor:
     """The reference image transform: PIL bilinear resize of the shorter side to ``size``,
     centre crop, [0, 255] -> [-1, 1]. Returns (F, 3, size, size) float32."""
-    out = torch.empty(len(frames_hw3), 3, size, size)
+    return _unit_range(_resized_uint8(frames_hw3, size))
+
+
+def _resized_uint8(frames_hw3: list[np.ndarray], size: int) -> torch.Tensor:
+    """Resized and centre-cropped frames, (F, 3, size, size) uint8: a quarter of the
+    float32 bytes to move when clips repeat frames."""
+    out = np.empty((len(frames_hw3), 3, size, size), dtype=np.uint8)
     for i, array in enumerate(frames_hw3):
-        image = Image.fromarray(array)
+        # contiguous first: PIL copies a strided array (decoded rows are padded) slowly
+        image = Image.fromarray(np.ascontiguousarray(array))
         w, h = image.size
         if w <= h:
             new_w, new_h = size, int(size * h / w)
@@ -245,9 +326,13 @@ def to_model_pixels(frames_hw3: list[np.ndarray], size: int = 256) -> torch.Tens
             new_w, new_h = int(size * w / h), size
         image = image.resize((new_w, new_h), Image.BILINEAR)
         left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-        crop = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32)
-        out[i] = torch.from_numpy(crop).permute(2, 0, 1) / 127.5 - 1.0
-    return out
+        out[i] = np.asarray(image)[top : top + size, left : left + size].transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def _unit_range(pixels_uint8: torch.Tensor) -> torch.Tensor:
+    # float32(x) / 127.5 - 1, the reference's arithmetic, in place on the float copy
+    return pixels_uint8.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 # -------------------------------------------------------------------- public entry
@@ -283,11 +368,10 @@ def sample_video_clips(
         windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense, window, sample_fps)
         indices = windows[:, clip_positions(window, stride)]  # (C, 5)
         unique = np.unique(indices)
-        frames = _frames_at(container, unique / info.fps, seek_gap_s=2.0, threads=threads)
-    pixels = to_model_pixels(frames, image_size)  # (U, 3, S, S)
-    lookup = {int(idx): k for k, idx in enumerate(unique)}
-    gather = torch.as_tensor([[lookup[int(x)] for x in row] for row in indices])
-    return pixels[gather]  # (C, 5, 3, S, S)
+        frames = _frames_at(container, unique / info.fps, 2.0, threads, source)
+    pixels = _resized_uint8(frames, image_size)  # (U, 3, S, S)
+    gather = torch.from_numpy(np.searchsorted(unique, indices))  # (C, 5) rows of `pixels`
+    return _unit_range(pixels[gather])  # (C, 5, 3, S, S)
 
 
 def image_clip(image: Image.Image | bytes, frames_per_clip: int = 5, image_size: int = 256) -> torch.Tensor:

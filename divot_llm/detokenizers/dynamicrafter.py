@@ -94,6 +94,8 @@ def check_config(config: DynamiCrafterConfig) -> None:
         problems.append(
             f"UNet widths {unet_widths} must be multiples of num_head_channels={config.num_head_channels}"
         )
+    if config.vae_posterior not in ("sample", "mean"):
+        problems.append(f"vae_posterior={config.vae_posterior!r} must be 'sample' or 'mean'")
     if not 0 < config.text_context_len < config.condition_tokens:
         problems.append(
             f"text_context_len={config.text_context_len} must split condition_tokens={config.condition_tokens}"
@@ -288,14 +290,16 @@ class DynamiCrafterDetokenizer(VideoDetokenizer):
     def encode_latents(
         self, video_bfchw: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Scaled VAE posterior samples of clips: ``(B, F, 3, H, W)`` -> ``(B, C, F, h, w)``."""
+        """Scaled VAE posterior samples (or means, ``vae_posterior``) of clips:
+        ``(B, F, 3, H, W)`` -> ``(B, C, F, h, w)``."""
         batch = video_bfchw.shape[0]
         frames = rearrange(video_bfchw, "b f c h w -> (b f) c h w").to(self.dtype)
         with torch.no_grad():
-            latents = [
-                self.first_stage_model.encode(chunk).latent_dist.sample(generator)
-                for chunk in frames.split(VAE_CHUNK_FRAMES)
-            ]
+            posteriors = [self.first_stage_model.encode(chunk).latent_dist for chunk in frames.split(VAE_CHUNK_FRAMES)]
+            if self.config.vae_posterior == "mean":
+                latents = [posterior.mean for posterior in posteriors]
+            else:
+                latents = [posterior.sample(generator) for posterior in posteriors]
         latents_nchw = torch.cat(latents) * self.config.scale_factor
         return rearrange(latents_nchw, "(b f) c h w -> b c f h w", b=batch)
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from divot_llm.detokenizers.base import VideoDetokenizer
@@ -37,3 +38,8 @@ def build_video_detokenizer(config: Any, tokenizer: VideoTokenizer | None = None
     """
     cls, resolved = VIDEO_DETOKENIZERS.resolve(config)
     return cls.from_config(resolved, tokenizer=tokenizer)
+
+
+def load_video_detokenizer(path: str | os.PathLike) -> VideoDetokenizer:
+    """A folder written by ``save_pretrained`` (any arch: its config names it)."""
+    return VIDEO_DETOKENIZERS.load_saved(path, "detokenizer_config.json")

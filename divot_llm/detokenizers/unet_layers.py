@@ -110,7 +110,9 @@ class CrossAttention(nn.Module):
 
 
 def _alpha_to_scalar(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    state_dict[prefix + "alpha"] = state_dict[prefix + "alpha"].reshape(())
+    alpha = state_dict[prefix + "alpha"]
+    if alpha.numel() == 1:  # under ZeRO-3 a partitioned parameter is an empty placeholder here
+        state_dict[prefix + "alpha"] = alpha.reshape(())
 
 
 def _alpha_from_scalar(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:

@@ -1,6 +1,22 @@
-"""Inference: comprehend (video -> text), generate (text -> features -> video)."""
+"""Inference: comprehend (video -> text), generate (text -> features -> video),
+reconstruct (video -> features -> video), and loading what they need."""
 
-from divot_llm.infer.comprehend import comprehend, comprehension_prompt_ids, encode_media
+from divot_llm.infer.comprehend import TextPrinter, comprehend, comprehension_prompt_ids, encode_media
 from divot_llm.infer.generate import generate_features_for_captions
+from divot_llm.infer.load import InferenceModels, load_inference_models, official_config, release_config
+from divot_llm.infer.reconstruct import Reconstruction, read_clip, reconstruct
 
-__all__ = ["comprehend", "comprehension_prompt_ids", "encode_media", "generate_features_for_captions"]
+__all__ = [
+    "InferenceModels",
+    "Reconstruction",
+    "TextPrinter",
+    "comprehend",
+    "comprehension_prompt_ids",
+    "encode_media",
+    "generate_features_for_captions",
+    "load_inference_models",
+    "official_config",
+    "read_clip",
+    "reconstruct",
+    "release_config",
+]

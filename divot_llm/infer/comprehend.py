@@ -79,3 +79,33 @@ def comprehend(
     torch.manual_seed(seed)
     outputs = model.generate_text(tokenizer, prompts, video_feats=feats, **generation)
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+
+
+class TextPrinter:
+    """Writes an answer while it is sampled (a transformers streamer: ``put`` / ``end``).
+
+    transformers hands the prompt to ``put`` first; it is skipped. The text is re-decoded
+    from all new ids each time so multi-piece words come out whole.
+    """
+
+    def __init__(self, tokenizer: DivotTextTokenizer, write=None):
+        import sys
+
+        self.tokenizer = tokenizer
+        self.write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        self.ids: list[int] = []
+        self.printed = ""
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        if text.startswith(self.printed) and len(text) > len(self.printed):
+            self.write(text[len(self.printed) :])
+            self.printed = text
+
+    def end(self) -> None:
+        self.write("\n")

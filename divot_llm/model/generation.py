@@ -85,6 +85,7 @@ def generate_text(
     top_p: float = 0.5,
     top_k: int = 50,
     eos_token_id: int | None = None,
+    streamer=None,
 ) -> list[list[int]]:
     """Sample continuations of a batch of prompts (reference settings by default).
 
@@ -100,6 +101,8 @@ def generate_text(
         top_p: Nucleus sampling mass.
         top_k: Top-k filter (the reference got transformers' default of 50).
         eos_token_id: Stop token; default ``</s>``.
+        streamer: A transformers streamer (``put(ids)`` / ``end()``) that receives the new
+            tokens as they are sampled; batch size 1 only, as in transformers.
 
     Returns:
         The new token ids of each sample, ending with the stop token when it was produced.
@@ -143,6 +146,7 @@ def generate_text(
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_id,
             use_cache=True,
+            streamer=streamer,
         )
     new_tokens = out[:, length:].tolist()
     return [_cut_after(tokens, eos) for tokens in new_tokens]

@@ -5,6 +5,7 @@ with ``@register_video_tokenizer("<arch>")``; a new one is that file plus one
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from divot_llm.registry import ComponentRegistry
@@ -33,3 +34,8 @@ def build_video_tokenizer(config: Any) -> VideoTokenizer:
     """
     cls, resolved = VIDEO_TOKENIZERS.resolve(config)
     return cls.from_config(resolved)
+
+
+def load_video_tokenizer(path: str | os.PathLike) -> VideoTokenizer:
+    """A folder written by ``save_pretrained`` (any arch: its config names it)."""
+    return VIDEO_TOKENIZERS.load_saved(path, "tokenizer_config.json")

@@ -120,8 +120,17 @@ def _meta_tokenizer(cfg: Any):
 
 
 def make_plan(cfg: Any) -> tuple[MemoryPlan, Any, Any]:
-    """The memory plan of ``cfg`` (plus the meta model and tokenizer, for counting)."""
+    """The memory plan of ``cfg`` (plus the meta model and tokenizer, for counting).
+
+    Raises:
+        ConfigError: a de-tokenizer stage (the estimate models the LLM only).
+    """
+    from divot_llm.config.loading import ConfigError
+    from divot_llm.config.schema import DETOK_STAGES, StageName
     from divot_llm.model import build_divot_llm
+
+    if StageName(str(getattr(cfg.stage.name, "value", cfg.stage.name))) in DETOK_STAGES:
+        raise ConfigError(f"plan=true estimates the LLM stages only, not stage={cfg.stage.name}")
 
     tokenizer = _meta_tokenizer(cfg)
     model = build_divot_llm(

@@ -1,9 +1,14 @@
-"""The training recipe: one readable class, ``setup() -> train() -> cleanup()``.
+"""The training loop: one readable class, ``setup() -> train() -> cleanup()``.
+
+What a stage trains -- the module, its data, how a batch becomes the engine's inputs,
+its losses and validation -- is the stage's recipe (``recipes.py``): the Divot LLM for
+pretrain / sft_comp / sft_gen, the de-tokenizer (or tokenizer + de-tokenizer) for detok /
+tokenizer / detok_adapt. Everything else is shared by all stages and lives here.
 
 One optimizer step = ``train.grad_accum_steps`` micro-batches on every rank. Each
-micro-batch: the loader's frames go through the frozen video tokenizer (no_grad, bf16 on
-GPU) unless the batch already carries cached ``video_feats``; the DeepSpeed engine runs
-forward, backward and -- at the accumulation boundary -- clip, optimizer and schedule.
+micro-batch: the recipe prepares the loader's batch (e.g. clips through the frozen video
+tokenizer, no_grad, bf16 on GPU); the DeepSpeed engine runs forward, backward and -- at
+the accumulation boundary -- clip, optimizer and schedule.
 
 Every rank takes part in one small all-reduce per micro-batch *before* backward. It
 carries the loss (for logging), the token/sample/FLOP counts, a "loss not finite" flag
@@ -17,27 +22,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from divot_llm.config.loading import save_resolved_config
 from divot_llm.train import checkpoint, distributed
 from divot_llm.train.engine import build_engine, resolve_dtype
-from divot_llm.train.metrics import FlopModel, device_peak, peak_memory_gib, tokenizer_flops_per_clip
+from divot_llm.train.metrics import device_peak, peak_memory_gib
+from divot_llm.train.recipes import build_models, make_recipe, seed_everything  # noqa: F401 (build_models: public here)
 from divot_llm.train.tracking import Tracker
-from divot_llm.train.validate import validate
-
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "ids_cmp_mask", "ids_gen_mask")
-CLIP_MASK_KEYS = ("embeds_cmp_mask", "embeds_gen_mask")
-PACKED_KEYS = ("segment_ids", "position_ids")  # only in packed batches (data.packing)
 
 FINISHED, INTERRUPTED = "finished", "interrupted"
 
@@ -51,16 +50,21 @@ class Window:
     """Sums over the micro-batches since the last log line (all ranks)."""
 
     micro: int = 0
-    loss: float = 0.0
-    lm: float = 0.0
-    gmm: float = 0.0
-    tokens: float = 0.0
-    samples: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)  # recipe.loss_names, rank means
+    counts: dict[str, float] = field(default_factory=dict)  # recipe.rate_names, all ranks
     flops: float = 0.0
     hw_flops: float = 0.0
     steps: int = 0
     seconds: float = 0.0
     lr: float = 0.0  # of the last update (read before DeepSpeed steps the schedule)
+
+    @property
+    def tokens(self) -> float:  # LLM stages (tools/bench reads these two)
+        return self.counts.get("tokens", 0.0)
+
+    @property
+    def samples(self) -> float:
+        return self.counts.get("samples", 0.0)
 
 
 @contextlib.contextmanager
@@ -81,52 +85,19 @@ def stop_signals_deferred():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_models(cfg: Any, dtype: torch.dtype):
-    """(text tokenizer, video tokenizer, model) of a stage, built on the CPU from ``train.seed``.
-
-    Everything random at build time -- the tokenizer and LLM of tiny random-init configs,
-    the LoRA and projection inits -- comes from this one seeded sequence on the CPU, so
-    every rank, a resumed run and the release export (whose checkpoints hold no frozen
-    weights) rebuild the same values whatever the device.
-    """
-    from divot_llm.model import build_divot_llm
-    from divot_llm.text import load_text_tokenizer
-    from divot_llm.tokenizers import build_video_tokenizer
-
-    seed_everything(int(cfg.train.seed))
-    text_tokenizer = load_text_tokenizer(cfg.model.tokenizer_path)
-    video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
-    model = build_divot_llm(
-        cfg.model,
-        tokens_per_clip=video_tokenizer.num_tokens,
-        feature_dim=video_tokenizer.feature_dim,
-        train_input_proj=cfg.stage.train_input_proj,
-        train_output_proj=cfg.stage.train_output_proj,
-        init_from=cfg.stage.init_from,
-        dtype=dtype,
-    )
-    return text_tokenizer, video_tokenizer, model
-
-
 class Trainer:
     """Trains one stage as ``cfg`` describes.
 
     Args:
         cfg: The composed run config (``DivotConfig`` shape).
-        build_loader: ``divot_llm.data.loader.build_loader`` or a function with its
-            signature (tests pass hand-made batches through the same interface).
+        build_loader: the stage's loader builder -- ``divot_llm.data.loader.build_loader``
+            (LLM stages) or ``divot_llm.data.windows.build_window_loader`` (de-tokenizer
+            stages) -- or a function with its signature (tests pass hand-made batches
+            through the same interface); None: the stage's own.
     """
 
     def __init__(self, cfg: Any, build_loader=None):
         self.cfg = cfg
-        if build_loader is None:
-            from divot_llm.data.loader import build_loader
         self._build_loader = build_loader
         self.step = 0
         self.nonfinite_total = 0
@@ -151,7 +122,7 @@ class Trainer:
         self.writer = checkpoint.CheckpointWriter(self.output_dir, self.dist.rank, int(cfg.train.keep_last))
         self.writer.remove_stale_temp_dirs()
 
-        # Models are built from train.seed on every rank (build_models), then each rank
+        # Models are built from train.seed on every rank (recipe.build), then each rank
         # gets its own stream for dropout so ranks do not draw identical masks.
         self._setup_models()
         seed_everything(int(cfg.train.seed) + self.dist.rank)
@@ -172,39 +143,23 @@ class Trainer:
         self._announce()
 
     def _setup_models(self) -> None:
-        cfg = self.cfg
-        self.text_tokenizer, tokenizer, model = build_models(cfg, self.dtype)
-        tokenizer_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.video_tokenizer = tokenizer.to(self.device, tokenizer_dtype)
-        self.model = model.to(self.device)
+        self.recipe = make_recipe(self.cfg, self.device, self.dtype)
         # Counted before DeepSpeed wraps the model: under ZeRO-3 parameters are shards after.
-        self.flop_model = FlopModel.from_model(
-            self.model,
-            tokenizer_flops_per_clip(self.video_tokenizer, self.device),
-            recompute=bool(cfg.model.llm.gradient_checkpointing),
-        )
-        self.trainable_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.total_params = sum(p.numel() for p in self.model.parameters())
+        self.model = self.recipe.build()
+        self.trainable_params = self.recipe.trainable_params
+        self.total_params = self.recipe.total_params
+
+    @property
+    def video_tokenizer(self):
+        """The frozen video tokenizer that prepares batches (LLM, detok, detok_adapt stages)."""
+        return self.recipe.video_tokenizer
+
+    @property
+    def text_tokenizer(self):
+        return self.recipe.text_tokenizer
 
     def _loader(self, split: str):
-        tok = self.video_tokenizer
-        extra = {}
-        if self.cfg.data.feature_cache:  # the loader checks the cache was made by this tokenizer
-            from divot_llm.data.feature_cache import expected_info
-
-            tok_cfg = OmegaConf.to_container(self.cfg.video_tokenizer, resolve=True)
-            extra["cache_info"] = expected_info(tok, tok_cfg, self.cfg.data)
-        return self._build_loader(
-            self.cfg.data,
-            self.text_tokenizer,
-            tokens_per_clip=tok.num_tokens,
-            frames_per_clip=tok.frames_per_clip,
-            image_size=tok.input_size,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            split=split,
-            **extra,
-        )
+        return self.recipe.loader(split, self.dist.rank, self.dist.world_size, self._build_loader)
 
     def _setup_data(self) -> None:
         self.loader = self._loader("train")
@@ -307,46 +262,44 @@ class Trainer:
         """One optimizer step (``grad_accum_steps`` finite micro-batches); True if a stop
         was requested on any rank."""
         accum = int(self.cfg.train.grad_accum_steps)
+        recipe = self.recipe
         done = 0
         stop = False
         while done < accum:
             with self._data_guard():
                 batch = next(self._data)
-            flops, hw_flops = self.flop_model.batch_flops(batch)
+            flops, hw_flops, counts = recipe.counts(batch)
             out = self.engine(**self.prepare(batch))
-            losses = (
-                torch.stack([out.total_loss, out.lm_loss, out.gmm_loss]).detach().float().tolist()
-            )  # one sync
+            terms = recipe.loss_terms(out)
+            losses = torch.stack(terms).detach().float().tolist()  # one sync
             finite = all(math.isfinite(v) for v in losses)
             local = [
-                *(losses if finite else [0.0, 0.0, 0.0]),
-                float((batch["attention_mask"] != 0).sum()),
-                float(batch["input_ids"].shape[0]),
+                *(losses if finite else [0.0] * len(losses)),
+                *counts.values(),
                 flops,
                 hw_flops,
                 0.0 if finite else 1.0,
                 1.0 if self._stop_signal is not None else 0.0,
             ]
-            total, lm, gmm, tokens, samples, flops, hw_flops, nonfinite, stops = distributed.all_reduce_sum(
-                local, self.device
-            )
+            summed = distributed.all_reduce_sum(local, self.device)
+            n, k = len(losses), len(counts)
+            loss_sums, count_sums = summed[:n], summed[n : n + k]
+            flops, hw_flops, nonfinite, stops = summed[n + k :]
             stop = stop or stops > 0
             if nonfinite > 0:
                 self._skip_nonfinite(int(nonfinite))
                 continue
-            self.engine.backward(out.total_loss)
+            self.engine.backward(terms[0])
             window.lr = float(self.engine.get_lr()[0])
             self.engine.step()
             self._nonfinite_in_row = 0
             done += 1
             world = self.dist.world_size
             window.micro += 1
-            window.loss, window.lm, window.gmm = (
-                window.loss + total / world,
-                window.lm + lm / world,
-                window.gmm + gmm / world,
-            )
-            window.tokens, window.samples = window.tokens + tokens, window.samples + samples
+            for name, value in zip(recipe.loss_names, loss_sums, strict=True):
+                window.losses[name] = window.losses.get(name, 0.0) + value / world
+            for name, value in zip(counts, count_sums, strict=True):
+                window.counts[name] = window.counts.get(name, 0.0) + value
             window.flops, window.hw_flops = window.flops + flops, window.hw_flops + hw_flops
         return stop
 
@@ -377,29 +330,10 @@ class Trainer:
         with stop_signals_deferred(), torch.random.fork_rng(devices=devices):
             yield
 
-    @torch.no_grad()
-    def prepare(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Loader batch -> model inputs on the device, clips encoded to ``video_feats``.
-
-        Only real clips (``embeds_cmp_mask | embeds_gen_mask``) go through the tokenizer;
-        padded clip slots stay zero. A batch from a feature cache brings ``video_feats``.
-        """
-        keys = MODEL_INPUT_KEYS + CLIP_MASK_KEYS + tuple(k for k in PACKED_KEYS if k in batch)  # packing
-        inputs = {k: batch[k].to(self.device, non_blocking=True) for k in keys}
-        if "video_feats" in batch:
-            inputs["video_feats"] = batch["video_feats"].to(self.device, non_blocking=True)
-            return inputs
-        frames = batch["frames"]  # (B, C, F, 3, S, S)
-        real_bc = batch["embeds_cmp_mask"] | batch["embeds_gen_mask"]
-        tok = self.video_tokenizer
-        feats = torch.zeros(
-            *real_bc.shape, tok.num_tokens, tok.feature_dim, dtype=tok.dtype, device=self.device
-        )
-        if real_bc.any():
-            clips = frames[real_bc].to(self.device, tok.dtype, non_blocking=True)  # (G, F, 3, S, S)
-            feats[real_bc.to(self.device)] = tok.encode(clips)
-        inputs["video_feats"] = feats
-        return inputs
+    def prepare(self, batch: dict) -> dict[str, Any]:
+        """Loader batch -> engine inputs on the device (the recipe's ``prepare``: e.g. LLM
+        clips encoded to ``video_feats``, de-tokenizer windows + conditioning features)."""
+        return self.recipe.prepare(batch)
 
     # ================================================================== logging
 
@@ -414,14 +348,11 @@ class Trainer:
                 skips[reason] = skips.get(reason, 0) + n
         seconds = max(window.seconds, 1e-9)
         metrics = {
-            "train/loss": window.loss / window.micro,
-            "train/lm_loss": window.lm / window.micro,
-            "train/gmm_loss": window.gmm / window.micro,
+            **{f"train/{name}": value / window.micro for name, value in window.losses.items()},
             "train/lr": window.lr,
             "train/nonfinite_skipped": float(self.nonfinite_total),
             "perf/step_time_s": seconds / window.steps,
-            "perf/tokens_per_s": window.tokens / seconds,
-            "perf/samples_per_s": window.samples / seconds,
+            **{f"perf/{name}_per_s": value / seconds for name, value in window.counts.items()},
             "perf/tflops_per_device": window.flops / seconds / self.dist.world_size / 1e12,
             "perf/peak_mem_gib": max(mem for _, mem in per_rank),
             **{f"data/skipped/{reason}": float(n) for reason, n in sorted(skips.items())},
@@ -434,9 +365,10 @@ class Trainer:
             metrics["perf/mfu"] = window.flops / denominator
             metrics["perf/hfu"] = window.hw_flops / denominator
         self.tracker.log(self.step, metrics)
-        self.tracker.progress(self.step, _postfix(metrics))
+        postfix = _postfix(metrics, self.recipe.loss_names, self.recipe.rate_names)
+        self.tracker.progress(self.step, postfix)
         if not self.cfg.train.progress_bar:
-            self.tracker.message(_log_line(self.step, metrics))
+            self.tracker.message(f"step {self.step}: " + ", ".join(f"{k} {v}" for k, v in postfix.items()))
 
     # ================================================================== validation
 
@@ -447,14 +379,7 @@ class Trainer:
         if self._val_loader is None:
             self._val_loader = self._loader("val")
         with self._data_guard():  # each pass starts new data workers
-            metrics = validate(
-                self.engine,
-                self.model,
-                self._val_loader,
-                self.prepare,
-                int(self.cfg.train.max_eval_batches),
-                self.device,
-            )
+            metrics = self.recipe.validate(self.engine, self._val_loader, int(self.cfg.train.max_eval_batches))
         if metrics is None:
             self.tracker.message(f"step {self.step}: validation skipped: a rank has no validation batch")
             return None
@@ -513,17 +438,11 @@ def _plain(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def _postfix(m: dict[str, float]) -> dict[str, str]:
+def _postfix(m: dict[str, float], loss_names: tuple[str, ...], rate_names: dict[str, str]) -> dict[str, str]:
+    """Short progress readouts: losses (``lm_loss`` -> ``lm``), lr, rates, MFU."""
     return {
-        "loss": f"{m['train/loss']:.4f}",
-        "lm": f"{m['train/lm_loss']:.3f}",
-        "gmm": f"{m['train/gmm_loss']:.3f}",
+        **{name.removesuffix("_loss"): f"{m[f'train/{name}']:.4f}" for name in loss_names},
         "lr": f"{m['train/lr']:.2e}",
-        "tok/s": f"{m['perf/tokens_per_s']:.0f}",
-        "samp/s": f"{m['perf/samples_per_s']:.1f}",
+        **{label: f"{m[f'perf/{name}_per_s']:.1f}" for name, label in rate_names.items()},
         **({"mfu": f"{m['perf/mfu']:.1%}"} if "perf/mfu" in m else {}),
     }
-
-
-def _log_line(step: int, m: dict[str, float]) -> str:
-    return f"step {step}: " + ", ".join(f"{k} {v}" for k, v in _postfix(m).items())

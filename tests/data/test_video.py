@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+
+import av
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,9 @@ from PIL import Image
 
 from divot_llm.data.video import (
     MediaError,
+    _PacketDecoder,
+    _pick_frames,
+    _Unproven,
     clip_positions,
     image_clip,
     plan_windows,
@@ -87,6 +93,7 @@ def test_windows_are_deterministic_and_in_range():
 @pytest.mark.parametrize("codec", ["h264", "mpeg4", "vp9", "gif"])
 @pytest.mark.parametrize("fps", [8, 25])
 def test_sampled_frames_are_exactly_the_planned_frames(codec, fps):
+    # compared with decoding every frame, so skipping non-reference frames changes nothing
     frames = _indexed_frames(150, 48, 48 if codec == "gif" else 64)
     video = encode_video(frames, fps, codec)
     info = probe_video(video)
@@ -134,6 +141,33 @@ def test_far_apart_times_seek_and_still_get_exact_frames():
         np.testing.assert_array_equal(frame, full[index])
 
 
+def test_non_reference_frames_far_from_every_time_are_not_decoded():
+    video = encode_video(_indexed_frames(150), 25, "h264")  # libx264: B-frames, half unreferenced
+    full = decode_video(video).frames
+    wanted = np.array([7, 30, 31, 77, 149])
+    with av.open(io.BytesIO(video)) as container:
+        stream = container.streams.video[0]
+        decoder = _PacketDecoder(container, stream, wanted / 25.0, origin=0.0, reach=0.75 / 25)
+        decoded = [frame.pts for frame in decoder.frames()]
+    assert len(decoded) < 120 and len(decoder.fed_skippable) > 130  # most frames dropped undecoded
+    assert set(wanted * 512) <= set(decoded)  # mp4 time base 1/12800: 512 ticks per frame
+    for index, frame in zip(wanted, read_frames_at(video, wanted / 25.0), strict=True):
+        np.testing.assert_array_equal(frame, full[index])
+
+
+def test_a_pick_skipping_cannot_prove_is_decoded_again_without_skipping():
+    # past the end the last frame is picked, far from the time: a dropped frame could have
+    # been nearer, so the read is redone with every frame decoded
+    video = encode_video(_indexed_frames(150), 25, "h264")
+    full = decode_video(video).frames
+    times = np.array([0.2, 9.0])
+    with av.open(io.BytesIO(video)) as container, pytest.raises(_Unproven):
+        _pick_frames(container, container.streams.video[0], times, 0.0, 2.0, reach=0.75 / 25)
+    got = read_frames_at(video, times)
+    np.testing.assert_array_equal(got[0], full[5])
+    np.testing.assert_array_equal(got[1], full[-1])
+
+
 def test_rotation_metadata_is_applied():
     upright = _indexed_frames(16, 32, 64)  # landscape as displayed
     stored = np.ascontiguousarray(np.rot90(upright, k=-1, axes=(1, 2)))  # phone-style: stored sideways
@@ -150,6 +184,9 @@ def test_reference_transform_resizes_shorter_side_and_centre_crops():
     image[:, :200] = (255, 0, 0)
     image[:, 200:] = (0, 0, 255)
     pixels = to_model_pixels([image], 256)  # 400x200 -> 512x256 -> centre 256x256
+    strided = np.zeros((200, 410, 3), np.uint8)[:, :400]  # padded rows, as decoded frames have
+    strided[:] = image
+    assert torch.equal(to_model_pixels([strided], 256), pixels)
     assert pixels.shape == (1, 3, 256, 256)
     assert torch.allclose(pixels[0, :, :, :120], torch.tensor([1.0, -1.0, -1.0])[:, None, None])
     assert torch.allclose(pixels[0, :, :, 136:], torch.tensor([-1.0, -1.0, 1.0])[:, None, None])

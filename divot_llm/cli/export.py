@@ -1,0 +1,76 @@
+"""``divot-export``: convert training checkpoints for use outside DeepSpeed.
+
+    divot-export zero-to-fp32 outputs/pretrain outputs/pretrain-fp32
+    divot-export zero-to-fp32 outputs/pretrain/checkpoints/step_00002000 out/ --max-shard-size 2GB
+    divot-export detokenizer outputs/detok_demo releases/detok_demo      # de-tokenizer stages
+
+CKPT may be a run folder, its checkpoints/ folder, one checkpoints/step_* folder or any
+DeepSpeed checkpoint folder with a 'latest' tag file. Half-written checkpoints are
+refused. The output (safetensors shards, the run's config.yaml, export.json) is what
+``divot-merge --checkpoint`` takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="divot-export", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    zero = commands.add_parser(
+        "zero-to-fp32",
+        help="consolidate a ZeRO-2/3 checkpoint into fp32 safetensors (DeepSpeed's converter, streamed)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    zero.add_argument("checkpoint", help="run folder, checkpoints/ folder or checkpoints/step_* folder")
+    zero.add_argument("out", help="output folder")
+    zero.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    zero.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    detok = commands.add_parser(
+        "detokenizer",
+        help="a de-tokenizer stage's checkpoint (detok, tokenizer, detok_adapt) -> save_pretrained folders",
+    )
+    detok.add_argument("checkpoint", help="run folder, checkpoints/ folder or checkpoints/step_* folder")
+    detok.add_argument(
+        "out", help="output folder: gets detokenizer/ (+ video_tokenizer/ for stage=tokenizer)"
+    )
+    args = parser.parse_args(argv)
+    if args.command == "detokenizer":
+        return _export_detokenizer(args)
+
+    from divot_llm.export import CheckpointError, zero_to_fp32
+
+    try:
+        out = zero_to_fp32(args.checkpoint, args.out, args.max_shard_size, overwrite=args.overwrite)
+    except (CheckpointError, FileExistsError) as exc:
+        print(f"divot-export: {exc}", file=sys.stderr)
+        return 1
+    info = json.loads((out / "export.json").read_text())
+    files = sorted(p.name for p in Path(out).iterdir())
+    print(
+        f"fp32 weights of {info['source']} (ZeRO-{info['zero_stage']}, {info['world_size']} ranks, "
+        f"step {info['step']}) -> {out}: {', '.join(files)}"
+    )
+    return 0
+
+
+def _export_detokenizer(args) -> int:
+    from divot_llm.export import CheckpointError
+    from divot_llm.train.detok_release import detok_checkpoint_to_pretrained
+
+    try:
+        out = detok_checkpoint_to_pretrained(args.checkpoint, args.out)
+    except (CheckpointError, ValueError) as exc:
+        print(f"divot-export: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {', '.join(str(p) for p in sorted(Path(out).iterdir()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""``divot-infer``: comprehend, generate and reconstruct with a release.
+
+    divot-infer comprehend --release releases/sft_comp clip.mp4 -q "What is the shape doing?"
+    divot-infer generate --release releases/sft_gen --caption "a red circle moving left" --out gen/
+    divot-infer reconstruct --release releases/sft_comp clip.mp4 --out recon/
+    divot-infer comprehend --official pretrained/ demo_videos/wine.mp4      # Divot's own files
+
+--release takes a ``divot-merge`` output (its config.yaml says how it was built);
+--official takes a folder with Divot's released files in the layout of its README
+(Divot_sft_comp/, Divot_sft_gen/, cvlm_mistral_instruct_tokenizer/,
+Divot_tokenizer_detokenizer/, CLIP-ViT-H-14-laion2B-s32B-b79K/). --set KEY=VALUE changes
+the config (repeatable), e.g. --set model.llm.attn_implementation=eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_QUESTION = "What does this video describe?"  # the reference's comprehension demo
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--release", metavar="DIR", help="a divot-merge release folder")
+    which.add_argument("--official", metavar="DIR", help="folder with Divot's official released files")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config change (repeatable)")  # fmt: skip
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="LLM dtype (auto: bf16 on GPU)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed of every random draw (default 42, the reference's)"
+    )
+
+
+def _add_detok_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detokenizer", metavar="PATH",
+                   help="de-tokenizer to use: a save_pretrained folder or a release weights file")  # fmt: skip
+    p.add_argument("--steps", type=int, help="sampler steps (default: the de-tokenizer config's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: config's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="divot-infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    comp = commands.add_parser("comprehend", help="video(s) or image(s) + question -> answer")
+    _add_model_args(comp)
+    comp.add_argument("media", nargs="+", help="video or image files")
+    comp.add_argument("-q", "--question", help=f"default: {DEFAULT_QUESTION!r}; a pretrain release captions")
+    comp.add_argument("--num-clips", type=int, default=20, help="2-s clips per video (default 20)")
+    comp.add_argument("--max-new-tokens", type=int, default=256)
+    comp.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    comp.add_argument("--temperature", type=float, default=0.7)
+    comp.add_argument("--top-p", type=float, default=0.5)
+    comp.add_argument("--top-k", type=int, default=50)
+    comp.add_argument("--batch-size", type=int, default=4, help="videos per forward (default 4)")
+    comp.add_argument("--no-stream", action="store_true", help="print answers only when complete")
+    comp.add_argument("--jsonl", metavar="FILE", help="also write {media, question, answer} lines")
+
+    gen = commands.add_parser("generate", help="caption(s) -> GMM-sampled features -> video")
+    _add_model_args(gen)
+    _add_detok_args(gen)
+    gen.add_argument("captions", nargs="+", help="what to generate")
+    gen.add_argument("--out", default="outputs/generate", help="output folder (default outputs/generate)")
+    gen.add_argument(
+        "--var-scale", type=float, help="GMM sampling variance scale (default: the model's, 0.1)"
+    )
+    gen.add_argument("--mean", action="store_true", help="take the GMM's weighted mean instead of sampling")
+    gen.add_argument("--media", choices=("video", "image"), default="video")
+    gen.add_argument("--template", choices=("auto", "instruct", "caption"), default="auto",
+                     help="prompt form: instruct (SFT-gen), caption (pretrain); auto from the release's stage")  # fmt: skip
+
+    rec = commands.add_parser("reconstruct", help="video -> tokenizer -> de-tokenizer -> video, PSNR/SSIM")
+    _add_model_args(rec)
+    _add_detok_args(rec)
+    rec.add_argument("videos", nargs="+")
+    rec.add_argument(
+        "--out", default="outputs/reconstruct", help="output folder (default outputs/reconstruct)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        models = _load(args)
+        return {"comprehend": _comprehend, "generate": _generate, "reconstruct": _reconstruct}[args.command](
+            args, models
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"divot-infer: {exc}", file=sys.stderr)
+        return 1
+
+
+def _load(args):
+    import torch
+
+    from divot_llm.infer import load_inference_models, official_config, release_config
+
+    if args.release:
+        cfg = release_config(args.release, args.overrides)
+    else:
+        cfg = official_config(args.official, args.command, args.overrides)
+    dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    return load_inference_models(
+        cfg,
+        with_llm=args.command != "reconstruct",
+        detokenizer=getattr(args, "detokenizer", None),
+        want_detokenizer=args.command != "comprehend",
+        device=torch.device(args.device) if args.device else None,
+        dtype=dtype,
+    )
+
+
+def _stage(models) -> str:
+    return str(getattr(models.cfg.stage.name, "value", models.cfg.stage.name))
+
+
+def _comprehend(args, models) -> int:
+    from divot_llm.infer import TextPrinter, comprehend
+
+    question = args.question
+    if question is None and _stage(models) != "pretrain":
+        question = DEFAULT_QUESTION  # a pretrain release was trained to caption, not to answer
+    sampling = {
+        "do_sample": not args.greedy,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    stream = not args.no_stream
+    batch = 1 if stream else max(1, args.batch_size)  # transformers streams one sample at a time
+    records = []
+    for start in range(0, len(args.media), batch):
+        paths = args.media[start : start + batch]
+        if stream:
+            print(f"{paths[0]}: ", end="", flush=True)
+            printer = TextPrinter(models.text_tokenizer)
+            answers = comprehend(models.model, models.text_tokenizer, models.video_tokenizer, paths, question,
+                                 num_clips=args.num_clips, seed=args.seed, streamer=printer, **sampling)  # fmt: skip
+            if not printer.printed and answers[0]:  # nothing streamed (e.g. only special tokens)
+                print(answers[0])
+        else:
+            answers = comprehend(models.model, models.text_tokenizer, models.video_tokenizer, paths, question,
+                                 num_clips=args.num_clips, seed=args.seed, **sampling)  # fmt: skip
+            for path, answer in zip(paths, answers, strict=True):
+                print(f"{path}: {answer}")
+        records += [
+            {"media": str(p), "question": question, "answer": a} for p, a in zip(paths, answers, strict=True)
+        ]
+    if args.jsonl:
+        Path(args.jsonl).write_text("".join(json.dumps(r) + "\n" for r in records))
+    return 0
+
+
+def _generate(args, models) -> int:
+    from safetensors.torch import save_file
+
+    from divot_llm.infer import generate_features_for_captions
+    from divot_llm.infer.media_out import slug, write_mp4
+
+    instruct = {"auto": _stage(models) != "pretrain", "instruct": True, "caption": False}[args.template]
+    feats_bnd = generate_features_for_captions(
+        models.model, models.text_tokenizer, args.captions, media=args.media, instruct=instruct,
+        var_scale=args.var_scale, sample=not args.mean, seed=args.seed,
+    )  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    detok = models.detokenizer
+    for index, caption in enumerate(args.captions):
+        name = f"{index:03d}_{slug(caption)}"
+        feats = feats_bnd[index : index + 1].float().cpu()
+        save_file(
+            {"features": feats[0].contiguous()}, out / f"{name}.safetensors", metadata={"caption": caption}
+        )
+        if detok is None:
+            print(f"{caption!r}: features {tuple(feats.shape[1:])} -> {out / name}.safetensors")
+            continue
+        video = detok.decode(feats, steps=args.steps, guidance=args.guidance, seed=args.seed + index)[0]
+        path = write_mp4(out / f"{name}.mp4", video, detok.fps)
+        print(
+            f"{caption!r}: {path} ({video.shape[0]} frames at {detok.fps} fps), features in {name}.safetensors"
+        )
+    if detok is None:
+        print(
+            "no de-tokenizer with weights is configured, so only the features were saved; pass "
+            "--detokenizer PATH (or set detokenizer.pretrained_path) to decode them to video"
+        )
+    return 0
+
+
+def _reconstruct(args, models) -> int:
+    from divot_llm.infer import reconstruct
+    from divot_llm.infer.media_out import frame_strip, slug, write_mp4
+
+    if models.detokenizer is None:
+        print(
+            "divot-infer: reconstruct needs a de-tokenizer with weights: pass --detokenizer PATH "
+            "or set detokenizer.pretrained_path",
+            file=sys.stderr,
+        )
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = []
+    for index, video in enumerate(args.videos):
+        result = reconstruct(
+            video, models.video_tokenizer, models.detokenizer, args.steps, args.guidance, args.seed
+        )
+        name = f"{index:03d}_{slug(Path(video).stem)}"
+        write_mp4(out / f"{name}.mp4", result.output, models.detokenizer.fps)
+        frame_strip([result.input, result.output]).save(out / f"{name}_strip.png")
+        scores.append((result.psnr, result.ssim))
+        print(
+            f"{video}: PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f} -> {out / name}.mp4, {name}_strip.png"
+        )
+    if len(scores) > 1:
+        psnr, ssim = (sum(s[i] for s in scores) / len(scores) for i in (0, 1))
+        print(f"mean over {len(scores)} videos: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Training checkpoint -> merged release (``divot-merge``).
+
+Steps: read the trained tensors (a ZeRO checkpoint, reassembled by DeepSpeed's
+``zero_to_fp32``, or the folder ``divot-export zero-to-fp32`` wrote), rebuild the stage's
+model from the run's own resolved config (base weights from where the run took them,
+overridable), load the tensors, fold LoRA into the base weights (``merge_and_unload``),
+cast, and write the release layout::
+
+    <out>/llm/               HF Mistral folder: sharded safetensors, config with the grown
+                             vocabulary, generation config, text tokenizer files
+    <out>/agent/             pytorch_model.bin: the 8 projection tensors
+    <out>/video_tokenizer/   only for a random-init tokenizer (tiny configs), which has no
+                             weights file of its own to point at
+    <out>/config.yaml        the run's resolved config (inference reads its model parts)
+    <out>/release.json       stage, source checkpoint, config hash, dtype, verification
+
+Everything is written to ``<out>.tmp`` and renamed only after ``--verify`` passed, so a
+failed merge never leaves something that looks like a release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from divot_llm.export.verify import (
+    Comparison,
+    VerificationError,
+    compare,
+    reference_outputs,
+    verification_batches,
+)
+from divot_llm.export.zero import CONFIG_FILE, is_fp32_export, read_fp32_export, resolve_checkpoint
+
+RELEASE_INFO = "release.json"
+VIDEO_TOKENIZER_DIR = "video_tokenizer"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class MergeResult:
+    out_dir: Path
+    info: dict
+    comparisons: list[Comparison] = field(default_factory=list)
+
+
+def load_trained_state(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Tensor], DictConfig, dict]:
+    """(fp32 tensors, the run's resolved config, where they came from) of a checkpoint.
+
+    Raises:
+        CheckpointError: no complete checkpoint there.
+        FileNotFoundError: the checkpoint carries no ``config.yaml`` (not written by divot-train).
+    """
+    path = Path(checkpoint)
+    if is_fp32_export(path):
+        source = json.loads((path / "export.json").read_text())
+        config_file = path / CONFIG_FILE
+        state = read_fp32_export(path)
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        ckpt = resolve_checkpoint(path)
+        source = {"source": str(ckpt.dir.resolve()), "step": ckpt.step, "zero_stage": ckpt.zero_stage}
+        config_file = ckpt.config_file or ckpt.dir / CONFIG_FILE
+        state = get_fp32_state_dict_from_zero_checkpoint(
+            str(ckpt.dir), tag=ckpt.tag, exclude_frozen_parameters=True
+        )
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{config_file} is missing: divot-merge rebuilds the model from the run's resolved config"
+        )
+    return state, OmegaConf.load(config_file), source
+
+
+def config_hash(cfg: DictConfig) -> str:
+    return hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:16]
+
+
+def merge_release(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    dtype: str = "fp32",
+    verify: bool = False,
+    overrides: Sequence[str] = (),
+    max_shard_size: str = "5GB",
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> MergeResult:
+    """Write the merged release of a training checkpoint (see the module docstring).
+
+    Args:
+        checkpoint: A run folder, a ``checkpoints/step_*`` folder or a ``zero-to-fp32`` output.
+        out_dir: Release folder to create.
+        dtype: ``fp32`` (the reference's release) or ``bf16`` (half the size).
+        verify: Compare the unmerged model with the written release; raise if they differ.
+        overrides: ``key=value`` changes to the run's config, e.g. the base model's new
+            location (``model.llm.path=/models/mistral``).
+        overwrite: Replace an existing ``out_dir``.
+
+    Raises:
+        VerificationError: ``verify`` found the release does not reproduce the model.
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+    """
+    from divot_llm.model import load_release, load_training_state_dict, save_release
+    from divot_llm.train.trainer import build_models
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    state, cfg, source = load_trained_state(checkpoint)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    log(f"rebuilding the {_plain(cfg.stage.name)} model of {source['source']} (step {source.get('step')})")
+    text_tokenizer, video_tokenizer, model = build_models(
+        cfg, torch.float32
+    )  # frozen weights as the run had them
+    load_training_state_dict(model, state)
+    del state
+    model.eval()
+
+    batches = verification_batches(text_tokenizer, video_tokenizer.num_tokens, video_tokenizer.feature_dim)
+    reference = reference_outputs(model, batches) if verify else None
+    model.merge_lora()
+    model.to(DTYPES[dtype])
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"writing {dtype} release to {tmp}")
+    save_release(model, tmp, tokenizer=text_tokenizer, max_shard_size=max_shard_size)
+    del model
+    if cfg.video_tokenizer.get("pretrained_path") is None:
+        video_tokenizer.save_pretrained(tmp / VIDEO_TOKENIZER_DIR)
+    OmegaConf.save(cfg, tmp / CONFIG_FILE, resolve=True)
+
+    comparisons: list[Comparison] = []
+    if reference is not None:
+        merged = load_release(
+            tmp, cfg.model, tokens_per_clip=video_tokenizer.num_tokens, feature_dim=video_tokenizer.feature_dim,
+            dtype=DTYPES[dtype],
+        )  # fmt: skip
+        comparisons = compare(reference, reference_outputs(merged, batches), DTYPES[dtype])
+        for c in comparisons:
+            log(f"verify {c}")
+        if not all(c.ok for c in comparisons):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise VerificationError(
+                "the merged release does not reproduce the trained model: "
+                + "; ".join(str(c) for c in comparisons if not c.ok)
+                + " -- the checkpoint's adapter or projection weights are corrupt or do not fit this "
+                "base model; nothing was written"
+            )
+
+    info = {
+        "stage": _plain(cfg.stage.name),
+        "experiment": cfg.get("experiment_name"),
+        "source_checkpoint": source["source"],
+        "source_step": source.get("step"),
+        "config_sha256": config_hash(cfg),
+        "dtype": dtype,
+        "verified": bool(comparisons),
+        "verification": [str(c) for c in comparisons],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (tmp / RELEASE_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return MergeResult(out, info, comparisons)
+
+
+def _plain(value) -> str:
+    return str(getattr(value, "value", value))

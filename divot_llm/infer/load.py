@@ -1,0 +1,178 @@
+"""Everything inference needs, from a release folder or from Divot's official ``pretrained/``.
+
+Two ways in, one result (``InferenceModels``):
+
+* **our release** (``divot-merge`` output): ``config.yaml`` in the release describes the
+  model, tokenizer and de-tokenizer it was trained with; the text tokenizer is in
+  ``llm/``; a random-init video tokenizer (tiny configs) is in ``video_tokenizer/``.
+* **the official layout** -- Divot's HF files placed as its README says::
+
+      pretrained/Divot_{pretrain,sft_comp,sft_gen}/{llm,agent}
+      pretrained/cvlm_mistral_instruct_tokenizer/
+      pretrained/Divot_tokenizer_detokenizer/Divot_tokenizer.bin, Divot_detokenizer_stage{1,2}.bin
+      pretrained/CLIP-ViT-H-14-laion2B-s32B-b79K/
+
+  composed from ``conf/experiment/divot_official.yaml`` with ``pretrained_root`` pointing
+  at that folder; ``stage`` picks ``Divot_<stage>`` (sft_comp to comprehend, sft_gen to
+  generate).
+
+``overrides`` are Hydra-style ``key=value`` changes applied to either config.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from divot_llm.model.checkpoint import LLM_DIR
+
+RELEASE_CONFIG = "config.yaml"
+VIDEO_TOKENIZER_DIR = "video_tokenizer"
+DETOKENIZER_DIR = "detokenizer"
+OFFICIAL_EXPERIMENT = "divot_official"
+OFFICIAL_STAGE_FOR = {"comprehend": "sft_comp", "generate": "sft_gen", "reconstruct": "sft_comp"}
+OFFICIAL_DETOKENIZER = {  # stage-1 weights reconstruct tokenizer features, stage 2 decodes LLM ones
+    "reconstruct": "Divot_detokenizer_stage1.bin",
+    "generate": "Divot_detokenizer_stage2.bin",
+}
+
+
+@dataclass
+class InferenceModels:
+    cfg: DictConfig
+    release_dir: Path
+    model: Any  # DivotLLM, None when only the tokenizers were asked for
+    text_tokenizer: Any
+    video_tokenizer: Any
+    detokenizer: Any  # VideoDetokenizer or None (not configured)
+
+
+def release_config(release_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config saved in one of our releases, with ``overrides`` applied.
+
+    Raises:
+        FileNotFoundError: no ``config.yaml``: not a ``divot-merge`` release (for Divot's
+            own files use the official layout).
+    """
+    path = Path(release_dir) / RELEASE_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: --release takes a divot-merge output; for Divot's official files "
+            "use --official PRETRAINED_DIR"
+        )
+    cfg = OmegaConf.load(path)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    cfg.stage.init_from = str(Path(release_dir))
+    return cfg
+
+
+def official_config(
+    pretrained_root: str | os.PathLike, task: str, overrides: Sequence[str] = ()
+) -> DictConfig:
+    """The composed config for Divot's official files under ``pretrained_root``."""
+    from divot_llm.config import compose_config
+
+    root = Path(pretrained_root).resolve()
+    chosen = [
+        f"experiment={OFFICIAL_EXPERIMENT}",
+        f"pretrained_root={root}",
+        f"stage={OFFICIAL_STAGE_FOR[task]}",
+        *(
+            [f"detokenizer.pretrained_path={root}/Divot_tokenizer_detokenizer/{OFFICIAL_DETOKENIZER[task]}"]
+            if task in OFFICIAL_DETOKENIZER
+            else []
+        ),
+    ]
+    # later overrides win: a user's stage=... or detokenizer.pretrained_path=... replaces ours
+    return compose_config([*chosen, *overrides])
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_inference_models(
+    cfg: DictConfig,
+    *,
+    with_llm: bool = True,
+    detokenizer: str | os.PathLike | None = None,
+    want_detokenizer: bool = False,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> InferenceModels:
+    """Load the parts of ``cfg`` (a ``release_config`` / ``official_config``) a task needs.
+
+    Args:
+        with_llm: Load the Divot LLM (comprehend, generate); reconstruct needs none.
+        detokenizer: A de-tokenizer to use instead of the configured one: a folder written
+            by ``save_pretrained`` (e.g. from de-tokenizer training) or a weights file in
+            the release key layout (``Divot_detokenizer_stage2.bin``).
+        want_detokenizer: Load the configured de-tokenizer if it has weights (a
+            random-init one would decode noise, so it counts as "not configured").
+        device: Default: CUDA if available, else CPU.
+        dtype: LLM dtype; default bf16 on CUDA, fp32 on CPU.
+    """
+    from divot_llm.model import load_release
+    from divot_llm.tokenizers import build_video_tokenizer
+    from divot_llm.tokenizers.registry import load_video_tokenizer
+
+    device = device or default_device()
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    release = Path(cfg.stage.init_from) if cfg.stage.get("init_from") else None
+    if release is not None and (release / VIDEO_TOKENIZER_DIR).is_dir():
+        video_tokenizer = load_video_tokenizer(release / VIDEO_TOKENIZER_DIR)
+    else:
+        video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
+    video_tokenizer = video_tokenizer.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+    model = text_tokenizer = None
+    if with_llm:
+        if release is None:
+            raise ValueError("stage.init_from must name the release (llm/ + agent/) to load")
+        text_tokenizer = _text_tokenizer(release, cfg)
+        model = load_release(
+            release, cfg.model, tokens_per_clip=video_tokenizer.num_tokens,
+            feature_dim=video_tokenizer.feature_dim, dtype=dtype, device=device,
+        )  # fmt: skip
+    detok = _detokenizer(cfg, release, detokenizer, want_detokenizer, video_tokenizer, device)
+    return InferenceModels(cfg, release, model, text_tokenizer, video_tokenizer, detok)
+
+
+def _text_tokenizer(release: Path, cfg: DictConfig):
+    """Our releases keep the tokenizer (with Divot's tokens) in ``llm/``; Divot's official
+    ``llm/`` has none, its tokenizer is ``cvlm_mistral_instruct_tokenizer``."""
+    from divot_llm.text import load_text_tokenizer
+
+    llm = release / LLM_DIR
+    if (llm / "tokenizer.model").is_file() or (llm / "tokenizer.json").is_file():
+        return load_text_tokenizer(llm)
+    return load_text_tokenizer(cfg.model.tokenizer_path)
+
+
+def _detokenizer(cfg, release, explicit, wanted, video_tokenizer, device):
+    from divot_llm.detokenizers import build_video_detokenizer
+    from divot_llm.detokenizers.registry import load_video_detokenizer
+
+    if explicit is not None:
+        path = Path(explicit)
+        if path.is_dir():
+            detok = load_video_detokenizer(path)
+        else:
+            node = OmegaConf.merge(cfg.detokenizer, {"pretrained_path": str(path)})
+            detok = build_video_detokenizer(node, tokenizer=video_tokenizer)
+    elif not wanted:
+        return None
+    elif release is not None and (release / DETOKENIZER_DIR).is_dir():
+        detok = load_video_detokenizer(release / DETOKENIZER_DIR)
+    elif cfg.detokenizer.get("pretrained_path"):
+        detok = build_video_detokenizer(cfg.detokenizer, tokenizer=video_tokenizer)
+    else:
+        return None
+    return detok.to(device).eval()

@@ -1,0 +1,72 @@
+"""divot-export zero-to-fp32: equals the live engine, ZeRO-2 and ZeRO-3; refuses what is
+not a complete checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from divot_llm.cli.export import main as export_main
+from divot_llm.export import read_fp32_export
+from tests.helpers import run_entry_point as cli
+from tests.helpers import run_main
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["zero2_run", "zero3_run"])
+def test_fp32_export_equals_the_live_engine_parameters(run, request, tmp_path):
+    out_dir = request.getfixturevalue(run)
+    proc = cli("divot-export", "zero-to-fp32", str(out_dir), str(tmp_path / "fp32"))
+    assert "step 2" in proc.stdout
+
+    live = torch.load(out_dir / "live.pt", weights_only=True)
+    exported = read_fp32_export(tmp_path / "fp32")
+    assert sorted(exported) == sorted(live)
+    assert any("lora_A" in k for k in live) and any(k.startswith("output_resampler") for k in live)
+    for name, tensor in live.items():
+        assert exported[name].dtype == torch.float32
+        assert torch.equal(exported[name], tensor), name
+    info = json.loads((tmp_path / "fp32" / "export.json").read_text())
+    assert info["zero_stage"] == int(run[4]) and info["world_size"] == 2 and info["step"] == 2
+    assert (tmp_path / "fp32" / "config.yaml").is_file()
+
+
+def test_shards_and_every_way_to_name_the_checkpoint(zero2_run, tmp_path, capsys):
+    step_dir = zero2_run / "checkpoints" / "step_00000002"
+    reference = None
+    for i, where in enumerate([zero2_run, zero2_run / "checkpoints", step_dir]):
+        cli(
+            "divot-export", "zero-to-fp32", str(where), str(tmp_path / f"out{i}"), "--max-shard-size", "200KB"
+        )
+        assert (tmp_path / f"out{i}" / "model.safetensors.index.json").is_file()
+        assert len(list((tmp_path / f"out{i}").glob("model-*.safetensors"))) > 1
+        state = read_fp32_export(tmp_path / f"out{i}")
+        reference = reference or state
+        assert all(torch.equal(state[k], reference[k]) for k in reference)
+
+
+def test_half_written_and_incomplete_checkpoints_are_refused(zero2_run, tmp_path, capsys):
+    step_dir = zero2_run / "checkpoints" / "step_00000002"
+    half = tmp_path / "checkpoints" / ".tmp-step_00000004"
+    shutil.copytree(step_dir, half)
+    code, _, err = run_main(
+        export_main, "zero-to-fp32", str(half), str(tmp_path / "a"), capsys=capsys, check=False
+    )
+    assert code == 1 and "half-written" in err
+    assert not (tmp_path / "a").exists()
+
+    broken = tmp_path / "run" / "checkpoints" / "step_00000002"
+    shutil.copytree(step_dir, broken)
+    (broken / "engine" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()  # a rank's partition lost
+    code, _, err = run_main(
+        export_main, "zero-to-fp32", str(broken), str(tmp_path / "b"), capsys=capsys, check=False
+    )
+    assert code == 1 and "ranks [0], expected 0..1" in err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.tmp").exists()
+
+    code, _, err = run_main(export_main, "zero-to-fp32", str(tmp_path / "nothing"), str(tmp_path / "c"),
+                            capsys=capsys, check=False)  # fmt: skip
+    assert code == 1 and "does not exist" in err

@@ -1,0 +1,109 @@
+"""divot-infer on a release written by divot-merge: comprehend (streamed, batched),
+generate (features, and mp4 through a de-tokenizer), reconstruct (mp4, strip, PSNR/SSIM)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import av
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from divot_llm.cli.infer import main as infer_main
+from divot_llm.config import compose_config
+from divot_llm.detokenizers import build_video_detokenizer
+from divot_llm.infer import (
+    comprehend,
+    generate_features_for_captions,
+    load_inference_models,
+    reconstruct,
+    release_config,
+)
+from tests.helpers import run_entry_point, run_main
+
+CAPTION = "a red circle moving left on a blue background"
+
+
+@pytest.fixture(scope="module")
+def models(tiny_release):
+    return load_inference_models(release_config(tiny_release))
+
+
+@pytest.fixture(scope="module")
+def detok_dir(models, tmp_path_factory):
+    """A tiny de-tokenizer as de-tokenizer training saves it (save_pretrained)."""
+    torch.manual_seed(3)
+    detok = build_video_detokenizer(
+        compose_config(["detokenizer=tiny"]).detokenizer, tokenizer=models.video_tokenizer
+    )
+    out = tmp_path_factory.mktemp("detok") / "detokenizer"
+    detok.save_pretrained(out)
+    return out
+
+
+def test_comprehend_streams_and_batches_the_library_answers(
+    tiny_release, models, synthetic_video, tmp_path, capsys
+):
+    greedy = ["--greedy", "--num-clips", "2", "--max-new-tokens", "8", "-q", "What color is the shape?"]
+    expected = comprehend(models.model, models.text_tokenizer, models.video_tokenizer, [synthetic_video],
+                          "What color is the shape?", num_clips=2, seed=42, do_sample=False, max_new_tokens=8)[0]  # fmt: skip
+    streamed = run_entry_point(
+        "divot-infer", "comprehend", "--release", str(tiny_release), str(synthetic_video), *greedy
+    )
+    assert streamed.stdout == f"{synthetic_video}: {expected}\n"
+    _, batched, _ = run_main(
+        infer_main, "comprehend", "--release", str(tiny_release), str(synthetic_video), str(synthetic_video),
+        *greedy, "--no-stream", "--batch-size", "2", "--jsonl", str(tmp_path / "answers.jsonl"), capsys=capsys,
+    )  # fmt: skip
+    assert batched.splitlines() == [f"{synthetic_video}: {expected}"] * 2
+    records = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in records] == [expected, expected]
+
+
+def test_generate_without_a_detokenizer_saves_the_features(tiny_release, models, tmp_path, capsys):
+    _, out, _ = run_main(infer_main, "generate", "--release", str(tiny_release), CAPTION,
+                         "--out", str(tmp_path), "--seed", "7", "--var-scale", "0.5", capsys=capsys)  # fmt: skip
+    assert "only the features were saved" in out
+    saved = load_file(next(tmp_path.glob("000_a_red_circle*.safetensors")))["features"]
+    expected = generate_features_for_captions(
+        models.model, models.text_tokenizer, [CAPTION], instruct=False, var_scale=0.5, seed=7
+    )  # fmt: skip  (a pretrain release)
+    assert torch.equal(saved, expected[0])
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_generate_with_a_detokenizer_writes_playable_videos(tiny_release, detok_dir, tmp_path, capsys):
+    run_main(infer_main, "generate", "--release", str(tiny_release), CAPTION, "a green square",
+             "--out", str(tmp_path), "--detokenizer", str(detok_dir), "--steps", "2", capsys=capsys)  # fmt: skip
+    videos = sorted(tmp_path.glob("*.mp4"))
+    assert [v.name[:3] for v in videos] == ["000", "001"]
+    with av.open(str(videos[0])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        assert float(container.streams.video[0].average_rate) == 8
+    assert len(frames) == 8 and frames[0].shape == (16, 16, 3)  # the tiny de-tokenizer's clip
+
+
+def test_reconstruct_writes_video_strip_and_the_metrics(
+    tiny_release, models, detok_dir, synthetic_video, tmp_path
+):
+    proc = run_entry_point("divot-infer", "reconstruct", "--release", str(tiny_release), str(synthetic_video),
+                           "--detokenizer", str(detok_dir), "--steps", "2", "--out", str(tmp_path))  # fmt: skip
+    from divot_llm.detokenizers.registry import load_video_detokenizer
+
+    expected = reconstruct(
+        synthetic_video, models.video_tokenizer, load_video_detokenizer(detok_dir), steps=2, seed=42
+    )
+    psnr, ssim = map(float, re.search(r"PSNR ([\d.]+) dB, SSIM ([\d.]+)", proc.stdout).groups())
+    assert psnr == pytest.approx(expected.psnr, abs=0.01) and ssim == pytest.approx(expected.ssim, abs=1e-4)
+    strip = Image.open(next(tmp_path.glob("*_strip.png")))
+    assert strip.size == (8 * 16 + 7 * 2, 2 * 16 + 2)  # 8 frames, input row above output row
+    assert next(tmp_path.glob("000_*.mp4")).stat().st_size > 0
+
+
+def test_reconstruct_without_weights_is_a_clear_error(tiny_release, synthetic_video, tmp_path, capsys):
+    code, _, err = run_main(infer_main, "reconstruct", "--release", str(tiny_release), str(synthetic_video),
+                            "--out", str(tmp_path), capsys=capsys, check=False)  # fmt: skip
+    assert code == 1 and "needs a de-tokenizer with weights" in err
