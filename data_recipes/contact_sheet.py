@@ -8,10 +8,9 @@ an image is the static clip training makes of it. Used by ``divot-data inspect``
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from divot_llm.data.video import image_clip, sample_video_clips
+from divot_llm.data.video import image_clip, model_pixels_to_uint8, sample_video_clips
 
 LABEL_WIDTH = 150  # px left of each row for the sample's name
 GAP = 4  # px between cells
@@ -22,8 +21,7 @@ def sample_row(media: bytes, is_video: bool, rng: np.random.Generator, size: int
     clip = (
         sample_video_clips(media, 1, rng, image_size=size) if is_video else image_clip(media, image_size=size)
     )
-    pixels = ((clip[0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)  # (5, 3, S, S)
-    return pixels.permute(0, 2, 3, 1).numpy()
+    return model_pixels_to_uint8(clip[0])
 
 
 def compose_sheet(rows: list[tuple[str, np.ndarray]]) -> Image.Image:

@@ -312,6 +312,13 @@ def to_model_pixels(frames_hw3: list[np.ndarray], size: int = 256) -> torch.Tens
     return _unit_range(_resized_uint8(frames_hw3, size))
 
 
+def model_pixels_to_uint8(clip_fchw: torch.Tensor) -> np.ndarray:
+    """The inverse of ``to_model_pixels`` for display: ``(F, 3, H, W)`` in [-1, 1] ->
+    ``(F, H, W, 3)`` uint8 (clamped, as the reference writes its videos)."""
+    frames = ((clip_fchw.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(0, 2, 3, 1).cpu().numpy()
+
+
 def _resized_uint8(frames_hw3: list[np.ndarray], size: int) -> torch.Tensor:
     """Resized and centre-cropped frames, (F, 3, size, size) uint8: a quarter of the
     float32 bytes to move when clips repeat frames."""

@@ -40,9 +40,9 @@ from divot_llm.export.verify import (
     verification_batches,
 )
 from divot_llm.export.zero import CONFIG_FILE, is_fp32_export, read_fp32_export, resolve_checkpoint
+from divot_llm.model.checkpoint import VIDEO_TOKENIZER_DIR
 
 RELEASE_INFO = "release.json"
-VIDEO_TOKENIZER_DIR = "video_tokenizer"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -129,8 +129,12 @@ def merge_release(
     del state
     model.eval()
 
-    batches = verification_batches(text_tokenizer, video_tokenizer.num_tokens, video_tokenizer.feature_dim)
-    reference = reference_outputs(model, batches) if verify else None
+    reference = None
+    if verify:  # the unmerged model's outputs, before merge_lora changes it in place
+        batches = verification_batches(
+            text_tokenizer, video_tokenizer.num_tokens, video_tokenizer.feature_dim
+        )
+        reference = reference_outputs(model, batches)
     model.merge_lora()
     model.to(DTYPES[dtype])
 

@@ -24,6 +24,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from divot_llm.config.loading import RESOLVED_CONFIG_NAME as CONFIG_FILE
 from divot_llm.train.checkpoint import (
     CHECKPOINTS_DIR,
     ENGINE_TAG,
@@ -34,7 +35,6 @@ from divot_llm.train.checkpoint import (
 )
 
 EXPORT_INFO = "export.json"
-CONFIG_FILE = "config.yaml"
 _MODEL_STATES = re.compile(r"^(zero_pp_rank_\d+_)?mp_rank_\d+_model_states\.pt$")
 _OPTIM_STATES = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 

@@ -4,7 +4,7 @@ reconstruct (video -> features -> video), and loading what they need."""
 from divot_llm.infer.comprehend import TextPrinter, comprehend, comprehension_prompt_ids, encode_media
 from divot_llm.infer.generate import generate_features_for_captions
 from divot_llm.infer.load import InferenceModels, load_inference_models, official_config, release_config
-from divot_llm.infer.reconstruct import Reconstruction, read_clip, reconstruct
+from divot_llm.infer.reconstruct import Reconstruction, reconstruct
 
 __all__ = [
     "InferenceModels",
@@ -16,7 +16,6 @@ __all__ = [
     "generate_features_for_captions",
     "load_inference_models",
     "official_config",
-    "read_clip",
     "reconstruct",
     "release_config",
 ]

@@ -30,11 +30,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from divot_llm.model.checkpoint import LLM_DIR
+from divot_llm.config.loading import RESOLVED_CONFIG_NAME as RELEASE_CONFIG
+from divot_llm.model.checkpoint import DETOKENIZER_DIR, LLM_DIR, VIDEO_TOKENIZER_DIR
 
-RELEASE_CONFIG = "config.yaml"
-VIDEO_TOKENIZER_DIR = "video_tokenizer"
-DETOKENIZER_DIR = "detokenizer"
 OFFICIAL_EXPERIMENT = "divot_official"
 OFFICIAL_STAGE_FOR = {"comprehend": "sft_comp", "generate": "sft_gen", "reconstruct": "sft_comp"}
 OFFICIAL_DETOKENIZER = {  # stage-1 weights reconstruct tokenizer features, stage 2 decodes LLM ones

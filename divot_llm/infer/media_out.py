@@ -10,18 +10,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from divot_llm.data.video import model_pixels_to_uint8
 from divot_llm.data.video_io import encode_video
-
-
-def to_uint8_frames(clip_fchw: torch.Tensor) -> np.ndarray:
-    """``(F, 3, H, W)`` in [-1, 1] -> ``(F, H, W, 3)`` uint8 (the reference's clamp + scale)."""
-    frames = ((clip_fchw.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return frames.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def write_mp4(path: str | os.PathLike, clip_fchw: torch.Tensor, fps: float) -> Path:
     """An h264 mp4 of one clip (odd sizes are padded by one pixel: yuv420p needs even)."""
-    frames = to_uint8_frames(clip_fchw)
+    frames = model_pixels_to_uint8(clip_fchw)
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
@@ -34,7 +29,7 @@ def write_mp4(path: str | os.PathLike, clip_fchw: torch.Tensor, fps: float) -> P
 def frame_strip(rows_fchw: list[torch.Tensor], max_frames: int = 8, gap: int = 2) -> Image.Image:
     """One row per clip (e.g. input above, reconstruction below), ``max_frames`` evenly
     spaced frames each, on a white background."""
-    rows = [to_uint8_frames(r) for r in rows_fchw]
+    rows = [model_pixels_to_uint8(r) for r in rows_fchw]
     count = min(max_frames, min(len(r) for r in rows))
     picks = np.linspace(0, min(len(r) for r in rows) - 1, count).round().astype(int)
     height, width = rows[0].shape[1:3]

@@ -32,6 +32,10 @@ LLM_DIR = "llm"
 AGENT_DIR = "agent"
 AGENT_BIN = "pytorch_model.bin"
 AGENT_SAFETENSORS = "model.safetensors"
+# Optional folders beside llm/ and agent/: the frozen modules a release or an export carries
+# (save_pretrained form) when they have no weights file elsewhere.
+VIDEO_TOKENIZER_DIR = "video_tokenizer"
+DETOKENIZER_DIR = "detokenizer"
 
 
 def save_release(

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-DETOKENIZER_DIR = "detokenizer"
-VIDEO_TOKENIZER_DIR = "video_tokenizer"
+from divot_llm.model.checkpoint import DETOKENIZER_DIR, VIDEO_TOKENIZER_DIR
 
 
 def load_trained_tensors(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
