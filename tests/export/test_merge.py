@@ -113,3 +113,18 @@ def test_existing_output_and_missing_checkpoint_are_clear_errors(verified_releas
         merge_main, "--checkpoint", str(tmp_path), "--out", str(release), capsys=capsys, check=False
     )
     assert code == 1 and "exists" in err
+
+
+def test_set_changes_the_config_the_model_is_rebuilt_from(zero2_run, verified_release, tmp_path, capsys):
+    """``--set`` reaches the rebuild: another seed rebuilds another random tiny base (a moved
+    base model works the same way, through ``model.llm.path``), recorded in the release."""
+    release, _ = verified_release
+    run_main(merge_main, "--checkpoint", str(zero2_run), "--out", str(tmp_path / "rel"), "--set", "train.seed=7",
+             capsys=capsys)  # fmt: skip
+    assert OmegaConf.load(tmp_path / "rel" / "config.yaml").train.seed == 7
+    key = "model.layers.0.mlp.down_proj.weight"  # frozen base weight (LoRA merged into it)
+    reseeded = load_file(next((tmp_path / "rel" / "llm").glob("*.safetensors")))
+    original = {}
+    for shard in (release / "llm").glob("model-*.safetensors"):
+        original.update(load_file(shard))
+    assert not torch.allclose(reseeded[key], original[key])
