@@ -10,6 +10,7 @@ the loader samples in epoch 0) and writes one safetensors file per sample. Train
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 from omegaconf import OmegaConf
@@ -25,6 +26,13 @@ from divot_llm.train.trainer import seed_everything
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="cache folder")
     parser.add_argument("--batch-clips", type=int, default=32, help="clips per tokenizer forward")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, (os.cpu_count() or 1) - 1),
+        help="processes decoding videos while this one encodes (default: cores - 1, at most 8; "
+        "0 decodes in this process)",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument(
         "--dtype",
@@ -52,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
     info = expected_info(tokenizer, tokenizer_cfg, cfg.data)
     with tqdm(desc="features", unit="sample") as bar:
         counts = build_feature_cache(
-            cfg.data, tokenizer, info, args.out, batch_clips=args.batch_clips, progress=bar.update
+            cfg.data,
+            tokenizer,
+            info,
+            args.out,
+            batch_clips=args.batch_clips,
+            progress=bar.update,
+            workers=args.workers,
         )
     print(f"feature cache {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print(f"train with: data.feature_cache={args.out}")

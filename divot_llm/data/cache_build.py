@@ -1,21 +1,31 @@
 """Fill a feature cache: sample each sample's clips as the loader does in epoch 0, encode
 them with the frozen video tokenizer in batches, write one file per sample.
 
+Decoding is the slow part, so ``workers`` dataloader processes can read in parallel:
+worker i reads the i-th share of every source (the loader's own split, so each sample is
+read exactly once) while this process encodes. A sample's clips depend only on its key
+and the seed, so the cache holds the same clips whatever the number of workers.
+
 Re-running continues an interrupted build: samples already written are skipped.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 from divot_llm.data.feature_cache import CacheInfo, sample_file, write_info, write_sample
-from divot_llm.data.loader import _clips, cache_group, loader_spec, open_source, sample_rngs
+from divot_llm.data.loader import LoaderSpec, _clips, cache_group, loader_spec, open_source, sample_rngs
 from divot_llm.data.sources import Consumer, DataError
 from divot_llm.data.video import MediaError
+
+# What a reader hands the encoder: (cache group, key, clips (C, F, 3, S, S) or None,
+# counts). A sample to encode has clips; a cached or unusable sample has None and counts
+# one reason; an exhausted source has no key and its reader's skip counts.
+Read = tuple[str, str, "torch.Tensor | None", dict[str, int]]
 
 
 def build_feature_cache(
@@ -26,42 +36,76 @@ def build_feature_cache(
     splits: tuple[str, ...] = ("train", "val"),
     batch_clips: int = 32,
     progress: Callable[[int], None] | None = None,
+    workers: int = 0,
 ) -> Counter:
     """Cache the features of every sample of ``cfg.data``'s sources; returns counts
-    (``written``, ``already_cached`` and skip reasons)."""
+    (``written``, ``already_cached`` and skip reasons). ``workers``: decoding processes
+    (0 decodes here)."""
     out = Path(out_dir)
     write_info(out, info)
+    specs = _split_specs(data_cfg, info, tokenizer.frames_per_clip, splits)
+    reads = torch.utils.data.DataLoader(
+        _Readers(specs, out),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+    )
     counts: Counter = Counter()
     tick = progress or (lambda n: None)
+    pending: list[tuple[str, str, torch.Tensor]] = []
+    for group, key, clips, read_counts in reads:
+        counts.update(read_counts)
+        if key:
+            tick(1)
+        if clips is None:
+            continue
+        pending.append((group, key, clips))
+        if sum(c.shape[0] for *_, c in pending) >= batch_clips:
+            counts["written"] += _flush(pending, tokenizer, out)
+    counts["written"] += _flush(pending, tokenizer, out)
+    return counts
+
+
+def _split_specs(data_cfg, info: CacheInfo, frames_per_clip: int, splits) -> list[tuple[str, LoaderSpec]]:
+    specs = []
     for split in splits:
         try:
-            spec = loader_spec(
-                data_cfg, info.tokens_per_clip, tokenizer.frames_per_clip, info.image_size, split
+            specs.append(
+                (split, loader_spec(data_cfg, info.tokens_per_clip, frames_per_clip, info.image_size, split))
             )
         except DataError:
             if split == "train":
                 raise
-            continue  # no validation sources configured
-        pending: list[tuple[str, str, torch.Tensor]] = []
-        for src in spec.sources:
-            group = cache_group(split, src.name)
-            source = open_source(spec, src, Consumer(), infinite=False)
-            for raw in source:
-                tick(1)
-                if sample_file(out, group, raw.key).is_file():
-                    counts["already_cached"] += 1
-                    continue
-                try:
-                    clips = _clips(raw, src, spec, sample_rngs(spec.seed, raw.key, 0)[0])
-                except MediaError as exc:
-                    counts[exc.reason] += 1
-                    continue
-                pending.append((group, raw.key, clips))
-                if sum(c.shape[0] for *_, c in pending) >= batch_clips:
-                    counts["written"] += _flush(pending, tokenizer, out)
-            counts.update(source.skipped)
-        counts["written"] += _flush(pending, tokenizer, out)
-    return counts
+            # no validation sources configured
+    return specs
+
+
+class _Readers(torch.utils.data.IterableDataset):
+    """Reads and samples every not-yet-cached sample; in a dataloader worker, only that
+    worker's share of each source."""
+
+    def __init__(self, specs: list[tuple[str, LoaderSpec]], out: Path):
+        super().__init__()
+        self.specs, self.out = specs, out
+
+    def __iter__(self) -> Iterator[Read]:
+        worker = torch.utils.data.get_worker_info()
+        consumer = Consumer(worker.id, worker.num_workers) if worker is not None else Consumer()
+        for split, spec in self.specs:
+            for src in spec.sources:
+                group = cache_group(split, src.name)
+                source = open_source(spec, src, consumer, infinite=False)
+                for raw in source:
+                    if sample_file(self.out, group, raw.key).is_file():
+                        yield group, raw.key, None, {"already_cached": 1}
+                        continue
+                    try:
+                        clips = _clips(raw, src, spec, sample_rngs(spec.seed, raw.key, 0)[0])
+                    except MediaError as exc:
+                        yield group, raw.key, None, {exc.reason: 1}
+                        continue
+                    yield group, raw.key, clips, {}
+                yield group, "", None, dict(source.skipped)
 
 
 def _flush(pending: list[tuple[str, str, torch.Tensor]], tokenizer, out: Path) -> int:

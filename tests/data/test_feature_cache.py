@@ -51,6 +51,37 @@ def test_cache_covers_every_sample_and_a_rerun_skips_them(setup, tmp_path):
     assert again["written"] == 0 and again["already_cached"] == counts["written"]
 
 
+def test_parallel_readers_write_the_same_cache_and_counts(setup, tmp_path):
+    """workers=2: every sample once, the same features, and bad media counted, not lost."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    cfg, video_tokenizer, info, cache_dir, _, _ = setup
+    data = tmp_path / "data"
+    shutil.copytree(cfg.data.root, data)
+    broken = sorted((data / "media" / "videos").glob("train-*.mp4"))[0]
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated: header only
+    data_cfg = OmegaConf.merge(cfg, {"data": {"root": str(data)}}).data
+
+    serial = build_feature_cache(data_cfg, video_tokenizer, info, tmp_path / "serial", batch_clips=8)
+    parallel = build_feature_cache(
+        data_cfg, video_tokenizer, info, tmp_path / "parallel", batch_clips=8, workers=2
+    )
+    assert parallel == serial
+    assert serial["written"] == 6 + 6 + 4 + 4 + 2 + 2 - 1 and sum(serial.values()) == serial["written"] + 1
+    files = sorted(f.relative_to(tmp_path / "serial") for f in (tmp_path / "serial").rglob("*.safetensors"))
+    assert files == sorted(
+        f.relative_to(tmp_path / "parallel") for f in (tmp_path / "parallel").rglob("*.safetensors")
+    )
+    for name in files:  # batches group other samples, so equal up to matmul rounding
+        a, b = load_file(tmp_path / "serial" / name), load_file(tmp_path / "parallel" / name)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # and they are the features of the unbroken samples written by the one-process build
+    for name in files:
+        torch.testing.assert_close(load_file(cache_dir / name), load_file(tmp_path / "serial" / name))
+
+
 def test_cached_batches_equal_frame_batches_encoded(setup):
     cfg, video_tokenizer, info, cache_dir, _, text = setup
     # one epoch: the cache holds epoch-0 clips (later epochs reuse them by design)
