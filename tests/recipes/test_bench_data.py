@@ -50,3 +50,17 @@ def test_quick_run_prints_pipeline_and_baseline_figures():
         assert abs(pipeline_fps - 5 * pipeline_cps) < 0.1
         assert abs(baseline_fps - 5 * baseline_cps) < 0.1
         assert abs(ratio - pipeline_cps / baseline_cps) < 0.06 * ratio + 0.05
+
+
+def test_floor_report_times_full_and_reference_only_decoding():
+    bench = _load_bench()
+    data = bench.make_video(height=64, duration_s=3, fps=8, seed=0)
+    line = bench.floor_report("64p 3s", data, baseline_s=1.0, pipeline_s=0.5, repeats=1)
+    match = re.fullmatch(
+        r"64p 3s: baseline 1\.00 s \(decoding alone ([\d.]+) s, .*\), reference frames only ([\d.]+) s = "
+        r"([\d.]+)x faster than the baseline, pipeline 0\.50 s",
+        line,
+    )
+    assert match, line
+    decode_all_s, floor_s, ratio = map(float, match.groups())
+    assert decode_all_s >= 0 and floor_s >= 0 and ratio > 0
