@@ -57,7 +57,7 @@ def test_floor_report_times_full_and_reference_only_decoding():
     data = bench.make_video(height=64, duration_s=3, fps=8, seed=0)
     line = bench.floor_report("64p 3s", data, baseline_s=1.0, pipeline_s=0.5, repeats=1)
     match = re.fullmatch(
-        r"64p 3s: baseline 1\.00 s \(decoding alone ([\d.]+) s, .*\), reference frames only ([\d.]+) s = "
+        r"64p 3s: baseline 1\.00 s \(decoding alone ([\d.]+) s; .*\), reference frames only ([\d.]+) s = "
         r"([\d.]+)x faster than the baseline, pipeline 0\.50 s",
         line,
     )

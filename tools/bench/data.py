@@ -156,8 +156,8 @@ def floor_report(label: str, data: bytes, baseline_s: float, pipeline_s: float, 
     decode_all = decode_seconds(data, repeats, "DEFAULT")
     floor = decode_seconds(data, repeats, "NONREF")
     return (
-        f"{label}: baseline {baseline_s:.2f} s (decoding alone {decode_all:.2f} s, the rest is RGB "
-        f"conversion of every frame), reference frames only {floor:.2f} s = "
+        f"{label}: baseline {baseline_s:.2f} s (decoding alone {decode_all:.2f} s; the rest converts "
+        f"and stacks every frame), reference frames only {floor:.2f} s = "
         f"{baseline_s / floor:.1f}x faster than the baseline, pipeline {pipeline_s:.2f} s"
     )
 
