@@ -20,9 +20,9 @@ import torch
 from divot_llm.data.feature_cache import CacheInfo, sample_file, write_info, write_sample
 from divot_llm.data.loader import LoaderSpec, _clips, cache_group, loader_spec, open_source, sample_rngs
 from divot_llm.data.sources import Consumer, DataError
-from divot_llm.data.video import MediaError
+from divot_llm.data.video import MediaError, uint8_to_model_pixels
 
-# What a reader hands the encoder: (cache group, key, clips (C, F, 3, S, S) or None,
+# What a reader hands the encoder: (cache group, key, uint8 clips (C, F, 3, S, S) or None,
 # counts). A sample to encode has clips; a cached or unusable sample has None and counts
 # one reason; an exhausted source has no key and its reader's skip counts.
 Read = tuple[str, str, "torch.Tensor | None", dict[str, int]]
@@ -111,8 +111,8 @@ class _Readers(torch.utils.data.IterableDataset):
 def _flush(pending: list[tuple[str, str, torch.Tensor]], tokenizer, out: Path) -> int:
     if not pending:
         return 0
-    frames_bfchw = torch.cat([clips for *_, clips in pending])  # (sum C, F, 3, S, S)
-    feats_bnd = tokenizer.encode(frames_bfchw.to(tokenizer.device, tokenizer.dtype)).float().cpu()
+    frames_bfchw = torch.cat([clips for *_, clips in pending]).to(tokenizer.device)  # (sum C, F, 3, S, S) uint8
+    feats_bnd = tokenizer.encode(uint8_to_model_pixels(frames_bfchw).to(tokenizer.dtype)).float().cpu()
     start = 0
     for group, key, clips in pending:
         write_sample(out, group, key, feats_bnd[start : start + clips.shape[0]])

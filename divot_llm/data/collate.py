@@ -2,8 +2,8 @@
 
 Text is right-padded to the longest sequence (pad id, labels -100, attention 0, masks
 False); clips are padded to the most clips in the batch with zero frames and False clip
-masks, so ``frames`` is (B, C, F, 3, S, S) -- or, from a feature cache, ``video_feats`` is
-(B, C, N, D) -- and ``embeds_*_mask`` is (B, C).
+masks, so ``frames`` is (B, C, F, 3, S, S) (uint8 from the loader) -- or, from a feature
+cache, ``video_feats`` is (B, C, N, D) -- and ``embeds_*_mask`` is (B, C).
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def _open_image(media: bytes | Path) -> Image.Image:
 
 
 def _clips(raw: RawSample, source: SourceSpec, spec: LoaderSpec, rng: np.random.Generator) -> torch.Tensor:
-    """(C, F, 3, S, S) frames of a sample's video (reference clip rules) or image."""
+    """(C, F, 3, S, S) uint8 frames of a sample's video (reference clip rules) or image."""
     if raw.media_kind == "image":
         image = _open_image(raw.media)
         short, long = sorted(image.size)
@@ -114,7 +114,7 @@ def _clips(raw: RawSample, source: SourceSpec, spec: LoaderSpec, rng: np.random.
             raise MediaError("too_small", f"{image.size[0]}x{image.size[1]} < {source.min_resolution}")
         if short / long < source.min_aspect_ratio:
             raise MediaError("bad_aspect_ratio", f"{image.size[0]}x{image.size[1]}")
-        return image_clip(image, spec.frames_per_clip, spec.image_size)
+        return image_clip(image, spec.frames_per_clip, spec.image_size, as_uint8=True)
     generation = source.task not in COMPREHENSION_TASKS
     return sample_video_clips(
         raw.media,
@@ -129,6 +129,7 @@ def _clips(raw: RawSample, source: SourceSpec, spec: LoaderSpec, rng: np.random.
         min_aspect_ratio=source.min_aspect_ratio,
         # one decoder thread per dataloader worker: the workers already use the cores
         threads=1 if torch.utils.data.get_worker_info() is not None else 0,
+        as_uint8=True,  # converted on the accelerator (uint8_to_model_pixels): 4x fewer bytes to move
     )
 
 

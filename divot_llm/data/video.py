@@ -309,7 +309,7 @@ def _pick_frames(
 def to_model_pixels(frames_hw3: list[np.ndarray], size: int = 256) -> torch.Tensor:
     """The reference image transform: PIL bilinear resize of the shorter side to ``size``,
     centre crop, [0, 255] -> [-1, 1]. Returns (F, 3, size, size) float32."""
-    return _unit_range(_resized_uint8(frames_hw3, size))
+    return uint8_to_model_pixels(_resized_uint8(frames_hw3, size))
 
 
 def model_pixels_to_uint8(clip_fchw: torch.Tensor) -> np.ndarray:
@@ -337,8 +337,11 @@ def _resized_uint8(frames_hw3: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _unit_range(pixels_uint8: torch.Tensor) -> torch.Tensor:
-    # float32(x) / 127.5 - 1, the reference's arithmetic, in place on the float copy
+def uint8_to_model_pixels(pixels_uint8: torch.Tensor) -> torch.Tensor:
+    """Resized pixels in [0, 255] (any shape, any device) -> float32 in [-1, 1] with the
+    reference's arithmetic, float32(x) / 127.5 - 1. The training loader hands frames on as
+    uint8 (a quarter of the bytes through worker queues and pinned memory) and the trainer
+    converts them here on the accelerator."""
     return pixels_uint8.to(torch.float32).div_(127.5).sub_(1.0)
 
 
@@ -357,10 +360,12 @@ def sample_video_clips(
     min_resolution: int = 0,
     min_aspect_ratio: float = 0.0,
     threads: int = 0,
+    as_uint8: bool = False,
 ) -> torch.Tensor:
     """Decode the clips a video yields under the reference rules.
 
-    Returns (C, 5, 3, image_size, image_size) in [-1, 1] with 1 <= C <= num_clips.
+    Returns (C, 5, 3, image_size, image_size) in [-1, 1] with 1 <= C <= num_clips, or with
+    ``as_uint8`` the same pixels before ``uint8_to_model_pixels``, in [0, 255].
     Raises MediaError (with a ``reason``) for unusable videos: corrupt, no frames, too
     small, too elongated.
     """
@@ -378,16 +383,21 @@ def sample_video_clips(
         frames = _frames_at(container, unique / info.fps, 2.0, threads, source)
     pixels = _resized_uint8(frames, image_size)  # (U, 3, S, S)
     gather = torch.from_numpy(np.searchsorted(unique, indices))  # (C, 5) rows of `pixels`
-    return _unit_range(pixels[gather])  # (C, 5, 3, S, S)
+    clips_uint8 = pixels[gather]  # (C, 5, 3, S, S)
+    return clips_uint8 if as_uint8 else uint8_to_model_pixels(clips_uint8)
 
 
-def image_clip(image: Image.Image | bytes, frames_per_clip: int = 5, image_size: int = 256) -> torch.Tensor:
-    """A still image as one static clip: (1, frames_per_clip, 3, S, S) in [-1, 1]."""
+def image_clip(
+    image: Image.Image | bytes, frames_per_clip: int = 5, image_size: int = 256, as_uint8: bool = False
+) -> torch.Tensor:
+    """A still image as one static clip: (1, frames_per_clip, 3, S, S) in [-1, 1] (or, with
+    ``as_uint8``, in [0, 255] as ``sample_video_clips``)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         try:
             image = Image.open(io.BytesIO(image))
             image.load()
         except Exception as exc:  # PIL raises many types for truncated/corrupt files
             raise MediaError("corrupt_image", str(exc)) from exc
-    pixels = to_model_pixels([np.asarray(image.convert("RGB"))], image_size)  # (1, 3, S, S)
-    return pixels.expand(frames_per_clip, -1, -1, -1).unsqueeze(0).clone()
+    pixels = _resized_uint8([np.asarray(image.convert("RGB"))], image_size)  # (1, 3, S, S)
+    clip_uint8 = pixels.expand(frames_per_clip, -1, -1, -1).unsqueeze(0).clone()
+    return clip_uint8 if as_uint8 else uint8_to_model_pixels(clip_uint8)

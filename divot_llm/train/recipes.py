@@ -184,15 +184,17 @@ class LLMRecipe(Recipe):
         if "video_feats" in batch:
             inputs["video_feats"] = batch["video_feats"].to(self.device, non_blocking=True)
             return inputs
-        frames = batch["frames"]  # (B, C, F, 3, S, S)
+        from divot_llm.data.video import uint8_to_model_pixels  # (data modules load lazily: PyAV)
+
+        frames = batch["frames"]  # (B, C, F, 3, S, S) uint8
         real_bc = batch["embeds_cmp_mask"] | batch["embeds_gen_mask"]
         tok = self.video_tokenizer
         feats = torch.zeros(
             *real_bc.shape, tok.num_tokens, tok.feature_dim, dtype=tok.dtype, device=self.device
         )
         if real_bc.any():
-            clips = frames[real_bc].to(self.device, tok.dtype, non_blocking=True)  # (G, F, 3, S, S)
-            feats[real_bc.to(self.device)] = tok.encode(clips)
+            clips_uint8 = frames[real_bc].to(self.device, non_blocking=True)  # (G, F, 3, S, S)
+            feats[real_bc.to(self.device)] = tok.encode(uint8_to_model_pixels(clips_uint8).to(tok.dtype))
         inputs["video_feats"] = feats
         return inputs
 

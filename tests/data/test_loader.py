@@ -57,6 +57,7 @@ def test_batches_have_the_model_layout(synthetic_root, text_tokenizer):
     for batch in take(make_loader(cfg, text_tokenizer), 6):
         b, t = batch["input_ids"].shape
         c = batch["frames"].shape[1]
+        assert batch["frames"].dtype == torch.uint8  # converted to [-1, 1] on the accelerator
         assert batch["frames"].shape == (
             b,
             c,

@@ -22,6 +22,7 @@ from divot_llm.data.video import (
     read_frames_at,
     sample_video_clips,
     to_model_pixels,
+    uint8_to_model_pixels,
 )
 from divot_llm.data.video_io import decode_video, encode_video
 
@@ -117,6 +118,11 @@ def test_sample_video_clips_returns_model_pixels_of_the_planned_frames():
     full = decode_video(video).frames
     expected = to_model_pixels([full[i] for i in windows[:, clip_positions()].ravel()], 32)
     torch.testing.assert_close(clips.reshape(15, 3, 32, 32), expected)
+    # the loader's form: the same pixels as uint8, scaled later on the accelerator
+    clips_uint8 = sample_video_clips(video, 3, np.random.default_rng(4), dense=True, image_size=32, as_uint8=True)
+    assert clips_uint8.dtype == torch.uint8
+    assert torch.equal(uint8_to_model_pixels(clips_uint8), clips)
+    assert torch.equal(uint8_to_model_pixels(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
 
 
 def test_variable_frame_rate_picks_the_frame_nearest_each_time():
@@ -197,6 +203,7 @@ def test_image_becomes_a_static_clip():
     clip = image_clip(image, frames_per_clip=5, image_size=64)
     assert clip.shape == (1, 5, 3, 64, 64)
     assert all(torch.equal(clip[0, 0], clip[0, k]) for k in range(5))
+    assert torch.equal(uint8_to_model_pixels(image_clip(image, 5, 64, as_uint8=True)), clip)
 
 
 def test_unusable_media_raise_media_error_with_a_reason():

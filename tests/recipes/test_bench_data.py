@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import torch
 
+from divot_llm.data.video import uint8_to_model_pixels
 from tests import helpers
 
 BENCH = helpers.REPO_ROOT / "tools" / "bench" / "data.py"
@@ -36,7 +37,8 @@ def test_baseline_and_pipeline_load_identical_clips():
             slow = bench.baseline(data, num_clips, np.random.default_rng(1))
             assert fast.shape[0] == min(num_clips, comprehension_clips)
             assert fast.shape == slow.shape and fast.shape[1:] == (5, 3, 256, 256)
-            assert torch.equal(fast, slow)
+            assert fast.dtype == torch.uint8
+            assert torch.equal(uint8_to_model_pixels(fast), slow)
 
 
 def test_quick_run_prints_pipeline_and_baseline_figures():

@@ -1,7 +1,8 @@
 """Data-loading benchmark: clip sampling vs naive full decoding, per worker.
 
 For each synthetic video (256p and 480p, 10-60 s, h264 with libx264's default keyframe
-interval of 250 frames, textured and noisy so the files are not trivially small) and
+interval of 250 frames, textured, with per-frame noise (``--grain``) so the files are not
+trivially small) and
 each training source setting
 
     comprehension   20 clips, the caption rule (dense=False)
@@ -9,14 +10,16 @@ each training source setting
 
 it times, on the same video bytes and the same random clip choices:
 
-    pipeline   divot_llm.data.video.sample_video_clips: seek + decode only what the
-               chosen clips need (frames far from every chosen time that nothing
-               references are dropped undecoded), convert only their frames
+    pipeline   what the training loader runs in a worker: sample_video_clips(as_uint8=True)
+               seeks + decodes only what the chosen clips need (frames far from every
+               chosen time that nothing references are dropped undecoded), converts only
+               their frames, and hands them on resized, as uint8 (the trainer scales them
+               to [-1, 1] on the accelerator)
     baseline   the naive loader: decode every frame and convert it to RGB
                (video_io.decode_video, PyAV's default decoder settings), then pick the
-               same frames and apply the same resize/crop transform
+               same frames and apply the same transform, to float [-1, 1] in the worker
 
-Both return bit-identical clips. It prints clips/s and frames/s (sampled frames
+Both give bit-identical clips once the pipeline's are scaled (uint8_to_model_pixels). It prints clips/s and frames/s (sampled frames
 delivered, 5 per clip) for both, and their ratio. One process pinned to one core (a
 dataloader worker's share, so one decoder thread each) unless --all-cores.
 
@@ -63,12 +66,12 @@ class TexturedFrames:
     per-frame noise, rendered on demand (a 60-s 480p video would not fit in memory as
     one array). Indexable, so ``encode_video`` can iterate it."""
 
-    def __init__(self, num_frames: int, height: int, width: int, seed: int):
+    def __init__(self, num_frames: int, height: int, width: int, seed: int, grain: int = 24):
         rng = np.random.default_rng(seed)
         blocks = rng.integers(0, 256, (height // 8 + 1, width // 4 + 1, 3), dtype=np.uint8)
         self.texture = np.kron(blocks, np.ones((8, 8, 1), dtype=np.uint8))  # 2x the width
         self.num_frames, self.height, self.width = num_frames, height, width
-        self.seed = seed
+        self.seed, self.grain = seed, grain
 
     def __len__(self) -> int:
         return self.num_frames
@@ -81,25 +84,30 @@ class TexturedFrames:
         side = self.height // 4
         top, left = (i * 3) % (self.height - side), (i * 5) % (self.width - side)
         frame[top : top + side, left : left + side] = (255, 255, 255)
-        frame += np.random.default_rng([self.seed, i]).integers(-24, 25, frame.shape, dtype=np.int16)
+        if self.grain:
+            rng = np.random.default_rng([self.seed, i])
+            frame += rng.integers(-self.grain, self.grain + 1, frame.shape, dtype=np.int16)
         return np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def make_video(height: int, duration_s: float, fps: int, seed: int) -> bytes:
+def make_video(height: int, duration_s: float, fps: int, seed: int, grain: int = 24) -> bytes:
     width = round(height * 16 / 9 / 2) * 2  # 16:9, even for yuv420p
-    return encode_video(TexturedFrames(round(duration_s * fps), height, width, seed), fps, "h264")
+    frames = TexturedFrames(round(duration_s * fps), height, width, seed, grain)
+    return encode_video(frames, fps, "h264")
 
 
 # ----------------------------------------------------------------------- contenders
 
 
 def pipeline(data: bytes, num_clips: int, rng: np.random.Generator) -> torch.Tensor:
-    return sample_video_clips(data, num_clips, rng, dense=False)
+    """(C, 5, 3, 256, 256) uint8, as the training loader's workers deliver them."""
+    return sample_video_clips(data, num_clips, rng, dense=False, as_uint8=True)
 
 
 def baseline(data: bytes, num_clips: int, rng: np.random.Generator) -> torch.Tensor:
     """Naive loading: decode the whole video, then pick what the same rules choose.
-    Same output as ``pipeline`` for constant-frame-rate videos: (C, 5, 3, 256, 256)."""
+    (C, 5, 3, 256, 256) in [-1, 1]: for constant-frame-rate videos the pixels of
+    ``pipeline`` scaled by ``uint8_to_model_pixels``."""
     info = probe_video(data)
     windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense=False)
     indices = windows[:, clip_positions()]  # (C, 5)
@@ -185,7 +193,8 @@ def print_header(args: argparse.Namespace, pinning: str) -> None:
         f"{pinning}; python {platform.python_version()}, torch {torch.__version__}, PyAV {av.__version__}"
     )
     print(
-        f"# videos: h264 {args.fps} fps, heights {args.heights}, durations {args.durations} s; {args.repeats} repeats"
+        f"# videos: h264 {args.fps} fps, heights {args.heights}, durations {args.durations} s, "
+        f"grain +-{args.grain}; {args.repeats} repeats"
     )
     print(
         f"{'task':<14} {'video':<10} {'MB':>6} {'clips':>5} | {'pipeline clips/s':>16} {'frames/s':>9} | "
@@ -211,6 +220,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--repeats", type=int, help="calls per video and task (default 3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--grain",
+        type=int,
+        default=24,
+        help="per-frame noise amplitude: 24 (default) is heavy film grain, ~0.3 bits per pixel "
+        "and expensive to decode; 0 gives ~0.02-0.05 bits per pixel",
+    )
     parser.add_argument("--all-cores", action="store_true", help="do not pin the process to one core")
     args = parser.parse_args(argv)
     args.heights = args.heights or ([256] if args.quick else [256, 480])
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     floors: list[str] = []
     for height in args.heights:
         for duration in args.durations:
-            data = make_video(height, duration, args.fps, args.seed)
+            data = make_video(height, duration, args.fps, args.seed, args.grain)
             label = f"{height}p {duration:g}s"
             for task, num_clips in TASKS.items():
                 fast, slow = measure(data, num_clips, args.repeats, args.seed)

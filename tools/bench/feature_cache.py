@@ -23,6 +23,7 @@ from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.feature_cache import expected_info
 from divot_llm.data.loader import build_loader
 from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
+from divot_llm.data.video import uint8_to_model_pixels
 from divot_llm.model import build_divot_llm
 from divot_llm.text import load_text_tokenizer
 from divot_llm.tokenizers import build_video_tokenizer
@@ -50,7 +51,7 @@ def time_steps(cfg, text, video_tokenizer, info, steps: int, cached: bool) -> fl
             feats = batch["video_feats"]
         else:
             feats = torch.zeros(*clips.shape, info.tokens_per_clip, info.feature_dim)
-            feats[clips] = video_tokenizer.encode(batch["frames"][clips])
+            feats[clips] = video_tokenizer.encode(uint8_to_model_pixels(batch["frames"][clips]))
         loss = model(**{k: batch[k] for k in MODEL_KEYS if k in batch}, video_feats=feats).total_loss
         loss.backward()
         optimizer.step()
