@@ -340,8 +340,10 @@ def _resized_uint8(frames_hw3: list[np.ndarray], size: int) -> torch.Tensor:
 def uint8_to_model_pixels(pixels_uint8: torch.Tensor) -> torch.Tensor:
     """Resized pixels in [0, 255] (any shape, any device) -> float32 in [-1, 1] with the
     reference's arithmetic, float32(x) / 127.5 - 1. The training loader hands frames on as
-    uint8 (a quarter of the bytes through worker queues and pinned memory) and the trainer
+    uint8 (a quarter of the bytes through worker queues and host memory) and the trainer
     converts them here on the accelerator."""
+    if pixels_uint8.dtype != torch.uint8:  # also keeps the in-place ops off a caller's tensor
+        raise TypeError(f"expected uint8 pixels in [0, 255], got {pixels_uint8.dtype}")
     return pixels_uint8.to(torch.float32).div_(127.5).sub_(1.0)
 
 

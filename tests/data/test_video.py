@@ -123,6 +123,8 @@ def test_sample_video_clips_returns_model_pixels_of_the_planned_frames():
     assert clips_uint8.dtype == torch.uint8
     assert torch.equal(uint8_to_model_pixels(clips_uint8), clips)
     assert torch.equal(uint8_to_model_pixels(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
+    with pytest.raises(TypeError, match="uint8"):
+        uint8_to_model_pixels(clips)  # already scaled: refused, not scaled twice
 
 
 def test_variable_frame_rate_picks_the_frame_nearest_each_time():
