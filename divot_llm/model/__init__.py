@@ -2,7 +2,7 @@
 
 from divot_llm.model.attention import build_attention_mask, query_block_ids
 from divot_llm.model.backbone import load_backbone, mistral_config, resize_vocab
-from divot_llm.model.build import build_divot_llm, load_release
+from divot_llm.model.build import build_divot_llm, build_stage_model, load_release
 from divot_llm.model.checkpoint import (
     load_agent_weights,
     load_training_state_dict,
@@ -31,6 +31,7 @@ __all__ = [
     "apply_lora",
     "build_attention_mask",
     "build_divot_llm",
+    "build_stage_model",
     "generate_features",
     "generate_text",
     "load_agent_weights",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,6 +77,29 @@ def build_divot_llm(
     if init_from is not None:
         load_agent_weights(model, Path(init_from) / AGENT_DIR)
     return model
+
+
+def build_stage_model(
+    cfg: Any,
+    video_tokenizer: Any,
+    *,
+    init_from: str | os.PathLike | None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> DivotLLM:
+    """The model of ``cfg``'s LLM stage (``cfg.model``, ``cfg.stage``) sized to the video
+    tokenizer's features: what training builds, and (on ``device="meta"``) what
+    ``plan=true`` counts."""
+    return build_divot_llm(
+        cfg.model,
+        tokens_per_clip=video_tokenizer.num_tokens,
+        feature_dim=video_tokenizer.feature_dim,
+        train_input_proj=cfg.stage.train_input_proj,
+        train_output_proj=cfg.stage.train_output_proj,
+        init_from=init_from,
+        dtype=dtype,
+        device=device,
+    )
 
 
 def load_release(

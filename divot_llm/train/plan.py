@@ -127,21 +127,14 @@ def make_plan(cfg: Any) -> tuple[MemoryPlan, Any, Any]:
     """
     from divot_llm.config.loading import ConfigError
     from divot_llm.config.schema import DETOK_STAGES, StageName
-    from divot_llm.model import build_divot_llm
+    from divot_llm.model import build_stage_model
 
     if StageName(str(getattr(cfg.stage.name, "value", cfg.stage.name))) in DETOK_STAGES:
         raise ConfigError(f"plan=true estimates the LLM stages only, not stage={cfg.stage.name}")
 
     tokenizer = _meta_tokenizer(cfg)
-    model = build_divot_llm(
-        cfg.model,
-        tokens_per_clip=tokenizer.num_tokens,
-        feature_dim=tokenizer.feature_dim,
-        train_input_proj=cfg.stage.train_input_proj,
-        train_output_proj=cfg.stage.train_output_proj,
-        init_from=None,  # the release's architecture is model.llm.path; its weights are not read
-        device="meta",
-    )
+    # init_from=None: the release's architecture is model.llm.path; its weights are not read
+    model = build_stage_model(cfg, tokenizer, init_from=None, device="meta")
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tokenizer_params = sum(p.numel() for p in tokenizer.parameters())

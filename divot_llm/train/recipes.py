@@ -114,22 +114,14 @@ def build_models(cfg: Any, dtype: torch.dtype):
     every rank, a resumed run and the release export (whose checkpoints hold no frozen
     weights) rebuild the same values whatever the device.
     """
-    from divot_llm.model import build_divot_llm
+    from divot_llm.model import build_stage_model
     from divot_llm.text import load_text_tokenizer
     from divot_llm.tokenizers import build_video_tokenizer
 
     seed_everything(int(cfg.train.seed))
     text_tokenizer = load_text_tokenizer(cfg.model.tokenizer_path)
     video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
-    model = build_divot_llm(
-        cfg.model,
-        tokens_per_clip=video_tokenizer.num_tokens,
-        feature_dim=video_tokenizer.feature_dim,
-        train_input_proj=cfg.stage.train_input_proj,
-        train_output_proj=cfg.stage.train_output_proj,
-        init_from=cfg.stage.init_from,
-        dtype=dtype,
-    )
+    model = build_stage_model(cfg, video_tokenizer, init_from=cfg.stage.init_from, dtype=dtype)
     return text_tokenizer, video_tokenizer, model
 
 
