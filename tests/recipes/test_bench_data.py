@@ -44,6 +44,7 @@ def test_baseline_and_pipeline_load_identical_clips():
 def test_quick_run_prints_pipeline_and_baseline_figures():
     quick_tiny = "--quick --heights 64 --durations 3 --fps 8 --repeats 1".split()
     proc = helpers.run_command([helpers.PYTHON, str(BENCH), *quick_tiny], timeout=120)
+    assert "grain +-24" in proc.stdout  # the default noise, named in the header
     rows = [ROW.match(line) for line in proc.stdout.splitlines() if ROW.match(line)]
     assert [r.group(1) for r in rows] == ["comprehension", "generation"], proc.stdout
     for row in rows:
@@ -66,3 +67,10 @@ def test_floor_report_times_full_and_reference_only_decoding():
     assert match, line
     decode_all_s, floor_s, ratio = map(float, match.groups())
     assert decode_all_s >= 0 and floor_s >= 0 and ratio > 0
+
+
+def test_grain_sets_the_noise_and_so_the_bitrate():
+    bench = _load_bench()
+    noisy = bench.make_video(height=64, duration_s=2, fps=8, seed=0)  # default grain 24
+    assert bench.make_video(height=64, duration_s=2, fps=8, seed=0, grain=24) == noisy
+    assert len(bench.make_video(height=64, duration_s=2, fps=8, seed=0, grain=0)) < 0.5 * len(noisy)
