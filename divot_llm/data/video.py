@@ -324,17 +324,30 @@ def _resized_uint8(frames_hw3: list[np.ndarray], size: int) -> torch.Tensor:
     float32 bytes to move when clips repeat frames."""
     out = np.empty((len(frames_hw3), 3, size, size), dtype=np.uint8)
     for i, array in enumerate(frames_hw3):
-        # contiguous first: PIL copies a strided array (decoded rows are padded) slowly
-        image = Image.fromarray(np.ascontiguousarray(array))
-        w, h = image.size
-        if w <= h:
-            new_w, new_h = size, int(size * h / w)
-        else:
-            new_w, new_h = int(size * w / h), size
-        image = image.resize((new_w, new_h), Image.BILINEAR)
-        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-        out[i] = np.asarray(image)[top : top + size, left : left + size].transpose(2, 0, 1)
+        _resize_crop_into(out[i], array)
     return torch.from_numpy(out)
+
+
+def _resize_crop_into(out_3ss: np.ndarray, array_hw3: np.ndarray) -> None:
+    """Write the reference transform of one RGB frame (H, W, 3), before scaling, into
+    ``out_3ss`` (3, S, S) uint8: PIL bilinear resize of the shorter side to S, centre crop."""
+    size = out_3ss.shape[-1]
+    h, w = array_hw3.shape[:2]
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    crop = (left, top, left + size, top + size)
+    if (new_w, new_h) == (w, h):
+        # PIL's resize to the same size is a plain copy: crop the frame as it is
+        # (the common case of a video whose shorter side is already S).
+        cropped_ss3 = array_hw3[top : top + size, left : left + size]
+    else:
+        # contiguous first: PIL copies a strided array (decoded rows are padded) slowly
+        image = Image.fromarray(np.ascontiguousarray(array_hw3))
+        cropped_ss3 = np.asarray(image.resize((new_w, new_h), Image.BILINEAR).crop(crop))
+    out_3ss[...] = cropped_ss3.transpose(2, 0, 1)
 
 
 def uint8_to_model_pixels(pixels_uint8: torch.Tensor) -> torch.Tensor:
@@ -383,10 +396,26 @@ def sample_video_clips(
         indices = windows[:, clip_positions(window, stride)]  # (C, 5)
         unique = np.unique(indices)
         frames = _frames_at(container, unique / info.fps, 2.0, threads, source)
-    pixels = _resized_uint8(frames, image_size)  # (U, 3, S, S)
-    gather = torch.from_numpy(np.searchsorted(unique, indices))  # (C, 5) rows of `pixels`
-    clips_uint8 = pixels[gather]  # (C, 5, 3, S, S)
+    clips_uint8 = torch.from_numpy(
+        _transform_into_clips(frames, np.searchsorted(unique, indices), image_size)
+    )
     return clips_uint8 if as_uint8 else uint8_to_model_pixels(clips_uint8)
+
+
+def _transform_into_clips(frames_hw3: list[np.ndarray], frame_of_slot: np.ndarray, size: int) -> np.ndarray:
+    """(C, 5, 3, S, S) uint8 clips, slot (c, k) holding ``frames_hw3[frame_of_slot[c, k]]``
+    transformed. Each frame is transformed once, straight into its first slot, and copied
+    to the slots that repeat it (neighbouring clips can share a frame)."""
+    clips = np.empty((*frame_of_slot.shape, 3, size, size), dtype=np.uint8)
+    slots = clips.reshape(-1, 3, size, size)  # a view: writing a slot writes `clips`
+    first_slot: dict[int, int] = {}
+    for slot, frame in enumerate(frame_of_slot.ravel().tolist()):
+        if frame in first_slot:
+            slots[slot] = slots[first_slot[frame]]
+        else:
+            _resize_crop_into(slots[slot], frames_hw3[frame])
+            first_slot[frame] = slot
+    return clips
 
 
 def image_clip(

@@ -200,6 +200,33 @@ def test_reference_transform_resizes_shorter_side_and_centre_crops():
     assert torch.allclose(pixels[0, :, :, 136:], torch.tensor([-1.0, -1.0, 1.0])[:, None, None])
 
 
+@pytest.mark.parametrize(
+    "height, width",
+    [(64, 114), (64, 64), (114, 64), (64, 97), (120, 214), (121, 77), (48, 200), (90, 60)],
+)
+def test_transform_equals_pil_resize_then_centre_crop(height, width):
+    # the reference (torchvision Resize(S) + CenterCrop(S) on a PIL image) written out with
+    # PIL alone; sizes whose shorter side is already S take the no-resize path
+    size = 64
+    frame = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    if width <= height:
+        resized = (size, int(size * height / width))
+    else:
+        resized = (int(size * width / height), size)
+    left, top = round((resized[0] - size) / 2.0), round((resized[1] - size) / 2.0)
+    image = Image.fromarray(frame).resize(resized, Image.BILINEAR)
+    expected = np.asarray(image)[top : top + size, left : left + size].transpose(2, 0, 1)
+    pixels = to_model_pixels([frame], size)
+    assert torch.equal(pixels[0], torch.tensor(expected).float() / 127.5 - 1)
+    # the clip path writes the same pixels straight into every slot that shows the frame
+    even = frame[: height // 2 * 2, : width // 2 * 2]  # h264 wants even sizes
+    video = encode_video(np.stack([even] * 8), 8, "h264")
+    clips = sample_video_clips(video, 1, np.random.default_rng(0), image_size=size, as_uint8=True)
+    picked = plan_windows(8, 8.0, 1, np.random.default_rng(0), dense=False)[0, clip_positions()]
+    expected_clip = to_model_pixels(list(decode_video(video).frames[picked]), size)
+    assert torch.equal(uint8_to_model_pixels(clips[0]), expected_clip)
+
+
 def test_image_becomes_a_static_clip():
     image = Image.fromarray(_indexed_frames(1, 80, 120)[0])
     clip = image_clip(image, frames_per_clip=5, image_size=64)
