@@ -52,6 +52,7 @@ def encode_video(
     codec: str = "h264",
     timestamps_s: Sequence[float] | None = None,
     display_rotation: int = 0,
+    bit_rate: int | None = None,
 ) -> bytes:
     """Encode RGB uint8 frames (T, H, W, 3) into a video file's bytes.
 
@@ -75,10 +76,13 @@ def encode_video(
     buf = io.BytesIO()
     with av.open(buf, "w", format=spec.container, options={"fflags": "+bitexact"}) as container:
         rate = Fraction(fps).limit_denominator(1001)
-        stream = container.add_stream(spec.codec, rate=rate, options=dict(spec.options))
+        options = dict(spec.options)
+        if bit_rate:
+            options.pop("crf", None)  # x264 takes crf over a bitrate
+        stream = container.add_stream(spec.codec, rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, spec.pix_fmt
-        if spec.bit_rate:
-            stream.bit_rate = spec.bit_rate
+        if bit_rate or spec.bit_rate:
+            stream.bit_rate = bit_rate or spec.bit_rate
         if display_rotation:
             stream.set_display_rotation(display_rotation)
         if timestamps_s is not None:

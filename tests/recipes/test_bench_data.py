@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import torch
 
-from divot_llm.data.video import uint8_to_model_pixels
+from divot_llm.data.video import plan_windows, uint8_to_model_pixels
 from tests import helpers
 
 BENCH = helpers.REPO_ROOT / "tools" / "bench" / "data.py"
 ROW = re.compile(
-    r"^(comprehension|generation) +(\S+ \S+) +[\d.]+ +(\d+) \| +([\d.]+) +([\d.]+) \| +([\d.]+) +([\d.]+) \| +([\d.]+)x$"
+    r"^(comprehension|generation) +(\S+(?: \S+)?) +([\d.]+) +([\d.]+) +(\d+) \| +([\d.]+) +([\d.]+) \| +([\d.]+) +([\d.]+) \| +([\d.]+)x$"
 )
 
 
@@ -42,13 +42,13 @@ def test_baseline_and_pipeline_load_identical_clips():
 
 
 def test_quick_run_prints_pipeline_and_baseline_figures():
-    quick_tiny = "--quick --heights 64 --durations 3 --fps 8 --repeats 1".split()
+    quick_tiny = "--quick --heights 64 --durations 3 --fps 8 --repeats 1 --rounds 1".split()
     proc = helpers.run_command([helpers.PYTHON, str(BENCH), *quick_tiny], timeout=120)
-    assert "grain +-24" in proc.stdout  # the default noise, named in the header
+    assert "at [0.1] bits per pixel" in proc.stdout  # the default bitrate, named in the header
     rows = [ROW.match(line) for line in proc.stdout.splitlines() if ROW.match(line)]
     assert [r.group(1) for r in rows] == ["comprehension", "generation"], proc.stdout
     for row in rows:
-        pipeline_cps, pipeline_fps, baseline_cps, baseline_fps, ratio = map(float, row.groups()[3:])
+        pipeline_cps, pipeline_fps, baseline_cps, baseline_fps, ratio = map(float, row.groups()[5:])
         assert pipeline_cps > 0 and baseline_cps > 0
         assert abs(pipeline_fps - 5 * pipeline_cps) < 0.1
         assert abs(baseline_fps - 5 * baseline_cps) < 0.1
@@ -58,7 +58,7 @@ def test_quick_run_prints_pipeline_and_baseline_figures():
 def test_floor_report_times_full_and_reference_only_decoding():
     bench = _load_bench()
     data = bench.make_video(height=64, duration_s=3, fps=8, seed=0)
-    line = bench.floor_report("64p 3s", data, baseline_s=1.0, pipeline_s=0.5, repeats=1)
+    line = bench.floor_report("64p 3s", data, baseline_s=1.0, pipeline_s=0.5, rounds=1)
     match = re.fullmatch(
         r"64p 3s: baseline 1\.00 s \(decoding alone ([\d.]+) s; .*\), reference frames only ([\d.]+) s = "
         r"([\d.]+)x faster than the baseline, pipeline 0\.50 s",
@@ -69,8 +69,66 @@ def test_floor_report_times_full_and_reference_only_decoding():
     assert decode_all_s >= 0 and floor_s >= 0 and ratio > 0
 
 
-def test_grain_sets_the_noise_and_so_the_bitrate():
+def test_bpp_sets_the_bitrate_of_the_synthetic_videos():
     bench = _load_bench()
-    noisy = bench.make_video(height=64, duration_s=2, fps=8, seed=0)  # default grain 24
-    assert bench.make_video(height=64, duration_s=2, fps=8, seed=0, grain=24) == noisy
-    assert len(bench.make_video(height=64, duration_s=2, fps=8, seed=0, grain=0)) < 0.5 * len(noisy)
+    width = round(64 * 16 / 9 / 2) * 2
+    # (bitrates a 64p video can have: at 0.1 bpp x264's coarsest quantiser still overshoots)
+    for bpp in (0.3, 1.0):
+        video = bench.bench_video("v", "g", bench.make_video(height=64, duration_s=30, fps=8, seed=0, bpp=bpp))
+        assert video.duration_s == 30
+        # x264's rate control keeps the average within a few percent (container overhead included)
+        assert abs(video.bits_per_pixel - bpp) < 0.08 * bpp, video.bits_per_pixel
+        assert abs(video.bits_per_pixel - 8 * len(video.data) / (240 * width * 64)) < 1e-12
+    assert bench.make_video(64, 2, 8, seed=0) == bench.make_video(64, 2, 8, seed=0, bpp=bench.DEFAULT_BPP)
+
+
+def test_a_sweep_judges_each_bitrate_on_its_30_s_videos(capsys):
+    bench = _load_bench()
+    argv = "--heights 64 --durations 2 30 --fps 8 --repeats 1 --rounds 1 --all-cores --bpp 0.3 1".split()
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [ROW.match(line) for line in out.splitlines() if ROW.match(line)]
+    assert [(r.group(1), r.group(2)) for r in rows] == [
+        (task, f"64p {d}s") for _bpp in (0.3, 1) for d in (2, 30) for task in ("comprehension", "generation")
+    ], out
+    # each row's bits per pixel is its group's (a 2-s file carries relatively more container)
+    for row, bpp in zip(rows, [0.3] * 4 + [1.0] * 4, strict=True):
+        assert abs(float(row.group(4)) - bpp) < 0.15 * bpp, out
+    verdicts = re.findall(r"^# (\w+), 30-s videos at ([\d.]+) bpp: pipeline/baseline >= ([\d.]+)x", out, re.M)
+    assert [(task, bpp) for task, bpp, _ in verdicts] == [
+        ("comprehension", "0.3"),
+        ("generation", "0.3"),
+        ("comprehension", "1"),
+        ("generation", "1"),
+    ]
+    thirty = [r for r in rows if r.group(2) == "64p 30s"]  # only the 30-s rows are judged
+    for (_task, _bpp, ratio), row in zip(verdicts, thirty, strict=True):
+        assert float(ratio) == float(row.group(10))
+    assert out.count("64p 30s at 0.3 bpp: baseline") == out.count("64p 30s at 1 bpp: baseline") == 1
+
+
+def test_given_video_files_are_benchmarked_and_unreadable_ones_skipped(tmp_path, capsys):
+    bench = _load_bench()
+    data = bench.make_video(height=64, duration_s=3, fps=8, seed=0)
+    (tmp_path / "clip.mp4").write_bytes(data)
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all")
+    files = [str(tmp_path / "clip.mp4"), str(tmp_path / "missing.mp4"), str(tmp_path / "junk.mp4")]
+    # in-process and --all-cores so the test process is not pinned to one core
+    assert bench.main(["--videos", *files, "--repeats", "1", "--rounds", "1", "--all-cores"]) == 0
+    out = capsys.readouterr().out
+    rows = [ROW.match(line) for line in out.splitlines() if ROW.match(line)]
+    assert [(r.group(1), r.group(2)) for r in rows] == [
+        ("comprehension", "clip.mp4"),
+        ("generation", "clip.mp4"),
+    ], out
+    width = round(64 * 16 / 9 / 2) * 2
+    expected_bpp = 8 * len(data) / (3 * 8 * width * 64)  # 24 frames of width x 64
+    for row in rows:
+        assert float(row.group(3)) == round(len(data) / 1e6, 2)
+        assert abs(float(row.group(4)) - expected_bpp) < 1e-3
+    windows = plan_windows(24, 8.0, bench.TASKS["comprehension"], np.random.default_rng(0), dense=False)
+    assert int(rows[0].group(5)) == len(windows)  # clips per call, as the clip rules give them
+    assert f"# skipped {tmp_path / 'missing.mp4'}" in out
+    assert f"# skipped {tmp_path / 'junk.mp4'}" in out
+    assert "# comprehension, given videos: pipeline/baseline" in out
+    assert "target" not in out  # the 30-s synthetic target is not applied to given files
