@@ -158,3 +158,13 @@ def test_encode_decode_round_trip_keeps_colours():
         np.testing.assert_allclose(video.times_s, np.arange(6) / 8, atol=0.011)
     with pytest.raises(ValueError, match="even"):
         encode_video(np.zeros((2, 31, 32, 3), np.uint8), fps=8)
+
+
+def test_bit_rate_sets_the_average_bitrate_in_place_of_crf():
+    # noise, so x264 spends whatever it is given; its default (crf 23) lands in between
+    frames = np.random.default_rng(0).integers(0, 256, (80, 64, 96, 3), dtype=np.uint8)  # 10 s at 8 fps
+    crf_rate = 8 * len(encode_video(frames, fps=8, codec="h264")) / 10
+    for bit_rate in (60_000, 600_000):
+        rate = 8 * len(encode_video(frames, fps=8, codec="h264", bit_rate=bit_rate)) / 10
+        assert abs(rate - bit_rate) < 0.1 * bit_rate, (bit_rate, rate, crf_rate)
+    assert 60_000 * 1.1 < crf_rate < 600_000 * 0.9

@@ -132,3 +132,28 @@ def test_given_video_files_are_benchmarked_and_unreadable_ones_skipped(tmp_path,
     assert f"# skipped {tmp_path / 'junk.mp4'}" in out
     assert "# comprehension, given videos: pipeline/baseline" in out
     assert "target" not in out  # the 30-s synthetic target is not applied to given files
+
+
+def test_each_clip_choice_counts_its_best_call_and_both_contenders_get_the_same_choices(monkeypatch):
+    bench = _load_bench()
+    clock = [0.0]
+    # seconds each call takes, in call order: choice 0 rounds 0-1, then choice 1 rounds 0-1
+    durations = {"pipeline": [3.0, 1.0, 2.0, 5.0], "baseline": [10.0, 30.0, 20.0, 8.0]}
+    draws: dict[str, list[float]] = {"pipeline": [], "baseline": []}
+
+    def contender(name):
+        def call(data, num_clips, rng):
+            draws[name].append(rng.random())  # which clip choice it was given
+            clock[0] += durations[name].pop(0)
+            return torch.zeros(4, 5, 3, 8, 8)  # 4 clips
+
+        return call
+
+    monkeypatch.setattr(bench, "pipeline", contender("pipeline"))
+    monkeypatch.setattr(bench, "baseline", contender("baseline"))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    fast, slow = bench.measure(b"", num_clips=20, repeats=2, rounds=2, seed=0)
+    assert (fast.seconds, fast.clips) == (1.0 + 2.0, 8)
+    assert (slow.seconds, slow.clips) == (10.0 + 8.0, 8)
+    assert draws["pipeline"] == draws["baseline"]  # same seeded choice, call for call
+    assert draws["pipeline"][0] == draws["pipeline"][1] != draws["pipeline"][2] == draws["pipeline"][3]

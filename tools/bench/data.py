@@ -30,7 +30,7 @@ the state of the allocator and the first touch of fresh pages; the best of a few
 its intrinsic cost (and the conservative one for the ratio).
 
 Decoding cost follows bitrate, so the bitrate is set, not left to the encoder: ``--bpp``
-0.1 (default) is the average of Apple's HLS Authoring Specification bitrate ladder for
+0.1 (default) is typical of Apple's HLS Authoring Specification bitrate ladder for
 H.264 at 270p-540p (365 kb/s at 480x270 up to 2000 kb/s at 960x540, 30 fps: 0.09-0.13
 bits per pixel; its lowest rung, 416x234 at 145 kb/s, is 0.05). Give several values for
 a sweep. ``--videos FILE ...`` runs the same comparison on your own files instead (any
