@@ -1,7 +1,9 @@
 """Token sequences of the four tasks, with labels and masks (divot-reference §5.8, §7.4).
 
 Strings come from ``divot_llm.text.templates``; each piece is encoded on its own and the
-pieces are concatenated with bos/eos added by hand, as the reference does. Per sample:
+pieces are concatenated with bos/eos added by hand, as the reference does. Captions,
+questions and answers are user text (``encode_text`` / ``UserText``): special-token strings
+in them are ordinary text, so control ids appear only where a template puts them. Per sample:
 
 * ``input_ids (T,)`` long, ``labels (T,)`` long (-100 = not supervised);
 * ``attention_mask (T,)`` long: 1 causal, -1 generation query (bidirectional block);
@@ -142,13 +144,13 @@ class SequenceBuilder:
 
     def _pretrain_comp(self, media_kind, num_clips, max_length, rng, caption, turns) -> Sequence:
         media = self.tok.encode(self._media(media_kind, num_clips))
-        text, cut = self._fit_text(self.tok.encode(caption), max_length - len(media) - 2)  # bos, eos
+        text, cut = self._fit_text(self.tok.encode_text(caption), max_length - len(media) - 2)  # bos, eos
         ids, labels, _ = self._assemble([(media, False), (text, True), ([self.tok.eos_id], True)], max_length)
         return self._finish(ids, labels, "pretrain_comp", cut, self._clips(media_kind, num_clips))
 
     def _pretrain_gen(self, media_kind, num_clips, max_length, rng, caption, turns) -> Sequence:
         media = self.tok.encode(self._media(media_kind, 1))
-        text, cut = self._fit_text(self.tok.encode(caption), max_length - len(media) - 2)
+        text, cut = self._fit_text(self.tok.encode_text(caption), max_length - len(media) - 2)
         ids, labels, _ = self._assemble(
             [(text, False), (media, False), ([self.tok.eos_id], True)], max_length
         )
@@ -164,7 +166,7 @@ class SequenceBuilder:
         head = self.tok.encode(templates.generation_instruction(prompt, ""))  # budget for the caption
         media = self.tok.encode(self._media(media_kind, 1))
         room = max_length - len(head) - len(media) - 2
-        words, cut = self._fit_text(self.tok.encode(caption), room)
+        words, cut = self._fit_text(self.tok.encode_text(caption), room)
         if cut:  # re-encode the instruction with the caption cut at a token boundary
             caption = self.tok.decode(words)
         instruction = self.tok.encode(templates.generation_instruction(prompt, caption))
@@ -185,7 +187,7 @@ class SequenceBuilder:
                 if i == 0
                 else templates.followup_turn(question)
             )
-            pieces += [(self.tok.encode(prompt), False), (self.tok.encode(answer), True)]
+            pieces += [(self.tok.encode(prompt), False), (self.tok.encode_text(answer), True)]
         pieces.append(([self.tok.eos_id], True))
         media_len = len(self.tok.encode(media))
         if media_len + 2 > max_length:

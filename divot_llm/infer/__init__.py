@@ -2,7 +2,7 @@
 reconstruct (video -> features -> video), and loading what they need."""
 
 from divot_llm.infer.comprehend import TextPrinter, comprehend, comprehension_prompt_ids, encode_media
-from divot_llm.infer.generate import generate_features_for_captions
+from divot_llm.infer.generate import generate_features_for_captions, generation_prompt_ids
 from divot_llm.infer.load import InferenceModels, load_inference_models, official_config, release_config
 from divot_llm.infer.reconstruct import Reconstruction, reconstruct
 
@@ -14,6 +14,7 @@ __all__ = [
     "comprehension_prompt_ids",
     "encode_media",
     "generate_features_for_captions",
+    "generation_prompt_ids",
     "load_inference_models",
     "official_config",
     "reconstruct",

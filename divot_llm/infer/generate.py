@@ -9,6 +9,16 @@ from divot_llm.text import templates
 from divot_llm.text.tokenizer import DivotTextTokenizer
 
 
+def generation_prompt_ids(
+    tokenizer: DivotTextTokenizer, caption: str, media: str, instruct: bool
+) -> list[int]:
+    """``[bos] [INST] Generate a video of {caption} [/INST]\\n`` (SFT-generation models) or
+    ``[bos] {caption}`` (a pretrained model); the caption is always ordinary text."""
+    if instruct:
+        return [tokenizer.bos_id, *tokenizer.encode(templates.generation_prompt(caption, media))]
+    return [tokenizer.bos_id, *tokenizer.encode_text(caption)]
+
+
 def generate_features_for_captions(
     model,
     tokenizer: DivotTextTokenizer,
@@ -29,14 +39,9 @@ def generate_features_for_captions(
         var_scale: GMM sampling variance scale (default: the model's ``sample_var_scale``).
         sample: draw from the GMM (True) or take its weighted mean.
     """
-    if instruct:
-        prompts = [
-            [tokenizer.bos_id, *tokenizer.encode(templates.generation_prompt(c, media))] for c in captions
-        ]
-        text_budget = max_new_tokens
-    else:
-        prompts = [[tokenizer.bos_id, *tokenizer.encode(c)] for c in captions]
-        text_budget = 0  # the pretrain template puts <vid> right after the caption
+    prompts = [generation_prompt_ids(tokenizer, c, media, instruct) for c in captions]
+    # the pretrain template puts <vid> right after the caption: no text phase
+    text_budget = max_new_tokens if instruct else 0
     generator = torch.Generator(device=model.device).manual_seed(seed)
     torch.manual_seed(seed)
     out = model.generate_features(

@@ -30,7 +30,7 @@ from divot_llm.text.templates import (
     instruction,
     video_tokens,
 )
-from divot_llm.text.tokenizer import AddedToken, DivotTextTokenizer, load_text_tokenizer
+from divot_llm.text.tokenizer import AddedToken, DivotTextTokenizer, Prompt, UserText, load_text_tokenizer
 
 __all__ = [
     "ATTEND",
@@ -46,7 +46,9 @@ __all__ = [
     "NUM_ADDED_TOKENS",
     "NUM_FRAME_TOKENS",
     "PADDING",
+    "Prompt",
     "QUERY",
+    "UserText",
     "VID_END",
     "VID_START",
     "VIDEO_GENERATION_PROMPTS",

@@ -1,9 +1,15 @@
 """The reference's prompt strings and the sequence conventions shared by data and model.
 
-Strings here are joined into pieces that are encoded one by one with
-``DivotTextTokenizer.encode`` (no bos/eos; those ids are added by hand), exactly as the
-reference does (divot-reference.md §5.2, §5.8). The ``[INST] ... [/INST]`` template is a
-raw string, not a chat template.
+Media strings here are template markup; prompts that hold a caption, question or
+instruction are ``Prompt`` tuples whose user text is wrapped in ``UserText``, so it is
+encoded as ordinary text (text is text: a ``"</s>"`` in a caption never becomes the eos
+id). Each piece is encoded on its own with ``DivotTextTokenizer.encode`` (no bos/eos; those
+ids are added by hand), with the same ids as the reference's joined strings
+(divot-reference.md §5.2, §5.8). The ``[INST] ... [/INST]`` template is a raw string, not
+a chat template: Mistral v0.1 has no control id for ``[INST]``, so the same words in user
+text encode to the same pieces. That cannot change a sequence's structure — which tokens
+are supervised and where the media go come from the pieces the builder assembles, never
+from parsing the text — so user text is kept verbatim rather than altered.
 
 ``tokens_per_clip`` (N) always comes from the video tokenizer's feature shape (64 for the
 released Divot tokenizer), never from a literal.
@@ -20,6 +26,7 @@ from divot_llm.text.special_tokens import (
     VID_START,
     frame_token,
 )
+from divot_llm.text.tokenizer import Prompt, UserText
 
 # Label value the LM loss ignores (PyTorch's cross-entropy default).
 IGNORE_INDEX = -100
@@ -58,31 +65,36 @@ def generation_queries(tokens_per_clip: int) -> str:
     return FRAME_START + frame_tokens(tokens_per_clip)
 
 
-def instruction(text: str) -> str:
-    """``"[INST] {text} [/INST]\\n"``, the Mistral-instruct turn used everywhere."""
-    return f"[INST] {text} [/INST]\n"
+def _turn(*parts: str | UserText) -> Prompt:
+    """``"[INST] " + parts + " [/INST]\\n"``, the Mistral-instruct turn used everywhere."""
+    return ("[INST] ", *parts, " [/INST]\n")
 
 
-def comprehension_prompt(media: str, question: str) -> str:
+def instruction(text: str) -> Prompt:
+    """``"[INST] {text} [/INST]\\n"`` around a user's instruction."""
+    return _turn(UserText(text))
+
+
+def comprehension_prompt(media: str, question: str) -> Prompt:
     """First QA turn: ``"[INST] " + media tokens + question + " [/INST]\\n"``.
 
     The reference strips a ``"<video>\\n"`` literal from the question first; so do we.
     """
-    return "[INST] " + media + question.replace("<video>\n", "") + " [/INST]\n"
+    return _turn(media, UserText(question.replace("<video>\n", "")))
 
 
-def followup_turn(question: str) -> str:
+def followup_turn(question: str) -> Prompt:
     """Later QA turns: ``"\\n[INST] " + question + " [/INST]\\n"``."""
-    return "\n[INST] " + question + " [/INST]\n"
+    return ("\n", *_turn(UserText(question)))
 
 
-def generation_prompt(caption: str, media: str = "video") -> str:
+def generation_prompt(caption: str, media: str = "video") -> Prompt:
     """Inference prompt for generation: ``[INST] Generate a video of {caption} [/INST]\\n``
     (``"Generate an image of ..."`` for images)."""
     if media == "video":
-        return instruction(f"Generate a video of {caption}")
+        return _turn("Generate a video of ", UserText(caption))
     if media == "image":
-        return instruction(f"Generate an image of {caption}")
+        return _turn("Generate an image of ", UserText(caption))
     raise ValueError(f"media must be 'video' or 'image', got {media!r}")
 
 
@@ -134,6 +146,7 @@ IMAGE_GENERATION_PROMPTS: tuple[str, ...] = (
 )
 
 
-def generation_instruction(prompt: str, caption: str) -> str:
-    """SFT-generation turn: ``"[INST] {prompt} {caption} [/INST]\\n"``."""
-    return instruction(f"{prompt} {caption}")
+def generation_instruction(prompt: str, caption: str) -> Prompt:
+    """SFT-generation turn: ``"[INST] {prompt} {caption} [/INST]\\n"`` (``prompt`` is one of
+    ours, ``caption`` user text)."""
+    return _turn(f"{prompt} ", UserText(caption))

@@ -9,13 +9,20 @@ special tokens, so this reproduces the reference's tokenizer — transformers 4.
 3. encode every remaining text chunk with SentencePiece on its own, so each chunk gets
    SentencePiece's dummy-prefix "▁" (``"</vid>What"`` -> ``</vid>``, ``▁What``).
 
-Owning these ~150 lines instead of wrapping a transformers class keeps the ids stable
+Text is text: step 1 applies only to template strings. Text that came from data or a user
+(captions, questions, answers, instructions) is wrapped in ``UserText`` and never split,
+so a ``"</s>"`` or ``"<vid>"`` written in it becomes ordinary pieces (``▁</``, ``s``,
+``>``); SentencePiece itself never emits its control ids (``<s>``, ``</s>``, ``<unk>``)
+from text, and with Mistral's byte fallback every character has pieces of its own.
+
+Owning these ~200 lines instead of wrapping a transformers class keeps the ids stable
 across transformers releases (v5 replaced the slow tokenizers); the tests cross-check
 against transformers' own SentencePiece-backed legacy tokenizer.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -43,6 +50,21 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 @dataclass(frozen=True)
+class UserText:
+    """Text from data or a user (a caption, question, answer or instruction).
+
+    Always encoded as ordinary text: special-token strings inside it never become control
+    ids. Only the template strings around it may emit those.
+    """
+
+    text: str
+
+
+# A prompt: template strings (markup: special-token strings become their ids) and user text.
+Prompt = tuple[str | UserText, ...]
+
+
+@dataclass(frozen=True)
 class AddedToken:
     """One token outside the SentencePiece vocabulary and how text around it is treated."""
 
@@ -50,6 +72,14 @@ class AddedToken:
     id: int
     lstrip: bool = False  # strip whitespace on the left of the token
     rstrip: bool = False  # strip whitespace on the right of the token
+
+
+@dataclass
+class _Chunk:
+    """One run of text to encode with SentencePiece, or one special token."""
+
+    text: str = ""
+    special: AddedToken | None = None
 
 
 class DivotTextTokenizer:
@@ -195,49 +225,83 @@ class DivotTextTokenizer:
     def added_token_ids(self) -> list[int]:
         return sorted(self._id_to_added)
 
+    @functools.cached_property
+    def control_ids(self) -> frozenset[int]:
+        """Ids only templates may emit: the added tokens, bos, eos, unk and pad."""
+        return frozenset(self._id_to_added) | {self.bos_id, self.eos_id, self.unk_id, self.pad_id}
+
     # ------------------------------------------------------------------ encode / decode
 
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Ids of ``text`` (the reference's ``encode(text, add_special_tokens=False)``).
+    def encode(
+        self, prompt: str | Sequence[str | UserText], add_bos: bool = False, add_eos: bool = False
+    ) -> list[int]:
+        """Ids of a template string, or of a prompt made of template strings and user text
+        (the reference's ``encode(text, add_special_tokens=False)``).
 
         Args:
-            text: Any string; special-token strings inside it become their single ids.
+            prompt: A template string (special-token strings inside it become their single
+                ids) or a sequence of template strings and ``UserText`` parts (encoded as
+                ordinary text). Neighbouring text is encoded together, so a prompt gets the
+                same ids as its joined string whenever its user text holds no special-token
+                string. Text from data or a user never goes in as a bare ``str``: wrap it in
+                ``UserText`` or use ``encode_text``.
             add_bos: Prepend ``<s>``.
             add_eos: Append ``</s>``.
         """
-        chunks = [c for c in self._split_re.split(text) if c != ""]
-        # Strip flags edit the neighbouring text chunks before they are encoded.
-        for i, chunk in enumerate(chunks):
-            tok = self._specials.get(chunk)
-            if tok is None:
-                continue
-            if tok.rstrip and i + 1 < len(chunks) and chunks[i + 1] not in self._specials:
-                chunks[i + 1] = chunks[i + 1].lstrip()
-            if tok.lstrip and i > 0 and chunks[i - 1] not in self._specials:
-                chunks[i - 1] = chunks[i - 1].rstrip()
         ids = [self.bos_id] if add_bos else []
-        for chunk in chunks:
-            tok = self._specials.get(chunk)
-            if tok is not None:
-                ids.append(tok.id)
-            elif chunk:
-                ids.extend(self._sp.encode(chunk))
+        for chunk in self._chunks((prompt,) if isinstance(prompt, str) else prompt):
+            if chunk.special is not None:
+                ids.append(chunk.special.id)
+            elif chunk.text:
+                ids.extend(self._sp.encode(chunk.text))
         if add_eos:
             ids.append(self.eos_id)
         return ids
 
-    def encode_pieces(self, pieces: Iterable[str]) -> list[int]:
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of user text on its own (a caption, an answer): always ordinary text."""
+        return self.encode((UserText(text),))
+
+    def _chunks(self, parts: Sequence[str | UserText]) -> list[_Chunk]:
+        """Text runs and special tokens in order, with the strip flags applied."""
+        chunks: list[_Chunk] = []
+        for part in parts:
+            if isinstance(part, UserText):
+                pieces = [part.text]  # never split: text is text
+            elif isinstance(part, str):
+                pieces = self._split_re.split(part)  # text at even indices, tokens at odd
+            else:
+                raise TypeError(f"prompt parts must be str or UserText, got {type(part).__name__}")
+            for i, piece in enumerate(pieces):
+                if i % 2:
+                    chunks.append(_Chunk(special=self._specials[piece]))
+                elif chunks and chunks[-1].special is None:
+                    chunks[-1].text += piece
+                else:
+                    chunks.append(_Chunk(text=piece))
+        # Strip flags edit the neighbouring text before it is encoded.
+        for i, chunk in enumerate(chunks):
+            tok = chunk.special
+            if tok is None:
+                continue
+            if tok.rstrip and i + 1 < len(chunks) and chunks[i + 1].special is None:
+                chunks[i + 1].text = chunks[i + 1].text.lstrip()
+            if tok.lstrip and i > 0 and chunks[i - 1].special is None:
+                chunks[i - 1].text = chunks[i - 1].text.rstrip()
+        return chunks
+
+    def encode_pieces(self, pieces: Iterable[str | Prompt]) -> list[int]:
         """Encode each piece on its own and concatenate, as the reference builds sequences."""
         return [i for piece in pieces for i in self.encode(piece)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of ``ids``. Runs of SentencePiece ids decode together; added tokens and
         bos/eos appear verbatim unless ``skip_special_tokens``."""
-        special_ids = {self.bos_id, self.eos_id, self.unk_id, self.pad_id}
+        control_ids = self.control_ids
         out: list[str] = []
         run: list[int] = []
         for token_id in (int(i) for i in ids):
-            if token_id in self._id_to_added or token_id in special_ids:
+            if token_id in control_ids:
                 out.append(self._sp.decode(run))
                 run = []
                 if not skip_special_tokens:

@@ -14,6 +14,7 @@ from divot_llm.text import (
     VID_END,
     VID_START,
     DivotTextTokenizer,
+    UserText,
     clip_tokens,
     comprehension_prompt,
     followup_turn,
@@ -25,14 +26,24 @@ from divot_llm.text import (
     video_tokens,
 )
 
-# Strings the templates produce, plus whitespace / unicode / special-token-in-text edge cases.
-CORPUS = [
+
+def joined(prompt) -> str:
+    """The reference's form of a prompt: one string, user text spliced in."""
+    return "".join(part.text if isinstance(part, UserText) else part for part in prompt)
+
+
+# Prompts the templates produce (with plain user text).
+PROMPTS = [
     instruction("Hello world"),
     generation_prompt("a red circle moving left on a blue background"),
     generation_prompt("a cat", media="image"),
     comprehension_prompt(video_tokens(2, 4), "What does this video describe?"),
     comprehension_prompt(image_tokens(4), "<video>\nWhat colour is the square?"),
     followup_turn("And the background?"),
+]
+# Their joined strings, plus whitespace / unicode / special-token-in-markup edge cases.
+CORPUS = [
+    *map(joined, PROMPTS),
     video_tokens(1, 4) + "a red circle" + "</s>",
     "a red circle" + VID_START + clip_tokens(4) + VID_END,
     "caption " + generation_queries(4),
@@ -66,7 +77,7 @@ def test_every_special_token_encodes_to_exactly_one_id(tokenizer):
 
 def test_pieces_encode_like_the_release_mistral_tokenizer(tokenizer):
     # ids of the released Mistral-7B v0.1 model (also pinned in tests/test_infrastructure.py)
-    assert tokenizer.encode(instruction("Hello world")) == [
+    assert tokenizer.encode(joined(instruction("Hello world"))) == [
         733,
         16289,
         28793,
@@ -110,6 +121,40 @@ def test_encoding_matches_transformers_legacy_sentencepiece_tokenizer(tokenizer,
     assert len(ref) == len(tokenizer)
     for text in CORPUS:
         assert tokenizer.encode(text) == ref.encode(text, add_special_tokens=False), text
+
+
+def test_prompts_encode_like_their_joined_strings(tokenizer):
+    """Marking user text changes no id of ordinary text: same ids as the reference's strings."""
+    for prompt in PROMPTS:
+        assert tokenizer.encode(prompt) == tokenizer.encode(joined(prompt)), prompt
+    assert tokenizer.encode(generation_prompt("")) == tokenizer.encode(
+        "[INST] Generate a video of  [/INST]\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "text", [*DIVOT_ADDED_TOKENS[:7], frame_token(255), "<s>", "</s>", "<unk>", "<pad>", "[INST]", "<0x41>"]
+)
+def test_user_text_never_yields_control_ids(tokenizer, text):
+    """A special-token string written in user text is ordinary pieces, and decodes back."""
+    control = tokenizer.control_ids
+    hostile = f"a {text}b{text} {text}"
+    assert not control & {*tokenizer.encode_text(text)}
+    assert not control & {*tokenizer.encode_text(hostile)}
+    assert not control & {*tokenizer.encode(instruction(hostile))}
+    assert tokenizer.decode(tokenizer.encode_text(hostile)) == hostile
+    wrapped = tokenizer.encode((VID_START, UserText(text), VID_END))  # markup keeps its ids
+    assert [i for i in wrapped if i in control] == [32002, 32003]
+
+
+def test_a_special_token_cannot_straddle_markup_and_user_text(tokenizer):
+    ids = tokenizer.encode(("<fr", UserText("ame>"), VID_END))
+    assert [i for i in ids if i in tokenizer.control_ids] == [32003]
+
+
+def test_prompt_parts_must_be_text(tokenizer):
+    with pytest.raises(TypeError, match="str or UserText"):
+        tokenizer.encode(("[INST] ", 3))
 
 
 def test_decode_inverts_encode(tokenizer):
