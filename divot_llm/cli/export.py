@@ -7,7 +7,8 @@
 CKPT may be a run folder, its checkpoints/ folder, one checkpoints/step_* folder or any
 DeepSpeed checkpoint folder with a 'latest' tag file. Half-written checkpoints are
 refused. The output (safetensors shards, the run's config.yaml, export.json) is what
-``divot-merge --checkpoint`` takes.
+``divot-merge --checkpoint`` takes. Exit codes: 0 written, 1 no usable checkpoint or the
+output exists, 2 a bad argument (a missing path, a release given as CKPT).
 """
 
 from __future__ import annotations
@@ -27,19 +28,31 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    zero.add_argument("checkpoint", help="run folder, checkpoints/ folder or checkpoints/step_* folder")
-    zero.add_argument("out", help="output folder")
+    zero.add_argument(
+        "checkpoint", metavar="CKPT", help="run folder, checkpoints/ folder or checkpoints/step_* folder"
+    )
+    zero.add_argument("out", metavar="OUT", help="output folder")
     zero.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     zero.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     detok = commands.add_parser(
         "detokenizer",
         help="a de-tokenizer stage's checkpoint (detok, tokenizer, detok_adapt) -> save_pretrained folders",
     )
-    detok.add_argument("checkpoint", help="run folder, checkpoints/ folder or checkpoints/step_* folder")
     detok.add_argument(
-        "out", help="output folder: gets detokenizer/ (+ video_tokenizer/ for stage=tokenizer)"
+        "checkpoint", metavar="CKPT", help="run folder, checkpoints/ folder or checkpoints/step_* folder"
+    )
+    detok.add_argument(
+        "out", metavar="OUT", help="output folder: gets detokenizer/ (+ video_tokenizer/ for stage=tokenizer)"
     )
     args = parser.parse_args(argv)
+    from divot_llm.config.paths import PathError, check_path
+    from divot_llm.config.schema import PathKind
+
+    try:
+        check_path(args.checkpoint, PathKind.checkpoint, "CKPT")
+    except PathError as exc:
+        print(f"divot-export: {exc}", file=sys.stderr)
+        return 2
     if args.command == "detokenizer":
         return _export_detokenizer(args)
 

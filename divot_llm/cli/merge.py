@@ -10,6 +10,10 @@ changes it (e.g. the base weights moved). The release (llm/, agent/, config.yaml
 release.json) is what ``stage.init_from`` of an SFT stage and ``divot-infer --release``
 take. --verify compares the unmerged and the merged model on a few batches and writes
 nothing if they differ beyond the dtype's tolerance.
+
+Exit codes: 0 written, 1 no usable checkpoint or the release exists, 2 a bad argument
+(a missing path, a release given as --checkpoint, a --set key the schema does not have),
+3 verification failed.
 """
 
 from __future__ import annotations
@@ -40,16 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing release folder")
     args = parser.parse_args(argv)
 
+    from divot_llm.config import ConfigError
+    from divot_llm.config.paths import check_path
+    from divot_llm.config.schema import PathKind
     from divot_llm.export import CheckpointError, VerificationError, merge_release
 
     def log(message: str) -> None:
         print(f"divot-merge: {message}", file=sys.stderr)
 
     try:
+        check_path(args.checkpoint, PathKind.checkpoint, "--checkpoint")
         result = merge_release(
             args.checkpoint, args.out, dtype=args.dtype, verify=args.verify, overrides=args.overrides,
             max_shard_size=args.max_shard_size, overwrite=args.overwrite, log=log,
         )  # fmt: skip
+    except ConfigError as exc:
+        log(str(exc))
+        return 2
     except (CheckpointError, FileExistsError, FileNotFoundError) as exc:
         log(str(exc))
         return 1

@@ -1,12 +1,15 @@
-"""Config schemas, the Hydra config store and helpers to compose / save configs."""
+"""Config schemas, the Hydra config store and helpers to compose, validate, load and save
+configs; local paths are checked by ``divot_llm.config.paths``."""
 
 from divot_llm.config.loading import (
     CONF_DIR,
     ConfigError,
     compose_config,
+    load_saved_config,
     missing_keys,
     register_configs,
     save_resolved_config,
+    validate_config,
 )
 from divot_llm.config.schema import DivotConfig
 
@@ -15,7 +18,9 @@ __all__ = [
     "ConfigError",
     "DivotConfig",
     "compose_config",
+    "load_saved_config",
     "missing_keys",
     "register_configs",
     "save_resolved_config",
+    "validate_config",
 ]

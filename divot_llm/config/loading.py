@@ -1,22 +1,26 @@
-"""Find ``conf/``, register the structured schemas, compose and save configs."""
+"""Find ``conf/``, register the structured schemas, compose, validate, load and save configs."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
-from divot_llm.config.schema import DivotConfig, DivotTokenizerConfig, DynamiCrafterConfig
+from divot_llm.config.schema import CHECK, DivotConfig, DivotTokenizerConfig, DynamiCrafterConfig
 
 RESOLVED_CONFIG_NAME = "config.yaml"
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used as given (missing values, bad combinations)."""
+    """A config that cannot be used as given (unknown keys, values out of range or still
+    ``???``, bad combinations, local paths that are not there: ``paths.PathError``)."""
 
 
 def _find_conf_dir() -> Path:
@@ -31,19 +35,36 @@ def _find_conf_dir() -> Path:
 CONF_DIR = _find_conf_dir()
 
 
+# Groups whose options bring their own schema (see schema.py): group -> {arch: schema}. Each is
+# registered as ``<group>/schema_<arch>``, which the option's YAML names in its defaults list;
+# a saved config's ``arch`` picks the schema it is read back with.
+OPTION_SCHEMAS: dict[str, dict[str, type]] = {
+    "video_tokenizer": {"divot": DivotTokenizerConfig},
+    "detokenizer": {"dynamicrafter": DynamiCrafterConfig},
+}
+
+
 def register_configs() -> None:
     """Register the schemas Hydra merges the YAML files onto (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="divot_schema", node=DivotConfig)
-    cs.store(group="video_tokenizer", name="schema_divot", node=DivotTokenizerConfig)
-    cs.store(group="detokenizer", name="schema_dynamicrafter", node=DynamiCrafterConfig)
+    for group, schemas in OPTION_SCHEMAS.items():
+        for arch, schema in schemas.items():
+            cs.store(group=group, name=f"schema_{arch}", node=schema)
 
 
 def compose_config(
     overrides: Sequence[str] = (), config_name: str = "config", conf_dir: str | os.PathLike | None = None
 ) -> DictConfig:
     """Compose the entry config with command-line style overrides, outside a Hydra app
-    (tests, notebooks, tools). Unknown keys raise, naming the key."""
+    (tests, notebooks, tools), and validate it (``validate_config``).
+
+    Raises:
+        ConfigError: a key the schema does not have (also one added with ``+key=``), or a
+            value out of its field's range, naming the key.
+        hydra.errors.HydraException: an override Hydra cannot apply (unknown key, wrong
+            type), naming the key.
+    """
     from hydra import compose, initialize_config_dir
 
     conf = Path(conf_dir).resolve() if conf_dir is not None else CONF_DIR
@@ -54,7 +75,74 @@ def compose_config(
         )
     register_configs()
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check what types alone cannot: every key is a field of its schema (Hydra's
+    ``+key=value`` adds keys even to a strict schema) and every value satisfies its
+    field's ``Check`` (``checked(...)`` in schema.py). Values still ``???`` are left to
+    ``missing_keys``.
+
+    Raises:
+        ConfigError: every problem found, one line each, naming the key.
+    """
+    problems: list[str] = []
+    for key, node, schema in schema_nodes(cfg, ""):
+        problems += _unknown_keys(key, node, schema)
+        problems += _out_of_range(key, node, schema)
+    if problems:
+        raise ConfigError("\n  ".join(problems))
+
+
+def schema_nodes(node: DictConfig, key: str) -> Iterator[tuple[str, DictConfig, type]]:
+    """(dotted key, node, schema dataclass) of ``node`` and every node below it that a
+    schema dataclass types (``data.sources.<name>`` included)."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        yield key, node, schema
+    for child_key in node.keys():
+        if OmegaConf.is_missing(node, child_key) or OmegaConf.is_interpolation(node, child_key):
+            continue
+        child = node[child_key]
+        if isinstance(child, DictConfig):
+            yield from schema_nodes(child, _join(key, child_key))
+
+
+def _join(prefix: str, key) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _unknown_keys(key: str, node: DictConfig, schema: type) -> list[str]:
+    fields = [f.name for f in dataclasses.fields(schema)]
+    allowed = {*fields, "hydra"} if not key else set(fields)  # Hydra's own node at the root
+    problems = []
+    for name in (str(k) for k in node.keys() if str(k) not in allowed):
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f" (did you mean {_join(key, close[0])}?)" if close else ""
+        problems.append(f"unknown key {_join(key, name)}: Key '{name}' not in '{schema.__name__}'{hint}")
+    return problems
+
+
+def _out_of_range(key: str, node: DictConfig, schema: type) -> list[str]:
+    problems = []
+    for field in dataclasses.fields(schema):
+        check = field.metadata.get(CHECK)
+        if check is None or field.name not in node or OmegaConf.is_missing(node, field.name):
+            continue
+        try:
+            value = node[field.name]
+        except (MissingMandatoryValue, InterpolationResolutionError):  # refers to a missing value
+            continue
+        items = enumerate(value) if isinstance(value, ListConfig) else [(None, value)]
+        for index, item in items:
+            why = check.violation(item) if item is not None else None
+            if why:
+                where = _join(key, field.name) + (f"[{index}]" if index is not None else "")
+                problems.append(f"{where}={item!r} {why}")
+    return problems
 
 
 def missing_keys(cfg: DictConfig) -> list[str]:
@@ -76,6 +164,61 @@ def missing_keys(cfg: DictConfig) -> list[str]:
 
     walk(cfg, "")
     return found
+
+
+def load_saved_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """The resolved config a run or a release saved (``config.yaml``), read back onto the
+    schema (types, enums, strict keys), with ``overrides`` applied and validated.
+
+    Args:
+        overrides: ``KEY=VALUE`` changes (``divot-merge --set``, ``divot-infer --set``);
+            a key the schema does not have fails, naming it.
+
+    Raises:
+        ConfigError: the file is not a config this version can read, or an override is
+            malformed, unknown, of the wrong type or out of range.
+    """
+    path = Path(path)
+    try:
+        cfg = _onto_schema(OmegaConf.load(path))
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(
+            f"{path} is not a config this divot-llm can read: {describe_config_error(exc)}"
+        ) from exc
+    return apply_overrides(cfg, overrides)
+
+
+def _onto_schema(saved: DictConfig) -> DictConfig:
+    if not isinstance(saved, DictConfig):
+        raise ValueError("expected a mapping of config groups")
+    typed = OmegaConf.structured(DivotConfig)
+    for group, schemas in OPTION_SCHEMAS.items():
+        schema = schemas.get(OmegaConf.select(saved, f"{group}.arch", default=None))
+        if schema is not None:
+            typed[group] = OmegaConf.structured(schema)
+    return OmegaConf.merge(typed, saved)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``cfg`` (composed or read back by ``load_saved_config``) with ``KEY=VALUE``
+    overrides merged in, strictly: a key the schema does not have, a wrong type or an
+    out-of-range value raises ``ConfigError`` naming the key."""
+    for item in overrides:  # one at a time, so that an error names its override
+        key, sep, _ = item.partition("=")
+        if not sep or not key or key.startswith(("+", "~")):
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. model.llm.path=/models/mistral)")
+        if isinstance(OmegaConf.select(cfg, key, default=None), DictConfig) and "." not in key:
+            raise ConfigError(
+                f"override {item!r}: {key} is a config group, which a saved config cannot swap; "
+                f"set its fields instead ({key}.<field>=VALUE)"
+            )
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            reason = str(exc).splitlines()[0]  # the rest repeats the key and the schema's types
+            raise ConfigError(f"override {item!r}: {reason}") from exc
+    validate_config(cfg)
+    return cfg
 
 
 def save_resolved_config(cfg: DictConfig, out_dir: str | os.PathLike) -> Path:

@@ -8,6 +8,11 @@ Groups whose options have *different* shapes (``video_tokenizer``, ``detokenizer
 one schema per option, registered under ``<group>/schema_<name>`` and pulled in by the
 option's own defaults list; the top-level field is typed ``Any`` so each option can
 bring its own schema.
+
+Beyond its type a field may carry a ``Check`` (``checked(...)``): a range or a set of
+choices, validated wherever a config is composed or loaded (``divot-config``,
+``divot-train``, ``divot-merge``, ``divot-infer``), or ``path=``: a local path of some
+kind, checked before anything is built (``divot_llm/config/paths.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,64 @@ from enum import Enum
 from typing import Any
 
 from omegaconf import MISSING
+
+
+class PathKind(str, Enum):
+    """What a local path field must name (see ``divot_llm/config/paths.py``)."""
+
+    file = "a file"
+    folder = "a folder"
+    file_or_folder = "a file or a folder"
+    hf_model = "a Hugging Face model folder (config.json)"
+    release = "a release (llm/ + agent/)"
+    detokenizer = "a saved de-tokenizer folder"
+    checkpoint = "a training checkpoint"
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a field's value must satisfy beyond its type. Bounds apply to each element of
+    a list; null values of optional fields pass (they mean "not used")."""
+
+    ge: float | None = None  # value >= ge
+    gt: float | None = None  # value > gt
+    le: float | None = None  # value <= le
+    lt: float | None = None  # value < lt
+    choices: tuple[str, ...] = ()
+    path: PathKind | None = None  # a local path: checked by config/paths.py, not at composition
+
+    def violation(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed ("must be >= 1"), or None."""
+        if self.choices:
+            return None if value in self.choices else "must be one of " + ", ".join(map(repr, self.choices))
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return None
+        within = (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )  # NaN is within no bound
+        return None if within else f"must be {self.describe()}"
+
+    def describe(self) -> str:
+        """The allowed values: ">= 1", "> 0", "in [0, 1]"."""
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        return " and ".join(f"{op} {bound:g}" for op, bound in bounds if bound is not None)
+
+
+CHECK = "check"  # the dataclass field metadata key holding a field's Check
+
+
+def checked(default: Any = MISSING, *, default_factory: Any = None, **check: Any) -> Any:
+    """A schema field with a ``Check``: ``r: int = checked(32, ge=1)``."""
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={CHECK: Check(**check)})
+    return field(default=default, metadata={CHECK: Check(**check)})
 
 
 class Task(str, Enum):
@@ -67,29 +130,31 @@ class LLMConfig:
     """The Mistral backbone: loaded from ``path`` (a local HF folder) or built randomly
     from the shape fields when ``path`` is null (tiny test/demo models)."""
 
-    path: str | None = MISSING  # every model option sets it (null = random init)
-    vocab_size: int = 32000  # base vocabulary, before the 262 Divot tokens are added
-    hidden_size: int = 4096
-    intermediate_size: int = 14336
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 8
-    max_position_embeddings: int = 32768
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    sliding_window: int | None = 4096
+    # every model option sets it (null = random init)
+    path: str | None = checked(MISSING, path=PathKind.hf_model)
+    vocab_size: int = checked(32000, ge=1)  # base vocabulary, before the 262 Divot tokens are added
+    hidden_size: int = checked(4096, ge=1)
+    intermediate_size: int = checked(14336, ge=1)
+    num_hidden_layers: int = checked(32, ge=1)
+    num_attention_heads: int = checked(32, ge=1)
+    num_key_value_heads: int = checked(8, ge=1)
+    max_position_embeddings: int = checked(32768, ge=1)
+    rms_norm_eps: float = checked(1e-5, gt=0)
+    rope_theta: float = checked(10000.0, gt=0)
+    sliding_window: int | None = checked(4096, ge=1)
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (only batches without query blocks)
     gradient_checkpointing: bool = False
-    new_lm_head_rows_scale: float = 3.0  # added lm_head rows = scale x mean of old rows (new input rows = mean)
+    # added lm_head rows = scale x mean of old rows (new input rows = mean)
+    new_lm_head_rows_scale: float = checked(3.0, ge=0)
 
 
 @dataclass
 class LoraConfig:
     enabled: bool = True
-    r: int = 32
-    alpha: int = 32
-    dropout: float = 0.05
-    bias: str = "none"  # peft: none | all | lora_only
+    r: int = checked(32, ge=1)
+    alpha: int = checked(32, gt=0)
+    dropout: float = checked(0.05, ge=0, le=1)
+    bias: str = checked("none", choices=("none", "all", "lora_only"))  # peft: none | all | lora_only
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -104,22 +169,23 @@ class GMMConfig:
     """Per-token diagonal Gaussian mixture over the D-dim tokenizer features; the output
     projection emits [means k*D | raw variances k*D | logits k]."""
 
-    num_components: int = 16  # k
-    var_floor: float = 1e-5  # variance = clamp(softplus(x), var_floor) * var_scale
-    var_scale: float = 1.0  # training-time scale
-    sample_var_scale: float = 0.1  # inference-time scale (std x sqrt(0.1))
+    num_components: int = checked(16, ge=1)  # k
+    var_floor: float = checked(1e-5, gt=0)  # variance = clamp(softplus(x), var_floor) * var_scale
+    var_scale: float = checked(1.0, gt=0)  # training-time scale
+    sample_var_scale: float = checked(0.1, ge=0)  # inference-time scale (std x sqrt(0.1))
     normalize_by_dim: bool = True  # NLL / d, as the reference
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    tokenizer_path: str | None = MISSING  # folder with tokenizer.model (+ added tokens); null = tests only
+    # folder with tokenizer.model (+ added tokens); null = tests only
+    tokenizer_path: str | None = checked(MISSING, path=PathKind.file_or_folder)
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     gmm: GMMConfig = field(default_factory=GMMConfig)
-    lm_loss_scale: float = 1.0
-    gmm_loss_scale: float = 1.0
+    lm_loss_scale: float = checked(1.0, ge=0)
+    gmm_loss_scale: float = checked(1.0, ge=0)
 
 
 # --------------------------------------------------------------- video tokenizers
@@ -132,28 +198,31 @@ class DivotTokenizerConfig:
 
     name: str = "divot"
     arch: str = "divot"  # implementation: divot_llm/tokenizers/<arch>.py (registry key)
-    pretrained_path: str | None = MISSING  # Divot_tokenizer.bin (everything but the ViT); null = random
-    vit_path: str | None = MISSING  # HF CLIP(Vision)Model folder or open_clip checkpoint; null = random
-    frames_per_clip: int = 5
-    input_size: int = 256  # frame side (H = W) the tokenizer was trained on; others are resized
-    vit_image_size: int = 224  # ViT input resolution after the in-module resize
-    vit_width: int = 1280
-    vit_layers: int = 32
-    vit_heads: int = 16
-    vit_mlp_dim: int = 5120
-    vit_patch_size: int = 14
-    temporal_width: int = 768
-    temporal_layers: int = 6
-    temporal_heads: int = 12
-    hidden_size: int = 1024  # temporal output / ST transformer width
-    pool_size: int = 5  # per-frame adaptive pool to pool_size x pool_size tokens
-    st_layers: int = 4
-    st_heads: int = 8
-    resampler_layers: int = 6
-    resampler_heads: int = 16
-    resampler_dim_head: int = 64
-    num_tokens: int = 64  # N tokens per clip
-    feature_dim: int = 256  # D
+    # Divot_tokenizer.bin (everything but the ViT); null = random
+    pretrained_path: str | None = checked(MISSING, path=PathKind.file)
+    # HF CLIP(Vision)Model folder or open_clip checkpoint; null = random
+    vit_path: str | None = checked(MISSING, path=PathKind.file_or_folder)
+    frames_per_clip: int = checked(5, ge=1)
+    # frame side (H = W) the tokenizer was trained on; others are resized
+    input_size: int = checked(256, ge=1)
+    vit_image_size: int = checked(224, ge=1)  # ViT input resolution after the in-module resize
+    vit_width: int = checked(1280, ge=1)
+    vit_layers: int = checked(32, ge=1)
+    vit_heads: int = checked(16, ge=1)
+    vit_mlp_dim: int = checked(5120, ge=1)
+    vit_patch_size: int = checked(14, ge=1)
+    temporal_width: int = checked(768, ge=1)
+    temporal_layers: int = checked(6, ge=1)
+    temporal_heads: int = checked(12, ge=1)
+    hidden_size: int = checked(1024, ge=1)  # temporal output / ST transformer width
+    pool_size: int = checked(5, ge=1)  # per-frame adaptive pool to pool_size x pool_size tokens
+    st_layers: int = checked(4, ge=1)
+    st_heads: int = checked(8, ge=1)
+    resampler_layers: int = checked(6, ge=1)
+    resampler_heads: int = checked(16, ge=1)
+    resampler_dim_head: int = checked(64, ge=1)
+    num_tokens: int = checked(64, ge=1)  # N tokens per clip
+    feature_dim: int = checked(256, ge=1)  # D
 
 
 # ------------------------------------------------------------- video de-tokenizers
@@ -167,48 +236,53 @@ class DynamiCrafterConfig:
 
     name: str = "divot"
     arch: str = "dynamicrafter"  # implementation: divot_llm/detokenizers/<arch>.py (registry key)
-    pretrained_path: str | None = MISSING  # Divot_detokenizer_stage{1,2}.bin; null = random
-    vae_path: str | None = None  # SD VAE (diffusers folder or LDM file), loaded before pretrained_path
-    feature_dim: int = 256  # D of the tokenizer features it decodes
-    num_frames: int = 16  # output frames per clip
-    fps: int = 8  # playback rate of the decoded clip (16 frames = 2 s)
-    image_size: int = 256
-    latent_channels: int = 4
-    scale_factor: float = 0.18215
+    # Divot_detokenizer_stage{1,2}.bin; null = random
+    pretrained_path: str | None = checked(MISSING, path=PathKind.file)
+    # SD VAE (diffusers folder or LDM file), loaded before pretrained_path
+    vae_path: str | None = checked(None, path=PathKind.file_or_folder)
+    feature_dim: int = checked(256, ge=1)  # D of the tokenizer features it decodes
+    num_frames: int = checked(16, ge=1)  # output frames per clip
+    fps: int = checked(8, ge=1)  # playback rate of the decoded clip (16 frames = 2 s)
+    image_size: int = checked(256, ge=1)
+    latent_channels: int = checked(4, ge=1)
+    scale_factor: float = checked(0.18215, gt=0)
     # UNet (widths must be multiples of 32: lvdm hard-codes 32 GroupNorm groups)
-    model_channels: int = 320
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
-    num_res_blocks: int = 2
-    attention_resolutions: list[int] = field(default_factory=lambda: [4, 2, 1])
-    num_head_channels: int = 64
-    transformer_depth: int = 1
-    context_dim: int = 1024
-    text_context_len: int = 77  # first 77 context tokens -> "text" k/v, the rest -> "image" k/v
-    dropout: float = 0.1
+    model_channels: int = checked(320, ge=1)
+    channel_mult: list[int] = checked(default_factory=lambda: [1, 2, 4, 4], ge=1)
+    num_res_blocks: int = checked(2, ge=1)
+    attention_resolutions: list[int] = checked(default_factory=lambda: [4, 2, 1], ge=1)
+    num_head_channels: int = checked(64, ge=1)
+    transformer_depth: int = checked(1, ge=1)
+    context_dim: int = checked(1024, ge=1)
+    # first 77 context tokens -> "text" k/v, the rest -> "image" k/v
+    text_context_len: int = checked(77, ge=0)
+    dropout: float = checked(0.1, ge=0, le=1)
     gradient_checkpointing: bool = True  # per UNet block, while training
     # VAE (ch, ch_mult of the LDM ddconfig; 2 res blocks per level, as SD)
-    vae_channels: int = 128
-    vae_channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    vae_channels: int = checked(128, ge=1)
+    vae_channel_mult: list[int] = checked(default_factory=lambda: [1, 2, 4, 4], ge=1)
     # image_proj_model (Resampler_DC): (B, N, feature_dim) -> (B, condition_tokens, context_dim)
-    condition_tokens: int = 125
-    condition_layers: int = 6
-    condition_heads: int = 16
-    condition_dim_head: int = 64
+    condition_tokens: int = checked(125, ge=1)
+    condition_layers: int = checked(6, ge=1)
+    condition_heads: int = checked(16, ge=1)
+    condition_dim_head: int = checked(64, ge=1)
     # noise schedule and sampler
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    timestep_spacing: str = "uniform"  # lvdm names: uniform (1, 21, ..., 981) | uniform_trailing
-    ddim_steps: int = 50
-    ddim_eta: float = 1.0
-    guidance_scale: float = 7.5
-    guidance_rescale: float = 0.7
-    frame_stride: int = 3  # fs conditioning
+    num_train_timesteps: int = checked(1000, ge=1)
+    beta_start: float = checked(0.00085, gt=0, lt=1)
+    beta_end: float = checked(0.012, gt=0, lt=1)
+    # lvdm names: uniform (1, 21, ..., 981) | uniform_trailing
+    timestep_spacing: str = checked("uniform", choices=("uniform", "uniform_trailing"))
+    ddim_steps: int = checked(50, ge=1)
+    ddim_eta: float = checked(1.0, ge=0)
+    guidance_scale: float = checked(7.5, ge=0)
+    guidance_rescale: float = checked(0.7, ge=0, le=1)
+    frame_stride: int = checked(3, ge=0)  # fs conditioning
     # training
-    cond_drop_prob: float = 0.1  # clips conditioned on the zero-clip features (CFG dropout) [inferred]
+    # clips conditioned on the zero-clip features (CFG dropout) [inferred]
+    cond_drop_prob: float = checked(0.1, ge=0, le=1)
     # latents trained on: "sample" (the reference: posterior.sample()) | "mean" (the posterior
     # mean; for random test VAEs, whose posterior std ~1 leaves nothing to learn)
-    vae_posterior: str = "sample"
+    vae_posterior: str = checked("sample", choices=("sample", "mean"))
 
 
 # --------------------------------------------------------------------------- data
@@ -220,32 +294,39 @@ class SourceConfig:
     task: Task = MISSING
     paths: list[str] = MISSING  # shard / jsonl paths or globs, relative to data.root
     media_root: str | None = None  # jsonl media folder, relative to data.root
-    weight: float = 1.0  # mixing weight (normalised across sources)
-    batch_size: int = 8  # used by "batch" mixing
-    max_length: int = 1400
-    num_clips: int = 1  # clips per sample (20 for video comprehension)
-    min_resolution: int = 100
-    min_aspect_ratio: float = 0.3
+    weight: float = checked(1.0, gt=0)  # mixing weight (normalised across sources)
+    batch_size: int = checked(8, ge=1)  # used by "batch" mixing
+    max_length: int = checked(1400, ge=1)
+    num_clips: int = checked(1, ge=1)  # clips per sample (20 for video comprehension)
+    min_resolution: int = checked(100, ge=0)
+    min_aspect_ratio: float = checked(0.3, ge=0, le=1)
     bidirectional_queries: bool = True  # generation queries attend to each other
 
 
 @dataclass
 class DataConfig:
-    root: str = MISSING  # every source path must stay inside this folder
+    root: str = checked(MISSING, path=PathKind.folder)  # every source path must stay inside this folder
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     val_sources: dict[str, SourceConfig] = field(default_factory=dict)
     mixing: MixMode = MixMode.sample
-    batch_size: int = 8  # examples per batch in "sample" mixing (per rank)
-    tokens_per_batch: int | None = None  # "sample" mixing: close a batch once B x longest >= this
+    batch_size: int = checked(8, ge=1)  # examples per batch in "sample" mixing (per rank)
+    # "sample" mixing: close a batch once B x longest >= this
+    tokens_per_batch: int | None = checked(None, ge=1)
     packing: bool = False  # several examples per row, each attending only to itself
-    pack_length: int | None = None  # row length when packing; null = the longest source max_length
-    fps: int = 8  # sampling rate of the 16-frame window (frame size comes from the video tokenizer)
-    frames_per_window: int = 16
-    frame_stride: int = 4  # keep frames 0,4,8,12 + the last -> 5 per clip
-    num_workers: int = 4
+    # row length when packing; null = the longest source max_length
+    pack_length: int | None = checked(None, ge=1)
+    # sampling rate of the 16-frame window (frame size comes from the video tokenizer)
+    fps: int = checked(8, gt=0)
+    frames_per_window: int = checked(16, ge=1)
+    frame_stride: int = checked(4, ge=1)  # keep frames 0,4,8,12 + the last -> 5 per clip
+    num_workers: int = checked(4, ge=0)
     seed: int = 42
     infinite: bool = True
-    feature_cache: str | None = None  # precomputed tokenizer features (skips the frozen tokenizer)
+    # precomputed tokenizer features (skips the frozen tokenizer)
+    feature_cache: str | None = checked(None, path=PathKind.folder)
+    # stop the run when a reader has skipped more than this fraction of a source's records
+    # as bad (size filters aside), checked after its first 100; 1.0 never stops
+    max_skip_fraction: float = checked(0.5, ge=0, le=1)
 
 
 # ------------------------------------------------------------------ stage / optim
@@ -259,40 +340,42 @@ class StageConfig:
     train_output_proj: bool = True
     # merged release folder (llm/ + agent/): what an SFT starts from, and the Divot-LLM whose
     # GMM samples the conditioning features of detok_adapt
-    init_from: str | None = MISSING
+    init_from: str | None = checked(MISSING, path=PathKind.release)
     # de-tokenizer stages (detok, tokenizer, detok_adapt); the VAE is always frozen
     train_diffusion_model: bool = True  # the UNet
     train_image_proj_model: bool = True  # the conditioning resampler
-    detokenizer_init_from: str | None = None  # save_pretrained folder the de-tokenizer starts from
+    # save_pretrained folder the de-tokenizer starts from
+    detokenizer_init_from: str | None = checked(None, path=PathKind.detokenizer)
     tokenizer_zero_init: bool = False  # tokenizer stage: the reference's zero-init temporal encoder
-    var_scale: float | None = None  # detok_adapt: GMM sampling variance scale; null = model.gmm.sample_var_scale
+    # detok_adapt: GMM sampling variance scale; null = model.gmm.sample_var_scale
+    var_scale: float | None = checked(None, ge=0)
     instruct_prompt: bool = False  # detok_adapt: SFT-gen prompt ([INST] ...) instead of the bare caption
-    recon_clips: int = 2  # validation: clips per rank decoded for PSNR/SSIM (0: loss only)
-    recon_steps: int | None = None  # validation sampler steps; null = detokenizer.ddim_steps
+    recon_clips: int = checked(2, ge=0)  # validation: clips per rank decoded for PSNR/SSIM (0: loss only)
+    recon_steps: int | None = checked(None, ge=1)  # validation sampler steps; null = detokenizer.ddim_steps
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
-    weight_decay: float = 0.05
+    lr: float = checked(1e-4, gt=0)
+    betas: list[float] = checked(default_factory=lambda: [0.9, 0.98], ge=0, lt=1)
+    eps: float = checked(1e-6, gt=0)
+    weight_decay: float = checked(0.05, ge=0)
     no_decay_norms_and_biases: bool = False  # the reference decays everything
-    warmup_steps: int = 500
-    min_lr_ratio: float = 0.05  # cosine floor
-    grad_clip: float = 1.0
+    warmup_steps: int = checked(500, ge=0)
+    min_lr_ratio: float = checked(0.05, ge=0, le=1)  # cosine floor
+    grad_clip: float = checked(1.0, ge=0)
 
 
 @dataclass
 class DeepSpeedConfig:
-    zero_stage: int = 2
+    zero_stage: int = checked(2, ge=0, le=3)
     offload_optimizer: bool = False
     offload_param: bool = False
     precision: Precision = Precision.auto
     overlap_comm: bool = True
     contiguous_gradients: bool = True
-    reduce_bucket_size: int = 200_000_000
-    allgather_bucket_size: int = 200_000_000
+    reduce_bucket_size: int = checked(200_000_000, ge=1)
+    allgather_bucket_size: int = checked(200_000_000, ge=1)
     ignore_unused_parameters: bool = True
     stage3_gather_16bit_weights_on_model_save: bool = False
 
@@ -301,23 +384,24 @@ class DeepSpeedConfig:
 class TrainConfig:
     output_dir: str = "outputs/${experiment_name}"
     seed: int = 42
-    max_steps: int = 100_000
-    grad_accum_steps: int = 1
-    save_every: int = 2000
-    keep_last: int = 3
-    log_every: int = 10
-    eval_every: int = 0  # 0 disables periodic validation
+    max_steps: int = checked(100_000, ge=1)
+    grad_accum_steps: int = checked(1, ge=1)
+    save_every: int = checked(2000, ge=0)
+    keep_last: int = checked(3, ge=0)
+    log_every: int = checked(10, ge=1)
+    eval_every: int = checked(0, ge=0)  # 0 disables periodic validation
     eval_at_start: bool = False  # also validate before the first step (a baseline)
-    max_eval_batches: int = 20  # per rank and validation
+    max_eval_batches: int = checked(20, ge=1)  # per rank and validation
     resume: str = "auto"  # auto | none | <checkpoint dir>
-    max_nonfinite_steps: int = 10  # abort after this many NaN/inf losses in a row
+    max_nonfinite_steps: int = checked(10, ge=1)  # abort after this many NaN/inf losses in a row
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "divot-llm"
     progress_bar: bool = True  # tqdm on rank 0
-    peak_tflops: float | None = None  # per device, for MFU; null = known GPU table / measured CPU GEMM
-    plan_gpus_per_node: int = 8  # plan=true: the world to estimate memory for
-    plan_nodes: int = 1
+    # per device, for MFU; null = known GPU table / measured CPU GEMM
+    peak_tflops: float | None = checked(None, gt=0)
+    plan_gpus_per_node: int = checked(8, ge=1)  # plan=true: the world to estimate memory for
+    plan_nodes: int = checked(1, ge=1)
 
 
 # --------------------------------------------------------------------------- root

@@ -20,6 +20,7 @@ failed merge never leaves something that looks like a release.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from divot_llm.config.loading import load_saved_config
+from divot_llm.config.paths import check_config_paths, model_reads
+from divot_llm.config.schema import DETOK_STAGES, StageName
 from divot_llm.export.verify import (
     Comparison,
     VerificationError,
@@ -39,7 +43,13 @@ from divot_llm.export.verify import (
     reference_outputs,
     verification_batches,
 )
-from divot_llm.export.zero import CONFIG_FILE, is_fp32_export, read_fp32_export, resolve_checkpoint
+from divot_llm.export.zero import (
+    CONFIG_FILE,
+    CheckpointError,
+    is_fp32_export,
+    read_fp32_export,
+    resolve_checkpoint,
+)
 from divot_llm.model.checkpoint import VIDEO_TOKENIZER_DIR
 
 RELEASE_INFO = "release.json"
@@ -53,32 +63,49 @@ class MergeResult:
     comparisons: list[Comparison] = field(default_factory=list)
 
 
-def load_trained_state(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Tensor], DictConfig, dict]:
+def load_trained_state(
+    checkpoint: str | os.PathLike, overrides: Sequence[str] = ()
+) -> tuple[dict[str, torch.Tensor], DictConfig, dict]:
     """(fp32 tensors, the run's resolved config, where they came from) of a checkpoint.
 
+    The config is read, ``overrides`` applied and the paths the rebuild reads are checked
+    before the tensors are, so a typo costs no time.
+
     Raises:
-        CheckpointError: no complete checkpoint there.
+        CheckpointError: no complete checkpoint there, or one of a de-tokenizer stage.
         FileNotFoundError: the checkpoint carries no ``config.yaml`` (not written by divot-train).
+        ConfigError: an override the schema does not take, or a path the rebuild reads
+            that is not there (``PathError``).
     """
     path = Path(checkpoint)
     if is_fp32_export(path):
         source = json.loads((path / "export.json").read_text())
         config_file = path / CONFIG_FILE
-        state = read_fp32_export(path)
+        read_state = functools.partial(read_fp32_export, path)
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         ckpt = resolve_checkpoint(path)
         source = {"source": str(ckpt.dir.resolve()), "step": ckpt.step, "zero_stage": ckpt.zero_stage}
         config_file = ckpt.config_file or ckpt.dir / CONFIG_FILE
-        state = get_fp32_state_dict_from_zero_checkpoint(
-            str(ckpt.dir), tag=ckpt.tag, exclude_frozen_parameters=True
+        read_state = functools.partial(
+            get_fp32_state_dict_from_zero_checkpoint,
+            str(ckpt.dir),
+            tag=ckpt.tag,
+            exclude_frozen_parameters=True,
         )
     if not config_file.is_file():
         raise FileNotFoundError(
             f"{config_file} is missing: divot-merge rebuilds the model from the run's resolved config"
         )
-    return state, OmegaConf.load(config_file), source
+    cfg = load_saved_config(config_file, overrides)
+    if StageName(_plain(cfg.stage.name)) in DETOK_STAGES:
+        raise CheckpointError(
+            f"{path} is a checkpoint of the de-tokenizer stage {_plain(cfg.stage.name)}: export it with "
+            f"divot-export detokenizer {path} OUT"
+        )
+    check_config_paths(cfg, model_reads(cfg))
+    return read_state(), cfg, source
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -109,6 +136,7 @@ def merge_release(
     Raises:
         VerificationError: ``verify`` found the release does not reproduce the model.
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+        ConfigError: a bad override or a missing path (see ``load_trained_state``).
     """
     from divot_llm.model import load_release, load_training_state_dict, save_release
     from divot_llm.train.trainer import build_models
@@ -118,9 +146,7 @@ def merge_release(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    state, cfg, source = load_trained_state(checkpoint)
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    state, cfg, source = load_trained_state(checkpoint, overrides)
     log(f"rebuilding the {_plain(cfg.stage.name)} model of {source['source']} (step {source.get('step')})")
     text_tokenizer, video_tokenizer, model = build_models(
         cfg, torch.float32

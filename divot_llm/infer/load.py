@@ -16,7 +16,9 @@ Two ways in, one result (``InferenceModels``):
   at that folder; ``stage`` picks ``Divot_<stage>`` (sft_comp to comprehend, sft_gen to
   generate).
 
-``overrides`` are Hydra-style ``key=value`` changes applied to either config.
+``overrides`` are ``key=value`` changes applied to either config, strictly: a key the
+schema does not have fails naming it. Every local path a load reads is checked before
+anything is built.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from divot_llm.config.loading import RESOLVED_CONFIG_NAME as RELEASE_CONFIG
+from divot_llm.config.loading import load_saved_config
+from divot_llm.config.paths import PathError, check_config_paths, check_path
+from divot_llm.config.schema import PathKind
 from divot_llm.model.checkpoint import DETOKENIZER_DIR, LLM_DIR, VIDEO_TOKENIZER_DIR
 
 OFFICIAL_EXPERIMENT = "divot_official"
@@ -55,19 +60,19 @@ def release_config(release_dir: str | os.PathLike, overrides: Sequence[str] = ()
     """The config saved in one of our releases, with ``overrides`` applied.
 
     Raises:
-        FileNotFoundError: no ``config.yaml``: not a ``divot-merge`` release (for Divot's
-            own files use the official layout).
+        PathError: not a release (missing, a training run folder, ...), or a release
+            without ``config.yaml`` (Divot's own files: use the official layout).
+        ConfigError: an override the schema does not take.
     """
-    path = Path(release_dir) / RELEASE_CONFIG
+    release = check_path(release_dir, PathKind.release, "--release")
+    path = release / RELEASE_CONFIG
     if not path.is_file():
-        raise FileNotFoundError(
+        raise PathError(
             f"{path} is missing: --release takes a divot-merge output; for Divot's official files "
             "use --official PRETRAINED_DIR"
         )
-    cfg = OmegaConf.load(path)
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    cfg.stage.init_from = str(Path(release_dir))
+    cfg = load_saved_config(path, overrides)
+    cfg.stage.init_from = str(release)
     return cfg
 
 
@@ -77,7 +82,7 @@ def official_config(
     """The composed config for Divot's official files under ``pretrained_root``."""
     from divot_llm.config import compose_config
 
-    root = Path(pretrained_root).resolve()
+    root = check_path(pretrained_root, PathKind.folder, "--official").resolve()
     chosen = [
         f"experiment={OFFICIAL_EXPERIMENT}",
         f"pretrained_root={root}",
@@ -124,7 +129,13 @@ def load_inference_models(
     device = device or default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     release = Path(cfg.stage.init_from) if cfg.stage.get("init_from") else None
-    if release is not None and (release / VIDEO_TOKENIZER_DIR).is_dir():
+    if with_llm and release is None:
+        raise ValueError("stage.init_from must name the release (llm/ + agent/) to load")
+    if detokenizer is not None:
+        kind = PathKind.detokenizer if Path(detokenizer).is_dir() else PathKind.file
+        check_path(detokenizer, kind, "--detokenizer")
+    check_config_paths(cfg, _config_reads(cfg, release, with_llm, detokenizer, want_detokenizer))
+    if _saved(release, VIDEO_TOKENIZER_DIR):
         video_tokenizer = load_video_tokenizer(release / VIDEO_TOKENIZER_DIR)
     else:
         video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
@@ -132,8 +143,6 @@ def load_inference_models(
 
     model = text_tokenizer = None
     if with_llm:
-        if release is None:
-            raise ValueError("stage.init_from must name the release (llm/ + agent/) to load")
         text_tokenizer = _text_tokenizer(release, cfg)
         model = load_release(
             release, cfg.model, tokens_per_clip=video_tokenizer.num_tokens,
@@ -143,14 +152,39 @@ def load_inference_models(
     return InferenceModels(cfg, release, model, text_tokenizer, video_tokenizer, detok)
 
 
-def _text_tokenizer(release: Path, cfg: DictConfig):
+def _config_reads(cfg, release: Path | None, with_llm: bool, explicit, wanted: bool) -> list[str]:
+    """The config keys whose local paths this load reads, decided as the loaders below
+    decide; the rest of a release's config names files of the machine it was trained on
+    (its data, for one) and is not checked."""
+    keys = [] if _saved(release, VIDEO_TOKENIZER_DIR) else ["video_tokenizer"]
+    if with_llm:
+        keys.append("stage.init_from")
+        if not _release_has_tokenizer(release):
+            keys.append("model.tokenizer_path")
+    if explicit is not None and not Path(explicit).is_dir():
+        keys.append("detokenizer.vae_path")  # a weights file is loaded onto the configured VAE
+    elif explicit is None and wanted and not _saved(release, DETOKENIZER_DIR):
+        keys.append("detokenizer")
+    return keys
+
+
+def _saved(release: Path | None, name: str) -> bool:
+    """The release carries this module in save_pretrained form (``video_tokenizer/``, ...)."""
+    return release is not None and (release / name).is_dir()
+
+
+def _release_has_tokenizer(release: Path) -> bool:
     """Our releases keep the tokenizer (with Divot's tokens) in ``llm/``; Divot's official
     ``llm/`` has none, its tokenizer is ``cvlm_mistral_instruct_tokenizer``."""
+    llm = release / LLM_DIR
+    return (llm / "tokenizer.model").is_file() or (llm / "tokenizer.json").is_file()
+
+
+def _text_tokenizer(release: Path, cfg: DictConfig):
     from divot_llm.text import load_text_tokenizer
 
-    llm = release / LLM_DIR
-    if (llm / "tokenizer.model").is_file() or (llm / "tokenizer.json").is_file():
-        return load_text_tokenizer(llm)
+    if _release_has_tokenizer(release):
+        return load_text_tokenizer(release / LLM_DIR)
     return load_text_tokenizer(cfg.model.tokenizer_path)
 
 
@@ -167,7 +201,7 @@ def _detokenizer(cfg, release, explicit, wanted, video_tokenizer, device):
             detok = build_video_detokenizer(node, tokenizer=video_tokenizer)
     elif not wanted:
         return None
-    elif release is not None and (release / DETOKENIZER_DIR).is_dir():
+    elif _saved(release, DETOKENIZER_DIR):
         detok = load_video_detokenizer(release / DETOKENIZER_DIR)
     elif cfg.detokenizer.get("pretrained_path"):
         detok = build_video_detokenizer(cfg.detokenizer, tokenizer=video_tokenizer)
