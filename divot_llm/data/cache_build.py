@@ -6,11 +6,14 @@ worker i reads the i-th share of every source (the loader's own split, so each s
 read exactly once) while this process encodes. A sample's clips depend only on its key
 and the seed, so the cache holds the same clips whatever the number of workers.
 
-Re-running continues an interrupted build: samples already written are skipped.
+Re-running continues an interrupted build: samples already written are skipped. A bad
+sample is skipped and counted (the loader's per-record guard, ``Source.iterate``); a
+source without a single usable sample is an error naming it, once the others are cached.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,13 +21,21 @@ from pathlib import Path
 import torch
 
 from divot_llm.data.feature_cache import CacheInfo, sample_file, write_info, write_sample
-from divot_llm.data.loader import LoaderSpec, _clips, cache_group, loader_spec, open_source, sample_rngs
-from divot_llm.data.sources import Consumer, DataError
-from divot_llm.data.video import MediaError, uint8_to_model_pixels
+from divot_llm.data.loader import (
+    LoaderSpec,
+    SourceSpec,
+    _clips,
+    cache_group,
+    loader_spec,
+    open_source,
+    sample_rngs,
+)
+from divot_llm.data.sources import Consumer, DataError, RawSample
+from divot_llm.data.video import uint8_to_model_pixels
 
 # What a reader hands the encoder: (cache group, key, uint8 clips (C, F, 3, S, S) or None,
-# counts). A sample to encode has clips; a cached or unusable sample has None and counts
-# one reason; an exhausted source has no key and its reader's skip counts.
+# counts). A sample to encode has clips; a cached sample has None and counts one
+# ``already_cached``; an exhausted source has no key and its reader's skip counts.
 Read = tuple[str, str, "torch.Tensor | None", dict[str, int]]
 
 
@@ -53,9 +64,11 @@ def build_feature_cache(
     counts: Counter = Counter()
     tick = progress or (lambda n: None)
     pending: list[tuple[str, str, torch.Tensor]] = []
+    usable: set[str] = set()  # cache groups with at least one sample cached or to cache
     for group, key, clips, read_counts in reads:
         counts.update(read_counts)
         if key:
+            usable.add(group)
             tick(1)
         if clips is None:
             continue
@@ -63,7 +76,21 @@ def build_feature_cache(
         if sum(c.shape[0] for *_, c in pending) >= batch_clips:
             counts["written"] += _flush(pending, tokenizer, out)
     counts["written"] += _flush(pending, tokenizer, out)
+    _check_every_source_usable(specs, usable, counts)
     return counts
+
+
+def _check_every_source_usable(specs: list[tuple[str, LoaderSpec]], usable: set[str], counts: Counter) -> None:
+    for split, spec in specs:
+        for src in spec.sources:
+            if cache_group(split, src.name) not in usable:
+                skipped = ", ".join(
+                    f"{reason} {n}" for reason, n in counts.items() if reason not in ("written", "already_cached")
+                )
+                raise DataError(
+                    f"{split} source {src.name} has no usable sample: nothing of it could be cached "
+                    f"(skipped over all sources: {skipped or 'none'}); the other sources' features are written."
+                )
 
 
 def _split_specs(data_cfg, info: CacheInfo, frames_per_clip: int, splits) -> list[tuple[str, LoaderSpec]]:
@@ -95,17 +122,14 @@ class _Readers(torch.utils.data.IterableDataset):
             for src in spec.sources:
                 group = cache_group(split, src.name)
                 source = open_source(spec, src, consumer, infinite=False)
-                for raw in source:
-                    if sample_file(self.out, group, raw.key).is_file():
-                        yield group, raw.key, None, {"already_cached": 1}
-                        continue
-                    try:
-                        clips = _clips(raw, src, spec, sample_rngs(spec.seed, raw.key, 0)[0])
-                    except MediaError as exc:
-                        yield group, raw.key, None, {exc.reason: 1}
-                        continue
-                    yield group, raw.key, clips, {}
+                # a sample whose clips cannot be read is skipped and counted on the source
+                yield from source.iterate(functools.partial(self._read, group, src, spec))
                 yield group, "", None, dict(source.skipped)
+
+    def _read(self, group: str, src: SourceSpec, spec: LoaderSpec, raw: RawSample) -> Read:
+        if sample_file(self.out, group, raw.key).is_file():
+            return group, raw.key, None, {"already_cached": 1}
+        return group, raw.key, _clips(raw, src, spec, sample_rngs(spec.seed, raw.key, 0)[0]), {}
 
 
 def _flush(pending: list[tuple[str, str, torch.Tensor]], tokenizer, out: Path) -> int:

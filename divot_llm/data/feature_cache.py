@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from divot_llm.data.errors import MediaError
+
 INFO_FILE = "cache.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -86,11 +88,15 @@ class FeatureCache:
             raise ValueError(f"feature cache {self.dir} was made for a different setup: " + "; ".join(diffs))
 
     def load(self, source: str, key: str) -> torch.Tensor:
-        """(C, N, D) float32 features of a sample; FileNotFoundError if not cached."""
+        """(C, N, D) float32 features of a sample; FileNotFoundError if not cached,
+        MediaError ``corrupt_cache_file`` if its file cannot be read."""
         path = sample_file(self.dir, source, key)
         if not path.is_file():
             raise FileNotFoundError(f"no cached features for {source} {key} ({path})")
-        return load_file(path)["feats"].float()
+        try:
+            return load_file(path)["feats"].float()
+        except Exception as exc:  # safetensors raises its own error types on a damaged file
+            raise MediaError("corrupt_cache_file", f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
 def write_info(cache_dir: Path, info: CacheInfo) -> None:

@@ -17,7 +17,6 @@ full de-tokenizer windows with a caption (the de-tokenizer stages).
 from __future__ import annotations
 
 import copy
-import io
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,12 +25,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 
 from divot_llm.data.collate import collate, pack
 from divot_llm.data.feature_cache import CacheInfo, FeatureCache
+from divot_llm.data.images import open_rgb
 from divot_llm.data.mixing import Mixer, MixSource
-from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder, SequenceTooLong
+from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder
 from divot_llm.data.sources import (
     Consumer,
     DataError,
@@ -44,6 +43,7 @@ from divot_llm.data.sources import (
     stable_seed,
 )
 from divot_llm.data.video import MediaError, clip_positions, image_clip, sample_video_clips
+from divot_llm.data.worker_signals import worker_init_fn
 from divot_llm.text.tokenizer import DivotTextTokenizer
 
 
@@ -91,24 +91,16 @@ class LoaderSpec:
     feature_cache: str | None = None  # read tokenizer features instead of decoding frames
     split: str = "train"
     windows: ExampleKind | None = None  # de-tokenizer windows instead of token sequences
+    max_skip_fraction: float | None = None  # stop when a reader skips more (sources.Source)
 
 
 # ------------------------------------------------------------------------ examples
 
 
-def _open_image(media: bytes | Path) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(media) if isinstance(media, bytes) else media)
-        image.load()
-        return image.convert("RGB")
-    except Exception as exc:  # PIL raises many exception types for bad files
-        raise MediaError("corrupt_image", str(exc)) from exc
-
-
 def _clips(raw: RawSample, source: SourceSpec, spec: LoaderSpec, rng: np.random.Generator) -> torch.Tensor:
     """(C, F, 3, S, S) uint8 frames of a sample's video (reference clip rules) or image."""
     if raw.media_kind == "image":
-        image = _open_image(raw.media)
+        image = open_rgb(raw.media)
         short, long = sorted(image.size)
         if short < source.min_resolution:
             raise MediaError("too_small", f"{image.size[0]}x{image.size[1]} < {source.min_resolution}")
@@ -199,8 +191,10 @@ def example_maker(spec: LoaderSpec, src: SourceSpec, tokenizer: DivotTextTokeniz
 
 
 class ExampleStream:
-    """A source's raw samples turned into examples; failures are skipped and counted on
-    the source's counter (so they travel with its state)."""
+    """A source's raw samples turned into examples under the source's per-record guard
+    (``Source.iterate``): a sample whose example cannot be made -- bad media, text the
+    tokenizer cannot encode, a sequence too long, anything unforeseen -- is skipped and
+    counted on the source's counter (so counts travel with its state)."""
 
     def __init__(self, source: Source, make: MakeExample):
         self.source, self.make = source, make
@@ -212,25 +206,13 @@ class ExampleStream:
         self.source.load_state_dict(state)
 
     def __iter__(self) -> Iterator[dict]:
-        last_success_epoch = self.source.epoch
-        for raw in self.source:
-            try:
-                example, truncated = self.make(raw, self.source.epoch)
-            except (MediaError, SequenceTooLong) as exc:
-                self.source.skipped.skip(exc.reason, raw.key, exc.detail)
-                if self.source.epoch >= last_success_epoch + 2:
-                    raise DataError(
-                        f"source {self.source.name} produced no usable example in a whole epoch "
-                        f"(skipped: {dict(self.source.skipped)})"
-                    ) from exc
-                continue
-            except FileNotFoundError as exc:
-                self.source.skipped.skip("missing_file", raw.key, str(exc))
-                continue
-            if truncated:
-                self.source.skipped["truncated_kept"] += 1
-            last_success_epoch = self.source.epoch
-            yield example
+        return self.source.iterate(self._example)
+
+    def _example(self, raw: RawSample) -> dict:
+        example, truncated = self.make(raw, self.source.epoch)
+        if truncated:
+            self.source.note("truncated_kept")
+        return example
 
 
 # ------------------------------------------------------------------------- mixing
@@ -242,12 +224,30 @@ def cache_group(split: str, source: str) -> str:
 
 
 def open_source(spec: LoaderSpec, src: SourceSpec, consumer: Consumer, infinite: bool) -> Source:
-    """The raw-sample reader of one configured source."""
+    """The raw-sample reader of one configured source (records checked against its task)."""
     files = expand_paths(spec.root, list(src.paths), src.name)
+    checks = {"task": src.task, "max_skip_fraction": spec.max_skip_fraction}
     if src.kind == "jsonl":
         media_root = safe_join(spec.root, src.media_root or ".")
-        return JsonlSource(src.name, files, media_root, spec.seed, consumer, infinite)
-    return TarSource(src.name, files, spec.seed, consumer, infinite)
+        return JsonlSource(src.name, files, media_root, spec.seed, consumer, infinite, **checks)
+    return TarSource(src.name, files, spec.seed, consumer, infinite, **checks)
+
+
+def check_sources_usable(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None) -> None:
+    """Make one example of every source, in this process, so that a source without a
+    single usable sample stops the run at start-up with a message naming it (rather than
+    in a dataloader worker). Reads records in the source's order until one works."""
+    for src in spec.sources:
+        source = open_source(spec, src, Consumer(), infinite=False)
+        source.skipped.LOG_FIRST = 0  # the workers log the skips when they read them
+        stream = ExampleStream(source, example_maker(spec, src, tokenizer))
+        if next(iter(stream), None) is None:
+            skipped = source.skipped.records()
+            why = f"all {skipped} of its records were skipped ({source.skip_summary()})" if skipped else "it is empty"
+            raise DataError(
+                f"{spec.split} source {src.name} has no usable sample: {why}; "
+                f"paths {list(src.paths)} under {spec.root}, task {src.task}."
+            )
 
 
 def build_mixer(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None, consumer: Consumer) -> Mixer:
@@ -324,6 +324,7 @@ class DivotLoader:
             num_workers=self.num_workers,
             prefetch_factor=2 if self.num_workers else None,
             persistent_workers=False,
+            worker_init_fn=worker_init_fn(),  # stop signals: see worker_signals
         )
         self._final_states = [None] * self._slots
         for batch, slot, state in loader:
@@ -420,6 +421,7 @@ def loader_spec(
         feature_cache=data_cfg.feature_cache,
         split=split,
         windows=windows,
+        max_skip_fraction=data_cfg.max_skip_fraction,
     )
     for source in spec.sources:  # fail at start-up, naming the source, not in a worker
         expand_paths(spec.root, list(source.paths), source.name)
@@ -455,6 +457,7 @@ def build_loader(
                 "data.feature_cache is set: pass the run's cache_info so the cache can be checked"
             )
         FeatureCache(spec.feature_cache).check(cache_info)
+    check_sources_usable(spec, tokenizer)
     workers = int(data_cfg.num_workers)
     return DivotLoader(spec, tokenizer, rank, world_size, workers, stateful=split == "train")
 

@@ -11,9 +11,22 @@ shards are shuffled, dealt to consumers shard by shard (or sample by sample when
 are fewer shards than consumers), and the samples inside each shard are shuffled too;
 tar members are read by offset, so shards must be local files (or a mounted store).
 
-Bad data never stops a source: an unreadable shard, a member path outside the shard, a
-bad json line (reported as file:line), a missing media file, a path outside the media
-root, an empty caption -- each is skipped and counted under its reason.
+No single record stops a source. Everything that turns a record into a sample (read,
+parse, check the fields' shapes and that they fit the source's task, resolve the media
+path) -- and, through ``iterate``'s ``convert``, into a training example -- runs under a
+per-record guard: a record that fails is skipped and counted under its reason, the first
+few of each reason logged with their ``file:line`` or ``shard:key``. An exception no rule
+foresaw is counted as ``unexpected_<ExceptionType>`` with its traceback logged. Shard-wide
+problems (a corrupt, empty or truncated shard -- a truncated one keeps every complete
+sample before the cut) are counted once per pass, by the one reader dealt the shard.
+
+Only systemic problems raise ``DataError``, naming the source: no usable sample in a
+whole pass over the source, or -- with ``max_skip_fraction`` -- more than that fraction of
+a reader's records skipped as bad (size filters aside) once it has read
+``SKIP_RATE_MIN_RECORDS``. A reader whose share of an epoch gives no sample (fewer samples
+than readers, or a share of bad records) borrows on an infinite stream: it reads the whole
+source, in an order of its own, until one sample comes out (what it skips there is another
+reader's to count). A finite reader (validation) just ends.
 """
 
 from __future__ import annotations
@@ -25,11 +38,14 @@ import logging
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from divot_llm.data.errors import DataError, RecordError
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +53,16 @@ VIDEO_EXTS = ("mp4", "webm", "gif", "mkv", "avi", "mov")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 _MEDIA_MARKERS = ("<video>", "<image>")  # Video-LLaVA puts these in the first question
 
+# The text each task trains on (data/sequences.py): a caption, or question/answer turns.
+TASK_TEXT = {"pretrain_comp": "captions", "pretrain_gen": "captions", "sft_gen": "captions", "sft_comp": "turns"}
 
-class DataError(RuntimeError):
-    """Data that cannot be used at all (no files, a source that yields nothing)."""
+# A reader's skip rate is checked against max_skip_fraction only after this many records,
+# so that a few bad records at the start cannot stop a run.
+SKIP_RATE_MIN_RECORDS = 100
+NOT_SKIPS = ("truncated_kept",)  # counted with the skips, but the sample was used
+# Records the source's own settings filter out (min_resolution, min_aspect_ratio): not bad
+# data, so they do not count towards the skip rate (they do count as records read).
+FILTERED = ("too_small", "bad_aspect_ratio")
 
 
 # ------------------------------------------------------------------------ samples
@@ -58,14 +81,18 @@ class RawSample:
 class SkipCounter(Counter):
     """Skipped samples per reason; logs the first few of each reason with where they were."""
 
-    LOG_FIRST = 5
+    LOG_FIRST = 5  # an instance may set 0 to log nothing
 
     def skip(self, reason: str, where: str, detail: str = "") -> None:
         self[reason] += 1
         if self[reason] <= self.LOG_FIRST:
             logger.warning("skipping %s (%s)%s", where, reason, f": {detail}" if detail else "")
-        elif self[reason] == self.LOG_FIRST + 1:
+        elif self[reason] == self.LOG_FIRST + 1 and self.LOG_FIRST:
             logger.warning("more samples skipped for %s; counting them without logging", reason)
+
+    def records(self) -> int:
+        """Records lost, over every reason (``NOT_SKIPS`` excluded)."""
+        return sum(n for reason, n in self.items() if reason not in NOT_SKIPS)
 
 
 @dataclass(frozen=True)
@@ -84,31 +111,63 @@ class Consumer:
 # ------------------------------------------------------------------------ paths
 
 
+class PathEscape(ValueError):
+    """A path that would land outside its root."""
+
+
 def safe_join(root: Path, relative: str) -> Path:
     """``root / relative``, refusing anything that would land outside ``root``
-    (absolute paths, ``..``, symlinks pointing out)."""
+    (absolute paths, ``..``, symlinks pointing out) with ``PathEscape``. A path the OS
+    refuses (a NUL byte, a lone surrogate) raises ValueError, a name too long OSError, a
+    symlink loop RuntimeError (pathlib's)."""
     candidate = (root / relative).resolve()
     if not candidate.is_relative_to(root.resolve()):
-        raise ValueError(f"path {relative!r} escapes {root}")
+        raise PathEscape(f"path {relative!r} escapes {root}")
     return candidate
 
 
+def resolve_media(root: Path, relative: str) -> Path:
+    """The media file ``relative`` names under ``root``.
+
+    Raises:
+        RecordError: ``unsafe_path`` (it escapes ``root``), ``bad_path`` (the OS refuses
+            the name), ``missing_file`` (no such regular file).
+    """
+    try:
+        path = safe_join(root, relative)
+        is_file = path.is_file()
+    except PathEscape as exc:
+        raise RecordError("unsafe_path", str(exc)) from exc
+    except (ValueError, OSError, RuntimeError) as exc:  # NUL byte, name too long, symlink loop, ...
+        raise RecordError("bad_path", f"{relative!r}: {exc}") from exc
+    if not is_file:
+        raise RecordError("missing_file", printable(str(path)))
+    return path
+
+
 def expand_paths(root: Path, patterns: list[str], source: str) -> list[Path]:
-    """Files matching the source's globs, all inside ``root``; none matching is an error."""
+    """Regular files matching the source's globs, all inside ``root``; none matching is
+    an error (folders and special files that a glob matches are left out)."""
     files: list[Path] = []
     for pattern in patterns:
         if os.path.isabs(pattern) or ".." in Path(pattern).parts:
             raise DataError(f"source {source}: path {pattern!r} must be relative to data.root without '..'")
         matched = sorted(glob.glob(str(root / pattern), recursive=True))
-        files.extend(safe_join(root, os.path.relpath(m, root)) for m in matched)
+        files.extend(safe_join(root, os.path.relpath(m, root)) for m in matched if os.path.isfile(m))
     if not files:
         raise DataError(f"source {source}: no file matches {patterns} under {root}")
     return files
 
 
+def printable(text: str) -> str:
+    """``text`` safe to log and hash: bytes that were not UTF-8 in a file name (kept by
+    Python as lone surrogates) are written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def stable_seed(*parts: object) -> list[int]:
     """Seed material from strings/ints that is the same in every process (unlike hash())."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8", "backslashreplace")).digest()
     return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
 
 
@@ -121,212 +180,450 @@ def _clean_question(text: str) -> str:
     return text.strip()
 
 
+def _text(value: Any, name: str) -> str:
+    """A text field: a string that is valid Unicode (JSON can spell a lone surrogate,
+    ``"\\ud800"``, which no tokenizer can encode)."""
+    if not isinstance(value, str):
+        raise RecordError("bad_fields", f"{name!r} must be a string, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RecordError("bad_text", f"{name!r} is not valid Unicode ({exc.reason} at {exc.start})") from exc
+    return value
+
+
+def _texts(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list):
+        raise RecordError("bad_fields", f"{name!r} must be a list of strings, not {type(value).__name__}")
+    return [_text(item, f"{name}[{i}]") for i, item in enumerate(value)]
+
+
+def parse_text(fields: dict) -> tuple[list[str], list[tuple[str, str]]]:
+    """(captions, QA turns) of a record's text fields, in any reference format
+    (divot-reference §7.2): ``caption`` (a string or a list of strings), ``data``
+    ([q1, a1, q2, a2, ...]), ``questions`` + ``answers`` (lists), ``question`` +
+    ``answer`` (strings). Empty captions and turns are dropped; none is not an error.
+
+    Raises:
+        RecordError: ``bad_fields`` for a field of the wrong shape (a number, null, dict,
+            nested list, a string where a list belongs, lists of different lengths),
+            ``bad_text`` for text that is not valid Unicode.
+    """
+    if "caption" in fields:
+        raw = fields["caption"]
+        captions = [_text(raw, "caption")] if isinstance(raw, str) else _texts(raw, "caption")
+        return [c.strip() for c in captions if c.strip()], []
+    if "data" in fields:
+        data = _texts(fields["data"], "data")
+        if len(data) % 2:
+            raise RecordError("bad_fields", "'data' must alternate question, answer (it has an odd length)")
+        pairs = list(zip(data[0::2], data[1::2], strict=True))
+    elif "questions" in fields:
+        questions = _texts(fields["questions"], "questions")
+        answers = _texts(fields.get("answers"), "answers")
+        if len(questions) != len(answers):
+            raise RecordError("bad_fields", f"{len(questions)} questions but {len(answers)} answers")
+        pairs = list(zip(questions, answers, strict=True))
+    elif "question" in fields:
+        pairs = [(_text(fields["question"], "question"), _text(fields.get("answer"), "answer"))]
+    else:
+        return [], []
+    turns = [(_clean_question(q), a.strip()) for q, a in pairs]
+    return [], [(q, a) for q, a in turns if q and a]
+
+
 def parse_annotation(line: dict) -> tuple[str, str, list[str], list[tuple[str, str]]]:
     """(media kind, media path, captions, QA turns) of one jsonl line in any reference
-    format (divot-reference §7.2). Raises ValueError naming what is wrong."""
+    format (see ``parse_text``). Raises RecordError naming what is wrong."""
     if "video" in line:
-        kind, path = "video", line["video"]
+        kind = "video"
     elif "image" in line:
-        kind, path = "image", line["image"]
+        kind = "image"
     else:
-        raise ValueError("no 'video' or 'image' field")
-    if not isinstance(path, str) or not path:
-        raise ValueError(f"bad {kind} path {path!r}")
-    captions: list[str] = []
-    turns: list[tuple[str, str]] = []
-    if "caption" in line:
-        raw = line["caption"]
-        captions = [raw] if isinstance(raw, str) else list(raw)
-        captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
-    elif "data" in line:  # [q1, a1, q2, a2, ...]
-        data = line["data"]
-        if len(data) % 2:
-            raise ValueError("'data' must alternate question, answer")
-        turns = list(zip(data[0::2], data[1::2], strict=True))
-    elif "questions" in line:
-        if len(line["questions"]) != len(line.get("answers", [])):
-            raise ValueError("'questions' and 'answers' differ in length")
-        turns = list(zip(line["questions"], line["answers"], strict=True))
-    elif "question" in line:
-        turns = [(line["question"], line.get("answer", ""))]
-    turns = [(_clean_question(str(q)), str(a).strip()) for q, a in turns]
-    turns = [(q, a) for q, a in turns if q and a]
+        raise RecordError("bad_fields", "no 'video' or 'image' field")
+    path = line[kind]
+    if not isinstance(path, str) or not path.strip():
+        raise RecordError("bad_fields", f"{kind!r} must be a non-empty path string, not {type(path).__name__}")
+    try:
+        _text(path, kind)
+    except RecordError as exc:
+        # JSON can spell a lone surrogate; the OS would even take \udc80 as the byte 0x80,
+        # but no annotation names a file that way
+        raise RecordError("bad_path", exc.detail) from exc
+    captions, turns = parse_text(line)
     return kind, path, captions, turns
+
+
+def check_task_text(task: str | None, captions: list[str], turns: list[tuple[str, str]]) -> None:
+    """Raise RecordError unless the record has the text its source's task trains on:
+    ``wrong_task`` (QA turns in a caption source, a caption in a QA source) or
+    ``empty_text``. ``task`` None accepts either."""
+    need = TASK_TEXT.get(task) if task is not None else None
+    if need == "captions" and not captions:
+        if turns:
+            raise RecordError("wrong_task", f"question/answer turns but no caption, in a {task} source")
+        raise RecordError("empty_text")
+    if need == "turns" and not turns:
+        if captions:
+            raise RecordError("wrong_task", f"a caption but no question/answer turns, in a {task} source")
+        raise RecordError("empty_text")
+    if not captions and not turns:
+        raise RecordError("empty_text")
+
+
+def skip_reason(exc: Exception) -> tuple[str, str]:
+    """(reason, detail) of an exception raised while turning one record into a sample:
+    its own ``reason`` (RecordError, MediaError, SequenceTooLong), or a generic
+    ``unexpected_<ExceptionType>``."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason, str(getattr(exc, "detail", "") or "")
+    if isinstance(exc, FileNotFoundError):
+        return "missing_file", str(exc)
+    if isinstance(exc, UnicodeEncodeError):  # text that reached a tokenizer unchecked
+        return "bad_text", str(exc)
+    return f"unexpected_{type(exc).__name__}", str(exc)
 
 
 # ----------------------------------------------------------------------- sources
 
 
 class Source:
-    """Base: an epoch-ordered, consumer-partitioned, resumable stream of RawSamples."""
+    """Base: an epoch-ordered, consumer-partitioned, resumable stream of RawSamples.
 
-    def __init__(self, name: str, seed: int, consumer: Consumer, infinite: bool):
+    Args:
+        task: the source's task (``TASK_TEXT``); records without its text are skipped
+            (``wrong_task``). None accepts captions and QA turns alike.
+        max_skip_fraction: raise DataError once more than this fraction of this reader's
+            records were skipped (after ``SKIP_RATE_MIN_RECORDS``); None never does.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        seed: int,
+        consumer: Consumer,
+        infinite: bool,
+        task: str | None = None,
+        max_skip_fraction: float | None = None,
+    ):
+        if task is not None and task not in TASK_TEXT:
+            raise ValueError(f"source {name}: unknown task {task!r} (one of {sorted(TASK_TEXT)})")
         self.name = name
         self.seed = seed
         self.consumer = consumer
         self.infinite = infinite
+        self.task = task
+        self.max_skip_fraction = max_skip_fraction
         self.skipped = SkipCounter()
         self.epoch = 0
         self.position = 0  # items of this consumer's epoch order already consumed
+        self.used = 0  # records that became samples, over all epochs (for the skip rate)
+        self.used_in_epoch = 0  # ... in this epoch (a reader with none borrows)
+        self._borrowing = False  # reading another reader's share: nothing counted here
+        self._told_borrowing = False
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "skipped": dict(self.skipped)}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "skipped": dict(self.skipped),
+            "used": self.used,
+            "used_in_epoch": self.used_in_epoch,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.skipped = SkipCounter(state.get("skipped", {}))
+        self.used, self.used_in_epoch = int(state.get("used", 0)), int(state.get("used_in_epoch", 0))
+
+    # -------------------------------------------------------------- counting
+
+    def skip(self, reason: str, where: str, detail: str = "", error: BaseException | None = None) -> None:
+        """Count one skipped record (or shard) under ``reason``; ``error``: an unexpected
+        exception, whose traceback is logged with the first few."""
+        if self._borrowing:
+            return  # another reader's record: that reader counts it
+        self.skipped.skip(reason, where, detail)
+        if error is not None and self.skipped[reason] <= self.skipped.LOG_FIRST:
+            logger.warning("source %s: unexpected %s on %s", self.name, type(error).__name__, where,
+                           exc_info=error)  # fmt: skip
+
+    def note(self, reason: str) -> None:
+        """Count something that is not a skip (``truncated_kept``)."""
+        if not self._borrowing:
+            self.skipped[reason] += 1
+
+    def _check_skip_rate(self) -> None:
+        if self.max_skip_fraction is None or self._borrowing:
+            return
+        records = self.skipped.records() + self.used
+        bad = self.skipped.records() - sum(self.skipped[reason] for reason in FILTERED)
+        if records >= SKIP_RATE_MIN_RECORDS and bad > self.max_skip_fraction * records:
+            raise DataError(
+                f"source {self.name}: {bad} of the {records} records that reader {self.consumer.index} "
+                f"of {self.consumer.count} read were bad, more than data.max_skip_fraction="
+                f"{self.max_skip_fraction} (skipped: {self.skip_summary()}). The first few of each reason "
+                "are logged above with their file:line or shard:key; fix the data, or raise "
+                "data.max_skip_fraction to train on what is left."
+            )
+
+    def skip_summary(self) -> str:
+        """The skip counts, most frequent first: ``"corrupt_video 3, bad_fields 1"``."""
+        return ", ".join(f"{reason} {n}" for reason, n in self.skipped.most_common()) or "none"
+
+    # ------------------------------------------------------------- iterating
 
     def __iter__(self) -> Iterator[RawSample]:
+        return self.iterate()
+
+    def iterate(self, convert: Callable[[RawSample], Any] | None = None) -> Iterator[Any]:
+        """The samples of this reader, epoch after epoch (one pass if not infinite), each
+        passed through ``convert`` (e.g. raw sample -> training example). A record whose
+        reading or ``convert`` raises (anything but DataError), or that ``convert`` turns
+        into None, is skipped; the rest are yielded and count as used."""
         while True:
-            started_at, yielded = self.position, False
-            for sample in self._epoch_samples(self.epoch, self.position):
-                self.position += 1
-                if sample is not None:
-                    yielded = True
-                    yield sample
-            if self.position == 0:
+            for position, (borrowed, ref) in enumerate(self._epoch_refs(self.epoch)):
+                if position < self.position:
+                    continue  # resuming: consumed before the checkpoint
+                self.position = position + 1
+                self._borrowing = borrowed
+                result = self._record(ref, convert)
+                if result is None:
+                    self._check_skip_rate()
+                    continue
+                self.used_in_epoch += 1
+                self.used += 0 if borrowed else 1
+                yield result
+            self._borrowing = False
+            if self.infinite and self.used_in_epoch == 0:
                 raise DataError(
-                    f"source {self.name} has no sample for reader {self.consumer.index} of "
-                    f"{self.consumer.count} (ranks x dataloader workers): fewer samples than readers"
-                )
-            if started_at == 0 and not yielded:
-                raise DataError(
-                    f"source {self.name} yielded no usable sample (skipped: {dict(self.skipped)})"
+                    f"source {self.name} has no usable sample: a whole pass over it in epoch {self.epoch} "
+                    f"gave none (skipped: {self.skip_summary()}). The first few of each reason are logged "
+                    "above with their file:line or shard:key."
                 )
             if not self.infinite:
                 return
-            self.epoch, self.position = self.epoch + 1, 0
+            self.epoch, self.position, self.used_in_epoch = self.epoch + 1, 0, 0
 
-    def _epoch_samples(self, epoch: int, start: int) -> Iterator[RawSample | None]:
-        """This consumer's items of an epoch from position ``start``; None marks an item
-        that was skipped (it still takes a position)."""
+    def _epoch_refs(self, epoch: int) -> Iterator[tuple[bool, Any]]:
+        """(borrowed, record) in this reader's order of an epoch: its share, then -- on an
+        infinite stream whose share gave no sample -- the whole source in an order of its
+        own until one sample comes out."""
+        for ref in self._refs(epoch, self.consumer):
+            yield False, ref
+        if not self.infinite or self.used_in_epoch:
+            return
+        if not self._told_borrowing:
+            logger.warning(
+                "source %s: reader %d of %d got no sample from its share of epoch %d (fewer usable "
+                "samples than readers); it reads from the whole source instead",
+                self.name, self.consumer.index, self.consumer.count, epoch,
+            )  # fmt: skip
+            self._told_borrowing = True
+        for ref in self._refs(epoch, Consumer(), salt=("borrowed", self.consumer.index)):
+            if self.used_in_epoch:
+                return
+            yield True, ref
+
+    def _record(self, ref: Any, convert: Callable[[RawSample], Any] | None) -> Any:
+        """One record read and converted under the per-record guard; None if skipped."""
+        try:
+            raw = self._read(ref)
+            if raw is None:
+                return None
+            result = raw if convert is None else convert(raw)
+        except DataError:
+            raise  # systemic: stops the run
+        except Exception as exc:  # the guard: one record never stops an epoch
+            reason, detail = skip_reason(exc)
+            self.skip(reason, self._where(ref), detail, error=exc if reason.startswith("unexpected_") else None)
+            return None
+        return result
+
+    def _refs(self, epoch: int, reader: Consumer, salt: tuple = ()) -> Iterator[Any]:
+        """The records ``reader`` is dealt in an epoch (``salt`` varies the order)."""
+        raise NotImplementedError
+
+    def _read(self, ref: Any) -> RawSample | None:
+        """The sample of a record; RecordError (or None after counting) if unusable."""
+        raise NotImplementedError
+
+    def _where(self, ref: Any) -> str:
+        """A record's ``file:line`` or ``shard:key`` for messages."""
         raise NotImplementedError
 
 
 class JsonlSource(Source):
     """Lines of jsonl files; media paths are relative to ``media_root``."""
 
-    def __init__(self, name, files: list[Path], media_root: Path, seed=0, consumer=Consumer(), infinite=True):
-        super().__init__(name, seed, consumer, infinite)
+    def __init__(self, name, files: list[Path], media_root: Path, seed=0, consumer=Consumer(), infinite=True,
+                 task: str | None = None, max_skip_fraction: float | None = None):  # fmt: skip
+        super().__init__(name, seed, consumer, infinite, task, max_skip_fraction)
         self.files = files
         self.media_root = media_root
+        self._unreadable: dict[int, str] = {}  # file index -> why it could not be read
         self._offsets = self._index_lines()  # (N, 3): file, line number, byte offset
 
     def _index_lines(self) -> np.ndarray:
-        rows = []
+        rows: list[tuple[int, int, int]] = []
         for f, path in enumerate(self.files):
             offset = 0
-            with open(path, "rb") as handle:
-                for number, line in enumerate(handle, start=1):
-                    if line.strip():
-                        rows.append((f, number, offset))
-                    offset += len(line)
+            try:
+                with open(path, "rb") as handle:
+                    for number, line in enumerate(handle, start=1):
+                        if line.strip():
+                            rows.append((f, number, offset))
+                        offset += len(line)
+            except OSError as exc:
+                # the lines indexed so far are kept; one record stands for the rest
+                self._unreadable[f] = str(exc)
+                rows.append((f, 0, -1))
         return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
     def __len__(self) -> int:
         return len(self._offsets)
 
-    def _epoch_samples(self, epoch, start):
-        order = np.random.default_rng(stable_seed(self.seed, self.name, epoch)).permutation(
+    def _refs(self, epoch, reader, salt=()):
+        order = np.random.default_rng(stable_seed(self.seed, self.name, epoch, *salt)).permutation(
             len(self._offsets)
         )
-        mine = order[self.consumer.index :: self.consumer.count]
-        handles: dict[int, object] = {}
-        try:
-            for row in mine[start:]:
-                f, number, offset = (int(x) for x in self._offsets[row])
-                handle = handles.get(f) or handles.setdefault(f, open(self.files[f], "rb"))
-                handle.seek(offset)
-                yield self._parse(handle.readline(), f"{self.files[f].name}:{number}")
-        finally:
-            for handle in handles.values():
-                handle.close()
+        for row in order[reader.index :: reader.count]:
+            yield int(row)
 
-    def _parse(self, raw: bytes, where: str) -> RawSample | None:
+    def _where(self, row: int) -> str:
+        f, number, _ = (int(x) for x in self._offsets[row])
+        return printable(f"{self.files[f]}:{number}" if number else str(self.files[f]))
+
+    def _read(self, row: int) -> RawSample | None:
+        f, number, offset = (int(x) for x in self._offsets[row])
+        if offset < 0:
+            raise RecordError("unreadable_file", self._unreadable[f])
+        try:
+            with open(self.files[f], "rb") as handle:
+                handle.seek(offset)
+                line = handle.readline()
+        except OSError as exc:
+            raise RecordError("unreadable_file", str(exc)) from exc
+        return self._parse(line, printable(f"{self.files[f].name}:{number}"))
+
+    def _parse(self, raw: bytes, key: str) -> RawSample:
         try:
             line = json.loads(raw)
-            if not isinstance(line, dict):
-                raise ValueError("not a JSON object")
-            kind, rel, captions, turns = parse_annotation(line)
-        except (ValueError, TypeError, KeyError) as exc:
-            self.skipped.skip("bad_json_line", where, str(exc))
-            return None
-        if not captions and not turns:
-            self.skipped.skip("empty_text", where)
-            return None
-        try:
-            path = safe_join(self.media_root, rel)
-        except ValueError as exc:
-            self.skipped.skip("unsafe_path", where, str(exc))
-            return None
-        if not path.is_file():
-            self.skipped.skip("missing_file", where, str(path))
-            return None
-        return RawSample(self.name, where, kind, path, captions, turns)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+            raise RecordError("bad_json_line", str(exc)) from exc
+        if not isinstance(line, dict):
+            raise RecordError("bad_json_line", f"not a JSON object but {type(line).__name__}")
+        kind, relative, captions, turns = parse_annotation(line)
+        check_task_text(self.task, captions, turns)
+        path = resolve_media(self.media_root, relative)
+        return RawSample(self.name, key, kind, path, captions, turns)
 
 
 @dataclass(frozen=True)
 class _TarItem:
     key: str
     members: dict[str, tuple[int, int]]  # extension -> (data offset, size)
+    # the last sample before a shard's cut: it may lack members that came after; if it is
+    # unusable it is one with the cut, counted as the shard's truncated_shard
+    at_cut: bool = False
+
+
+@dataclass(frozen=True)
+class _TarRef:
+    """One record of a shard: a sample, or None for a shard without one (it still takes
+    a position, so that the shard's problems are counted by exactly one reader)."""
+
+    shard: Path
+    item: _TarItem | None
+    notices: tuple[tuple[str, str, str], ...] = ()  # the shard's problems (reason, where, detail)
 
 
 class TarSource(Source):
     """webdataset shards: members ``<key>.<ext>`` grouped by key; media + ``.txt``/``.json``."""
 
-    def __init__(self, name, shards: list[Path], seed=0, consumer=Consumer(), infinite=True):
-        super().__init__(name, seed, consumer, infinite)
+    def __init__(self, name, shards: list[Path], seed=0, consumer=Consumer(), infinite=True,
+                 task: str | None = None, max_skip_fraction: float | None = None):  # fmt: skip
+        super().__init__(name, seed, consumer, infinite, task, max_skip_fraction)
         self.shards = shards
 
-    def _epoch_samples(self, epoch, start):
-        reader = self.consumer
-        shard_order = np.random.default_rng(stable_seed(self.seed, self.name, epoch)).permutation(
+    def _refs(self, epoch, reader, salt=()):
+        shard_order = np.random.default_rng(stable_seed(self.seed, self.name, epoch, *salt)).permutation(
             len(self.shards)
         )
         # Deal whole shards when there are enough of them; otherwise deal samples.
         by_shard = len(self.shards) >= reader.count
         shards = shard_order[reader.index :: reader.count] if by_shard else shard_order
-        mine = 0  # this reader's positions so far
-        dealt = 0  # every sample seen, when dealing samples
+        dealt = 0  # every record seen, when dealing samples
         for s in shards:
             shard = self.shards[int(s)]
-            items = self._index_shard(shard)
-            order = np.random.default_rng(stable_seed(self.seed, self.name, epoch, shard.name)).permutation(
-                len(items)
-            )
-            for k in order:
+            for ref in self._shard_refs(shard, stable_seed(self.seed, self.name, epoch, *salt, shard.name)):
                 if not by_shard:
                     dealt += 1
                     if (dealt - 1) % reader.count != reader.index:
                         continue
-                if mine >= start:
-                    yield self._read(shard, items[int(k)])
-                mine += 1
+                yield ref
 
-    def _index_shard(self, shard: Path) -> list[_TarItem]:
+    def _shard_refs(self, shard: Path, seed: list[int]) -> list[_TarRef]:
+        """A shard's records in a seeded order, its problems attached to the first."""
+        items, notices = self._index_shard(shard)
+        refs = [_TarRef(shard, items[int(k)]) for k in np.random.default_rng(seed).permutation(len(items))]
+        refs = refs or [_TarRef(shard, None)]
+        refs[0] = replace(refs[0], notices=tuple(notices))
+        return refs
+
+    def _index_shard(self, shard: Path) -> tuple[list[_TarItem], list[tuple[str, str, str]]]:
+        """The samples of a shard and its problems. Members are indexed until the tar
+        ends or breaks; a shard cut short keeps every sample before the cut."""
+        where = printable(str(shard))
         groups: dict[str, dict[str, tuple[int, int]]] = {}
+        notices: list[tuple[str, str, str]] = []
         try:
             size = shard.stat().st_size
             with tarfile.open(shard, "r:") as tar:
-                for member in tar:
-                    if member.isfile():
-                        self._add_member(groups, shard, member)
-                # A complete tar ends with two zero blocks; tarfile stops silently at a
-                # cut, so check: the last sample of a truncated shard may be incomplete.
-                last_end = max((o + n for m in groups.values() for o, n in m.values()), default=0)
-                truncated = last_end > size or size - tar.offset < 2 * tarfile.BLOCKSIZE
-        except (tarfile.TarError, OSError) as exc:
-            self.skipped.skip("corrupt_shard", shard.name, str(exc))
-            return []
-        if truncated and groups:
-            self.skipped.skip("truncated_shard", shard.name, "the last sample is dropped")
-            groups.popitem()
-        return [_TarItem(key, members) for key, members in groups.items()]
+                stopped = self._index_members(tar, shard, groups, notices)
+                end = tar.offset
+            with open(shard, "rb") as handle:
+                handle.seek(end)
+                marker = handle.read(2 * tarfile.BLOCKSIZE)
+        except OSError as exc:  # tarfile.ReadError is not one: an unreadable file
+            return [], [("unreadable_shard", where, str(exc))]
+        except Exception as exc:  # tarfile raises many types on garbage
+            return [], [("corrupt_shard", where, f"{type(exc).__name__}: {exc}")]
+        # A complete tar ends with two zero blocks; tarfile stops silently at a cut between
+        # members or at a broken header, and raises at a cut inside one.
+        if stopped is not None or marker != bytes(2 * tarfile.BLOCKSIZE):
+            cut = [key for key, members in groups.items() if any(o + n > size for o, n in members.values())]
+            for key in cut:  # the sample the cut went through
+                del groups[key]
+            if cut:
+                detail = f"cut inside sample {cut[0]!r} ({size} bytes)"
+            elif end + tarfile.BLOCKSIZE <= size:
+                detail = f"unreadable from byte {end}{f' ({stopped})' if stopped else ''}"
+            else:
+                detail = f"cut after byte {end} (no end-of-archive marker)"
+            notices.append(("truncated_shard", where, f"{detail}; the complete samples before it are kept"))
+            last = None if cut else next(reversed(groups), None)  # after a cut member: all complete
+        else:
+            last = None
+            if not groups and not notices:
+                notices.append(("empty_shard", where, "no sample in it"))
+        return [_TarItem(key, members, at_cut=key == last) for key, members in groups.items()], notices
 
-    def _add_member(self, groups: dict, shard: Path, member: tarfile.TarInfo) -> None:
-        name = member.name
+    def _index_members(self, tar: tarfile.TarFile, shard: Path, groups: dict, notices: list) -> str | None:
+        """Add the shard's file members to ``groups``; why reading stopped early, or None."""
+        try:
+            for member in tar:
+                if member.isfile():
+                    self._add_member(groups, notices, shard, member)
+        except Exception as exc:  # a cut inside a member, a broken header: keep what came before
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _add_member(self, groups: dict, notices: list, shard: Path, member: tarfile.TarInfo) -> None:
+        name = printable(member.name)  # tarfile keeps non-UTF-8 bytes as surrogates
         if name.startswith("/") or ".." in Path(name).parts:
-            self.skipped.skip("unsafe_member_path", f"{shard.name}:{name}")
+            notices.append(("unsafe_member_path", printable(f"{shard}:{name}"), ""))
             return
         folder, base = os.path.split(name)
         if "." not in base:
@@ -335,36 +632,64 @@ class TarSource(Source):
         key = f"{folder}/{stem}" if folder else stem
         groups.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
 
-    def _read(self, shard: Path, item: _TarItem) -> RawSample | None:
-        where = f"{shard.name}:{item.key}"
+    def _where(self, ref: _TarRef) -> str:
+        return printable(f"{ref.shard}:{ref.item.key}" if ref.item is not None else str(ref.shard))
+
+    def _read(self, ref: _TarRef) -> RawSample | None:
+        for reason, where, detail in ref.notices:
+            self.skip(reason, where, detail)
+        if ref.item is None:
+            return None
+        try:
+            return self._sample(ref.shard, ref.item)
+        except RecordError:
+            if ref.item.at_cut:
+                return None  # incomplete at the cut: counted once, as the truncated_shard
+            raise
+
+    def _sample(self, shard: Path, item: _TarItem) -> RawSample:
         media_ext = next((e for e in VIDEO_EXTS if e in item.members), None)
         kind = "video"
         if media_ext is None:
             media_ext, kind = next((e for e in IMAGE_EXTS if e in item.members), None), "image"
         if media_ext is None:
-            self.skipped.skip("no_media_member", where)
-            return None
+            raise RecordError("no_media_member")
         try:
             with open(shard, "rb") as handle:
                 media = _read_at(handle, *item.members[media_ext])
-                text = _read_at(handle, *item.members["txt"]).decode("utf-8") if "txt" in item.members else ""
-                meta = json.loads(_read_at(handle, *item.members["json"])) if "json" in item.members else {}
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            self.skipped.skip("unreadable_member", where, str(exc))
-            return None
-        captions, turns = [text.strip()] if text.strip() else [], []
-        if isinstance(meta, dict) and not captions:
-            # a .json member may carry the text instead: a caption or QA turns (the
-            # formats of the jsonl lines, see parse_annotation)
+                text = _read_at(handle, *item.members["txt"]) if "txt" in item.members else None
+                meta = _read_at(handle, *item.members["json"]) if "json" in item.members else None
+        except OSError as exc:
+            raise RecordError("unreadable_member", str(exc)) from exc
+        captions, turns = self._member_text(text, meta)
+        check_task_text(self.task, captions, turns)
+        return RawSample(self.name, f"{shard.name}:{item.key}", kind, media, captions, turns)
+
+    def _member_text(self, text: bytes | None, meta: bytes | None) -> tuple[list[str], list[tuple[str, str]]]:
+        """(captions, turns) of a sample: the ``.txt`` member is its caption; the ``.json``
+        member may carry a caption or QA turns instead (the jsonl formats, ``parse_text``).
+        Only what the source's task needs is read."""
+        wants_turns = self.task is not None and TASK_TEXT[self.task] == "turns"
+        if text is not None and not wants_turns:
             try:
-                _, _, captions, turns = parse_annotation({kind: where, **meta})
-            except (ValueError, TypeError) as exc:
-                self.skipped.skip("bad_json_member", where, str(exc))
-                return None
-        if not captions and not turns:
-            self.skipped.skip("empty_text", where)
-            return None
-        return RawSample(self.name, where, kind, media, captions=captions, turns=turns)
+                caption = text.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise RecordError("bad_text", f"the .txt member is not UTF-8: {exc}") from exc
+            if caption:
+                return [caption], []
+        if meta is None:
+            captions, turns = [], []
+        else:
+            try:
+                fields = json.loads(meta)
+            except (ValueError, RecursionError) as exc:
+                raise RecordError("bad_json_member", str(exc)) from exc
+            if not isinstance(fields, dict):
+                raise RecordError("bad_json_member", f"not a JSON object but {type(fields).__name__}")
+            captions, turns = parse_text(fields)
+        if wants_turns and not turns and text is not None:
+            raise RecordError("wrong_task", f"a .txt caption but no question/answer turns, in a {self.task} source")
+        return captions, turns
 
 
 def _read_at(handle, offset: int, size: int) -> bytes:

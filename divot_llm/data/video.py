@@ -23,20 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from divot_llm.data.errors import MediaError
+from divot_llm.data.images import open_rgb, to_rgb
 from divot_llm.data.video_io import display_rgb
 
 WINDOW_FRAMES = 16  # frames per 2-s window at SAMPLE_FPS
 SAMPLE_FPS = 8.0
 STRIDE = 4  # keep every 4th window frame plus the last -> 5 frames per clip
-
-
-class MediaError(ValueError):
-    """A media file that cannot be used; ``reason`` is a short counter key."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 # ----------------------------------------------------------------- index arithmetic
@@ -131,6 +124,8 @@ def _probe(container) -> VideoInfo:
         raise MediaError("no_video_stream")
     stream = container.streams.video[0]
     ctx = stream.codec_context
+    if not ctx.width or not ctx.height:  # e.g. a cut image read as a one-frame video
+        raise MediaError("corrupt_video", "the stream has no frame size")
     duration_s = None
     if stream.duration is not None and stream.time_base is not None:
         duration_s = float(stream.duration * stream.time_base)
@@ -422,13 +417,9 @@ def image_clip(
     image: Image.Image | bytes, frames_per_clip: int = 5, image_size: int = 256, as_uint8: bool = False
 ) -> torch.Tensor:
     """A still image as one static clip: (1, frames_per_clip, 3, S, S) in [-1, 1] (or, with
-    ``as_uint8``, in [0, 255] as ``sample_video_clips``)."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        try:
-            image = Image.open(io.BytesIO(image))
-            image.load()
-        except Exception as exc:  # PIL raises many types for truncated/corrupt files
-            raise MediaError("corrupt_image", str(exc)) from exc
-    pixels = _resized_uint8([np.asarray(image.convert("RGB"))], image_size)  # (1, 3, S, S)
+    ``as_uint8``, in [0, 255] as ``sample_video_clips``). Any PIL mode is made 8-bit RGB by
+    ``images.to_rgb`` (16-bit greyscale scaled, transparency over white)."""
+    rgb = open_rgb(image) if isinstance(image, (bytes, bytearray, memoryview)) else to_rgb(image)
+    pixels = _resized_uint8([np.asarray(rgb)], image_size)  # (1, 3, S, S)
     clip_uint8 = pixels.expand(frames_per_clip, -1, -1, -1).unsqueeze(0).clone()
     return clip_uint8 if as_uint8 else uint8_to_model_pixels(clip_uint8)

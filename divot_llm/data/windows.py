@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from divot_llm.data.images import open_rgb
 from divot_llm.data.loader import (
     DivotLoader,
     LoaderSpec,
     SourceSpec,
-    _open_image,
     build_loader,
     loader_spec,
     sample_rngs,
@@ -107,7 +107,7 @@ def read_window(
 
 def still_window(media: bytes | os.PathLike, window: WindowSpec, source: SourceSpec) -> torch.Tensor:
     """An image as a static window ``(F, 3, S, S)``, with the source's size filters."""
-    image = _open_image(media)
+    image = open_rgb(media)
     short, long = sorted(image.size)
     if short < source.min_resolution:
         raise MediaError("too_small", f"{image.size[0]}x{image.size[1]} < {source.min_resolution}")

@@ -152,3 +152,18 @@ def test_features_command_builds_a_cache_the_loader_accepts(setup, tmp_path):
         info.tokens_per_clip,
         info.feature_dim,
     )
+
+
+def test_a_source_without_a_usable_sample_is_an_error_naming_it(setup, tmp_path):
+    import shutil
+
+    from divot_llm.data.sources import DataError
+
+    cfg, video_tokenizer, info, _, _, _ = setup  # video_comp alone: nothing to encode
+    data = tmp_path / "data"
+    shutil.copytree(cfg.data.root, data)
+    (data / "annotations" / "video_caption.jsonl").write_text('{"video": "videos/gone.mp4", "caption": "x"}\n')
+    data_cfg = compose_config([f"data.root={data}", "data.num_workers=0", "~data.sources.video_gen",
+                               "~data.sources.image_comp", "~data.sources.image_gen"]).data  # fmt: skip
+    with pytest.raises(DataError, match="train source video_comp has no usable sample.*missing_file 1"):
+        build_feature_cache(data_cfg, video_tokenizer, info, tmp_path / "cache", splits=("train",))

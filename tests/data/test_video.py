@@ -246,8 +246,16 @@ def test_unusable_media_raise_media_error_with_a_reason():
             "bad_aspect_ratio",
         ),
         (lambda: image_clip(b"\x89PNG broken"), "corrupt_image"),
+        # the first bytes of a JPEG named .mp4: FFmpeg opens it as a stream without a size
+        (lambda: sample_video_clips(_jpeg_head(), 1, np.random.default_rng(0)), "corrupt_video"),
     ]
     for call, reason in cases:
         with pytest.raises(MediaError) as err:
             call()
         assert err.value.reason == reason
+
+
+def _jpeg_head() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(_indexed_frames(1, 64, 64)[0]).save(buf, "JPEG")
+    return buf.getvalue()[:64]
