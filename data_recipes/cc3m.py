@@ -8,10 +8,11 @@ Two input layouts:
                                 <name>.jpg|jpeg|png|webp with its caption in <name>.txt
 
 Every image is decoded with PIL; missing or corrupt images, missing or empty captions,
-unsafe paths (``..``, absolute) and unsupported formats are skipped and counted, each
-with its ``file:line`` (or file, for folder pairs). The key is the image's path under
-DIR without its extension, ``/`` and dots turned into ``_``; a path that maps to a key
-already taken is skipped.
+unsafe paths (``..``, absolute, or images and captions that are links leading outside
+DIR), unsupported formats and bad table lines (a quoted field must end on its own line)
+are skipped and counted, each with its ``file:line`` (or file, for folder pairs). The
+key is the image's path under DIR without its extension, ``/`` and dots turned into
+``_``; a path that maps to a key already taken is skipped.
 
 Writes <out>/shard-NNNNN.tar (<key>.jpg|png|webp + <key>.txt caption + <key>.json
 {"width", "height", "path"}), <out>/manifest.json and <out>/skipped.txt.
@@ -31,8 +32,11 @@ from data_recipes.inputs import (
     SkipLog,
     check_image,
     input_error,
+    is_file,
+    is_text,
     media_extension,
     read_table,
+    resolve_inside,
     safe_relative_path,
     table_columns,
     webdataset_key,
@@ -75,18 +79,39 @@ def pairs_from_table(path: Path, skips: SkipLog) -> list[Pair]:
     return pairs
 
 
+def pairs_inside(pairs: list[Pair], images: Path, skips: SkipLog) -> list[Pair]:
+    """The pairs whose image stays under ``images`` once links are followed."""
+    inside = []
+    for pair in pairs:
+        if resolve_inside(images, pair.image) is None:
+            skips.skip("unsafe_path", pair.where, f"{pair.image} leads outside {images} through a link")
+        else:
+            inside.append(pair)
+    return inside
+
+
 def pairs_from_folder(images: Path, skips: SkipLog) -> list[Pair]:
     """Each image file under ``images`` with the caption in its sibling ``.txt``."""
     pairs = []
     for path in tqdm(sorted(images.rglob("*")), desc="list", unit="file"):
-        if not path.is_file() or media_extension(path) not in IMAGE_EXTS:
+        if media_extension(path) not in IMAGE_EXTS or not is_file(path):
+            continue
+        if not is_text(str(path.relative_to(images))):
+            skips.skip("bad_encoding", str(path), "the file name is not valid UTF-8")
             continue
         caption_file = path.with_suffix(".txt")
-        if not caption_file.is_file():
+        if not is_file(caption_file):
             skips.skip("missing_caption", str(path), f"no {caption_file.name}")
             continue
-        caption = caption_file.read_text(encoding="utf-8", errors="replace").strip()
-        if "\ufffd" in caption:
+        if resolve_inside(images, PurePosixPath(caption_file.relative_to(images).as_posix())) is None:
+            skips.skip("unsafe_path", str(caption_file), f"leads outside {images} through a link")
+            continue
+        try:
+            caption = caption_file.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError as exc:
+            skips.skip("unreadable_caption", str(caption_file), exc.strerror or str(exc))
+            continue
+        if not is_text(caption):
             skips.skip("bad_encoding", str(caption_file), "not valid UTF-8")
             continue
         pairs.append(Pair(str(path), PurePosixPath(path.relative_to(images).as_posix()), caption))
@@ -142,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     skips = SkipLog()
     pairs = pairs_from_table(args.pairs, skips) if args.pairs else pairs_from_folder(args.images, skips)
-    keyed = valid_pairs(pairs, skips)
+    keyed = valid_pairs(pairs_inside(pairs, args.images, skips), skips)
     sizes = parallel_map(check_image, [args.images / p.image for p, _ in keyed], args.workers)
     samples = []
     for (pair, key), size in tqdm(

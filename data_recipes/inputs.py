@@ -1,10 +1,12 @@
 """Reading recipe inputs without trusting them.
 
 Annotation files come from the internet: ids and paths in them are checked before they
-name a file or a tar member (``safe_relative_path``, ``webdataset_key``), rows are read
-with their line numbers so every skip can say ``file:line``, and media are opened with
-PyAV / PIL to catch missing and corrupt files before they reach a shard. Nothing here
-raises on bad input: callers get a reason string and count it in a ``SkipLog``.
+name a file or a tar member (``safe_relative_path``, ``webdataset_key``), links are
+followed only where they stay under their root (``resolve_inside``), text must be valid
+Unicode (``is_text``), rows are read with their line numbers -- one line, one row -- so
+every skip can say ``file:line``, and media are opened with PyAV / PIL to catch missing
+and corrupt files before they reach a shard. Nothing here raises on bad input: callers
+get a reason string and count it in a ``SkipLog``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from PIL import Image
 from tqdm import tqdm
 
+from divot_llm.cli.display import printable
+from divot_llm.data.sources import safe_join
 from divot_llm.data.video import MediaError, probe_video
 
 # Media extensions a recipe copies into shards (lower case, as tar member extensions).
@@ -49,6 +53,18 @@ def safe_relative_path(text: str) -> PurePosixPath | None:
     return PurePosixPath(*parts) if parts else None
 
 
+def is_text(text: str) -> bool:
+    """Whether ``text`` is valid Unicode that was decoded without loss: JSON can spell a
+    lone surrogate (``"\\ud800"``) and a file name that is not UTF-8 reaches Python as
+    surrogates, neither of which can be written as UTF-8; U+FFFD marks bytes a file
+    decoded with ``errors="replace"`` could not read."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\ufffd" not in text
+
+
 def webdataset_key(raw: str) -> str | None:
     """A sample key that is safe as a tar member name, or None for ids that are empty,
     absolute (``/x``, ``\\x``, ``C:x``) or contain ``..``.
@@ -72,6 +88,25 @@ def media_extension(path: Path | PurePosixPath) -> str:
     image sources read)."""
     ext = path.suffix.lower().lstrip(".")
     return "jpg" if ext == "jpeg" else ext
+
+
+def resolve_inside(root: Path, relative: PurePosixPath) -> Path | None:
+    """``root / relative`` with every link followed, or None when that leaves ``root``
+    (a symlinked file or folder pointing outside it) or the OS cannot resolve the name.
+    The training sources' check (``safe_join``), so recipes and training agree on what
+    is inside a root."""
+    try:
+        return safe_join(root, str(relative))
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return None
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, False also for names the OS refuses (too long, ...)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def input_error(files: list[Path], folders: list[Path]) -> str | None:
@@ -102,7 +137,8 @@ class SkipLog:
 
     def skip(self, reason: str, where: str, detail: str = "") -> None:
         self.counts[reason] += 1
-        line = f"skip {where} ({reason})" + (f": {detail}" if detail else "")
+        # printable: file names and json text may hold lone surrogates and control characters
+        line = printable(f"skip {where} ({reason})" + (f": {detail}" if detail else ""), limit=2000)
         self.lines.append(line)
         if self.counts[reason] <= self.echo_limit:
             tqdm.write(line)
@@ -124,34 +160,69 @@ class SkipLog:
 
 def read_table(path: Path, skips: SkipLog) -> Iterator[tuple[str, dict[str, str]]]:
     """(``file:line``, row) for each row of a CSV (or ``.tsv``: tab-separated) file with
-    a header. Rows with undecodable bytes or too few fields are skipped here; a row
-    the csv module cannot parse ends the file (it cannot resynchronise), counted."""
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                skips.skip("bad_row", f"{path}:{reader.line_num}", f"{exc}; rest of the file not read")
-                return
-            where = f"{path}:{reader.line_num}"
-            if any(v is None for v in row.values()):
-                skips.skip("bad_row", where, "fewer fields than the header")
-            elif any("\ufffd" in v for v in row.values() if isinstance(v, str)):
-                skips.skip("bad_encoding", where, "not valid UTF-8")
-            else:
-                yield where, row
+    a header.
+
+    Every line is parsed on its own, so one bad line never costs another: a quote left
+    open would make the csv module read on into the following lines and merge them
+    silently into one field. A quoted field must therefore end on its own line. Lines
+    with bad quoting, with more or fewer fields than the header, or not valid UTF-8 are
+    skipped and counted with their line; blank lines are ignored."""
+    delimiter = _delimiter(path)
+    header: list[str] | None = None
+    for number, line in _numbered_lines(path):
+        if header is None:
+            header = _header(line, delimiter)
+            continue
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            values = _line_fields(line, delimiter)
+        except csv.Error as exc:
+            skips.skip("bad_row", where, _quoting_problem(exc))
+            continue
+        if len(values) != len(header):
+            skips.skip("bad_row", where, f"{len(values)} fields, the header has {len(header)}")
+        elif not all(is_text(v) for v in values):
+            skips.skip("bad_encoding", where, "not valid UTF-8")
+        else:
+            yield where, dict(zip(header, values, strict=True))
 
 
 def table_columns(path: Path) -> list[str]:
-    """The header of a CSV/TSV file (empty for an empty file)."""
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    """The header of a CSV/TSV file (empty for an empty file or an unreadable header)."""
+    for _, line in _numbered_lines(path):
+        return _header(line, _delimiter(path))
+    return []
+
+
+def _delimiter(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    # newline="": lines end at \n, \r\n or \r and keep their ending (the csv module's way)
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        return [c.strip() for c in next(csv.reader(handle, delimiter=delimiter), [])]
+        yield from enumerate(handle, start=1)
+
+
+def _line_fields(line: str, delimiter: str) -> list[str]:
+    """The fields of one line; csv.Error for bad quoting (strict: ``"a"b`` is an error,
+    not ``ab``), including a quote still open at the end of the line."""
+    return next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter, strict=True), [])
+
+
+def _header(line: str, delimiter: str) -> list[str]:
+    try:
+        return [name.strip() for name in _line_fields(line, delimiter)]
+    except csv.Error:
+        return []
+
+
+def _quoting_problem(exc: csv.Error) -> str:
+    if "unexpected end of data" in str(exc):
+        return "unclosed quote (a quoted field must end on its own line)"
+    return f"bad quoting: {exc}"
 
 
 def read_json_records(path: Path, skips: SkipLog) -> Iterator[tuple[str, object]]:
@@ -220,7 +291,7 @@ class VideoFacts:
 def check_video(path: Path) -> VideoFacts | str:
     """The video's headers read with PyAV (and its first frame decoded), or the reason
     it cannot be used: ``missing_video``, ``corrupt_video``, ``no_frames``, ..."""
-    if not path.is_file():
+    if not is_file(path):
         return "missing_video"
     try:
         info = probe_video(path)
@@ -236,7 +307,7 @@ def check_video(path: Path) -> VideoFacts | str:
 def check_image(path: Path) -> tuple[int, int] | str:
     """(width, height) of a fully decodable image, or ``missing_image``/``corrupt_image``.
     Decoding every pixel is what catches truncated downloads."""
-    if not path.is_file():
+    if not is_file(path):
         return "missing_image"
     try:
         with Image.open(path) as image:

@@ -11,8 +11,9 @@ Turns must alternate human/gpt (``user``/``assistant`` accepted), starting with 
 question and ending with an answer. The ``<video>``/``<image>`` placeholders are removed
 from the questions (the sequence templates place the media themselves). Every
 referenced file is opened (PyAV for videos, PIL for images); text-only records, missing
-or corrupt media, unsafe paths (``..``, absolute), malformed conversations and empty
-turns are skipped and counted, each with its ``file:line``.
+or corrupt media, unsafe paths (``..``, absolute, or links leading outside --media-root),
+malformed conversations and empty turns are skipped and counted, each with its
+``file:line``.
 
 Writes <out>/video_qa.jsonl and <out>/image_qa.jsonl, lines
 ``{"video"|"image": path, "questions": [...], "answers": [...], "id": ...}`` with paths
@@ -39,8 +40,10 @@ from data_recipes.inputs import (
     check_image,
     check_video,
     input_error,
+    is_text,
     media_extension,
     read_json_records,
+    resolve_inside,
     safe_relative_path,
     webdataset_key,
 )
@@ -107,7 +110,7 @@ def parse_conversation(turns: object) -> tuple[list[str], list[str]] | str:
         text = strip_placeholders(turn["value"]) if i % 2 == 0 else turn["value"].strip()
         if not text:
             return "empty_text"
-        if "\ufffd" in text:
+        if not is_text(text):
             return "bad_encoding"
         (questions if i % 2 == 0 else answers).append(text)
     return questions, answers
@@ -122,6 +125,8 @@ def parse_record(where: str, record: object) -> QARecord | str:
         return "no_media"  # text-only conversations: nothing for a video model to see
     if not isinstance(record[kind], str):
         return "bad_record"
+    if not is_text(record[kind]) or not is_text(str(record.get("id", ""))):
+        return "bad_encoding"
     media = safe_relative_path(record[kind])
     if media is None:
         return "unsafe_path"
@@ -151,9 +156,23 @@ def check_media(path: Path) -> VideoFacts | tuple[int, int] | str:
     return check_video(path) if media_extension(path) in VIDEO_EXTS else check_image(path)
 
 
+def records_inside(records: list[QARecord], media_root: Path, skips: SkipLog) -> list[QARecord]:
+    """The records whose media stays under ``media_root`` once links are followed."""
+    inside = []
+    for record in records:
+        if resolve_inside(media_root, record.media) is None:
+            skips.skip(
+                "unsafe_path", record.where, f"{record.media} leads outside {media_root} through a link"
+            )
+        else:
+            inside.append(record)
+    return inside
+
+
 def check_records(
     records: list[QARecord], media_root: Path, workers: int, skips: SkipLog
 ) -> list[tuple[QARecord, object]]:
+    records = records_inside(records, media_root, skips)
     results = parallel_map(check_media, [media_root / r.media for r in records], workers)
     accepted = []
     for record, facts in tqdm(

@@ -10,7 +10,9 @@ the first file that exists among
 
 with <ext> one of mp4, webm, gif, mkv, avi, mov. Each video is opened with PyAV;
 missing, corrupt and frameless videos, empty captions, unsafe ids/page_dirs (``..``,
-absolute paths) and repeated ids are skipped and counted, each with its ``file:line``.
+absolute paths), videos or folders that are links leading outside <videos>, repeated ids
+and bad lines (a quoted field must end on its own line: an unclosed quote costs only its
+own line) are skipped and counted, each with its ``file:line``.
 
 Writes <out>/shard-NNNNN.tar (<key>.<ext> + <key>.txt caption + <key>.json metadata;
 key = videoid), <out>/video_caption.jsonl ({"video": path under <videos>, "caption"},
@@ -32,8 +34,10 @@ from data_recipes.inputs import (
     VideoFacts,
     check_video,
     input_error,
+    is_file,
     media_extension,
     read_table,
+    resolve_inside,
     safe_relative_path,
     table_columns,
     webdataset_key,
@@ -76,7 +80,7 @@ def find_video(videos: Path, videoid: str, page_dir: str) -> PurePosixPath | Non
     for folder in [*folders, PurePosixPath()]:
         for ext in VIDEO_EXTS:
             relative = folder / f"{videoid}.{ext}"
-            if (videos / relative).is_file():
+            if is_file(videos / relative):
                 return relative
     return None
 
@@ -97,6 +101,9 @@ def row_candidate(where: str, row: dict[str, str], videos: Path, skips: SkipLog)
     video = find_video(videos, videoid, page_dir)
     if video is None:
         skips.skip("missing_video", where, f"no {videoid}.<{'|'.join(VIDEO_EXTS)}> under {videos}")
+        return None
+    if resolve_inside(videos, video) is None:
+        skips.skip("unsafe_path", where, f"{video} leads outside {videos} through a link")
         return None
     metadata = {k: row[k].strip() for k in METADATA_COLUMNS if row.get(k)}
     return Candidate(where, webdataset_key(videoid), video, caption, metadata)

@@ -1,7 +1,8 @@
 """``divot-infer``: comprehend, generate and reconstruct with a release.
 
     divot-infer comprehend --release releases/sft_comp clip.mp4 -q "What is the shape doing?"
-    divot-infer generate --release releases/sft_gen --caption "a red circle moving left" --out gen/
+    divot-infer comprehend --release releases/sft_comp *.mp4 --no-stream --jsonl answers.jsonl
+    divot-infer generate --release releases/sft_gen "a red circle moving left" --out gen/
     divot-infer reconstruct --release releases/sft_comp clip.mp4 --out recon/
     divot-infer comprehend --official pretrained/ demo_videos/wine.mp4      # Divot's own files
 
@@ -10,16 +11,28 @@
 (Divot_sft_comp/, Divot_sft_gen/, cvlm_mistral_instruct_tokenizer/,
 Divot_tokenizer_detokenizer/, CLIP-ViT-H-14-laion2B-s32B-b79K/). --set KEY=VALUE changes
 the config (repeatable), e.g. --set model.llm.attn_implementation=eager.
+
+A file (or caption) that cannot be used -- missing, corrupt, no frames -- is skipped with
+one line on stderr, "divot-infer: skipped FILE (reason): ...", and every other input is
+still answered; --jsonl gets each answer as soon as it is produced. Exit codes: 0 every
+input done; 1 the command could not run (e.g. reconstruct without a de-tokenizer); 2 a
+usage or config error; 3 some inputs were skipped (the rest were written).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from divot_llm.cli.display import printable
+
 DEFAULT_QUESTION = "What does this video describe?"  # the reference's comprehension demo
+EXIT_SKIPPED = 3  # some inputs could not be used; every other result was written
+PATH_LIMIT = 4096  # characters of a file name shown (PATH_MAX): never cut a real one
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -88,12 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from divot_llm.config import ConfigError
+
     args = build_parser().parse_args(argv)
     try:
         models = _load(args)
         return {"comprehend": _comprehend, "generate": _generate, "reconstruct": _reconstruct}[args.command](
             args, models
         )
+    except ConfigError as exc:  # a bad --set, a missing path, a run folder as --release: nothing loaded
+        print(f"divot-infer: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"divot-infer: {exc}", file=sys.stderr)
         return 1
@@ -123,8 +141,63 @@ def _stage(models) -> str:
     return str(getattr(models.cfg.stage.name, "value", models.cfg.stage.name))
 
 
+class SkippedInputs:
+    """Inputs of a batch command that could not be used: each is named on stderr when it
+    happens, and the exit code says whether there were any (``EXIT_SKIPPED``)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.count = 0
+
+    def report(self, name: object, reason: str, detail: str) -> None:
+        self.count += 1
+        line = f"divot-infer: skipped {printable(name, PATH_LIMIT)} ({reason}): {printable(detail, 500)}"
+        print(line, file=sys.stderr, flush=True)
+
+    def exit_code(self) -> int:
+        if not self.count:
+            return 0
+        print(
+            f"divot-infer: {self.total - self.count} of {self.total} inputs done, "
+            f"{self.count} skipped (named above)",
+            file=sys.stderr,
+        )
+        return EXIT_SKIPPED
+
+
+@contextlib.contextmanager
+def _jsonl_lines(path: str | None) -> Iterator[Callable[[dict], None]]:
+    """A writer of one json line per record, flushed at once so that every answer
+    already given survives whatever happens later; a no-op without a path."""
+    if path is None:
+        yield lambda record: None
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+
+        def write(record: dict) -> None:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+        yield write
+
+
+def _readable_media(paths: list[str], models, args, skipped: SkippedInputs) -> list[tuple[str, tuple]]:
+    """(path, (features, kind)) of each file that can be read; the others are reported."""
+    from divot_llm.data.video import MediaError
+    from divot_llm.infer import encode_media
+
+    readable = []
+    for path in paths:
+        try:
+            readable.append((path, encode_media(path, models.video_tokenizer, args.num_clips, args.seed)))
+        except MediaError as exc:
+            skipped.report(path, exc.reason, exc.detail)
+    return readable
+
+
 def _comprehend(args, models) -> int:
-    from divot_llm.infer import TextPrinter, comprehend
+    from divot_llm.infer import TextPrinter, answer_media
 
     question = args.question
     if question is None and _stage(models) != "pretrain":
@@ -135,30 +208,45 @@ def _comprehend(args, models) -> int:
         "top_p": args.top_p,
         "top_k": args.top_k,
         "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
     }
     stream = not args.no_stream
     batch = 1 if stream else max(1, args.batch_size)  # transformers streams one sample at a time
-    records = []
-    for start in range(0, len(args.media), batch):
-        paths = args.media[start : start + batch]
-        if stream:
-            print(f"{paths[0]}: ", end="", flush=True)
-            printer = TextPrinter(models.text_tokenizer)
-            answers = comprehend(models.model, models.text_tokenizer, models.video_tokenizer, paths, question,
-                                 num_clips=args.num_clips, seed=args.seed, streamer=printer, **sampling)  # fmt: skip
-            if not printer.printed and answers[0]:  # nothing streamed (e.g. only special tokens)
-                print(answers[0])
-        else:
-            answers = comprehend(models.model, models.text_tokenizer, models.video_tokenizer, paths, question,
-                                 num_clips=args.num_clips, seed=args.seed, **sampling)  # fmt: skip
+    skipped = SkippedInputs(len(args.media))
+    with _jsonl_lines(args.jsonl) as write_record:
+        for start in range(0, len(args.media), batch):
+            readable = _readable_media(args.media[start : start + batch], models, args, skipped)
+            if not readable:
+                continue
+            paths, encoded = [p for p, _ in readable], [e for _, e in readable]
+            if stream:
+                print(f"{printable(paths[0], PATH_LIMIT)}: ", end="", flush=True)
+                printer = TextPrinter(models.text_tokenizer)
+                answers = answer_media(models.model, models.text_tokenizer, encoded, question,
+                                       streamer=printer, **sampling)  # fmt: skip
+                if not printer.printed and answers[0]:  # nothing streamed (e.g. only special tokens)
+                    print(answers[0])
+            else:
+                answers = answer_media(models.model, models.text_tokenizer, encoded, question, **sampling)
+                for path, answer in zip(paths, answers, strict=True):
+                    print(f"{printable(path, PATH_LIMIT)}: {answer}")
             for path, answer in zip(paths, answers, strict=True):
-                print(f"{path}: {answer}")
-        records += [
-            {"media": str(p), "question": question, "answer": a} for p, a in zip(paths, answers, strict=True)
-        ]
-    if args.jsonl:
-        Path(args.jsonl).write_text("".join(json.dumps(r) + "\n" for r in records))
-    return 0
+                write_record({"media": str(path), "question": question, "answer": answer})
+    return skipped.exit_code()
+
+
+def _encodable_captions(captions: list[str], skipped: SkippedInputs) -> list[tuple[int, str]]:
+    """(index, caption) of the captions that are text a tokenizer can encode: bytes that
+    are not UTF-8 on the command line reach Python as lone surrogates."""
+    usable = []
+    for index, caption in enumerate(captions):
+        try:
+            caption.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            skipped.report(repr(caption), "bad_text", f"not valid UTF-8 ({exc.reason} at {exc.start})")
+            continue
+        usable.append((index, caption))
+    return usable
 
 
 def _generate(args, models) -> int:
@@ -167,17 +255,21 @@ def _generate(args, models) -> int:
     from divot_llm.infer import generate_features_for_captions
     from divot_llm.infer.media_out import slug, write_mp4
 
+    skipped = SkippedInputs(len(args.captions))
+    captions = _encodable_captions(args.captions, skipped)
+    if not captions:
+        return skipped.exit_code()
     instruct = {"auto": _stage(models) != "pretrain", "instruct": True, "caption": False}[args.template]
     feats_bnd = generate_features_for_captions(
-        models.model, models.text_tokenizer, args.captions, media=args.media, instruct=instruct,
+        models.model, models.text_tokenizer, [c for _, c in captions], media=args.media, instruct=instruct,
         var_scale=args.var_scale, sample=not args.mean, seed=args.seed,
     )  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     detok = models.detokenizer
-    for index, caption in enumerate(args.captions):
+    for row, (index, caption) in enumerate(captions):
         name = f"{index:03d}_{slug(caption)}"
-        feats = feats_bnd[index : index + 1].float().cpu()
+        feats = feats_bnd[row : row + 1].float().cpu()
         save_file(
             {"features": feats[0].contiguous()}, out / f"{name}.safetensors", metadata={"caption": caption}
         )
@@ -194,10 +286,11 @@ def _generate(args, models) -> int:
             "no de-tokenizer with weights is configured, so only the features were saved; pass "
             "--detokenizer PATH (or set detokenizer.pretrained_path) to decode them to video"
         )
-    return 0
+    return skipped.exit_code()
 
 
 def _reconstruct(args, models) -> int:
+    from divot_llm.data.video import MediaError
     from divot_llm.infer import reconstruct
     from divot_llm.infer.media_out import frame_strip, slug, write_mp4
 
@@ -211,21 +304,30 @@ def _reconstruct(args, models) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scores = []
+    skipped = SkippedInputs(len(args.videos))
     for index, video in enumerate(args.videos):
-        result = reconstruct(
-            video, models.video_tokenizer, models.detokenizer, args.steps, args.guidance, args.seed
-        )
+        try:
+            result = reconstruct(
+                video, models.video_tokenizer, models.detokenizer, args.steps, args.guidance, args.seed
+            )
+        except FileNotFoundError as exc:
+            skipped.report(video, "missing_file", exc.strerror or str(exc))
+            continue
+        except MediaError as exc:
+            skipped.report(video, exc.reason, exc.detail)
+            continue
         name = f"{index:03d}_{slug(Path(video).stem)}"
         write_mp4(out / f"{name}.mp4", result.output, models.detokenizer.fps)
         frame_strip([result.input, result.output]).save(out / f"{name}_strip.png")
         scores.append((result.psnr, result.ssim))
         print(
-            f"{video}: PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f} -> {out / name}.mp4, {name}_strip.png"
+            f"{printable(video, PATH_LIMIT)}: PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f} "
+            f"-> {out / name}.mp4, {name}_strip.png"
         )
     if len(scores) > 1:
         psnr, ssim = (sum(s[i] for s in scores) / len(scores) for i in (0, 1))
         print(f"mean over {len(scores)} videos: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}")
-    return 0
+    return skipped.exit_code()
 
 
 if __name__ == "__main__":

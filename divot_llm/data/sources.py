@@ -141,7 +141,7 @@ def resolve_media(root: Path, relative: str) -> Path:
     except (ValueError, OSError, RuntimeError) as exc:  # NUL byte, name too long, symlink loop, ...
         raise RecordError("bad_path", f"{relative!r}: {exc}") from exc
     if not is_file:
-        raise RecordError("missing_file", printable(str(path)))
+        raise RecordError("missing_file", escape_undecodable(str(path)))
     return path
 
 
@@ -159,8 +159,9 @@ def expand_paths(root: Path, patterns: list[str], source: str) -> list[Path]:
     return files
 
 
-def printable(text: str) -> str:
-    """``text`` safe to log and hash: bytes that were not UTF-8 in a file name (kept by
+def escape_undecodable(text: str) -> str:
+    """``text`` safe to log, hash and write as UTF-8 (unlike ``cli.display.printable``, nothing
+    else is changed or cut, so keys stay exact): bytes that were not UTF-8 in a file name (kept by
     Python as lone surrogates) are written as escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -493,7 +494,7 @@ class JsonlSource(Source):
 
     def _where(self, row: int) -> str:
         f, number, _ = (int(x) for x in self._offsets[row])
-        return printable(f"{self.files[f]}:{number}" if number else str(self.files[f]))
+        return escape_undecodable(f"{self.files[f]}:{number}" if number else str(self.files[f]))
 
     def _read(self, row: int) -> RawSample | None:
         f, number, offset = (int(x) for x in self._offsets[row])
@@ -505,7 +506,7 @@ class JsonlSource(Source):
                 line = handle.readline()
         except OSError as exc:
             raise RecordError("unreadable_file", str(exc)) from exc
-        return self._parse(line, printable(f"{self.files[f].name}:{number}"))
+        return self._parse(line, escape_undecodable(f"{self.files[f].name}:{number}"))
 
     def _parse(self, raw: bytes, key: str) -> RawSample:
         try:
@@ -575,7 +576,7 @@ class TarSource(Source):
     def _index_shard(self, shard: Path) -> tuple[list[_TarItem], list[tuple[str, str, str]]]:
         """The samples of a shard and its problems. Members are indexed until the tar
         ends or breaks; a shard cut short keeps every sample before the cut."""
-        where = printable(str(shard))
+        where = escape_undecodable(str(shard))
         groups: dict[str, dict[str, tuple[int, int]]] = {}
         notices: list[tuple[str, str, str]] = []
         try:
@@ -621,9 +622,9 @@ class TarSource(Source):
         return None
 
     def _add_member(self, groups: dict, notices: list, shard: Path, member: tarfile.TarInfo) -> None:
-        name = printable(member.name)  # tarfile keeps non-UTF-8 bytes as surrogates
+        name = escape_undecodable(member.name)  # tarfile keeps non-UTF-8 bytes as surrogates
         if name.startswith("/") or ".." in Path(name).parts:
-            notices.append(("unsafe_member_path", printable(f"{shard}:{name}"), ""))
+            notices.append(("unsafe_member_path", escape_undecodable(f"{shard}:{name}"), ""))
             return
         folder, base = os.path.split(name)
         if "." not in base:
@@ -633,7 +634,7 @@ class TarSource(Source):
         groups.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
 
     def _where(self, ref: _TarRef) -> str:
-        return printable(f"{ref.shard}:{ref.item.key}" if ref.item is not None else str(ref.shard))
+        return escape_undecodable(f"{ref.shard}:{ref.item.key}" if ref.item is not None else str(ref.shard))
 
     def _read(self, ref: _TarRef) -> RawSample | None:
         for reason, where, detail in ref.notices:

@@ -373,13 +373,24 @@ def total_samples(counts: SyntheticCounts) -> int:
     return counts.train_videos + counts.val_videos + counts.images
 
 
-def dominant_motion(centroids_xy: np.ndarray, width: int, height: int) -> str:
-    """Name the direction of a sequence of toroidal shape centroids (T, 2): steps are
-    wrapped into [-extent/2, extent/2) so crossing an edge counts as a small step."""
-    steps = np.diff(centroids_xy, axis=0)
+def dominant_motion(centroids_xy: np.ndarray, width: int, height: int) -> str | None:
+    """Name the direction of a sequence of toroidal shape centroids (T, 2), or None when
+    the shape does not move.
+
+    Steps are wrapped into [-extent/2, extent/2) so crossing an edge counts as a small
+    step, then summed into an unwrapped track. The direction is that of the median
+    displacement between frames half the track apart, not of the median single step: a
+    slow shape moves less than a (half-resolution) pixel between successive frames, its
+    centroid then mostly stays put, and the median step is zero in both axes.
+    """
+    steps = np.diff(np.asarray(centroids_xy, dtype=np.float64), axis=0)
     extent = np.asarray([width, height], dtype=np.float64)
     steps = (steps + extent / 2) % extent - extent / 2
-    med = np.median(steps, axis=0)
+    track = np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
+    lag = max(1, len(track) // 2)
+    med = np.median(track[lag:] - track[:-lag], axis=0)
+    if not med.any():
+        return None
     if abs(med[0]) >= abs(med[1]):
         return "right" if med[0] > 0 else "left"
     return "down" if med[1] > 0 else "up"

@@ -1,7 +1,13 @@
 """Inference: comprehend (video -> text), generate (text -> features -> video),
 reconstruct (video -> features -> video), and loading what they need."""
 
-from divot_llm.infer.comprehend import TextPrinter, comprehend, comprehension_prompt_ids, encode_media
+from divot_llm.infer.comprehend import (
+    TextPrinter,
+    answer_media,
+    comprehend,
+    comprehension_prompt_ids,
+    encode_media,
+)
 from divot_llm.infer.generate import generate_features_for_captions, generation_prompt_ids
 from divot_llm.infer.load import InferenceModels, load_inference_models, official_config, release_config
 from divot_llm.infer.reconstruct import Reconstruction, reconstruct
@@ -10,6 +16,7 @@ __all__ = [
     "InferenceModels",
     "Reconstruction",
     "TextPrinter",
+    "answer_media",
     "comprehend",
     "comprehension_prompt_ids",
     "encode_media",

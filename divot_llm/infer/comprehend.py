@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from divot_llm.data.video import image_clip, sample_video_clips
+from divot_llm.data.video import MediaError, image_clip, sample_video_clips
 from divot_llm.text import templates
 from divot_llm.text.tokenizer import DivotTextTokenizer
 
@@ -24,19 +23,37 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 def encode_media(
     path: str | os.PathLike, video_tokenizer, num_clips: int, seed: int = 0
 ) -> tuple[torch.Tensor, str]:
-    """Features ``(C, N, D)`` of a video or image file and its kind ("video" | "image")."""
-    path = Path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        clips = image_clip(
-            Image.open(path).convert("RGB"), video_tokenizer.frames_per_clip, video_tokenizer.input_size
-        )
-        kind = "image"
-    else:
-        rng = np.random.default_rng(seed)
-        clips = sample_video_clips(path, num_clips, rng, dense=True, image_size=video_tokenizer.input_size)
-        kind = "video"
+    """Features ``(C, N, D)`` of a video or image file and its kind ("video" | "image").
+
+    Raises:
+        MediaError: the file cannot be used; ``reason`` says why (``missing_file``,
+            ``corrupt_video``, ``corrupt_image``, ``no_frames``, ...), the message names
+            the file.
+    """
+    clips, kind = read_media_clips(Path(path), video_tokenizer, num_clips, seed)
     feats = video_tokenizer.encode(clips.to(video_tokenizer.device, video_tokenizer.dtype))  # (C, N, D)
     return feats.float(), kind
+
+
+def read_media_clips(path: Path, video_tokenizer, num_clips: int, seed: int) -> tuple[torch.Tensor, str]:
+    """The clips of a video (the QA rule: ``num_clips`` dense clips) or image (one static
+    clip) at the tokenizer's size, and the kind; MediaError for a file that cannot be used."""
+    try:
+        if not path.is_file():
+            raise MediaError("missing_file", f"{path}: {'not a file' if path.exists() else 'no such file'}")
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            # from the bytes, as training: every PIL mode becomes 8-bit RGB the same way
+            clip = image_clip(path.read_bytes(), video_tokenizer.frames_per_clip, video_tokenizer.input_size)
+            return clip, "image"
+        rng = np.random.default_rng(seed)
+        size = video_tokenizer.input_size
+        return sample_video_clips(path, num_clips, rng, dense=True, image_size=size), "video"
+    except MediaError as exc:
+        if str(path) in str(exc):
+            raise
+        raise MediaError(exc.reason, f"{path}: {exc.detail}") from exc
+    except Exception as exc:  # decoders fail in many ways on hostile files; it is this file's problem
+        raise MediaError("unreadable_media", f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
 def comprehension_prompt_ids(
@@ -67,17 +84,32 @@ def comprehend(
     """Answers (or captions, with ``question=None``) for a batch of media files.
 
     ``generation`` goes to ``generate_text`` (``do_sample``, ``temperature``, ``top_p``,
-    ``max_new_tokens``, ...).
+    ``max_new_tokens``, ...). Raises MediaError, naming the file, for the first file
+    that cannot be used (``divot-infer`` encodes one by one and skips such files).
     """
-    prompts, feats = [], []
-    for path in media_paths:
-        clips_cnd, kind = encode_media(path, video_tokenizer, num_clips, seed)
-        prompts.append(
-            comprehension_prompt_ids(tokenizer, kind, clips_cnd.shape[0], model.tokens_per_clip, question)
-        )
-        feats.append(clips_cnd)
+    encoded = [encode_media(path, video_tokenizer, num_clips, seed) for path in media_paths]
+    return answer_media(model, tokenizer, encoded, question, seed, **generation)
+
+
+def answer_media(
+    model,
+    tokenizer: DivotTextTokenizer,
+    encoded: list[tuple[torch.Tensor, str]],
+    question: str | None,
+    seed: int = 0,
+    **generation,
+) -> list[str]:
+    """Answers for media already encoded by ``encode_media`` (``(features, kind)`` each):
+    a batch can encode its files one by one, set aside those that cannot be read, and
+    answer the rest."""
+    prompts = [
+        comprehension_prompt_ids(tokenizer, kind, feats.shape[0], model.tokens_per_clip, question)
+        for feats, kind in encoded
+    ]
     torch.manual_seed(seed)
-    outputs = model.generate_text(tokenizer, prompts, video_feats=feats, **generation)
+    outputs = model.generate_text(
+        tokenizer, prompts, video_feats=[feats for feats, _ in encoded], **generation
+    )
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
 
 

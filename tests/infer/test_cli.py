@@ -63,6 +63,39 @@ def test_comprehend_streams_and_batches_the_library_answers(
     assert [r["answer"] for r in records] == [expected, expected]
 
 
+def test_comprehend_skips_files_it_cannot_read_and_answers_every_other(
+    tiny_release, models, synthetic_video, tmp_path, capsys
+):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(synthetic_video.read_bytes()[:600])  # an interrupted download
+    missing = tmp_path / "missing.mp4"
+    greedy = ["--greedy", "--num-clips", "2", "--max-new-tokens", "6", "-q", "What color is the shape?"]
+    expected = comprehend(models.model, models.text_tokenizer, models.video_tokenizer, [synthetic_video],
+                          "What color is the shape?", num_clips=2, seed=42, do_sample=False, max_new_tokens=6)[0]  # fmt: skip
+    jsonl = tmp_path / "out" / "answers.jsonl"
+    media = [str(synthetic_video), str(cut), str(missing), str(synthetic_video)]
+    code, out, err = run_main(
+        infer_main, "comprehend", "--release", str(tiny_release), *media, *greedy, "--no-stream",
+        "--batch-size", "2", "--jsonl", str(jsonl), capsys=capsys, check=False,
+    )  # fmt: skip
+    assert code == 3  # some inputs skipped
+    assert f"divot-infer: skipped {cut} (corrupt_video): " in err
+    assert f"divot-infer: skipped {missing} (missing_file): {missing}: no such file" in err
+    assert "2 of 4 inputs done, 2 skipped" in err
+    assert out.splitlines() == [f"{synthetic_video}: {expected}"] * 2
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert (
+        records
+        == [{"media": str(synthetic_video), "question": "What color is the shape?", "answer": expected}] * 2
+    )
+
+    # streamed: a bad file never leaves a dangling "path: " on stdout
+    code, out, err = run_main(infer_main, "comprehend", "--release", str(tiny_release), str(cut),
+                              str(synthetic_video), *greedy, capsys=capsys, check=False)  # fmt: skip
+    assert code == 3 and out == f"{synthetic_video}: {expected}\n"
+    assert f"skipped {cut} (corrupt_video)" in err
+
+
 def test_generate_without_a_detokenizer_saves_the_features(tiny_release, models, tmp_path, capsys):
     _, out, _ = run_main(infer_main, "generate", "--release", str(tiny_release), CAPTION,
                          "--out", str(tmp_path), "--seed", "7", "--var-scale", "0.5", capsys=capsys)  # fmt: skip
@@ -107,3 +140,23 @@ def test_reconstruct_without_weights_is_a_clear_error(tiny_release, synthetic_vi
     code, _, err = run_main(infer_main, "reconstruct", "--release", str(tiny_release), str(synthetic_video),
                             "--out", str(tmp_path), capsys=capsys, check=False)  # fmt: skip
     assert code == 1 and "needs a de-tokenizer with weights" in err
+
+
+def test_generate_and_reconstruct_skip_a_bad_input_and_do_the_rest(
+    tiny_release, detok_dir, synthetic_video, tmp_path, capsys
+):
+    # bytes that are not UTF-8 on a command line reach Python as lone surrogates
+    code, out, err = run_main(infer_main, "generate", "--release", str(tiny_release), "bad \udcff caption",
+                              CAPTION, "--out", str(tmp_path / "gen"), capsys=capsys, check=False)  # fmt: skip
+    assert code == 3 and "divot-infer: skipped 'bad \\udcff caption' (bad_text): not valid UTF-8" in err
+    saved = [p.name[:4] for p in (tmp_path / "gen").glob("*.safetensors")]
+    assert saved == ["001_"]  # file names keep the input's order
+
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(synthetic_video.read_bytes()[:600])
+    code, out, err = run_main(infer_main, "reconstruct", "--release", str(tiny_release), str(cut),
+                              str(synthetic_video), "--detokenizer", str(detok_dir), "--steps", "2",
+                              "--out", str(tmp_path / "rec"), capsys=capsys, check=False)  # fmt: skip
+    assert code == 3 and f"divot-infer: skipped {cut} (corrupt_video): " in err
+    assert f"{synthetic_video}: PSNR " in out
+    assert [p.name[:4] for p in (tmp_path / "rec").glob("*.mp4")] == ["001_"]

@@ -8,6 +8,7 @@ import torch
 
 from divot_llm.config import compose_config
 from divot_llm.data.synthetic import encode_synthetic_video, sample_video_spec
+from divot_llm.data.video import MediaError
 from divot_llm.infer import comprehend, comprehension_prompt_ids, encode_media, generate_features_for_captions
 from divot_llm.model import build_divot_llm
 from divot_llm.text import DivotTextTokenizer, video_tokens
@@ -71,3 +72,17 @@ def test_generated_features_have_the_tokenizer_shape_and_follow_the_seed(parts):
     assert torch.equal(feats, same)
     mean = generate_features_for_captions(model, tok, ["a red circle"], instruct=False, sample=False)
     assert mean.shape == (1, video_tokenizer.num_tokens, video_tokenizer.feature_dim)
+
+
+def test_a_file_that_cannot_be_used_is_a_media_error_naming_it(parts, tmp_path):
+    _, _, video_tokenizer, paths = parts
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(paths[0].read_bytes()[:600])  # an interrupted download
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    cases = [(cut, "corrupt_video"), (text, "corrupt_image"), (tmp_path / "none.mp4", "missing_file"),
+             (tmp_path, "missing_file")]  # fmt: skip
+    for path, reason in cases:
+        with pytest.raises(MediaError) as error:
+            encode_media(path, video_tokenizer, num_clips=2)
+        assert error.value.reason == reason and str(path) in str(error.value), path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 
 import webdataset as wds
 
@@ -84,3 +85,44 @@ def test_cc3m_needs_caption_and_path_columns(tmp_path, capsys):
     assert main(argv) == 2
     assert "caption and path" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_cc3m_does_not_follow_links_out_of_the_images_folder(tmp_path, capsys):
+    images, outside = tmp_path / "images", tmp_path / "private"
+    write_image(images / "a.jpg", 1)
+    (images / "a.txt").write_text("kept")
+    write_image(outside / "secret.jpg", 2)
+    (outside / "secret.txt").write_text("a private note")
+    (images / "b.jpg").symlink_to(outside / "secret.jpg")  # an image linking out
+    (images / "b.txt").write_text("linked image")
+    write_image(images / "c.jpg", 3)
+    (images / "c.txt").symlink_to(outside / "secret.txt")  # a caption linking out
+    out = tmp_path / "out"
+    assert main(["cc3m", "--images", str(images), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert f"{images / 'b.jpg'} (unsafe_path): b.jpg leads outside {images} through a link" in report
+    assert f"{images / 'c.txt'} (unsafe_path)" in report
+    assert {k: s["txt"].decode() for k, s in _samples(out).items()} == {"a": "kept"}
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text('caption,path\nlinked,b.jpg\n"open quote,a.jpg\nkept,a.jpg\n')
+    out = tmp_path / "table"
+    assert main(["cc3m", "--images", str(images), "--pairs", str(pairs), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert f"{pairs}:2 (unsafe_path)" in report and f"{pairs}:3 (bad_row): unclosed quote" in report
+    assert {k: s["txt"].decode() for k, s in _samples(out).items()} == {"a": "kept"}
+
+
+def test_cc3m_skips_a_file_name_that_is_not_utf8(tmp_path, capsys):
+    images = tmp_path / "images"
+    write_image(images / "a.jpg", 1)
+    (images / "a.txt").write_text("kept")
+    odd = images / os.fsdecode(b"b\xff.jpg")  # bytes a file system allows and UTF-8 does not
+    write_image(odd, 2)
+    odd.with_suffix(".txt").write_text("a caption")
+    out = tmp_path / "out"
+    assert main(["cc3m", "--images", str(images), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "b\\udcff.jpg (bad_encoding): the file name is not valid UTF-8" in report
+    assert sorted(_samples(out)) == ["a"]
+    assert "b\\udcff.jpg (bad_encoding)" in (out / "skipped.txt").read_text()

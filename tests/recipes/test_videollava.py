@@ -156,3 +156,47 @@ def test_videollava_with_nothing_usable_fails(tmp_path, capsys):
     ]
     assert main(argv) == 1
     assert "(no_media)" in capsys.readouterr().out
+
+
+def test_videollava_does_not_follow_links_out_of_the_media_root(tmp_path, capsys):
+    media, outside = tmp_path / "media", tmp_path / "private"
+    write_video(media / "videos" / "v1.mp4", seed=1)
+    write_image(outside / "secret.jpg", seed=2)
+    (media / "images").mkdir()
+    (media / "images" / "secret.jpg").symlink_to(outside / "secret.jpg")
+    qa_json = tmp_path / "qa.json"
+    records = [
+        {"id": "v", "video": "videos/v1.mp4", "conversations": _turns("Q?", "A.")},  # line 2
+        {"id": "s", "image": "images/secret.jpg", "conversations": _turns("Q?", "A.")},  # line 3
+    ]
+    qa_json.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+    out = tmp_path / "out"
+    assert main(["videollava", "--json", str(qa_json), "--media-root", str(media), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert f"{qa_json}:3 (unsafe_path): images/secret.jpg leads outside {media} through a link" in report
+    assert _lines(out / "image_qa.jsonl") == [] and len(_lines(out / "video_qa.jsonl")) == 1
+
+
+def test_videollava_skips_text_that_is_not_valid_unicode(tmp_path, capsys):
+    """JSON can spell a lone surrogate, which no UTF-8 file (or tokenizer) can hold."""
+    media = tmp_path / "media"
+    write_video(media / "videos" / "v1.mp4", seed=1)
+    qa_json = tmp_path / "qa.json"
+    qa_json.write_text(
+        "[\n"
+        '{"id": "a", "video": "videos/v1.mp4", "conversations": [{"from": "human", "value": "Q \\ud800?"},'
+        ' {"from": "gpt", "value": "A."}]},\n'  # line 2
+        '{"id": "b", "video": "videos/v\\udcff.mp4", "conversations": [{"from": "human", "value": "Q?"},'
+        ' {"from": "gpt", "value": "A."}]},\n'  # line 3
+        '{"id": "c", "video": "videos/v1.mp4", "conversations": [{"from": "human", "value": "Q?"},'
+        ' {"from": "gpt", "value": "A \\u00e9."}]}\n'  # line 4
+        "]\n"
+    )
+    out = tmp_path / "out"
+    argv = ["videollava", "--json", str(qa_json), "--media-root", str(media), "--out", str(out), "--shards"]
+    assert main(argv) == 0
+    report = capsys.readouterr().out
+    assert f"{qa_json}:2 (bad_encoding)" in report and f"{qa_json}:3 (bad_encoding)" in report
+    assert _lines(out / "video_qa.jsonl") == [
+        {"video": "videos/v1.mp4", "questions": ["Q?"], "answers": ["A \u00e9."], "id": "c"}
+    ]

@@ -120,3 +120,43 @@ def test_webvid_names_a_missing_column_and_refuses_a_used_out(webvid, capsys):
     assert main([*argv, "--csv", str(csv_path)]) == 2
     assert "--overwrite" in capsys.readouterr().out
     assert (root / "out" / "keep.txt").exists()
+
+
+def test_links_out_of_videos_are_skipped_and_an_unclosed_quote_costs_one_line(tmp_path, capsys):
+    videos, outside = tmp_path / "videos", tmp_path / "private"
+    for videoid in ("1000", "1002", "1003"):
+        write_video(videos / f"{videoid}.mp4", seed=int(videoid) % 7)
+    write_video(outside / "secret.mp4", seed=5)
+    (videos / "3000.mp4").symlink_to(outside / "secret.mp4")  # a file linking out
+    (videos / "linked").symlink_to(outside, target_is_directory=True)  # a folder linking out
+    (outside / "3001.mp4").symlink_to(outside / "secret.mp4")
+    (videos / "1004.mp4").symlink_to(videos / "1003.mp4")  # a link that stays inside is fine
+    csv_path = tmp_path / "results.csv"
+    csv_path.write_text(
+        HEADER
+        + '1000,u,PT2S,,"first"\n'  # line 2
+        + '3000,u,PT2S,,"linked file"\n'  # line 3
+        + '3001,u,PT2S,linked,"linked folder"\n'  # line 4
+        + '1001,u,PT2S,,"never closed\n'  # line 5: the quote swallowed lines 6-8 before
+        + '1002,u,PT2S,,"second"\n'  # line 6
+        + '1003,u,PT2S,,"spans\n'  # line 7: a quoted field over two lines...
+        + 'two lines",x\n'  # line 8: ...is two bad lines, never one merged row
+        + '1004,u,PT2S,,"third, via an inside link"\n'  # line 9
+    )
+    out = tmp_path / "out"
+    assert main(["webvid", "--videos", str(videos), "--csv", str(csv_path), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert f"{csv_path}:3 (unsafe_path): 3000.mp4 leads outside {videos} through a link" in report
+    assert f"{csv_path}:4 (unsafe_path): linked/3001.mp4 leads outside {videos} through a link" in report
+    assert f"{csv_path}:5 (bad_row): unclosed quote" in report
+    assert f"{csv_path}:7 (bad_row): unclosed quote" in report
+    assert f"{csv_path}:8 (bad_row)" in report
+    samples = {s["__key__"]: s for s in wds.WebDataset(glob.glob(str(out / "*.tar")), shardshuffle=False)}
+    assert {k: s["txt"].decode() for k, s in samples.items()} == {
+        "1000": "first",
+        "1002": "second",
+        "1004": "third, via an inside link",
+    }
+    assert samples["1004"]["mp4"] == (videos / "1003.mp4").read_bytes()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["skipped"] == {"bad_row": 3, "unsafe_path": 2}
