@@ -7,6 +7,7 @@ shards and jsonl files in the formats the training pipeline reads. Deterministic
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=defaults.images)
     parser.add_argument("--samples-per-shard", type=int, default=defaults.samples_per_shard)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes that render and encode the media (default: all cores); same files for any number",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         samples_per_shard=args.samples_per_shard,
     )
     with tqdm(total=total_samples(counts), desc="synthetic", unit="sample") as bar:
-        manifest = write_synthetic_dataset(out, seed=args.seed, counts=counts, progress=bar.update)
+        manifest = write_synthetic_dataset(
+            out, seed=args.seed, counts=counts, progress=bar.update, workers=max(1, args.workers)
+        )
     codecs = ", ".join(f"{k} {v}" for k, v in sorted(manifest["codecs"].items()))
     print(
         f"wrote {manifest['train_videos']} train + {manifest['val_videos']} val videos ({codecs}) "

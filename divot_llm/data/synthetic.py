@@ -24,11 +24,16 @@ seeded by (seed, split, index), and encoding is byte-deterministic.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+import itertools
 import json
 import math
+import multiprocessing
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -302,13 +307,37 @@ def write_synthetic_dataset(
     seed: int = 0,
     counts: SyntheticCounts | None = None,
     progress: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> dict:
     """Write the whole synthetic set under ``out_dir``; returns the manifest.
 
     ``progress`` is called with the number of samples just written (for a progress bar).
+    ``workers`` > 1 renders and encodes the media in that many processes; the files are
+    the same bytes whatever the number (each sample is a pure function of its seed, and
+    they are written in index order).
     """
-    counts = counts or SyntheticCounts()
-    out = Path(out_dir)
+    with _media_pool(workers) as pool:
+        return _write_dataset(Path(out_dir), seed, counts or SyntheticCounts(), progress, pool)
+
+
+@contextlib.contextmanager
+def _media_pool(workers: int) -> Iterator[Callable]:
+    """An ordered ``map`` over ``workers`` processes (the builtin ``map`` for one)."""
+    if workers <= 1:
+        yield map
+        return
+    # spawn: the parent may hold torch/OpenMP threads, which a fork would copy half-locked
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield functools.partial(pool.map, chunksize=4)
+
+
+def _write_dataset(
+    out: Path,
+    seed: int,
+    counts: SyntheticCounts,
+    progress: Callable[[int], None] | None,
+    pool_map: Callable,
+) -> dict:
     tick = progress or (lambda n: None)
     caption_lines, video_qa_lines, image_qa_lines, val_qa_lines = [], [], [], []
     qa_rng = np.random.default_rng([seed, 99])
@@ -316,9 +345,9 @@ def write_synthetic_dataset(
 
     for split, n_videos in (("train", counts.train_videos), ("val", counts.val_videos)):
         with _shard_writer(out / split / "videos", counts.samples_per_shard) as sink:
-            for index in range(n_videos):
-                spec = sample_video_spec(seed, split, index)
-                data = encode_synthetic_video(spec)
+            specs = [sample_video_spec(seed, split, index) for index in range(n_videos)]
+            encoded = pool_map(encode_synthetic_video, specs)  # lazily, in index order
+            for index, (spec, data) in enumerate(zip(specs, encoded, strict=True)):
                 meta = {
                     **asdict(spec),
                     "num_frames": len(frame_times(spec)),
@@ -349,8 +378,8 @@ def write_synthetic_dataset(
                 tick(1)
 
     with _shard_writer(out / "train" / "images", counts.samples_per_shard) as sink:
-        for index in range(counts.images):
-            key, scene, data, fmt, (width, height) = make_image(seed, index)
+        images = pool_map(make_image, itertools.repeat(seed, counts.images), range(counts.images))
+        for key, scene, data, fmt, (width, height) in images:
             meta = {"key": key, "scene": asdict(scene), "width": width, "height": height, "format": fmt}
             sink.write({"__key__": key, fmt: data, "txt": scene.caption(0), "json": json.dumps(meta)})
             media = out / "media" / "images" / f"{key}.{fmt}"

@@ -131,11 +131,11 @@ def test_jsonl_files_reference_existing_media_in_the_reference_formats(synthetic
                 }
 
 
-def test_same_seed_writes_identical_bytes_and_another_seed_differs(tmp_path):
+def test_same_seed_writes_identical_bytes_with_any_workers_and_another_seed_differs(tmp_path):
     counts = SyntheticCounts(train_videos=4, val_videos=0, images=2, samples_per_shard=3)
     a, b, c = (tmp_path / n for n in "abc")
     write_synthetic_dataset(a, seed=1, counts=counts)
-    write_synthetic_dataset(b, seed=1, counts=counts)
+    write_synthetic_dataset(b, seed=1, counts=counts, workers=2)  # encoded in 2 processes
     write_synthetic_dataset(c, seed=2, counts=counts)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
