@@ -10,6 +10,10 @@
 #   MASTER_ADDR    address of the rank-0 node (multi-node; default: the first hostfile entry)
 #   MASTER_PORT    rendezvous port (default 29500)
 # Nothing is killed and no address is hard-coded: all of it comes from here or the hostfile.
+#
+# The launcher runs under divot_llm.launch_guard: SIGTERM/SIGINT to this script's pid
+# (or Ctrl-C) makes every local rank save a checkpoint and exit; the script returns only
+# after the ranks have (exit 143), and no rank outlives it.
 
 divot_deepspeed() {
   local args=(--no_local_rank --master_port "${MASTER_PORT:-29500}")
@@ -26,5 +30,5 @@ divot_deepspeed() {
     fi
   fi
   # --no_local_rank: Hydra would reject the --local_rank=N argument; ranks read LOCAL_RANK.
-  exec deepspeed "${args[@]}" --module divot_llm.train "$@"
+  exec python -m divot_llm.launch_guard deepspeed "${args[@]}" --module divot_llm.train "$@"
 }

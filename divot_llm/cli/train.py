@@ -9,9 +9,14 @@ The ``deepspeed`` launcher needs ``--no_local_rank``: Hydra rejects the ``--loca
 argument it would append (ranks read ``LOCAL_RANK`` from the environment instead).
 
 Start-up order: compose (unknown keys and wrong types fail here, naming the key), check
-that no value is still ``???``, then either print the plan or train. Exit codes: 0 done,
-2 config error, 143 stopped by a signal after saving a checkpoint (resume with
-``train.resume=auto``; non-zero so that a script chaining stages does not go on).
+that no value is still ``???``, then either print the plan or train.
+
+Exit codes: 0 done; 1 training error -- any exception on any rank, data-loader workers
+included, ends every rank within seconds, one paragraph on stderr says what failed and
+the full traceback is in ``<train.output_dir>/train.log`` (``divot_llm.train.failures``);
+2 config error; 143 stopped by SIGTERM/SIGINT after saving a checkpoint (resume with
+``train.resume=auto``; non-zero so that a script chaining stages does not go on). A
+signal during start-up, before training begins, ends the ranks at once: nothing to save.
 """
 
 from __future__ import annotations
@@ -48,19 +53,45 @@ def _overrides(argv: list[str]) -> list[str] | None:
 
 
 def _check_config(overrides: list[str]) -> None:
-    """Compose once up front so a bad key or a missing value exits with one clear line
-    instead of a Hydra traceback (or, for ``???``, an error deep inside start-up)."""
+    """Compose once up front so that a bad key (``+key=`` too), a value out of range, a
+    missing value or a local path the run reads that is not there exits with one clear
+    message instead of a traceback deep inside start-up. The first rank of each node
+    prints it (ranks of one node see the same config and files); every rank exits 2."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from divot_llm.config.paths import check_config_paths, training_reads
+
     try:
         cfg = compose_config(overrides)
+        missing = missing_keys(cfg)
+        if missing:
+            raise ConfigError("these values must be set: " + ", ".join(missing))
+        check_config_paths(cfg, training_reads(cfg))
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
-        print(f"divot-train: config error: {describe_config_error(exc)}", file=sys.stderr)
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            print(f"divot-train: config error: {describe_config_error(exc)}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
-    missing = missing_keys(cfg)
-    if missing:
-        print("divot-train: config error: these values must be set: " + ", ".join(missing), file=sys.stderr)
+    if not cfg.plan:
+        _check_output_dir(cfg)
+
+
+def _check_output_dir(cfg: DictConfig) -> None:
+    """Refuse, before Hydra writes ``.hydra/`` and its log into ``train.output_dir``, a
+    folder that another live run holds or whose checkpoints ``train.resume`` cannot use
+    (``resume=none`` over checkpoints, none complete, another model config): the refused
+    command leaves that run's files as they were. Read-only; the trainer checks again
+    under the lock. Exit 2, like a config error."""
+    from divot_llm.train.checkpoint import CheckpointError
+    from divot_llm.train.run_lock import RunLockedError
+    from divot_llm.train.trainer import check_output_dir
+
+    world_size = int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE", "").isdigit() else None
+    try:
+        check_output_dir(cfg, world_size, lock=int(os.environ.get("RANK", "0")) == 0)
+    except (RunLockedError, CheckpointError, FileExistsError) as exc:
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            print(f"divot-train: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
 
 
@@ -80,14 +111,22 @@ def run(cfg: DictConfig) -> int:
         return 0
 
     from divot_llm.train import distributed
+    from divot_llm.train.failures import FailureReport
     from divot_llm.train.trainer import INTERRUPTED, Trainer
 
     trainer = Trainer(cfg)
+    failure = FailureReport(cfg.train.output_dir, rank=int(os.environ.get("RANK", "0")))
     try:
+        distributed.init_distributed()
+        failure.watch()
         trainer.setup()
         status = trainer.train()
-    finally:
-        trainer.cleanup()
+    except Exception as exc:  # every error: reported once for the run, every rank stopped
+        code = failure.report(exc)
+        failure.quietly(trainer.cleanup)
+        return code
+    trainer.cleanup()
+    failure.stop_watching()
     distributed.shutdown_distributed()
     return EXIT_INTERRUPTED if status == INTERRUPTED else 0
 
@@ -96,6 +135,10 @@ def run(cfg: DictConfig) -> int:
 def _app(cfg: DictConfig) -> None:
     code = run(cfg)
     if code:
+        from divot_llm.train.failures import EXIT_TRAINING_ERROR, exit_now
+
+        if code == EXIT_TRAINING_ERROR:
+            exit_now(code)  # no teardown: it would wait on failed ranks and leftover workers
         sys.exit(code)
 
 

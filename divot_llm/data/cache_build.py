@@ -28,10 +28,12 @@ from divot_llm.data.loader import (
     cache_group,
     loader_spec,
     open_source,
+    picklable_errors,
     sample_rngs,
 )
 from divot_llm.data.sources import Consumer, DataError, RawSample
 from divot_llm.data.video import uint8_to_model_pixels
+from divot_llm.data.worker_signals import worker_init_fn
 
 # What a reader hands the encoder: (cache group, key, uint8 clips (C, F, 3, S, S) or None,
 # counts). A sample to encode has clips; a cached sample has None and counts one
@@ -60,6 +62,7 @@ def build_feature_cache(
         batch_size=None,
         num_workers=workers,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=worker_init_fn(),  # stop signals: see worker_signals
     )
     counts: Counter = Counter()
     tick = progress or (lambda n: None)
@@ -116,6 +119,10 @@ class _Readers(torch.utils.data.IterableDataset):
         self.specs, self.out = specs, out
 
     def __iter__(self) -> Iterator[Read]:
+        with picklable_errors():
+            yield from self._reads()
+
+    def _reads(self) -> Iterator[Read]:
         worker = torch.utils.data.get_worker_info()
         consumer = Consumer(worker.id, worker.num_workers) if worker is not None else Consumer()
         for split, spec in self.specs:

@@ -16,7 +16,10 @@ full de-tokenizer windows with a caption (the de-tokenizer stages).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import pickle
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -267,6 +270,23 @@ def build_mixer(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None, consumer
     )
 
 
+@contextlib.contextmanager
+def picklable_errors():
+    """Re-raise an exception that cannot be pickled as a RuntimeError with its type, message
+    and traceback: torch sends a worker's exception to its rank by pickling it, and one that
+    does not pickle (a class defined inside a function, an attribute holding a lock) leaves
+    the rank waiting for that worker forever."""
+    try:
+        yield
+    except Exception as exc:
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # any pickling failure: send the text instead
+            text = "".join(traceback.format_exception(exc)).rstrip()
+            raise RuntimeError(f"{type(exc).__qualname__}: {exc}\n(original traceback)\n{text}") from None
+        raise
+
+
 class _WorkerStreams(torch.utils.data.IterableDataset):
     """What each dataloader worker runs: its slot's mixer, yielding (batch, slot, state)."""
 
@@ -277,6 +297,10 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
         self.slot_states, self.first_slot = slot_states, first_slot
 
     def __iter__(self):
+        with picklable_errors():
+            yield from self._batches()
+
+    def _batches(self):
         info = torch.utils.data.get_worker_info()
         physical = info.id if info is not None else 0
         slot = (physical + self.first_slot) % max(1, self.num_workers)

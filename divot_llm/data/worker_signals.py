@@ -15,9 +15,12 @@ in each worker:
 * SIGTERM is taken by a thread that ends the worker at once when the rank sent it
   (torch's shutdown, ``multiprocessing``'s exit) and drops it from anyone else -- the
   signal stays blocked in the worker's other threads so that thread alone receives it;
-* the kernel kills the worker when its rank dies, however it dies (``PR_SET_PDEATHSIG``),
-  so no worker outlives its rank;
+* the kernel kills the worker when its rank dies, however it dies (``PR_SET_PDEATHSIG``;
+  strictly, when the rank's thread that started the loader ends: iterate a loader in the
+  thread that lives as long as it), so no worker outlives its rank;
 * nothing else is blocked, whatever mask the worker was forked with.
+
+Outside Linux only the first and last points apply (no ``sigwaitinfo``/``prctl``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ def worker_init_fn() -> Callable[[int], None]:
 def take_signals_from_rank(rank_pid: int, worker_id: int = 0) -> None:
     """Set up a freshly forked worker of ``rank_pid`` as the module docstring says."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform != "linux":
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        return
     signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGTERM})  # threads started below inherit it
     _die_with(rank_pid)
     threading.Thread(
@@ -57,10 +63,8 @@ def _end_on_sigterm_from(rank_pid: int) -> None:
 
 
 def _die_with(rank_pid: int) -> None:
-    """SIGKILL this process when its parent dies (Linux; elsewhere torch's watchdog ends
-    an orphaned worker within seconds of its next poll)."""
-    if sys.platform != "linux":
-        return
+    """SIGKILL this process when its parent dies (torch's own watchdog only notices
+    between two batches)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != rank_pid:  # the rank died before the request took effect

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +28,18 @@ from divot_llm.train.checkpoint import (
     CHECKPOINTS_DIR,
     ENGINE_TAG,
     LATEST,
+    OPTIM_STATES,
     TMP_PREFIX,
     TRAINER_STATE,
+    CheckpointError,
+    checkpoint_problems,
+    describe_problems,
+    engine_problems,
     latest_checkpoint,
+    step_checkpoints,
 )
 
 EXPORT_INFO = "export.json"
-_MODEL_STATES = re.compile(r"^(zero_pp_rank_\d+_)?mp_rank_\d+_model_states\.pt$")
-_OPTIM_STATES = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
-
-
-class CheckpointError(ValueError):
-    """The path holds no usable checkpoint (missing, half-written, incomplete)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> ZeroCheckpoint:
         found = latest_checkpoint(root)
         if found is not None:
             return _checked(found.path, ENGINE_TAG)
+        if step_checkpoints(root):  # none complete: say what the newest lacks
+            return _checked(step_checkpoints(root)[-1].path, ENGINE_TAG)
         if any(root.glob(f"{TMP_PREFIX}*")):
             raise CheckpointError(_half_written(next(root.glob(f"{TMP_PREFIX}*")), root))
     if (path / LATEST).is_file():  # a plain DeepSpeed checkpoint folder
@@ -98,26 +99,24 @@ def _half_written(tmp: Path, root: Path) -> str:
 
 
 def _checked(ckpt_dir: Path, tag: str) -> ZeroCheckpoint:
+    """``ckpt_dir`` if complete: ours (tag ``engine``) by the trainer's own completeness
+    check (``checkpoint_problems``), a foreign one by its engine files alone."""
     engine = ckpt_dir / tag
-    if not engine.is_dir():
-        raise CheckpointError(f"{ckpt_dir}: tag folder {tag!r} is missing (incomplete checkpoint)")
+    ours = tag == ENGINE_TAG
+    problems = checkpoint_problems(ckpt_dir) if ours else engine_problems(engine)
+    if problems:
+        found = latest_checkpoint(ckpt_dir.parent) if ours else None
+        instead = f"; the newest complete one is {found.path}" if found else ""
+        raise CheckpointError(describe_problems(ckpt_dir, problems) + instead)
     names = [p.name for p in engine.iterdir()]
-    if not any(_MODEL_STATES.match(n) for n in names):
-        raise CheckpointError(f"{engine}: no *model_states.pt file (incomplete checkpoint)")
-    ranks = sorted(int(m.group(2)) for n in names if (m := _OPTIM_STATES.match(n)))
     state = _trainer_state(ckpt_dir)
-    world = int(state["world_size"]) if state else len(ranks)
-    if ranks != list(range(world)):
-        raise CheckpointError(
-            f"{engine}: optimizer partitions for ranks {ranks}, expected 0..{world - 1} "
-            "(incomplete or half-copied checkpoint)"
-        )
+    world = int(state["world_size"]) if state else sum(1 for n in names if OPTIM_STATES.match(n))
     return ZeroCheckpoint(
         dir=ckpt_dir,
         tag=tag,
         world_size=world,
         zero_stage=_zero_stage(engine, names),
-        step=int(state["step"]) if state else None,
+        step=state.get("step") if state else None,  # an int: checkpoint_problems checked it
     )
 
 

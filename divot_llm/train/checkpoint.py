@@ -18,6 +18,19 @@ A checkpoint is written into ``.tmp-<name>`` by all ranks and renamed by rank 0 
 after every rank has finished writing (a barrier), and ``latest`` is replaced only after
 the rename; a run killed at any point leaves the previous complete checkpoint as the one
 ``resume=auto`` picks. The layout assumes a file system shared by all nodes.
+
+A ``step_*`` name alone does not make a checkpoint usable: a folder copied by hand, a
+node's files lost or a quota hit can leave one without some rank's files. Completeness
+(``checkpoint_problems``: the trainer state, the config, every rank's state and RNG
+files, the engine's model states and every rank's ZeRO optimizer partition, none of them
+empty) is checked before a resume and before an export (``divot_llm.export.zero``), by
+this one function; ``resume=auto`` passes over incomplete checkpoints to the newest
+complete one and says so (``choose_resume``).
+
+Resuming also needs the checkpoint to fit the current config: ``config_differences``
+compares the checkpoint's ``config.yaml`` with the run's on the keys that decide what the
+weights and optimizer state are (``BOUND_SECTIONS``/``BOUND_KEYS``, less the keys in
+``is_free_key``) and the resume refuses, naming them, when they differ.
 """
 
 from __future__ import annotations
@@ -28,12 +41,15 @@ import random
 import re
 import shutil
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from divot_llm.config.loading import RESOLVED_CONFIG_NAME
 from divot_llm.train import distributed
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -42,10 +58,19 @@ ENGINE_TAG = "engine"
 TRAINER_STATE = "trainer_state.json"
 TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+# DeepSpeed's engine files: model states (ZeRO-3: one per rank, else one per model-parallel
+# rank) and the optimizer's partitions, one per data-parallel rank ("bf16_" with its
+# bf16 optimizer).
+MODEL_STATES = re.compile(r"^(zero_pp_rank_(\d+)_)?mp_rank_\d+_model_states\.pt$")
+OPTIM_STATES = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
+
+
+_RANK_SUFFIXES = (".json", "_rng.pt")  # data stream + python/numpy RNG, torch RNG
+_RANK_FILE = re.compile(r"^rank_(\d+)(\.json|_rng\.pt)$")
 
 
 def _rank_file(rank: int, suffix: str) -> str:
@@ -85,6 +110,11 @@ def set_rng_state(plain: dict[str, Any], tensors: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------ finding
 
 
+class CheckpointError(ValueError):
+    """No usable checkpoint where one was asked for (missing, half-written, incomplete),
+    or one that does not fit the current config."""
+
+
 @dataclass(frozen=True)
 class Found:
     path: Path
@@ -95,59 +125,336 @@ def checkpoints_root(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / CHECKPOINTS_DIR
 
 
-def complete_checkpoints(root: Path) -> list[Found]:
-    """Complete checkpoints under ``root``, oldest first (temp dirs never count)."""
+def step_checkpoints(root: Path) -> list[Found]:
+    """Every ``step_*`` folder under ``root``, complete or not, oldest first (temp dirs
+    never count)."""
     if not root.is_dir():
         return []
     found = [
-        Found(p, int(m.group(1))) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))
+        Found(p, int(m.group(1))) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()
     ]
     return sorted(found, key=lambda f: f.step)
+
+
+def complete_checkpoints(root: Path) -> list[Found]:
+    """The complete checkpoints under ``root`` (see ``checkpoint_problems``), oldest first."""
+    return [f for f in step_checkpoints(root) if not checkpoint_problems(f.path)]
 
 
 def latest_checkpoint(root: Path) -> Found | None:
     """The newest complete checkpoint under ``root``.
 
-    Every ``step_*`` directory is complete by construction (it only gets its name once
-    all ranks have written), so scanning is authoritative; the ``latest`` file is kept
-    for people and external tools, and a run killed between the rename and the pointer
-    update still resumes from the newest checkpoint.
+    Scanning is authoritative: the ``latest`` file is kept for people and external tools,
+    and a run killed between the rename and the pointer update still resumes from the
+    newest checkpoint.
     """
-    done = complete_checkpoints(root)
-    return done[-1] if done else None
+    for found in reversed(step_checkpoints(root)):
+        if not checkpoint_problems(found.path):
+            return found
+    return None
 
 
-def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint directory to resume from, or None for a fresh start.
+# ------------------------------------------------------------------------ completeness
+
+
+def checkpoint_problems(ckpt_dir: Path) -> list[str]:
+    """What keeps ``ckpt_dir`` (one of our ``step_*`` checkpoints) from being resumed or
+    exported; empty when it is complete.
+
+    Complete: ``trainer_state.json`` and ``config.yaml`` readable, and for every rank of
+    the world that wrote it ``rank_*.json``, ``rank_*_rng.pt`` and the engine's optimizer
+    partition (ZeRO-3: model states too), no file empty.
+    """
+    state = _read_mapping(ckpt_dir / TRAINER_STATE, json.loads)
+    config = _read_mapping(ckpt_dir / RESOLVED_CONFIG_NAME, yaml.safe_load)
+    problems = [reason for reason in (state, config) if isinstance(reason, str)]
+    world = None
+    if isinstance(state, dict):
+        world, step = state.get("world_size"), state.get("step")
+        if type(step) is not int or step < 0:
+            problems.append(f"{TRAINER_STATE} has no valid step ({step!r})")
+        if type(world) is not int or world < 1:
+            problems.append(f"{TRAINER_STATE} has no valid world_size ({world!r})")
+            world = None
+    if world is not None:
+        problems += _missing_rank_files(ckpt_dir, world)
+    zero_stage = _zero_stage_of(config) if isinstance(config, dict) else None
+    return problems + engine_problems(ckpt_dir / ENGINE_TAG, world, zero_stage)
+
+
+def engine_problems(
+    engine_dir: Path, world_size: int | None = None, zero_stage: int | None = None
+) -> list[str]:
+    """What the DeepSpeed engine folder ``engine_dir`` lacks; empty when complete.
 
     Args:
-        resume: ``auto`` (the latest complete checkpoint of this run, if any), ``none``,
-            or a path: a ``step_*`` checkpoint, or another run's output/checkpoints dir.
+        world_size: Ranks that wrote it; None (a foreign checkpoint): as many as the
+            optimizer partitions found, which must then be ranks 0..n-1.
+        zero_stage: From the run's config; stage 0 in fp32 keeps the optimizer state in
+            the model states file (no partitions), stage 3 writes model states per rank.
+    """
+    if not engine_dir.is_dir():
+        return [f"engine folder {engine_dir.name}/ is missing"]
+    sizes = {p.name: _size(p) for p in engine_dir.iterdir()}
+    names = [name for name, size in sizes.items() if size]
+    problems = [f"{engine_dir.name}/{name} is empty" for name, size in sorted(sizes.items()) if size == 0]
+    model_ranks = sorted(int(m.group(2)) for n in names if (m := MODEL_STATES.match(n)) and m.group(2))
+    if not any(MODEL_STATES.match(n) for n in names):
+        problems.append(f"{engine_dir.name}/: no *model_states.pt file")
+    elif (
+        (zero_stage == 3 or model_ranks)
+        and world_size is not None
+        and not _all_ranks(model_ranks, world_size)
+    ):
+        problems.append(
+            f"{engine_dir.name}/: model states for ranks {_ranks(model_ranks)}, expected 0..{world_size - 1}"
+        )
+    optim_ranks = sorted(int(m.group(2)) for n in names if (m := OPTIM_STATES.match(n)))
+    if world_size is None:
+        expected = len(optim_ranks)  # a foreign checkpoint: at least no gap
+    elif zero_stage == 0 and not optim_ranks:
+        expected = 0
+    else:
+        expected = world_size
+    if not _all_ranks(optim_ranks, expected):
+        problems.append(
+            f"{engine_dir.name}/: optimizer partitions for ranks {_ranks(optim_ranks)}, expected 0..{expected - 1}"
+        )
+    return problems
+
+
+def describe_problems(ckpt_dir: Path, problems: list[str]) -> str:
+    return f"{ckpt_dir} is incomplete: " + "; ".join(problems)
+
+
+def _read_mapping(path: Path, parse) -> dict | str:
+    """The mapping in ``path``, or a sentence saying why there is none."""
+    if not _size(path):
+        return f"{path.name} is missing or empty"
+    try:
+        value = parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        return f"{path.name} is unreadable ({type(exc).__name__})"
+    return value if isinstance(value, dict) else f"{path.name} holds no mapping"
+
+
+def _missing_rank_files(folder: Path, world: int) -> list[str]:
+    """One line naming the first few absent or empty per-rank files of ranks 0..world-1
+    (lazily: a corrupt world size must not make this loop for ever)."""
+    present = {p.name for p in folder.iterdir() if _size(p)}
+    wanted = (_rank_file(rank, suffix) for rank in range(world) for suffix in _RANK_SUFFIXES)
+    shown = list(islice((name for name in wanted if name not in present), 6))
+    if not shown:
+        return []
+    have = sum(
+        1
+        for name in present
+        if (m := _RANK_FILE.match(name))
+        and int(m.group(1)) < world
+        and name == _rank_file(int(m.group(1)), m.group(2))
+    )
+    more = len(_RANK_SUFFIXES) * world - have - len(shown)
+    return ["missing or empty: " + ", ".join(shown) + (f" and {more} more" if more > 0 else "")]
+
+
+def _size(path: Path) -> int | None:
+    """Size of the regular file ``path``; None when there is none."""
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _all_ranks(ranks: list[int], world: int) -> bool:
+    """``ranks`` (sorted) is exactly 0..world-1."""
+    return len(ranks) == world and ranks == list(range(world))  # the length first: world may be corrupt
+
+
+def _ranks(ranks: list[int]) -> str:
+    return str(ranks) if len(ranks) <= 8 else f"[{ranks[0]}..{ranks[-1]}] ({len(ranks)} files)"
+
+
+def _zero_stage_of(config: dict) -> int | None:
+    deepspeed = config.get("deepspeed")
+    stage = deepspeed.get("zero_stage") if isinstance(deepspeed, dict) else None
+    return stage if type(stage) is int else None
+
+
+# ------------------------------------------------------------------------ resuming
+
+
+@dataclass(frozen=True)
+class ResumeChoice:
+    """Where a run starts: ``path`` (None: fresh), and the lines that say why."""
+
+    path: Path | None
+    notes: tuple[str, ...] = ()
+
+
+def choose_resume(resume: str, output_dir: str | os.PathLike) -> ResumeChoice:
+    """The checkpoint a run resumes from (read-only: it writes nothing).
+
+    Args:
+        resume: ``auto`` (the newest complete checkpoint of this run, passing over
+            incomplete ones; none at all: a fresh start), ``none`` (a fresh start in a
+            folder without checkpoints), or a path: one ``step_*`` checkpoint (it must be
+            complete), or another run's output or checkpoints folder (its newest complete
+            checkpoint).
 
     Raises:
-        FileNotFoundError: an explicit path without a complete checkpoint.
-        FileExistsError: ``none`` while this run already has checkpoints (they would be
-            overwritten); pick another ``train.output_dir`` or ``resume=auto``.
+        FileExistsError: ``none`` while this run's folder holds checkpoints (a fresh start
+            would overwrite and prune them).
+        CheckpointError: checkpoints exist but none is complete, or an explicit path has
+            no complete checkpoint.
     """
     root = checkpoints_root(output_dir)
     if resume == "none":
-        if complete_checkpoints(root):
+        if step_checkpoints(root):
             raise FileExistsError(
-                f"{root} already holds checkpoints; use train.resume=auto to continue that run or "
-                "set a new train.output_dir"
+                f"train.resume=none: {root} already holds checkpoints and a fresh start would overwrite "
+                "them; use train.resume=auto to continue that run, or set a new train.output_dir"
             )
-        return None
+        return ResumeChoice(None, ("train.resume=none: starting fresh",))
     if resume == "auto":
-        found = latest_checkpoint(root)
-        return found.path if found else None
+        if not step_checkpoints(root):
+            return ResumeChoice(None, (f"train.resume=auto: no checkpoint in {root}; starting fresh",))
+        return _newest_complete(root, "train.resume=auto")
     path = Path(resume)
-    if _STEP_DIR.match(path.name) and (path / TRAINER_STATE).is_file():
-        return path
-    for candidate in (path, path / CHECKPOINTS_DIR):
-        found = latest_checkpoint(candidate)
-        if found:
-            return found.path
-    raise FileNotFoundError(f"train.resume={resume}: no complete checkpoint there")
+    if path.name.startswith(TMP_PREFIX):
+        raise CheckpointError(f"train.resume={resume}: a half-written checkpoint (its save never finished)")
+    if _STEP_DIR.match(path.name) and path.is_dir():
+        problems = checkpoint_problems(path)
+        if problems:
+            raise CheckpointError(f"train.resume={resume}: " + describe_problems(path, problems))
+        return ResumeChoice(path)
+    for candidate in (path / CHECKPOINTS_DIR, path):
+        if step_checkpoints(candidate):
+            return _newest_complete(candidate, f"train.resume={resume}")
+    raise CheckpointError(
+        f"train.resume={resume}: no checkpoint there (expected a step_* checkpoint folder, a run's "
+        "output folder or its checkpoints/ folder)"
+    )
+
+
+def _newest_complete(root: Path, setting: str) -> ResumeChoice:
+    """The newest complete checkpoint under ``root`` (which holds some), with a note for
+    every newer one passed over."""
+    passed: list[str] = []
+    for found in reversed(step_checkpoints(root)):
+        problems = checkpoint_problems(found.path)
+        if not problems:
+            notes = [f"{setting}: passing over {reason}" for reason in passed]
+            if passed:
+                notes.append(f"{setting}: falling back to {found.path}, the newest complete checkpoint")
+            return ResumeChoice(found.path, tuple(notes))
+        passed.append(describe_problems(found.path, problems))
+    raise CheckpointError(
+        f"{setting}: {root} holds checkpoints but none is complete ({' / '.join(passed)}); restore the "
+        "missing files, or start fresh with train.resume=none and a new train.output_dir"
+    )
+
+
+# ------------------------------------------------------------------------ config fit
+
+# What a checkpoint's weights and optimizer state were made for: the models (their shapes,
+# LoRA, which parts train), the stage, and the engine settings that lay out the optimizer
+# state. Everything else -- train.* (max_steps, save/log/eval cadence, output_dir), optim.*
+# values (lr, schedule, clipping), data.*, logging -- may change between a save and a
+# resume (the data loader checks its own ranks x workers layout).
+BOUND_SECTIONS = ("model", "video_tokenizer", "detokenizer", "stage")
+BOUND_KEYS = ("deepspeed.zero_stage", "deepspeed.precision", "optim.no_decay_norms_and_biases")
+# Inside the bound sections, how a step runs rather than what it trains.
+RUNTIME_KEYS = frozenset(
+    {
+        "model.llm.attn_implementation",
+        "model.llm.gradient_checkpointing",
+        "model.lora.dropout",
+        "model.lm_loss_scale",
+        "model.gmm_loss_scale",
+        "model.gmm.sample_var_scale",
+        "detokenizer.gradient_checkpointing",
+        "detokenizer.ddim_steps",
+        "detokenizer.ddim_eta",
+        "detokenizer.guidance_scale",
+        "detokenizer.guidance_rescale",
+        "stage.recon_clips",
+        "stage.recon_steps",
+    }
+)
+
+
+def is_free_key(key: str) -> bool:
+    """A bound-section key that may still change on resume: a runtime setting, or a path
+    (files move between clusters; they must hold the same weights)."""
+    leaf = key.rsplit(".", 1)[-1]
+    return key in RUNTIME_KEYS or leaf == "path" or leaf.endswith(("_path", "init_from"))
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """``key: saved -> current`` for every bound key whose value differs (sorted)."""
+    old, new = _flatten(saved), _flatten(current)
+    keys = sorted(k for k in old.keys() | new.keys() if _is_bound(k) and not is_free_key(k))
+    return [
+        f"{key}: {_show(old.get(key, _ABSENT))} -> {_show(new.get(key, _ABSENT))}"
+        for key in keys
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+    ]
+
+
+def check_fits(ckpt_dir: Path, current: dict, world_size: int | None = None) -> None:
+    """Refuse a checkpoint that cannot continue this run: written under a config whose
+    bound keys differ from ``current`` (the run's resolved config, as plain data), or by
+    another number of ranks (ZeRO partitions and per-rank data streams do not map onto
+    another world size).
+
+    Raises:
+        CheckpointError: naming every differing key with both values, or both world sizes.
+    """
+    saved = _read_mapping(ckpt_dir / RESOLVED_CONFIG_NAME, yaml.safe_load)
+    if isinstance(saved, str):
+        raise CheckpointError(f"{ckpt_dir}: {saved}; cannot check that it fits the current config")
+    differences = config_differences(saved, current)
+    if differences:
+        raise CheckpointError(
+            f"{ckpt_dir} does not fit this run's config: its weights and optimizer state were made for "
+            f"other values of {', '.join(d.split(':', 1)[0] for d in differences)} (checkpoint -> now: "
+            f"{'; '.join(differences)}). Set them back to resume, or start a new run in another "
+            "train.output_dir"
+        )
+    if world_size is not None:
+        _check_world_size(json.loads((ckpt_dir / TRAINER_STATE).read_text()), ckpt_dir, world_size)
+
+
+def _check_world_size(trainer_state: dict, ckpt_dir: Path, world_size: int) -> None:
+    if trainer_state["world_size"] != world_size:
+        raise CheckpointError(
+            f"{ckpt_dir} was written by {trainer_state['world_size']} ranks; resuming it needs the same "
+            f"number (now {world_size})"
+        )
+
+
+def _is_bound(key: str) -> bool:
+    return key.split(".", 1)[0] in BOUND_SECTIONS or key in BOUND_KEYS
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value (lists stay whole: they are compared as one value)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        if isinstance(value, dict) and not value:
+            flat[f"{prefix}.{key}" if prefix else str(key)] = value
+    return flat
+
+
+_ABSENT = object()  # a key only one of the two configs has
+
+
+def _show(value: Any) -> str:
+    text = "(absent)" if value is _ABSENT else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ------------------------------------------------------------------------ saving
@@ -241,15 +548,11 @@ def load(engine: Any, path: Path, rank: int, world_size: int) -> tuple[dict[str,
         entry is for the caller's loader.
 
     Raises:
-        ValueError: the checkpoint was written by a different number of ranks (ZeRO
-            partitions and per-rank data streams do not map onto another world size).
+        CheckpointError: the checkpoint was written by a different number of ranks (see
+            ``check_fits``, which start-up calls before building anything).
     """
     trainer_state = json.loads((path / TRAINER_STATE).read_text())
-    if trainer_state["world_size"] != world_size:
-        raise ValueError(
-            f"{path} was written by {trainer_state['world_size']} ranks; resuming it needs the same "
-            f"number (now {world_size})"
-        )
+    _check_world_size(trainer_state, path, world_size)
     load_path, _ = engine.load_checkpoint(
         str(path),
         tag=ENGINE_TAG,

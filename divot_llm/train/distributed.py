@@ -8,9 +8,13 @@ sets none of them, and DeepSpeed would then try MPI discovery (and fail without
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -111,3 +115,83 @@ def gather_objects(obj: object) -> list[object]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+# ------------------------------------------------------------------------ failures
+
+
+class FailureBoard:
+    """Which ranks failed and why, shared through the job's key-value store.
+
+    Every launcher gives the process group a TCP key-value store (served by rank 0's
+    process under ``deepspeed`` and plain env://, by the agent under ``torchrun``). It
+    stays usable when collectives no longer are: a rank that raised never joins the next
+    all-reduce, and the others would wait in it (with NCCL, until its timeout). So a rank
+    that fails posts here, every rank's ``watch`` thread sees it within a second, and
+    ranks that hit the same error agree on who prints it (``claim``).
+
+    Store operations raise ``torch.distributed.DistError`` when the store is gone (its
+    host process ended) or on a timeout; callers decide what that means.
+    """
+
+    PREFIX = "divot/failure/"
+
+    def __init__(self, store: dist.Store, rank: int, world_size: int):
+        self.store, self.rank, self.world_size = store, rank, world_size
+
+    @classmethod
+    def of_job(cls) -> FailureBoard | None:
+        """The board of the initialised process group; None for a single rank."""
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return None
+        return cls(dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size())
+
+    def post(self, summary: str, own: bool) -> None:
+        """This rank failed: of its ``own`` error, or because another rank did."""
+        self.store.set(self._key("rank", self.rank), ("own:" if own else "peer:") + summary)
+        if own:
+            self.store.add(self._key("own"), 1)
+
+    def own_failures(self) -> int:
+        """How many ranks posted an error of their own."""
+        return self.store.add(self._key("own"), 0)
+
+    def read(self, rank: int, timeout: float) -> tuple[bool, str] | None:
+        """(own, summary) that ``rank`` posted, waiting up to ``timeout`` s; None if nothing."""
+        key = self._key("rank", rank)
+        try:
+            self.store.wait([key], timedelta(seconds=timeout))
+        except dist.DistStoreError:  # timed out
+            return None
+        kind, _, summary = self.store.get(key).decode().partition(":")
+        return kind == "own", summary
+
+    def all_posted(self) -> bool:
+        return self.store.check([self._key("rank", r) for r in range(self.world_size)])
+
+    def claim(self, text: str) -> bool:
+        """True for the first rank to claim ``text`` (e.g. the error it is about to print)."""
+        digest = hashlib.sha1(text.encode()).hexdigest()
+        return self.store.add(self._key("said", digest), 1) == 1
+
+    def watch(self, on_failure: Callable[[], None], poll: float = 1.0) -> Callable[[], None]:
+        """Call ``on_failure`` (once, from a daemon thread) when any rank posts an error
+        of its own or the store goes away (its host process ended); returns the function
+        that stops watching (call it before a normal end: the store's host exits first)."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(poll):
+                try:
+                    failed = self.own_failures() > 0
+                except dist.DistError:
+                    failed = not stop.is_set()
+                if failed:
+                    on_failure()
+                    return
+
+        threading.Thread(target=run, name="divot-failure-watch", daemon=True).start()
+        return stop.set
+
+    def _key(self, *parts: object) -> str:
+        return self.PREFIX + "/".join(map(str, parts))

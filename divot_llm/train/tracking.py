@@ -1,8 +1,12 @@
-"""Where metrics go (rank 0 only): a progress bar, ``metrics.jsonl``, TensorBoard, W&B.
+"""Where metrics and messages go (rank 0 only): a progress bar, ``metrics.jsonl``,
+TensorBoard, W&B, and the run's log file.
 
 ``metrics.jsonl`` (one JSON object per logged step or validation) is the plain-text
-record the tests and ``tools/`` read. W&B is imported only when enabled and its mode is
-left to the user's environment (``WANDB_MODE``): never forced offline.
+record the tests and ``tools/`` read. ``train.log`` holds every console message with its
+time, the warnings libraries log (Hydra's job log handler appends to the same file) and
+the traceback of any rank that failed (``append_log``). W&B is imported only when
+enabled and its mode is left to the user's environment (``WANDB_MODE``): never forced
+offline.
 """
 
 from __future__ import annotations
@@ -10,11 +14,31 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+LOG_FILE = "train.log"  # also the name of Hydra's job log (the job is "train"): one file
+
+
+def append_log(output_dir: str | Path, text: str) -> Path:
+    """Append ``text`` (a line or a block, time-stamped) to the run's log file, from any
+    rank: one ``write`` in append mode, so blocks of several ranks do not interleave.
+
+    Raises:
+        OSError: the folder cannot be created or the file written.
+    """
+    path = Path(output_dir) / LOG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as log:
+        log.write(_stamped(text))
+    return path
+
+
+def _stamped(text: str) -> str:
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text.rstrip()}\n"
 
 
 class Tracker:
@@ -46,6 +70,7 @@ class Tracker:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         self._jsonl = (out / METRICS_FILE).open("a", buffering=1)
+        self._log = (out / LOG_FILE).open("a", buffering=1)
         if train_cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -91,9 +116,10 @@ class Tracker:
             self._bar.set_postfix(postfix, refresh=False)
 
     def message(self, text: str) -> None:
-        """A line on rank 0's console that does not break the progress bar."""
+        """A line on rank 0's console that does not break the progress bar, and in the log."""
         if not self.enabled:
             return
+        self._log.write(_stamped(text))
         if self._bar is not None:
             self._bar.write(text, file=sys.stderr)
         else:
@@ -109,4 +135,5 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.finish()
         self._jsonl.close()
+        self._log.close()
         self.enabled = False

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import pickle
 import signal
 import time
 from dataclasses import dataclass, field
@@ -29,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from divot_llm.config.loading import save_resolved_config
-from divot_llm.train import checkpoint, distributed
+from divot_llm.launch_guard import Launcher
+from divot_llm.train import checkpoint, distributed, failures, run_lock
 from divot_llm.train.engine import build_engine, resolve_dtype
 from divot_llm.train.metrics import device_peak, peak_memory_gib
 from divot_llm.train.recipes import build_models, make_recipe, seed_everything  # noqa: F401 (build_models: public here)
@@ -71,11 +74,12 @@ class Window:
 def stop_signals_deferred():
     """Hold SIGTERM/SIGINT while the data loader runs (delivered right after).
 
-    Data-loader workers are forked inside ``next()`` and inherit this signal mask, so
-    they never see the SIGTERM/SIGINT that a scheduler, Ctrl-C or the ``deepspeed``
-    launcher sends to every process: torch's worker handler would otherwise die on it
-    and the main process would raise "DataLoader worker ... killed" mid-step, before it
-    could checkpoint. The trainer decides when to stop; workers end with their parent.
+    Data-loader workers are forked inside ``next()``. Until their first act -- taking
+    charge of their signals (``divot_llm.data.worker_signals``: a SIGTERM only from their
+    rank ends them, SIGINT is ignored, they die with their rank) -- torch's worker handler
+    would die on a SIGTERM/SIGINT sent to every process (a scheduler, Ctrl-C), and the
+    rank would raise "DataLoader worker ... killed" mid-step, before it could checkpoint.
+    Forked with this mask, they keep such a signal pending until then.
     """
     stop = {signal.SIGTERM, signal.SIGINT}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
@@ -102,20 +106,23 @@ class Trainer:
         self.step = 0
         self.nonfinite_total = 0
         self._nonfinite_in_row = 0
-        self._stop_signal: int | None = None
+        self._stop_cause: str | None = None  # why this rank asks the others to stop
+        self._launcher = Launcher.of_this_rank()  # launch/*.sh's guard, when it started us
         self._previous_handlers: dict[int, Any] = {}
         self._val_loader = None
 
     # ================================================================== setup
 
     def setup(self) -> None:
-        """Process group, output dir + resolved config, models, engine, data, resume."""
+        """Process group, output dir claimed (lock, resume choice) before anything is
+        written there, resolved config, models, engine, data, resume."""
         cfg = self.cfg
         self.dist = distributed.init_distributed()
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.device = self.dist.device
         self.dtype = resolve_dtype(cfg.deepspeed.precision, self.device)
         self.output_dir = Path(cfg.train.output_dir)
+        self._claim_output_dir()
         if self.dist.is_main:
             save_resolved_config(cfg, self.output_dir)
         self.config_yaml = OmegaConf.to_yaml(_resolved(cfg))
@@ -142,6 +149,28 @@ class Trainer:
         self._install_signal_handlers()
         self._announce()
 
+    def _claim_output_dir(self) -> None:
+        """Rank 0 takes the output dir's lock (``run_lock``) and chooses the checkpoint to
+        resume from (complete, fitting this config and world size); every rank gets the
+        outcome, so a refusal stops all of them at once, before any model is built."""
+        outcome: Any = None
+        if self.dist.is_main:
+            try:
+                check_output_dir(self.cfg, self.dist.world_size)  # read-only: a refusal changes nothing
+                self.run_lock = run_lock.acquire(self.output_dir)
+                outcome = choose_checkpoint(self.cfg, self.dist.world_size)  # again, now under the lock
+            except Exception as exc:  # shared with the other ranks, raised below
+                outcome = exc
+                lock = getattr(self, "run_lock", None)
+                if lock is not None:
+                    lock.release()
+        shared = distributed.gather_objects(_picklable(outcome))[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if isinstance(shared, BaseException):
+            raise shared
+        self.resume_choice: checkpoint.ResumeChoice = shared
+
     def _setup_models(self) -> None:
         self.recipe = make_recipe(self.cfg, self.device, self.dtype)
         # Counted before DeepSpeed wraps the model: under ZeRO-3 parameters are shards after.
@@ -166,7 +195,7 @@ class Trainer:
         self.has_val = bool(self.cfg.data.val_sources)
 
     def _resume(self) -> None:
-        path = checkpoint.resolve_resume(str(self.cfg.train.resume), self.output_dir)
+        path = self.resume_choice.path
         if path is None:
             self.resumed_from = None
         else:
@@ -188,6 +217,11 @@ class Trainer:
             f"{self.trainable_params / 1e6:.2f} M of {self.total_params / 1e6:.2f} M parameters trainable"
         )
         t.message(f"outputs: {self.output_dir.resolve()}")
+        lock = getattr(self, "run_lock", None)
+        if lock is not None and lock.took_over is not None:
+            t.message(f"took over the lock {lock.path} of {lock.took_over.describe()}: that process is gone")
+        for note in self.resume_choice.notes:
+            t.message(note)
         if self.resumed_from is not None:
             t.message(f"resumed from {self.resumed_from} at step {self.step}")
         if self.peak is not None:
@@ -198,16 +232,23 @@ class Trainer:
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT ask for a checkpoint at the end of the current step, then a stop.
 
-        Repeats are ignored on purpose: the ``deepspeed`` launcher forwards a signal it
-        receives to every rank, which often already got it from the terminal or the
-        scheduler, and a second signal must not kill a checkpoint being written.
+        Repeats are ignored on purpose: a launcher forwards a signal it receives to every
+        rank, which often already got it from the terminal or the scheduler, and a second
+        signal must not kill a checkpoint being written.
         """
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        if self._stop_signal is None:
-            self._stop_signal = signum
+        if self._stop_cause is None:
+            self._stop_cause = signal.Signals(signum).name
+
+    def _stop_requested(self) -> bool:
+        """A stop signal came, or the launcher guard that started this rank is gone
+        (killed outright: nobody else will stop the ranks)."""
+        if self._stop_cause is None and self._launcher is not None and self._launcher.gone():
+            self._stop_cause = f"the end of its launcher (pid {self._launcher.pid})"
+        return self._stop_cause is not None
 
     def _restore_signal_handlers(self) -> None:
         for signum, handler in self._previous_handlers.items():
@@ -250,9 +291,9 @@ class Trainer:
             ):
                 self.save()
         if stopping:
-            name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal"
+            cause = self._stop_cause or "a stop request on another rank"
             self.tracker.message(
-                f"stopped by {name} after step {self.step}; checkpoint saved. Continue with train.resume=auto"
+                f"stopped by {cause} after step {self.step}; checkpoint saved. Continue with train.resume=auto"
             )
             return INTERRUPTED
         self.tracker.message(f"finished {self.step} steps; checkpoints in {self.writer.root.resolve()}")
@@ -279,7 +320,7 @@ class Trainer:
                 flops,
                 hw_flops,
                 0.0 if finite else 1.0,
-                1.0 if self._stop_signal is not None else 0.0,
+                1.0 if self._stop_requested() else 0.0,
             ]
             summed = distributed.all_reduce_sum(local, self.device)
             n, k = len(losses), len(counts)
@@ -404,7 +445,15 @@ class Trainer:
             "nonfinite_total": self.nonfinite_total,
             "experiment_name": self.cfg.experiment_name,
         }
-        path = self.writer.save(self.engine, self.step, rank_state, trainer_state, self.config_yaml)
+        try:
+            path = self.writer.save(self.engine, self.step, rank_state, trainer_state, self.config_yaml)
+        except (OSError, RuntimeError) as exc:  # a full disk, or another write error
+            partial = self.writer.root / f"{checkpoint.TMP_PREFIX}{checkpoint.step_dir_name(self.step)}"
+            kept = checkpoint.latest_checkpoint(self.writer.root)
+            failure = failures.checkpoint_write_failure(exc, partial, kept.path if kept else None)
+            if failure is None:
+                raise
+            raise failure from exc
         self.tracker.message(f"step {self.step}: checkpoint {path}")
         return path
 
@@ -415,9 +464,9 @@ class Trainer:
         group stays: tearing it down is the entry point's last act).
 
         Runs on every exit path, errors included: closing the stream shuts its workers
-        down through the loader's own protocol. Left to interpreter exit, they would be
-        SIGTERMed by ``multiprocessing`` -- a signal they do not see (see
-        ``stop_signals_deferred``) -- and the exit would wait on them forever.
+        down through the loader's own protocol. Whatever is left ends anyway: a worker
+        obeys its rank's SIGTERM (torch's and ``multiprocessing``'s exit-time clean-up) and
+        dies with its rank (``divot_llm.data.worker_signals``).
         """
         data = getattr(self, "_data", None)
         if data is not None and hasattr(data, "close"):
@@ -426,6 +475,45 @@ class Trainer:
         tracker = getattr(self, "tracker", None)
         if tracker is not None:
             tracker.close()
+        lock = getattr(self, "run_lock", None)  # last: the folder is free once all is written
+        if lock is not None:
+            lock.release()
+
+
+def check_output_dir(cfg: Any, world_size: int | None = None, lock: bool = True) -> checkpoint.ResumeChoice:
+    """The start-up checks of ``train.output_dir``, read-only (``divot-train`` runs them
+    before Hydra writes ``.hydra/`` there): no live run holds its lock (when ``lock``:
+    rank 0 only, the other ranks would find their own rank 0 holding it), and the
+    checkpoint ``train.resume`` asks for exists, is complete and fits this config (and
+    world size).
+
+    Raises:
+        run_lock.RunLockedError, checkpoint.CheckpointError, FileExistsError: refused,
+            with what to do.
+    """
+    if lock:
+        run_lock.check_free(cfg.train.output_dir)
+    return choose_checkpoint(cfg, world_size)
+
+
+def choose_checkpoint(cfg: Any, world_size: int | None = None) -> checkpoint.ResumeChoice:
+    """The checkpoint ``train.resume`` names (``checkpoint.choose_resume``), checked to fit
+    ``cfg`` (and ``world_size`` ranks, when given)."""
+    choice = checkpoint.choose_resume(str(cfg.train.resume), cfg.train.output_dir)
+    if choice.path is not None:
+        current = yaml.safe_load(OmegaConf.to_yaml(_resolved(cfg)))  # as the checkpoint's config.yaml reads
+        checkpoint.check_fits(choice.path, current, world_size)
+    return choice
+
+
+def _picklable(outcome: Any) -> Any:
+    """``outcome`` as it can travel to the other ranks (an exception that does not pickle
+    becomes a RuntimeError with its message)."""
+    try:
+        pickle.dumps(outcome)
+    except Exception:  # any pickling failure
+        return RuntimeError(f"{type(outcome).__name__}: {outcome}")
+    return outcome
 
 
 def _resolved(cfg: Any) -> dict:

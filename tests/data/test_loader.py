@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from divot_llm.data.loader import ExampleStream, build_loader, example_maker, lo
 from divot_llm.data.sources import Consumer, DataError
 from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
 from divot_llm.text import DivotTextTokenizer
+from tests import helpers
 from tests.data.test_sources import write_tar
 
 COUNTS = SyntheticCounts(train_videos=12, val_videos=4, images=8, samples_per_shard=4)
@@ -242,3 +244,30 @@ def test_text_the_tokenizer_cannot_encode_skips_only_its_sample(synthetic_root, 
     # SentencePiece binding: unexpected_RuntimeError); one skip, whatever it is
     [(reason, count)] = stream.source.skipped.items()
     assert count == 1 and (reason == "bad_text" or reason.startswith("unexpected_"))
+
+
+def test_a_worker_error_that_does_not_pickle_reaches_the_rank():
+    """torch pickles a worker's exception to send it to its rank; one that does not pickle
+    (a class local to a function) used to leave the rank waiting for that worker forever."""
+    script = """
+import torch
+from divot_llm.data.loader import picklable_errors
+
+class Broken(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        class LocalError(Exception):  # a class pickle cannot find by name
+            pass
+        with picklable_errors():
+            raise LocalError("odd record in shard-7.tar")
+            yield
+
+try:
+    next(iter(torch.utils.data.DataLoader(Broken(), batch_size=None, num_workers=1)))
+except RuntimeError as exc:
+    print("RAISED", exc)
+"""
+    done = subprocess.run(
+        [helpers.PYTHON, "-c", script], capture_output=True, text=True, timeout=60, cwd=helpers.REPO_ROOT
+    )
+    assert "RAISED" in done.stdout, done.stderr[-2000:]
+    assert "LocalError: odd record in shard-7.tar" in done.stdout

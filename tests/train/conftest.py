@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -50,6 +54,83 @@ def run_env() -> dict[str, str]:
 def train_cpu_command(*overrides: str) -> list[str]:
     """``launch/train_cpu.sh`` (the real ``deepspeed`` CLI, 2 CPU ranks) with overrides."""
     return ["bash", str(helpers.REPO_ROOT / "launch" / "train_cpu.sh"), *RUN_OVERRIDES, *overrides]
+
+
+class Launch:
+    """A command started in a session of its own, output to ``log``, with every process
+    it starts recorded while it runs -- so that a test can check that none of them
+    (launcher, agent, ranks, data workers) outlives it, even those that left its tree."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path, preexec_fn=None):
+        self.log = log
+        self.started_at = time.monotonic()
+        with log.open("w") as sink:
+            self.proc = subprocess.Popen(
+                command, cwd=helpers.REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=preexec_fn,
+            )  # fmt: skip
+        self.seen: dict[int, psutil.Process] = {}
+        self.ended_at: float | None = None
+
+    def record(self) -> None:
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        for child in children:
+            self.seen.setdefault(child.pid, child)
+
+    def running(self) -> bool:
+        """Whether the command still runs (recording its processes on the way)."""
+        self.record()
+        if self.proc.poll() is None:
+            return True
+        self.ended_at = self.ended_at or time.monotonic()
+        return False
+
+    def wait(self, timeout: float) -> int:
+        """The command's exit status; on a timeout everything it started is killed."""
+        deadline = time.monotonic() + timeout
+        while self.running():
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"still running after {timeout} s:\n{self.output()[-4000:]}")
+            time.sleep(0.2)
+        return self.proc.returncode
+
+    def survivors(self) -> list[psutil.Process]:
+        alive = []
+        for process in self.seen.values():
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+            except psutil.Error:
+                pass
+        return alive
+
+    def assert_all_gone(self, timeout: float = 10) -> None:
+        """Every process the command started has exited (within ``timeout``); survivors
+        are listed, then killed."""
+        deadline = time.monotonic() + timeout
+        while (left := self.survivors()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if left:
+            listing = "\n".join(f"{p.pid} {' '.join(p.cmdline())[:160]}" for p in left)
+            self.kill()
+            raise AssertionError(f"processes of the launch still running:\n{listing}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for process in self.survivors():
+            try:
+                process.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text()
 
 
 def single_process_command(*overrides: str) -> list[str]:

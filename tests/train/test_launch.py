@@ -3,10 +3,12 @@
 * ``launch/train_cpu.sh`` (the ``deepspeed`` CLI) with ZeRO-2 and ZeRO-3: the validation
   loss (a fixed set of held-out batches, measured before the first step and after the
   last) falls by at least 30% in 30 tiny steps.
-* A run stopped by SIGTERM mid-way saves a checkpoint; the continuation is then killed by
-  the kernel *while writing* its next checkpoint (a file-size limit: SIGXFSZ); the next
-  ``resume=auto`` (under torchrun this time) starts from the last complete checkpoint and
-  every logged loss equals the uninterrupted run's to 1e-5.
+* A run whose launcher pid gets a SIGTERM mid-way saves a complete checkpoint, and the
+  launcher exits 143 after its ranks, leaving no process behind; the continuation's next
+  checkpoint write is cut short by the kernel (a file-size limit): it says so, removes
+  the partial write and keeps the previous checkpoint; the next ``resume=auto`` (under
+  torchrun this time) starts from the last complete checkpoint and every logged loss
+  equals the uninterrupted run's to 1e-5.
 * Both SFT stages start from the merged release of the pretraining run (plain
   ``python -m divot_llm.train``, one process), train only what their stage trains.
 
@@ -26,10 +28,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from divot_llm.cli.train import EXIT_INTERRUPTED
 from divot_llm.train import checkpoint
+from divot_llm.train.failures import EXIT_TRAINING_ERROR
 from tests import helpers
 from tests.train.conftest import (
     RUN_OVERRIDES,
+    Launch,
     hand_batches,
     read_metrics,
     run_env,
@@ -90,38 +95,19 @@ def test_zero3_training_learns(train_data, tmp_path):
 # ------------------------------------------------------------------------ resume
 
 
-def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for_step(out: Path, step: int, launch: Launch, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while max(read_metrics(out), default=0) < step:
-        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert launch.running(), "the run ended before it could be interrupted"
         assert time.monotonic() < deadline, f"step {step} not reached in {timeout} s"
         time.sleep(0.2)
 
 
-def wait_group_gone(proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Until every process of the launch (launcher, ranks, data workers) has exited; on a
-    timeout the group (ours, started by this test) is killed and its survivors listed."""
-    pgid = proc.pid
-    deadline = time.monotonic() + timeout
-    while True:
-        proc.poll()  # reap the group leader, or it lingers as a zombie member
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        if time.monotonic() > deadline:
-            survivors = subprocess.run(
-                ["ps", "-o", "pid,stat,cmd", "-g", str(pgid)], capture_output=True, text=True
-            )
-            os.killpg(pgid, signal.SIGKILL)
-            raise AssertionError(f"processes still running {timeout} s after SIGTERM:\n{survivors.stdout}")
-        time.sleep(0.2)
-
-
 def file_size_limit(limit: int):
-    """preexec_fn: writing a file past ``limit`` bytes kills the process (SIGXFSZ), no core
-    file. The limit must exceed the batches the data workers pass through shared memory
-    (files too) and stay below the checkpoint's files (16-25 MB for the tiny model)."""
+    """preexec_fn: writing a file past ``limit`` bytes fails (python ignores SIGXFSZ: the
+    write comes back short), no core file. The limit must exceed the batches the data
+    workers pass through shared memory (files too) and stay below the checkpoint's files
+    (16-25 MB for the tiny model)."""
 
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -130,53 +116,37 @@ def file_size_limit(limit: int):
     return apply
 
 
-def run_group(command: list[str], env: dict, log: Path, timeout: float = 400, preexec_fn=None) -> int:
-    """Run a launch in its own process group; on a timeout the whole group is killed
-    (the launcher's children would otherwise outlive it)."""
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            command, cwd=helpers.REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=preexec_fn,
-        )  # fmt: skip
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise AssertionError(f"timed out after {timeout} s:\n{log.read_text()[-4000:]}") from None
-        finally:
-            wait_group_gone(proc, timeout=60)
-
-
 def test_sigterm_and_killed_checkpoint_write_resume_to_identical_losses(pretrain_zero2, train_data, tmp_path):
     out = tmp_path / "run"
     args = (f"data.root={train_data}", f"train.output_dir={out}", *PRETRAIN)
     env = helpers.cpu_distributed_env(**run_env())
     root = out / "checkpoints"
 
-    # 1. SIGTERM to the whole launch (as a scheduler or Ctrl-C does) once step 8 is logged.
-    log = tmp_path / "interrupted.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            train_cpu_command(*args), cwd=helpers.REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        wait_for_step(out, 8, proc)
-        os.killpg(proc.pid, signal.SIGTERM)
-        wait_group_gone(proc)
-    assert "stopped by SIGTERM after step" in log.read_text(), log.read_text()[-3000:]
+    # 1. SIGTERM to the launcher's pid (a scheduler's or `kill`'s; a terminal's Ctrl-C
+    # reaches the same process) once step 8 is logged: the ranks finish the step and save,
+    # then the launcher exits 143 -- after them, leaving no process of the run behind.
+    interrupted = Launch(train_cpu_command(*args), env, tmp_path / "interrupted.log")
+    wait_for_step(out, 8, interrupted)
+    os.kill(interrupted.proc.pid, signal.SIGTERM)
+    assert interrupted.wait(timeout=120) == EXIT_INTERRUPTED, interrupted.output()[-3000:]
+    interrupted.assert_all_gone()
+    assert "stopped by SIGTERM after step" in interrupted.output(), interrupted.output()[-3000:]
     stopped = checkpoint.latest_checkpoint(root)
     assert stopped is not None and 8 <= stopped.step < STEPS
+    assert checkpoint.checkpoint_problems(stopped.path) == []
     assert (root / "latest").read_text() == stopped.path.name
 
-    # 2. Resume, and get killed by the kernel in the middle of the next checkpoint write.
-    next_save = (stopped.step // 10 + 1) * 10
-    crash_log = tmp_path / "crashed.log"
-    returncode = run_group(
-        train_cpu_command(*args, "train.resume=auto"), env, crash_log, preexec_fn=file_size_limit(8 * 2**20)
-    )
-    assert returncode != 0, crash_log.read_text()[-3000:]
-    assert (root / f".tmp-{checkpoint.step_dir_name(next_save)}").is_dir()  # the partial write
+    # 2. Resume; the kernel cuts the next checkpoint write short. The run says so once,
+    # removes the partial write, keeps the previous checkpoint and exits 1.
+    partial = root / f".tmp-{checkpoint.step_dir_name((stopped.step // 10 + 1) * 10)}"
+    crashed = Launch(
+        train_cpu_command(*args, "train.resume=auto"), env, tmp_path / "crashed.log",
+        preexec_fn=file_size_limit(8 * 2**20),
+    )  # fmt: skip
+    assert crashed.wait(timeout=400) == EXIT_TRAINING_ERROR, crashed.output()[-3000:]
+    crashed.assert_all_gone()
+    assert crashed.output().count(f"could not write checkpoint {partial}") == 1, crashed.output()[-3000:]
+    assert not partial.exists()
     assert checkpoint.latest_checkpoint(root).path == stopped.path
     assert (root / "latest").read_text() == stopped.path.name
 
