@@ -17,7 +17,7 @@ demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash launch/demo.sh
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --maxschedchunk 8
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

@@ -17,6 +17,9 @@ from tests import helpers  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
+    # The longest tests start first: under `pytest -n 2` (make test) the rest of the suite
+    # then runs beside them instead of after them.
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)  # stable
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
