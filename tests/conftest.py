@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# One OpenMP thread per process, set before torch is imported and inherited by every
+# process a test starts. Tiny matmuls gain nothing from more, and the in-process trainer
+# (distributed.init_distributed) would otherwise give itself every core: next to the
+# other pytest-xdist worker and its 2-rank runs, spinning OpenMP threads made in-process
+# training tests 5-8x slower (de-tokenizer stages: 13 s alone, 107 s beside the demo).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Before DeepSpeed is imported anywhere: pick the CPU accelerator explicitly on CPU-only
 # machines (on a GPU box DeepSpeed detects CUDA itself).
