@@ -5,10 +5,13 @@ from divot_llm.config.loading import (
     CONF_DIR,
     ConfigError,
     compose_config,
+    config_to_dict,
+    config_to_yaml,
     load_saved_config,
     missing_keys,
     register_configs,
     save_resolved_config,
+    to_typed,
     validate_config,
 )
 from divot_llm.config.schema import DivotConfig
@@ -18,9 +21,12 @@ __all__ = [
     "ConfigError",
     "DivotConfig",
     "compose_config",
+    "config_to_dict",
+    "config_to_yaml",
     "load_saved_config",
     "missing_keys",
     "register_configs",
     "save_resolved_config",
+    "to_typed",
     "validate_config",
 ]

@@ -221,6 +221,28 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
+def to_typed(cfg: DictConfig | DivotConfig) -> DivotConfig:
+    """The composed config as ``DivotConfig`` dataclasses (interpolations resolved, enum
+    fields as Enum members): what library functions take. A ``DivotConfig`` passes through."""
+    if isinstance(cfg, DivotConfig):
+        return cfg
+    return OmegaConf.to_object(cfg)
+
+
+def config_to_dict(cfg: DictConfig | DivotConfig) -> dict:
+    """Plain, fully resolved values (enums as their names, no ``hydra`` node): for saving,
+    hashing and comparing configs."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    plain = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    plain.pop("hydra", None)
+    return plain
+
+
+def config_to_yaml(cfg: DictConfig | DivotConfig) -> str:
+    """``config_to_dict`` as YAML, as a run's ``config.yaml`` holds it."""
+    return OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)))
+
+
 def save_resolved_config(cfg: DictConfig, out_dir: str | os.PathLike) -> Path:
     """Write the fully resolved config (no interpolations left) beside a run's outputs."""
     missing = missing_keys(cfg)
@@ -229,10 +251,8 @@ def save_resolved_config(cfg: DictConfig, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESOLVED_CONFIG_NAME
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    resolved.pop("hydra", None)
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    tmp.write_text(config_to_yaml(cfg))
     tmp.replace(path)
     return path
 
