@@ -1,14 +1,14 @@
-"""Docs are executable: every command line shown in README.md's shell blocks and in each
-CLI's ``--help`` goes through the real argument parser of what it runs, without doing the
-work. argparse CLIs stop right after ``parse_args``; Hydra overrides (``divot-train``, the
+"""Docs are executable: every command line shown in the shell blocks of README.md and of
+every docs/*.md page, and in each CLI's ``--help``, goes through the real argument parser
+of what it runs, without doing the work. argparse CLIs stop right after ``parse_args``; Hydra overrides (``divot-train``, the
 launch scripts, ``deepspeed``/``torchrun``/``python -m divot_llm.train``, and every
 parsed ``overrides`` list: ``divot-config``, ``divot-data features``, ``--set``) are
 composed through ``divot_llm.config``, where ``???`` values and paths that do not exist
 are fine but unknown keys, groups and bad syntax fail. The launchers' own options go
-through DeepSpeed's and torchrun's parsers.
+through DeepSpeed's and torchrun's parsers; ``make`` targets must exist in the Makefile.
 
-A command whose form is not known here fails, so a new README example is either checked
-or refused, never skipped. An example followed by ``# config error: ...`` comment lines
+A command whose form is not known here fails, so a new example is either checked or
+refused, never skipped. An example followed by ``# config error: ...`` comment lines
 documents a failure: it must fail, with those lines in its message.
 """
 
@@ -34,9 +34,10 @@ import pytest
 from tests.helpers import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
+DOC_PAGES = sorted((REPO_ROOT / "docs").glob("*.md"))
 SHELL_FENCES = ("bash", "sh", "shell", "console")
-# Other tools' commands the README shows (installing, make targets): not ours to parse.
-OTHER_TOOLS = (("make",), ("pip",), ("python3", "-m", "venv"), (".",))
+# Other tools' commands the docs show (installing): not ours to parse.
+OTHER_TOOLS = (("pip",), ("python3", "-m", "venv"), (".",))
 HYDRA_CLIS = ("divot-train",)  # Hydra apps: their arguments are overrides
 TRAIN_MODULE = "divot_llm.train"
 # The first word of a help-text line that shows a command (help texts also hold layouts).
@@ -47,7 +48,7 @@ OPERATORS = ("&&", "||", ";", "|")
 
 @dataclass(frozen=True)
 class Example:
-    where: str  # README.md:LINE or "divot-infer comprehend --help"
+    where: str  # README.md:LINE, docs/data.md:LINE or "divot-infer comprehend --help"
     line: str
     documented_error: tuple[str, ...] = ()  # "# config error: ..." lines after it
 
@@ -55,14 +56,15 @@ class Example:
 # ------------------------------------------------------------------- extraction
 
 
-def readme_examples() -> list[Example]:
-    """Every command line of README.md's code blocks, continuations joined: each line of a
-    shell block, and lines that start with a command word in other blocks (layouts)."""
+def doc_examples(page: Path) -> list[Example]:
+    """Every command line of a markdown page's code blocks, continuations joined: each line
+    of a shell block, and lines that start with a command word in other blocks (layouts)."""
+    name = page.relative_to(REPO_ROOT).as_posix()
     examples: list[Example] = []
     fence: str | None = None
     pending: list[str] = []  # a command still being continued with "\"
-    start = last = 0  # README lines of the command being read / of the last example's end
-    for number, raw in enumerate(README.read_text(encoding="utf-8").splitlines(), start=1):
+    start = last = 0  # page lines of the command being read / of the last example's end
+    for number, raw in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
         text = raw.strip().removeprefix("$ ")
         if text.startswith("```"):
             fence = text[3:].strip() if fence is None else None
@@ -74,7 +76,7 @@ def readme_examples() -> list[Example]:
             start = start if pending else number
             pending.append(text.removesuffix("\\").strip())
             if not text.endswith("\\"):
-                examples.append(Example(f"README.md:{start}", " ".join(pending)))
+                examples.append(Example(f"{name}:{start}", " ".join(pending)))
                 pending, last = [], number
         elif number == last + 1 and (text.startswith("# config error") or examples[-1].documented_error):
             # the documented output of the example above
@@ -220,6 +222,12 @@ def check_command(env: dict[str, str], words: list[str]) -> tuple[str, ...] | No
     program, args = words[0], words[1:]
     if any(tuple(words[: len(tool)]) == tool for tool in OTHER_TOOLS):
         return None
+    if program == "make":
+        targets = {arg for arg in args if not arg.startswith("-") and "=" not in arg}
+        assert targets <= makefile_targets(), f"make: no rule for {sorted(targets - makefile_targets())}"
+        return None
+    if program == "bash" and args and re.match(r"^(\./)?launch/[\w.-]+\.sh$", args[0]):
+        return check_command(env, args)
     if program in HYDRA_CLIS:
         return tuple(args)
     if program in console_scripts():
@@ -244,6 +252,17 @@ def check_command(env: dict[str, str], words: list[str]) -> tuple[str, ...] | No
     if re.match(r"^(\./)?launch/[\w.-]+\.sh$", program):
         return (*launch_script_overrides(REPO_ROOT / program.removeprefix("./"), env), *args)
     pytest.fail(f"a command form this test does not know: {shlex.join(words)!r}")
+
+
+@functools.cache
+def makefile_targets() -> frozenset[str]:
+    """The targets the Makefile has rules for (``name ...: prerequisites`` lines)."""
+    targets: set[str] = set()
+    for line in (REPO_ROOT / "Makefile").read_text().splitlines():
+        rule = re.match(r"^([^\s#:=][^:=]*):(?!=)", line)
+        if rule:
+            targets.update(rule[1].split())
+    return frozenset(targets)
 
 
 def _check_python(args: list[str]) -> tuple[str, ...] | None:
@@ -299,11 +318,11 @@ def check_example(example: Example) -> None:
 
 # ------------------------------------------------------------------------ tests
 
-README_EXAMPLES = readme_examples()
+DOC_EXAMPLES = [example for page in (README, *DOC_PAGES) for example in doc_examples(page)]
 
 
-@pytest.mark.parametrize("example", README_EXAMPLES, ids=[e.where for e in README_EXAMPLES])
-def test_readme_command_parses(example):
+@pytest.mark.parametrize("example", DOC_EXAMPLES, ids=[e.where for e in DOC_EXAMPLES])
+def test_doc_command_parses(example):
     check_example(example)
 
 
@@ -316,19 +335,68 @@ def test_help_examples_parse(name):
         check_example(example)
 
 
-def test_the_extraction_finds_the_readme_commands():
+def test_the_extraction_finds_the_documented_commands():
     """A broken extractor would make every test above pass on nothing."""
-    lines = [e.line for e in README_EXAMPLES]
-    assert len(lines) >= 25
+    assert {page.name for page in DOC_PAGES} >= {
+        "data.md",
+        "training.md",
+        "detokenizer.md",
+        "export-and-inference.md",
+        "development.md",
+        "architecture.md",
+    }
+    lines = [e.line for e in DOC_EXAMPLES]
+    assert len(lines) >= 35
     programs = {words[0] for line in lines for _, words in commands(line)}
-    assert {"divot-config", "divot-data", "divot-export", "divot-merge", "divot-infer"} <= programs
-    assert {"deepspeed", "torchrun", "launch/train_cpu.sh", "launch/pretrain.sh"} <= programs
-    assert any(e.documented_error for e in README_EXAMPLES)  # the misspelt-key example
+    assert {"divot-config", "divot-data", "divot-export", "divot-merge", "divot-infer", "make"} <= programs
+    assert {"deepspeed", "torchrun", "launch/train_cpu.sh", "launch/pretrain.sh", "python"} <= programs
+    assert any(e.documented_error for e in DOC_EXAMPLES)  # the misspelt-key example
+    readme = [e.line for e in DOC_EXAMPLES if e.where.startswith("README.md:")]
+    assert any(line.startswith("make demo") for line in readme)
+    assert any(line.startswith("make test") for line in readme)
+    shell_fences = {f"```{fence}" for fence in SHELL_FENCES}
+    for page in DOC_PAGES:  # every page with a shell block yields its commands
+        shell = any(line.strip() in shell_fences for line in page.read_text().splitlines())
+        assert not shell or any(e.where.startswith(f"docs/{page.name}:") for e in DOC_EXAMPLES), page.name
+
+
+def test_the_config_group_table_lists_every_option():
+    """docs/training.md's table of config groups names exactly the yaml files of conf/."""
+    table = (REPO_ROOT / "docs" / "training.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (.+) \|$", table, flags=re.M)
+    documented = {group: set(re.findall(r"`(\w+)`", options)) for group, options in rows}
+    on_disk = {
+        group.name: {yaml.stem for yaml in group.glob("*.yaml")}
+        for group in (REPO_ROOT / "conf").iterdir()
+        if group.is_dir()
+    }
+    assert documented == on_disk
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces as -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", [README, *DOC_PAGES], ids=lambda page: page.name)
+def test_links_between_pages_resolve(page):
+    """Every relative link of a page names a file that exists, and a heading of it when it
+    has an ``#anchor``: pages can be split and renamed without leaving dead links."""
+    for target, anchor in re.findall(r"\]\((?!https?:)([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
+        path = (page.parent / target).resolve() if target else page
+        assert path.exists(), f"{page.name}: link to a missing file {target}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", path.read_text(), flags=re.M)
+            assert anchor in {_anchor(h) for h in headings}, f"{page.name}: no heading #{anchor} in {target}"
 
 
 def test_an_unknown_command_form_and_a_bad_flag_fail():
     with pytest.raises(pytest.fail.Exception, match="does not know"):
         check_example(Example("test", "divot-frobnicate --now"))
+    with pytest.raises(AssertionError, match="no rule"):
+        check_example(Example("test", "make frobnicate"))
+    with pytest.raises(AssertionError, match="rnak"):
+        check_example(Example("test", "bash launch/train_cpu.sh model.lora.rnak=16"))
     with pytest.raises(pytest.fail.Exception, match="refused"):
         check_example(Example("test", "divot-infer generate --release r --caption 'a red circle'"))
     with pytest.raises(AssertionError, match="rnak"):

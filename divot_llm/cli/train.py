@@ -1,4 +1,5 @@
-"""``divot-train``: the Hydra app that trains one stage (pretrain, SFT-comp, SFT-gen).
+"""``divot-train``: the Hydra app that trains one stage (pretrain, sft_comp, sft_gen, detok,
+tokenizer, detok_adapt).
 
     divot-train experiment=demo data.root=data/synthetic                     # one process
     torchrun --nproc_per_node 8 -m divot_llm.train experiment=pretrain_7b ...

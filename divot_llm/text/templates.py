@@ -98,55 +98,56 @@ def generation_prompt(caption: str, media: str = "video") -> Prompt:
     raise ValueError(f"media must be 'video' or 'image', got {media!r}")
 
 
-# SFT-generation instructions: one is picked at random and followed by " " + caption
-# (divot-reference §5.8: the reference draws from 17 video and 22 image prompts of this
-# kind; these lists are ours).
+# SFT-generation instructions, verbatim and in order from the reference
+# (`gen_prompt_video_all`, 17 items; `gen_prompt_image_all`, 22 items; divot-reference
+# §5.8). One is drawn per sample (the reference uses `random.choice`; we draw with the
+# sample's seeded generator so a build is reproducible) and followed by " " + caption.
 VIDEO_GENERATION_PROMPTS: tuple[str, ...] = (
+    "Please show me a video of",
+    "Please create a video of",
+    "Please produce a video of",
     "Please generate a video of",
-    "Generate a video of",
-    "Show me a video:",
-    "Create a video showing",
-    "Make a short video of",
-    "Can you produce a video of",
+    "I'd like to see a video of",
+    "I'd love to see a video of",
+    "I'd like to view a video of",
+    "I want to see a video of",
     "I would like to see a video of",
-    "Render a clip of",
-    "Produce a video clip showing",
-    "Give me a video that shows",
-    "Animate",
-    "Make a clip:",
-    "Create a short clip of",
-    "Please make a video showing",
-    "Generate a clip where there is",
-    "Show a video of",
-    "Could you create a video of",
+    "Show me a video of",
+    "Generate a video of",
+    "Create a video of",
+    "Produce a video of",
+    "Generate a video:",
+    "Create a video:",
+    "Produce a video:",
+    "Show me a video:",
 )
 IMAGE_GENERATION_PROMPTS: tuple[str, ...] = (
+    "Please show me a picture of",
+    "Please design an image of",
+    "Please produce a photo of",
     "Please generate an image of",
+    "Please draw a painting of",
+    "I'd like to see a drawing of",
+    "I'd love to see an illustration of",
+    "I'd like to view an image of",
+    "I want to see a picture of",
+    "I would like to see a photo of",
+    "Show me a photo of",
+    "Generate a picture of",
+    "Show me a photograph of",
     "Generate an image of",
-    "Show me an image:",
-    "Create an image showing",
-    "Draw",
-    "Make a picture of",
-    "Can you produce an image of",
-    "I would like to see a picture of",
-    "Render an image of",
-    "Paint",
-    "Give me a picture that shows",
-    "Produce an image of",
-    "Create a picture of",
-    "Please draw",
-    "Generate a picture where there is",
-    "Show a picture of",
-    "Could you create an image of",
-    "Illustrate",
-    "Make an image:",
-    "Sketch",
-    "Create a photo of",
-    "Generate a photo of",
+    "Generate an image:",
+    "Generate a picture:",
+    "Generate a painting:",
+    "Generate a photograph:",
+    "Show me a photograph:",
+    "Draw a picture:",
+    "Draw a painting:",
+    "Draw an image:",
 )
 
 
 def generation_instruction(prompt: str, caption: str) -> Prompt:
     """SFT-generation turn: ``"[INST] {prompt} {caption} [/INST]\\n"`` (``prompt`` is one of
-    ours, ``caption`` user text)."""
+    the reference's prompts above, ``caption`` user text)."""
     return _turn(f"{prompt} ", UserText(caption))
