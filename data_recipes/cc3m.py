@@ -28,8 +28,8 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from data_recipes.inputs import (
-    IMAGE_EXTS,
     SkipLog,
+    check_all,
     check_image,
     input_error,
     is_file,
@@ -44,11 +44,11 @@ from data_recipes.inputs import (
 from data_recipes.shards import (
     Sample,
     add_shard_arguments,
-    parallel_map,
     plan_and_write,
     prepare_out,
     write_manifest,
 )
+from divot_llm.data.sources import IMAGE_EXTS
 
 REQUIRED_COLUMNS = ("caption", "path")
 
@@ -168,15 +168,11 @@ def run(args: argparse.Namespace) -> int:
     skips = SkipLog()
     pairs = pairs_from_table(args.pairs, skips) if args.pairs else pairs_from_folder(args.images, skips)
     keyed = valid_pairs(pairs_inside(pairs, args.images, skips), skips)
-    sizes = parallel_map(check_image, [args.images / p.image for p, _ in keyed], args.workers)
-    samples = []
-    for (pair, key), size in tqdm(
-        zip(keyed, sizes, strict=True), total=len(keyed), desc="check", unit="image"
-    ):
-        if isinstance(size, str):
-            skips.skip(size, pair.where, str(pair.image))
-        else:
-            samples.append(to_sample(pair, key, size, args.images))
+    checked = check_all(
+        keyed, lambda pair_key: (pair_key[0].where, pair_key[0].image), args.images, check_image,
+        args.workers, skips, desc="check", unit="image",
+    )  # fmt: skip
+    samples = [to_sample(pair, key, size, args.images) for (pair, key), size in checked]
     shards = plan_and_write(args.out, samples, args.max_shard_bytes, args.max_shard_samples, "write")
     manifest = {
         "recipe": "cc3m",

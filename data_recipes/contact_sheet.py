@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from divot_llm.data.video import image_clip, model_pixels_to_uint8, sample_video_clips
+from divot_llm.data.clip_sampling import image_clip, model_pixels_to_uint8, sample_video_clips
 
 LABEL_WIDTH = 150  # px left of each row for the sample's name
 GAP = 4  # px between cells

@@ -13,14 +13,13 @@ import argparse
 import os
 
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from divot_llm.config import compose_config
+from divot_llm.config import compose_config, config_to_dict, to_typed
 from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.feature_cache import expected_info
+from divot_llm.runtime import default_dtype, seed_everything
 from divot_llm.tokenizers import build_video_tokenizer
-from divot_llm.train.trainer import seed_everything
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,19 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = compose_config(args.overrides)
+    cfg = to_typed(compose_config(args.overrides))
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype) or default_dtype(device)
     # Seeded as the trainer builds it (build_models): a random-init tokenizer (tiny configs)
     # must be the very one the run will use, or the cache's fingerprint will not match it.
-    seed_everything(int(cfg.train.seed))
+    seed_everything(cfg.train.seed)
     tokenizer = build_video_tokenizer(cfg.video_tokenizer).to(device, dtype)
-    tokenizer_cfg = OmegaConf.to_container(cfg.video_tokenizer, resolve=True)
+    tokenizer_cfg = config_to_dict(cfg)["video_tokenizer"]
     info = expected_info(tokenizer, tokenizer_cfg, cfg.data)
     with tqdm(desc="features", unit="sample") as bar:
         counts = build_feature_cache(

@@ -16,20 +16,19 @@ import json
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TypeVar
 
 from PIL import Image
 from tqdm import tqdm
 
+from data_recipes.shards import parallel_map
 from divot_llm.cli.display import printable
+from divot_llm.data.clip_sampling import probe_video
+from divot_llm.data.errors import MediaError
 from divot_llm.data.sources import safe_join
-from divot_llm.data.video import MediaError, probe_video
-
-# Media extensions a recipe copies into shards (lower case, as tar member extensions).
-VIDEO_EXTS = ("mp4", "webm", "gif", "mkv", "avi", "mov")
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 MAX_KEY_CHARS = 64  # tar (ustar) member names are limited to 100 characters
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -315,3 +314,34 @@ def check_image(path: Path) -> tuple[int, int] | str:
             return image.size
     except Exception:  # PIL raises many types for truncated/corrupt files
         return "corrupt_image"
+
+
+Item = TypeVar("Item")
+Facts = TypeVar("Facts")
+
+
+def check_all(
+    items: Sequence[Item],
+    media: Callable[[Item], tuple[str, PurePosixPath]],
+    root: Path,
+    check: Callable[[Path], Facts | str],
+    workers: int,
+    skips: SkipLog,
+    desc: str = "probe",
+    unit: str = "file",
+) -> list[tuple[Item, Facts]]:
+    """Open every item's media file with ``check`` (in ``workers`` processes) and keep
+    each item with what its check found, in order. ``media(item)`` gives the item's
+    ``file:line`` and its media path under ``root``; a check that returns a string (a
+    skip reason) skips the item, counted with that line and path."""
+    located = [media(item) for item in items]
+    results = parallel_map(check, [root / path for _, path in located], workers)
+    accepted = []
+    for item, (where, path), facts in tqdm(
+        zip(items, located, results, strict=True), total=len(items), desc=desc, unit=unit
+    ):
+        if isinstance(facts, str):
+            skips.skip(facts, where, str(path))
+        else:
+            accepted.append((item, facts))
+    return accepted

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from data_recipes.contact_sheet import compose_sheet, sample_row
 from divot_llm.cli.display import printable
+from divot_llm.data.clip_sampling import probe_video
 from divot_llm.data.images import open_rgb
 from divot_llm.data.sources import DataError, RawSample, SkipCounter, TarSource
 from divot_llm.data.synthetic import (
@@ -43,8 +44,7 @@ from divot_llm.data.synthetic import (
     read_scene_from_frames,
     shape_from_fill,
 )
-from divot_llm.data.video import probe_video
-from divot_llm.data.video_io import decode_video
+from divot_llm.data.video_codec import decode_video
 
 # Skip reasons of the training reader that concern a whole shard rather than one sample.
 SHARD_REASONS = ("corrupt_shard", "unreadable_shard", "truncated_shard", "empty_shard")

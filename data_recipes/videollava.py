@@ -33,10 +33,9 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from data_recipes.inputs import (
-    IMAGE_EXTS,
-    VIDEO_EXTS,
     SkipLog,
     VideoFacts,
+    check_all,
     check_image,
     check_video,
     input_error,
@@ -51,12 +50,12 @@ from data_recipes.shards import (
     Sample,
     add_shard_arguments,
     duration_stats,
-    parallel_map,
     plan_and_write,
     prepare_out,
     write_jsonl,
     write_manifest,
 )
+from divot_llm.data.sources import IMAGE_EXTS, VIDEO_EXTS
 
 QUESTION_ROLES = ("human", "user")
 ANSWER_ROLES = ("gpt", "assistant")
@@ -173,16 +172,7 @@ def check_records(
     records: list[QARecord], media_root: Path, workers: int, skips: SkipLog
 ) -> list[tuple[QARecord, object]]:
     records = records_inside(records, media_root, skips)
-    results = parallel_map(check_media, [media_root / r.media for r in records], workers)
-    accepted = []
-    for record, facts in tqdm(
-        zip(records, results, strict=True), total=len(records), desc="probe", unit="file"
-    ):
-        if isinstance(facts, str):
-            skips.skip(facts, record.where, str(record.media))
-        else:
-            accepted.append((record, facts))
-    return accepted
+    return check_all(records, lambda r: (r.where, r.media), media_root, check_media, workers, skips)
 
 
 def unique_keys(records: list[QARecord], skips: SkipLog) -> list[tuple[QARecord, str]]:

@@ -29,9 +29,9 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from data_recipes.inputs import (
-    VIDEO_EXTS,
     SkipLog,
     VideoFacts,
+    check_all,
     check_video,
     input_error,
     is_file,
@@ -46,12 +46,12 @@ from data_recipes.shards import (
     Sample,
     add_shard_arguments,
     duration_stats,
-    parallel_map,
     plan_and_write,
     prepare_out,
     write_jsonl,
     write_manifest,
 )
+from divot_llm.data.sources import VIDEO_EXTS
 
 REQUIRED_COLUMNS = ("videoid", "name")
 METADATA_COLUMNS = ("videoid", "page_dir", "duration", "contentUrl")
@@ -128,17 +128,9 @@ def check_videos(
     candidates: list[Candidate], videos: Path, workers: int, skips: SkipLog
 ) -> list[tuple[Candidate, VideoFacts]]:
     """Open every candidate's video with PyAV (in ``workers`` processes)."""
-    paths = [videos / c.video for c in candidates]
-    accepted = []
-    results = parallel_map(check_video, paths, workers)
-    for candidate, facts in tqdm(
-        zip(candidates, results, strict=True), total=len(paths), desc="probe", unit="video"
-    ):
-        if isinstance(facts, str):
-            skips.skip(facts, candidate.where, str(candidate.video))
-        else:
-            accepted.append((candidate, facts))
-    return accepted
+    return check_all(
+        candidates, lambda c: (c.where, c.video), videos, check_video, workers, skips, unit="video"
+    )
 
 
 def to_sample(candidate: Candidate, facts: VideoFacts, videos: Path) -> Sample:

@@ -66,7 +66,7 @@ def test_package_imports_without_torchvision():
     code = (
         "import sys\n"
         "sys.modules['torchvision'] = None\n"
-        "import divot_llm, divot_llm.config, divot_llm.data.synthetic, divot_llm.data.video_io\n"
+        "import divot_llm, divot_llm.config, divot_llm.data.synthetic, divot_llm.data.video_codec\n"
         "from transformers import MistralForCausalLM\n"
         "import diffusers\n"
         "assert sys.modules['torchvision'] is None\n"

@@ -184,7 +184,7 @@ def _jsonl_lines(path: str | None) -> Iterator[Callable[[dict], None]]:
 
 def _readable_media(paths: list[str], models, args, skipped: SkippedInputs) -> list[tuple[str, tuple]]:
     """(path, (features, kind)) of each file that can be read; the others are reported."""
-    from divot_llm.data.video import MediaError
+    from divot_llm.data.errors import MediaError
     from divot_llm.infer import encode_media
 
     readable = []
@@ -290,7 +290,7 @@ def _generate(args, models) -> int:
 
 
 def _reconstruct(args, models) -> int:
-    from divot_llm.data.video import MediaError
+    from divot_llm.data.errors import MediaError
     from divot_llm.infer import reconstruct
     from divot_llm.infer.media_out import frame_strip, slug, write_mp4
 

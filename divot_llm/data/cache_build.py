@@ -20,19 +20,19 @@ from pathlib import Path
 
 import torch
 
+from divot_llm.config.schema import DataConfig, SourceConfig
+from divot_llm.data.clip_sampling import uint8_to_model_pixels
 from divot_llm.data.feature_cache import CacheInfo, sample_file, write_info, write_sample
 from divot_llm.data.loader import (
     LoaderSpec,
-    SourceSpec,
-    _clips,
     cache_group,
     loader_spec,
     open_source,
     picklable_errors,
+    sample_clips,
     sample_rngs,
 )
 from divot_llm.data.sources import Consumer, DataError, RawSample
-from divot_llm.data.video import uint8_to_model_pixels
 from divot_llm.data.worker_signals import worker_init_fn
 
 # What a reader hands the encoder: (cache group, key, uint8 clips (C, F, 3, S, S) or None,
@@ -42,7 +42,7 @@ Read = tuple[str, str, "torch.Tensor | None", dict[str, int]]
 
 
 def build_feature_cache(
-    data_cfg,
+    data_cfg: DataConfig,
     tokenizer,
     info: CacheInfo,
     out_dir: str | Path,
@@ -83,20 +83,26 @@ def build_feature_cache(
     return counts
 
 
-def _check_every_source_usable(specs: list[tuple[str, LoaderSpec]], usable: set[str], counts: Counter) -> None:
+def _check_every_source_usable(
+    specs: list[tuple[str, LoaderSpec]], usable: set[str], counts: Counter
+) -> None:
     for split, spec in specs:
-        for src in spec.sources:
-            if cache_group(split, src.name) not in usable:
+        for name in spec.sources:
+            if cache_group(split, name) not in usable:
                 skipped = ", ".join(
-                    f"{reason} {n}" for reason, n in counts.items() if reason not in ("written", "already_cached")
+                    f"{reason} {n}"
+                    for reason, n in counts.items()
+                    if reason not in ("written", "already_cached")
                 )
                 raise DataError(
-                    f"{split} source {src.name} has no usable sample: nothing of it could be cached "
+                    f"{split} source {name} has no usable sample: nothing of it could be cached "
                     f"(skipped over all sources: {skipped or 'none'}); the other sources' features are written."
                 )
 
 
-def _split_specs(data_cfg, info: CacheInfo, frames_per_clip: int, splits) -> list[tuple[str, LoaderSpec]]:
+def _split_specs(
+    data_cfg: DataConfig, info: CacheInfo, frames_per_clip: int, splits: tuple[str, ...]
+) -> list[tuple[str, LoaderSpec]]:
     specs = []
     for split in splits:
         try:
@@ -126,23 +132,25 @@ class _Readers(torch.utils.data.IterableDataset):
         worker = torch.utils.data.get_worker_info()
         consumer = Consumer(worker.id, worker.num_workers) if worker is not None else Consumer()
         for split, spec in self.specs:
-            for src in spec.sources:
-                group = cache_group(split, src.name)
-                source = open_source(spec, src, consumer, infinite=False)
+            for name, src in spec.sources.items():
+                group = cache_group(split, name)
+                source = open_source(spec, name, src, consumer, infinite=False)
                 # a sample whose clips cannot be read is skipped and counted on the source
                 yield from source.iterate(functools.partial(self._read, group, src, spec))
                 yield group, "", None, dict(source.skipped)
 
-    def _read(self, group: str, src: SourceSpec, spec: LoaderSpec, raw: RawSample) -> Read:
+    def _read(self, group: str, src: SourceConfig, spec: LoaderSpec, raw: RawSample) -> Read:
         if sample_file(self.out, group, raw.key).is_file():
             return group, raw.key, None, {"already_cached": 1}
-        return group, raw.key, _clips(raw, src, spec, sample_rngs(spec.seed, raw.key, 0)[0]), {}
+        return group, raw.key, sample_clips(raw, src, spec, sample_rngs(spec.seed, raw.key, 0)[0]), {}
 
 
 def _flush(pending: list[tuple[str, str, torch.Tensor]], tokenizer, out: Path) -> int:
     if not pending:
         return 0
-    frames_bfchw = torch.cat([clips for *_, clips in pending]).to(tokenizer.device)  # (sum C, F, 3, S, S) uint8
+    frames_bfchw = torch.cat([clips for *_, clips in pending]).to(
+        tokenizer.device
+    )  # (sum C, F, 3, S, S) uint8
     feats_bnd = tokenizer.encode(uint8_to_model_pixels(frames_bfchw).to(tokenizer.dtype)).float().cpu()
     start = 0
     for group, key, clips in pending:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from divot_llm.config.schema import DataConfig
 from divot_llm.data.errors import MediaError
 
 INFO_FILE = "cache.json"
@@ -113,16 +114,16 @@ def write_sample(cache_dir: Path, source: str, key: str, feats_cnd: torch.Tensor
     return path
 
 
-def expected_info(tokenizer, tokenizer_config: dict, data_cfg) -> CacheInfo:
+def expected_info(tokenizer, tokenizer_config: dict, data_cfg: DataConfig) -> CacheInfo:
     """What a cache must have been made with to serve this run (the tokenizer in the
     dtype and with the weights the run encodes with)."""
     return CacheInfo(
         tokenizer_name=str(tokenizer_config.get("name", type(tokenizer).__name__)),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer, tokenizer_config),
-        data_seed=int(data_cfg.seed),
-        frames_per_window=int(data_cfg.frames_per_window),
-        fps=float(data_cfg.fps),
-        frame_stride=int(data_cfg.frame_stride),
+        data_seed=data_cfg.seed,
+        frames_per_window=data_cfg.frames_per_window,
+        fps=float(data_cfg.fps),  # cache.json has always held the rate as a float (8.0)
+        frame_stride=data_cfg.frame_stride,
         image_size=int(tokenizer.input_size),
         tokens_per_clip=int(tokenizer.num_tokens),
         feature_dim=int(tokenizer.feature_dim),

@@ -10,8 +10,9 @@ plays which slot so that the next batch comes from the slot whose turn it was --
 resumed stream is the uninterrupted one, batch for batch.
 
 Two kinds of examples flow through the same machinery: token sequences with 5-frame
-tokenizer clips (the LLM stages), or -- with ``windows`` (``divot_llm.data.windows``) --
-full de-tokenizer windows with a caption (the de-tokenizer stages).
+tokenizer clips (the LLM stages), or -- with an ``example_kind`` such as
+``divot_llm.data.detok_examples.DetokExampleSpec`` -- the whole videos a de-tokenizer
+decodes, with a caption (the de-tokenizer stages).
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from divot_llm.config import to_typed
+from divot_llm.config.schema import DataConfig, MixMode, SourceConfig, SourceKind, Task
+from divot_llm.data.clip_sampling import clip_positions, image_clip, sample_video_clips
 from divot_llm.data.collate import collate, pack
+from divot_llm.data.errors import MediaError
 from divot_llm.data.feature_cache import CacheInfo, FeatureCache
-from divot_llm.data.images import open_rgb
 from divot_llm.data.mixing import Mixer, MixSource
-from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder
+from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder, sequence_example
 from divot_llm.data.sources import (
     Consumer,
     DataError,
@@ -45,79 +49,68 @@ from divot_llm.data.sources import (
     safe_join,
     stable_seed,
 )
-from divot_llm.data.video import MediaError, clip_positions, image_clip, sample_video_clips
 from divot_llm.data.worker_signals import worker_init_fn
 from divot_llm.text.tokenizer import DivotTextTokenizer
 
 
-@dataclass(frozen=True)
-class SourceSpec:
-    name: str
-    kind: str  # webdataset | jsonl
-    task: str
-    paths: tuple[str, ...]
-    media_root: str | None
-    weight: float
-    batch_size: int
-    max_length: int
-    num_clips: int
-    min_resolution: int
-    min_aspect_ratio: float
-    bidirectional_queries: bool
-
-
 class ExampleKind(Protocol):
-    """How a non-sequence loader turns raw samples into batches (``windows.WindowSpec``)."""
+    """How a non-sequence loader turns raw samples into batches
+    (``detok_examples.DetokExampleSpec``)."""
 
-    def example(self, raw: RawSample, source: SourceSpec, seed: int, epoch: int) -> dict: ...
+    def example(self, raw: RawSample, source: SourceConfig, seed: int, epoch: int) -> dict: ...
     def collate(self, examples: list[dict]) -> dict: ...
 
 
 @dataclass(frozen=True)
 class LoaderSpec:
-    """Everything a worker needs to rebuild its streams (plain, picklable values)."""
+    """Everything a worker needs to rebuild its streams (picklable: the sources are the
+    config's own dataclasses)."""
 
     root: Path
-    sources: tuple[SourceSpec, ...]
+    sources: dict[str, SourceConfig]  # by source name
     seed: int
     infinite: bool
-    mixing: str
+    mixing: MixMode
     batch_size: int
     tokens_per_batch: int | None
     pack_length: int | None  # None: no packing
     tokens_per_clip: int
     frames_per_clip: int
     image_size: int
-    window: int
+    frames_per_window: int
     sample_fps: float
     stride: int
     feature_cache: str | None = None  # read tokenizer features instead of decoding frames
     split: str = "train"
-    windows: ExampleKind | None = None  # de-tokenizer windows instead of token sequences
+    example_kind: ExampleKind | None = None  # e.g. de-tokenizer videos instead of token sequences
     max_skip_fraction: float | None = None  # stop when a reader skips more (sources.Source)
 
 
 # ------------------------------------------------------------------------ examples
 
 
-def _clips(raw: RawSample, source: SourceSpec, spec: LoaderSpec, rng: np.random.Generator) -> torch.Tensor:
-    """(C, F, 3, S, S) uint8 frames of a sample's video (reference clip rules) or image."""
+def sample_clips(
+    raw: RawSample, source: SourceConfig, spec: LoaderSpec, rng: np.random.Generator
+) -> torch.Tensor:
+    """(C, F, 3, S, S) uint8 frames of a sample's video (reference clip rules) or image,
+    after the source's size filters."""
     if raw.media_kind == "image":
-        image = open_rgb(raw.media)
-        short, long = sorted(image.size)
-        if short < source.min_resolution:
-            raise MediaError("too_small", f"{image.size[0]}x{image.size[1]} < {source.min_resolution}")
-        if short / long < source.min_aspect_ratio:
-            raise MediaError("bad_aspect_ratio", f"{image.size[0]}x{image.size[1]}")
-        return image_clip(image, spec.frames_per_clip, spec.image_size, as_uint8=True)
-    generation = source.task not in COMPREHENSION_TASKS
+        return image_clip(
+            raw.media,
+            spec.frames_per_clip,
+            spec.image_size,
+            as_uint8=True,
+            min_resolution=source.min_resolution,
+            min_aspect_ratio=source.min_aspect_ratio,
+        )
+    generation = source.task.value not in COMPREHENSION_TASKS
     return sample_video_clips(
         raw.media,
         num_clips=1 if generation else source.num_clips,
         rng=rng,
-        dense=source.task == "sft_comp",  # QA: always num_clips clips (reference §7.3)
+        dense=source.task is Task.sft_comp,  # QA: always num_clips clips (reference §7.3)
         image_size=spec.image_size,
-        window=spec.window,
+        window=spec.frames_per_window,
         sample_fps=spec.sample_fps,
         stride=spec.stride,
         min_resolution=source.min_resolution,
@@ -143,7 +136,7 @@ def sample_rngs(seed: int, key: str, epoch: int) -> tuple[np.random.Generator, n
 
 def make_example(
     raw: RawSample,
-    source: SourceSpec,
+    source: SourceConfig,
     spec: LoaderSpec,
     builder: SequenceBuilder,
     epoch: int,
@@ -158,35 +151,22 @@ def make_example(
         except FileNotFoundError as exc:
             raise MediaError("not_in_cache", str(exc)) from exc
     else:
-        media_key, media = "frames", _clips(raw, source, spec, clip_rng)
-    count = media.shape[0]
+        media_key, media = "frames", sample_clips(raw, source, spec, clip_rng)
+    task = source.task.value
     seq = builder.build(
-        source.task, raw.media_kind, count, source.max_length, text_rng, raw.captions, raw.turns
+        task, raw.media_kind, media.shape[0], source.max_length, text_rng, raw.captions, raw.turns
     )
-    comprehension = source.task in COMPREHENSION_TASKS
-    example = {
-        "input_ids": seq.input_ids,
-        "labels": seq.labels,
-        "attention_mask": seq.attention_mask,
-        "ids_cmp_mask": seq.ids_cmp_mask,
-        "ids_gen_mask": seq.ids_gen_mask,
-        media_key: media,
-        "embeds_cmp_mask": torch.full((count,), comprehension),
-        "embeds_gen_mask": torch.full((count,), not comprehension),
-        "source": raw.source,
-        "key": raw.key,
-    }
-    return example, seq.truncated
+    return sequence_example(seq, task, media_key, media, raw.source, raw.key), seq.truncated
 
 
 MakeExample = Callable[[RawSample, int], tuple[dict, bool]]  # (raw, epoch) -> (example, truncated)
 
 
-def example_maker(spec: LoaderSpec, src: SourceSpec, tokenizer: DivotTextTokenizer | None) -> MakeExample:
+def example_maker(spec: LoaderSpec, src: SourceConfig, tokenizer: DivotTextTokenizer | None) -> MakeExample:
     """What turns one source's raw samples into examples: a token sequence + clips (or
-    cached features), or a de-tokenizer window when ``spec.windows`` is set."""
-    if spec.windows is not None:
-        kind = spec.windows
+    cached features), or the ``spec.example_kind``'s example when it is set."""
+    if spec.example_kind is not None:
+        kind = spec.example_kind
         return lambda raw, epoch: (kind.example(raw, src, spec.seed, epoch), False)
     builder = SequenceBuilder(tokenizer, spec.tokens_per_clip, src.bidirectional_queries)
     cache = FeatureCache(spec.feature_cache) if spec.feature_cache else None
@@ -226,44 +206,49 @@ def cache_group(split: str, source: str) -> str:
     return f"{split}-{source}"
 
 
-def open_source(spec: LoaderSpec, src: SourceSpec, consumer: Consumer, infinite: bool) -> Source:
+def open_source(spec: LoaderSpec, name: str, src: SourceConfig, consumer: Consumer, infinite: bool) -> Source:
     """The raw-sample reader of one configured source (records checked against its task)."""
-    files = expand_paths(spec.root, list(src.paths), src.name)
-    checks = {"task": src.task, "max_skip_fraction": spec.max_skip_fraction}
-    if src.kind == "jsonl":
+    files = expand_paths(spec.root, src.paths, name)
+    checks = {"task": src.task.value, "max_skip_fraction": spec.max_skip_fraction}
+    if src.kind is SourceKind.jsonl:
         media_root = safe_join(spec.root, src.media_root or ".")
-        return JsonlSource(src.name, files, media_root, spec.seed, consumer, infinite, **checks)
-    return TarSource(src.name, files, spec.seed, consumer, infinite, **checks)
+        return JsonlSource(name, files, media_root, spec.seed, consumer, infinite, **checks)
+    return TarSource(name, files, spec.seed, consumer, infinite, **checks)
 
 
 def check_sources_usable(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None) -> None:
     """Make one example of every source, in this process, so that a source without a
     single usable sample stops the run at start-up with a message naming it (rather than
     in a dataloader worker). Reads records in the source's order until one works."""
-    for src in spec.sources:
-        source = open_source(spec, src, Consumer(), infinite=False)
+    for name, src in spec.sources.items():
+        source = open_source(spec, name, src, Consumer(), infinite=False)
         source.skipped.LOG_FIRST = 0  # the workers log the skips when they read them
         stream = ExampleStream(source, example_maker(spec, src, tokenizer))
         if next(iter(stream), None) is None:
             skipped = source.skipped.records()
-            why = f"all {skipped} of its records were skipped ({source.skip_summary()})" if skipped else "it is empty"
+            why = (
+                f"all {skipped} of its records were skipped ({source.skip_summary()})"
+                if skipped
+                else "it is empty"
+            )
             raise DataError(
-                f"{spec.split} source {src.name} has no usable sample: {why}; "
-                f"paths {list(src.paths)} under {spec.root}, task {src.task}."
+                f"{spec.split} source {name} has no usable sample: {why}; "
+                f"paths {list(src.paths)} under {spec.root}, task {src.task.value}."
             )
 
 
 def build_mixer(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None, consumer: Consumer) -> Mixer:
     sources = []
-    for src in spec.sources:
-        source = open_source(spec, src, consumer, spec.infinite)
+    for name, src in spec.sources.items():
+        source = open_source(spec, name, src, consumer, spec.infinite)
         stream = ExampleStream(source, example_maker(spec, src, tokenizer))
-        sources.append(MixSource(src.name, stream, src.weight, src.batch_size))
-    extra = {} if spec.windows is None else {"length_of": lambda example: 1}  # windows have no tokens
+        sources.append(MixSource(name, stream, src.weight, src.batch_size))
+    # examples of another kind have no tokens to balance batches by
+    extra = {} if spec.example_kind is None else {"length_of": lambda example: 1}
     return Mixer(
         sources,
         seed=stable_seed(spec.seed, "mix", consumer.index, consumer.count),
-        mode=spec.mixing,
+        mode=spec.mixing.value,
         batch_size=spec.batch_size,
         tokens_per_batch=spec.tokens_per_batch,
         **extra,
@@ -290,7 +275,16 @@ def picklable_errors():
 class _WorkerStreams(torch.utils.data.IterableDataset):
     """What each dataloader worker runs: its slot's mixer, yielding (batch, slot, state)."""
 
-    def __init__(self, spec, tokenizer, rank, world_size, num_workers, slot_states, first_slot):
+    def __init__(
+        self,
+        spec: LoaderSpec,
+        tokenizer: DivotTextTokenizer | None,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        slot_states: list[dict | None],
+        first_slot: int,
+    ):
         super().__init__()
         self.spec, self.tokenizer = spec, tokenizer
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
@@ -309,8 +303,8 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
         if self.slot_states[slot] is not None:
             mixer.load_state_dict(self.slot_states[slot])
         for examples in mixer:
-            if self.spec.windows is not None:
-                batch = self.spec.windows.collate(examples)
+            if self.spec.example_kind is not None:
+                batch = self.spec.example_kind.collate(examples)
             elif self.spec.pack_length:
                 batch = pack(examples, self.tokenizer.pad_id, self.spec.pack_length)
             else:
@@ -327,7 +321,15 @@ class DivotLoader:
             stateful: every iteration is a fresh pass over its (finite) sources.
     """
 
-    def __init__(self, spec, tokenizer, rank=0, world_size=1, num_workers=0, stateful=True):
+    def __init__(
+        self,
+        spec: LoaderSpec,
+        tokenizer: DivotTextTokenizer | None,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        stateful: bool = True,
+    ):
         self.spec, self.tokenizer = spec, tokenizer
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.stateful = stateful
@@ -395,65 +397,67 @@ class DivotLoader:
 
 
 def loader_spec(
-    data_cfg: Any,
+    data_cfg: DataConfig,
     tokens_per_clip: int,
     frames_per_clip: int,
     image_size: int,
     split: str = "train",
-    windows: ExampleKind | None = None,
+    example_kind: ExampleKind | None = None,
 ) -> LoaderSpec:
     """The plain description of ``cfg.data`` for a split, checked against the tokenizer.
 
-    With ``windows`` (see ``divot_llm.data.windows.window_loader_spec``) examples are
-    de-tokenizer windows; the tokenizer-clip arguments then describe the window.
+    With an ``example_kind`` (see ``divot_llm.data.detok_examples.detok_loader_spec``)
+    examples are of that kind; the tokenizer-clip arguments then describe its video.
 
     Raises:
         DataError: no sources, or a source whose paths match nothing.
         ValueError: the clip sampling gives a different number of frames than the video
-            tokenizer takes; a bad pack length; packing or a feature cache with windows.
+            tokenizer takes; a bad pack length; packing or a feature cache with an
+            ``example_kind``.
     """
-    sources_cfg = data_cfg.sources if split == "train" else data_cfg.val_sources
-    if not sources_cfg:
+    data_cfg = _typed(data_cfg)
+    sources = data_cfg.sources if split == "train" else data_cfg.val_sources
+    if not sources:
         raise DataError(
             f"no {split} data sources configured (data.{'sources' if split == 'train' else 'val_sources'})"
         )
-    if windows is not None and (data_cfg.packing or data_cfg.feature_cache):
+    if example_kind is not None and (data_cfg.packing or data_cfg.feature_cache):
         raise ValueError(
-            "de-tokenizer windows are decoded pixels: set data.packing=false and data.feature_cache=null"
+            "de-tokenizer examples are decoded pixels: set data.packing=false and data.feature_cache=null"
         )
     sampled = len(clip_positions(data_cfg.frames_per_window, data_cfg.frame_stride))
-    if windows is None and sampled != frames_per_clip:
+    if example_kind is None and sampled != frames_per_clip:
         raise ValueError(
             f"clip sampling gives {sampled} frames (window {data_cfg.frames_per_window}, stride "
             f"{data_cfg.frame_stride}) but the video tokenizer takes {frames_per_clip}"
         )
     spec = LoaderSpec(
         root=Path(data_cfg.root).resolve(),
-        sources=tuple(_source_spec(name, cfg) for name, cfg in sources_cfg.items()),
-        seed=int(data_cfg.seed),
-        infinite=bool(data_cfg.infinite) and split == "train",
-        mixing=str(getattr(data_cfg.mixing, "value", data_cfg.mixing)),
-        batch_size=int(data_cfg.batch_size),
+        sources=dict(sources),
+        seed=data_cfg.seed,
+        infinite=data_cfg.infinite and split == "train",
+        mixing=data_cfg.mixing,
+        batch_size=data_cfg.batch_size,
         tokens_per_batch=data_cfg.tokens_per_batch,
-        pack_length=_pack_length(data_cfg, sources_cfg),
+        pack_length=_pack_length(data_cfg, sources),
         tokens_per_clip=tokens_per_clip,
         frames_per_clip=frames_per_clip,
         image_size=image_size,
-        window=int(data_cfg.frames_per_window),
-        sample_fps=float(data_cfg.fps),
-        stride=int(data_cfg.frame_stride),
+        frames_per_window=data_cfg.frames_per_window,
+        sample_fps=data_cfg.fps,
+        stride=data_cfg.frame_stride,
         feature_cache=data_cfg.feature_cache,
         split=split,
-        windows=windows,
+        example_kind=example_kind,
         max_skip_fraction=data_cfg.max_skip_fraction,
     )
-    for source in spec.sources:  # fail at start-up, naming the source, not in a worker
-        expand_paths(spec.root, list(source.paths), source.name)
+    for name, source in spec.sources.items():  # fail at start-up, naming the source, not in a worker
+        expand_paths(spec.root, source.paths, name)
     return spec
 
 
 def build_loader(
-    data_cfg: Any,
+    data_cfg: DataConfig,
     tokenizer: DivotTextTokenizer | None,
     tokens_per_clip: int,
     frames_per_clip: int,
@@ -462,19 +466,19 @@ def build_loader(
     world_size: int = 1,
     split: str = "train",
     cache_info: CacheInfo | None = None,
-    windows: ExampleKind | None = None,
+    example_kind: ExampleKind | None = None,
 ) -> DivotLoader:
     """The loader of one rank for ``cfg.data`` (``split="val"``: ``val_sources``, one pass).
 
     With ``data.feature_cache`` set, ``cache_info`` (what this run's tokenizer and sampling
     would produce, see ``feature_cache.expected_info``) must be given and match the cache.
-    With ``windows`` it yields de-tokenizer windows (``tokenizer`` may then be None; see
-    ``divot_llm.data.windows``).
+    With an ``example_kind`` it yields batches of that kind (``tokenizer`` may then be
+    None; see ``divot_llm.data.detok_examples``).
 
     Raises:
         DataError / ValueError: see ``loader_spec``; a cache that does not match.
     """
-    spec = loader_spec(data_cfg, tokens_per_clip, frames_per_clip, image_size, split, windows)
+    spec = loader_spec(data_cfg, tokens_per_clip, frames_per_clip, image_size, split, example_kind)
     if spec.feature_cache:
         if cache_info is None:
             raise ValueError(
@@ -482,35 +486,20 @@ def build_loader(
             )
         FeatureCache(spec.feature_cache).check(cache_info)
     check_sources_usable(spec, tokenizer)
-    workers = int(data_cfg.num_workers)
-    return DivotLoader(spec, tokenizer, rank, world_size, workers, stateful=split == "train")
+    return DivotLoader(spec, tokenizer, rank, world_size, data_cfg.num_workers, stateful=split == "train")
 
 
-def _pack_length(data_cfg: Any, sources_cfg: Any) -> int | None:
+def _typed(data_cfg: DataConfig) -> DataConfig:
+    """The data config as its dataclass: what the spec holds and the workers unpickle.
+    (A composed config not yet converted at its entry point is a DictConfig node.)"""
+    return data_cfg if isinstance(data_cfg, DataConfig) else to_typed(data_cfg)
+
+
+def _pack_length(data_cfg: DataConfig, sources: dict[str, SourceConfig]) -> int | None:
     if not data_cfg.packing:
         return None
-    longest = max(int(cfg.max_length) for cfg in sources_cfg.values())
-    length = int(data_cfg.pack_length or longest)
+    longest = max(src.max_length for src in sources.values())
+    length = data_cfg.pack_length or longest
     if length < longest:
         raise ValueError(f"data.pack_length {length} is shorter than a source's max_length {longest}")
     return length
-
-
-def _source_spec(name: str, cfg: Any) -> SourceSpec:
-    def plain(value):
-        return getattr(value, "value", value)  # enums from the structured config
-
-    return SourceSpec(
-        name=name,
-        kind=plain(cfg.kind),
-        task=plain(cfg.task),
-        paths=tuple(cfg.paths),
-        media_root=cfg.media_root,
-        weight=float(cfg.weight),
-        batch_size=int(cfg.batch_size),
-        max_length=int(cfg.max_length),
-        num_clips=int(cfg.num_clips),
-        min_resolution=int(cfg.min_resolution),
-        min_aspect_ratio=float(cfg.min_aspect_ratio),
-        bidirectional_queries=bool(cfg.bidirectional_queries),
-    )

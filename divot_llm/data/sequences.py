@@ -194,3 +194,26 @@ class SequenceBuilder:
             raise SequenceTooLong(f"media takes {media_len} tokens > max_length {max_length}")
         ids, labels, cut = self._assemble(pieces, max_length)
         return self._finish(ids, labels, "sft_comp", cut, self._clips(media_kind, num_clips))
+
+
+def sequence_example(
+    seq: Sequence, task: str, media_key: str, media: torch.Tensor, source: str, key: str
+) -> dict:
+    """One training example: the sequence of a ``task``, the media of its C clips under
+    ``media_key`` (``frames`` (C, F, 3, S, S) or ``video_feats`` (C, N, D)), which of those
+    clips the model reads (comprehension) or writes (generation), and where the sample
+    came from (``source``, ``key``)."""
+    count = media.shape[0]
+    comprehension = task in COMPREHENSION_TASKS
+    return {
+        "input_ids": seq.input_ids,
+        "labels": seq.labels,
+        "attention_mask": seq.attention_mask,
+        "ids_cmp_mask": seq.ids_cmp_mask,
+        "ids_gen_mask": seq.ids_gen_mask,
+        media_key: media,
+        "embeds_cmp_mask": torch.full((count,), comprehension),
+        "embeds_gen_mask": torch.full((count,), not comprehension),
+        "source": source,
+        "key": key,
+    }

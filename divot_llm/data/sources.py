@@ -49,6 +49,8 @@ from divot_llm.data.errors import DataError, RecordError
 
 logger = logging.getLogger(__name__)
 
+# Media extensions a sample may hold (lower case, as tar member extensions): what the
+# readers take, and what the data recipes (data_recipes/) accept and copy into shards.
 VIDEO_EXTS = ("mp4", "webm", "gif", "mkv", "avi", "mov")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 _MEDIA_MARKERS = ("<video>", "<image>")  # Video-LLaVA puts these in the first question

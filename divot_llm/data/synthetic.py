@@ -41,7 +41,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from divot_llm.data.video_io import VIDEO_CODECS, encode_video
+from divot_llm.data.video_codec import VIDEO_CODECS, encode_video
 
 # Colours exactly representable in gif's 3-3-2 palette (R,G in 0,36,..,255 steps; B in
 # 0,85,170,255) and far apart in RGB, so compression never turns one into another.

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from divot_llm.data.collate import collate
-from divot_llm.data.sequences import SequenceBuilder
+from divot_llm.data.sequences import SequenceBuilder, sequence_example
 
 # Max |a - b| allowed, relative to max |a| (fp32 merges only reorder sums; bf16 rounds
 # every weight to 8 bits of mantissa).
@@ -59,19 +59,8 @@ def verification_batches(tokenizer, tokens_per_clip: int, feature_dim: int, seed
 
     def example(task: str, clips: int, **text) -> dict:
         seq = builder.build(task, "video", clips, 4096, rng, **text)
-        comprehension = task.endswith("comp")
-        return {
-            "input_ids": seq.input_ids,
-            "labels": seq.labels,
-            "attention_mask": seq.attention_mask,
-            "ids_cmp_mask": seq.ids_cmp_mask,
-            "ids_gen_mask": seq.ids_gen_mask,
-            "video_feats": torch.randn(clips, tokens_per_clip, feature_dim, generator=gen),
-            "embeds_cmp_mask": torch.full((clips,), comprehension),
-            "embeds_gen_mask": torch.full((clips,), not comprehension),
-            "source": "verify",
-            "key": task,
-        }
+        feats = torch.randn(clips, tokens_per_clip, feature_dim, generator=gen)
+        return sequence_example(seq, task, "video_feats", feats, source="verify", key=task)
 
     comp = example("sft_comp", 2, turns=[("What is shown in the video?", "A red circle moving left.")])
     caption = example("pretrain_comp", 1, captions=["a blue square sliding up over a white background"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from divot_llm.data.video import MediaError, image_clip, sample_video_clips
+from divot_llm.data.clip_sampling import MediaError, image_clip, sample_video_clips
 from divot_llm.text import templates
 from divot_llm.text.tokenizer import DivotTextTokenizer
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from divot_llm.data.video import model_pixels_to_uint8
-from divot_llm.data.video_io import encode_video
+from divot_llm.data.clip_sampling import model_pixels_to_uint8
+from divot_llm.data.video_codec import encode_video
 
 
 def write_mp4(path: str | os.PathLike, clip_fchw: torch.Tensor, fps: float) -> Path:

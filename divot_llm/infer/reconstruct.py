@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from divot_llm.data.windows import WindowSpec, read_window
+from divot_llm.data.detok_examples import DetokExampleSpec, read_detok_video
 from divot_llm.detokenizers.metrics import reconstruction_metrics
 from divot_llm.detokenizers.training import tokenizer_features
 
@@ -33,7 +33,8 @@ def reconstruct(
 ) -> Reconstruction:
     """Reconstruct one video's de-tokenizer window; ``seed`` fixes the window start and the sampler."""
     # The training window sampler, seeded: its start falls within the video's first 1/fps s.
-    clip, _ = read_window(path, WindowSpec.of(detokenizer), np.random.default_rng(seed))  # (F, 3, S, S)
+    spec = DetokExampleSpec.of(detokenizer)
+    clip, _ = read_detok_video(path, spec, np.random.default_rng(seed))  # (F, 3, S, S)
     feats = tokenizer_features(video_tokenizer, clip.unsqueeze(0))  # the tokenizer resizes to its own size
     output = detokenizer.decode(feats, steps=steps, guidance=guidance, seed=seed)[0].cpu()
     metrics = reconstruction_metrics(output.unsqueeze(0), clip.unsqueeze(0))

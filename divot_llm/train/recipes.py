@@ -6,7 +6,7 @@ which losses and rates are logged, and validation. ``Trainer`` keeps the one loo
 * ``LLMRecipe`` -- pretrain / sft_comp / sft_gen: the Divot LLM on token sequences; clips
   go through the frozen video tokenizer in ``prepare``.
 * ``DetokRecipe`` -- detok / detok_adapt: the de-tokenizer on full windows
-  (``data.windows``); its conditioning features come from the frozen tokenizer (detok)
+  (``data.detok_examples``); its conditioning features come from the frozen tokenizer (detok)
   or are sampled from a trained Divot-LLM's GMM for each clip's caption (detok_adapt).
 * ``TokenizerRecipe`` -- tokenizer: ``TokenizerDiffusionObjective`` (tokenizer after its
   frozen ViT + de-tokenizer) on full windows.
@@ -176,7 +176,7 @@ class LLMRecipe(Recipe):
         if "video_feats" in batch:
             inputs["video_feats"] = batch["video_feats"].to(self.device, non_blocking=True)
             return inputs
-        from divot_llm.data.video import uint8_to_model_pixels  # (data modules load lazily: PyAV)
+        from divot_llm.data.clip_sampling import uint8_to_model_pixels  # (data modules load lazily: PyAV)
 
         frames = batch["frames"]  # (B, C, F, 3, S, S) uint8
         real_bc = batch["embeds_cmp_mask"] | batch["embeds_gen_mask"]
@@ -294,13 +294,13 @@ class DetokRecipe(Recipe):
 
     @property
     def window(self):
-        from divot_llm.data.windows import WindowSpec
+        from divot_llm.data.detok_examples import DetokExampleSpec
 
-        return WindowSpec.of(self.detokenizer)
+        return DetokExampleSpec.of(self.detokenizer)
 
     def loader(self, split: str, rank: int, world_size: int, build_loader: Callable | None = None):
         if build_loader is None:
-            from divot_llm.data.windows import build_window_loader as build_loader
+            from divot_llm.data.detok_examples import build_detok_loader as build_loader
         return build_loader(self.cfg.data, self.window, rank=rank, world_size=world_size, split=split)
 
     def prepare(self, batch: dict) -> dict[str, torch.Tensor]:

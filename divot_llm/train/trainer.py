@@ -95,7 +95,7 @@ class Trainer:
     Args:
         cfg: The composed run config (``DivotConfig`` shape).
         build_loader: the stage's loader builder -- ``divot_llm.data.loader.build_loader``
-            (LLM stages) or ``divot_llm.data.windows.build_window_loader`` (de-tokenizer
+            (LLM stages) or ``divot_llm.data.detok_examples.build_detok_loader`` (de-tokenizer
             stages) -- or a function with its signature (tests pass hand-made batches
             through the same interface); None: the stage's own.
     """

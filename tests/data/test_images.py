@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from divot_llm.data.clip_sampling import MediaError, image_clip
 from divot_llm.data.images import ALPHA_BACKGROUND, open_rgb, to_rgb
-from divot_llm.data.video import MediaError, image_clip
 
 
 def saved(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
@@ -109,7 +109,7 @@ def test_exif_orientation_is_applied_once():
 
 
 def test_the_clip_of_a_16_bit_image_has_the_scaled_value():
-    """``image_clip`` (the loader, windows, contact sheets, inference) goes through it."""
+    """``image_clip`` (the loader, de-tokenizer examples, contact sheets, inference) goes through it."""
     data = saved(Image.fromarray(np.full((8, 8), 128 * 257, dtype=np.uint16)))
     clip = image_clip(data, frames_per_clip=2, image_size=4, as_uint8=True)
     assert clip.shape == (1, 2, 3, 4, 4) and bool((clip == 128).all())

@@ -228,7 +228,7 @@ def test_text_the_tokenizer_cannot_encode_skips_only_its_sample(synthetic_root, 
     cfg = demo_cfg(synthetic_root, "data.infinite=false")
     vt = cfg.video_tokenizer
     spec = loader_spec(cfg.data, vt.num_tokens, vt.frames_per_clip, vt.input_size)
-    src = next(s for s in spec.sources if s.name == "video_comp")
+    src = spec.sources["video_comp"]
     make = example_maker(spec, src, text_tokenizer)
     poisoned = "video_caption.jsonl:2"
 
@@ -237,7 +237,8 @@ def test_text_the_tokenizer_cannot_encode_skips_only_its_sample(synthetic_root, 
             raw = dataclasses.replace(raw, captions=["lone \ud800 surrogate"])
         return make(raw, epoch)
 
-    stream = ExampleStream(open_source(spec, src, Consumer(), infinite=False), make_with_bad_text)
+    source = open_source(spec, "video_comp", src, Consumer(), infinite=False)
+    stream = ExampleStream(source, make_with_bad_text)
     keys = [example["key"] for example in stream]
     assert len(keys) == COUNTS.train_videos - 1 and poisoned not in keys
     # the reason depends on what the tokenizer raises (UnicodeEncodeError: bad_text; the

@@ -15,7 +15,7 @@ from PIL import Image
 
 from divot_llm.data import synthetic
 from divot_llm.data.synthetic import SyntheticCounts, read_scene_from_frames, write_synthetic_dataset
-from divot_llm.data.video_io import decode_video, encode_video
+from divot_llm.data.video_codec import decode_video, encode_video
 from tests import helpers
 
 VIDEO_CAPTION = re.compile(r"^a (\w+) (\w+) moving (\w+) on a (\w+) background$")

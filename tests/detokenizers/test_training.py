@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from divot_llm.data.video import clip_positions
+from divot_llm.data.clip_sampling import clip_positions
 from divot_llm.detokenizers import build_video_detokenizer, zero_clip_features
 from divot_llm.detokenizers.metrics import psnr, ssim
 from divot_llm.detokenizers.training import (

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from divot_llm.config import compose_config
+from divot_llm.data.errors import MediaError
 from divot_llm.data.synthetic import encode_synthetic_video, sample_video_spec
-from divot_llm.data.video import MediaError
 from divot_llm.infer import comprehend, comprehension_prompt_ids, encode_media, generate_features_for_captions
 from divot_llm.model import build_divot_llm
 from divot_llm.text import DivotTextTokenizer, video_tokens

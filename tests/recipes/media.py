@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from divot_llm.data.synthetic import render_video, sample_video_spec
-from divot_llm.data.video_io import encode_video
+from divot_llm.data.video_codec import encode_video
 
 
 def write_video(path: Path, seed: int, duration_s: float = 2.0, fps: int = 8, size=(64, 48)) -> float:

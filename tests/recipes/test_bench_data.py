@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import torch
 
-from divot_llm.data.video import plan_windows, uint8_to_model_pixels
+from divot_llm.data.clip_sampling import plan_windows, uint8_to_model_pixels
 from tests import helpers
 
 BENCH = helpers.REPO_ROOT / "tools" / "bench" / "data.py"

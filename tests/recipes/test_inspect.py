@@ -14,7 +14,7 @@ from PIL import Image
 from data_recipes.__main__ import main
 from data_recipes.contact_sheet import GAP, LABEL_WIDTH
 from divot_llm.data.synthetic import SyntheticCounts, nearest_color, write_synthetic_dataset
-from divot_llm.data.video_io import VIDEO_CODECS
+from divot_llm.data.video_codec import VIDEO_CODECS
 from tests.data.test_sources import write_tar
 from tests.recipes.media import write_image, write_video
 

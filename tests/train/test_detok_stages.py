@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from divot_llm.config import compose_config
-from divot_llm.data.windows import build_window_loader
+from divot_llm.data.detok_examples import build_detok_loader
 from divot_llm.detokenizers import video_detokenizer_class
 from divot_llm.detokenizers.training import tokenizer_features
 from divot_llm.tokenizers.divot import DivotTokenizer
@@ -73,7 +73,7 @@ class SigtermAt:
 
 def sigterm_at(at: int):
     def build(data_cfg, window, rank=0, world_size=1, split="train"):
-        loader = build_window_loader(data_cfg, window, rank=rank, world_size=world_size, split=split)
+        loader = build_detok_loader(data_cfg, window, rank=rank, world_size=world_size, split=split)
         return SigtermAt(loader, at) if split == "train" else loader
 
     return build
@@ -209,7 +209,7 @@ def test_detok_adapt_learns_on_gmm_features_from_the_stage1_detokenizer(
         start = trainer.model.state_dict()
         for name, tensor in stage1.state_dict().items():
             torch.testing.assert_close(start[name], tensor, rtol=0, atol=0, msg=name)
-        batch = next(iter(build_window_loader(cfg.data, trainer.recipe.window)))
+        batch = next(iter(build_detok_loader(cfg.data, trainer.recipe.window)))
         feats = trainer.prepare(batch)["features"]  # sampled from the release's GMM per caption
         own = tokenizer_features(trainer.video_tokenizer, batch["video"])
         assert feats.shape == own.shape == (2, 8, 16) and not torch.allclose(feats, own, atol=0.1)

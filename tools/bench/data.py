@@ -15,7 +15,7 @@ it times, on the same video bytes and the same random clip choices:
                their frames, and hands them on resized, as uint8 (the trainer scales them
                to [-1, 1] on the accelerator)
     baseline   the naive loader: decode every frame and convert it to RGB
-               (video_io.decode_video, PyAV's default decoder settings), then pick the
+               (video_codec.decode_video, PyAV's default decoder settings), then pick the
                same frames and apply the same transform, to float [-1, 1] in the worker
 
 Both give bit-identical clips once the pipeline's are scaled (uint8_to_model_pixels). It
@@ -59,7 +59,7 @@ import av
 import numpy as np
 import torch
 
-from divot_llm.data.video import (
+from divot_llm.data.clip_sampling import (
     MediaError,
     clip_positions,
     plan_windows,
@@ -67,7 +67,7 @@ from divot_llm.data.video import (
     sample_video_clips,
     to_model_pixels,
 )
-from divot_llm.data.video_io import decode_video, encode_video
+from divot_llm.data.video_codec import decode_video, encode_video
 
 TASKS = {"comprehension": 20, "generation": 1}  # name -> num_clips (dense=False for both)
 TARGET_RATIO = 3.0  # the pipeline must beat full decoding by this much on 30-s videos

@@ -20,10 +20,10 @@ from omegaconf import OmegaConf
 
 from divot_llm.config import compose_config
 from divot_llm.data.cache_build import build_feature_cache
+from divot_llm.data.clip_sampling import uint8_to_model_pixels
 from divot_llm.data.feature_cache import expected_info
 from divot_llm.data.loader import build_loader
 from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
-from divot_llm.data.video import uint8_to_model_pixels
 from divot_llm.model import build_divot_llm
 from divot_llm.text import load_text_tokenizer
 from divot_llm.tokenizers import build_video_tokenizer

@@ -25,7 +25,7 @@ from PIL import Image
 
 from divot_llm.data.errors import MediaError
 from divot_llm.data.images import open_rgb, to_rgb
-from divot_llm.data.video_io import display_rgb
+from divot_llm.data.video_codec import display_rgb
 
 WINDOW_FRAMES = 16  # frames per 2-s window at SAMPLE_FPS
 SAMPLE_FPS = 8.0
@@ -358,6 +358,21 @@ def uint8_to_model_pixels(pixels_uint8: torch.Tensor) -> torch.Tensor:
 # -------------------------------------------------------------------- public entry
 
 
+def check_media_size(width: int, height: int, min_resolution: int, min_aspect_ratio: float) -> None:
+    """A source's size filters, the same for images and videos (either orientation: the
+    shorter side and the aspect ratio do not change with a display rotation).
+
+    Raises:
+        MediaError: ``too_small`` (shorter side under ``min_resolution``) or
+            ``bad_aspect_ratio`` (shorter / longer side under ``min_aspect_ratio``).
+    """
+    short, long = sorted((width, height))
+    if short < min_resolution:
+        raise MediaError("too_small", f"{width}x{height} < {min_resolution}")
+    if short / long < min_aspect_ratio:
+        raise MediaError("bad_aspect_ratio", f"{width}x{height}")
+
+
 def sample_video_clips(
     source: bytes | str | os.PathLike,
     num_clips: int,
@@ -383,10 +398,7 @@ def sample_video_clips(
     # shorter side and the aspect ratio are the same either way round.
     with _open(source) as container:
         info = _probe(container)
-        if min(info.width, info.height) < min_resolution:
-            raise MediaError("too_small", f"{info.width}x{info.height} < {min_resolution}")
-        if min(info.width, info.height) / max(info.width, info.height) < min_aspect_ratio:
-            raise MediaError("bad_aspect_ratio", f"{info.width}x{info.height}")
+        check_media_size(info.width, info.height, min_resolution, min_aspect_ratio)
         windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense, window, sample_fps)
         indices = windows[:, clip_positions(window, stride)]  # (C, 5)
         unique = np.unique(indices)
@@ -414,12 +426,23 @@ def _transform_into_clips(frames_hw3: list[np.ndarray], frame_of_slot: np.ndarra
 
 
 def image_clip(
-    image: Image.Image | bytes, frames_per_clip: int = 5, image_size: int = 256, as_uint8: bool = False
+    image: Image.Image | bytes | str | os.PathLike,
+    frames_per_clip: int = 5,
+    image_size: int = 256,
+    as_uint8: bool = False,
+    min_resolution: int = 0,
+    min_aspect_ratio: float = 0.0,
 ) -> torch.Tensor:
-    """A still image as one static clip: (1, frames_per_clip, 3, S, S) in [-1, 1] (or, with
-    ``as_uint8``, in [0, 255] as ``sample_video_clips``). Any PIL mode is made 8-bit RGB by
-    ``images.to_rgb`` (16-bit greyscale scaled, transparency over white)."""
-    rgb = open_rgb(image) if isinstance(image, (bytes, bytearray, memoryview)) else to_rgb(image)
+    """A still image (opened, or a file's bytes or path) as one static clip:
+    (1, frames_per_clip, 3, S, S) in [-1, 1] (or, with ``as_uint8``, in [0, 255] as
+    ``sample_video_clips``). Any PIL mode is made 8-bit RGB by ``images.to_rgb`` (16-bit
+    greyscale scaled, transparency over white).
+
+    Raises:
+        MediaError: unusable image: corrupt, too small, too elongated (``check_media_size``).
+    """
+    rgb = to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
+    check_media_size(*rgb.size, min_resolution, min_aspect_ratio)
     pixels = _resized_uint8([np.asarray(rgb)], image_size)  # (1, 3, S, S)
     clip_uint8 = pixels.expand(frames_per_clip, -1, -1, -1).unsqueeze(0).clone()
     return clip_uint8 if as_uint8 else uint8_to_model_pixels(clip_uint8)

@@ -1,4 +1,4 @@
-"""De-tokenizer windows on real synthetic videos: frame times and pixels of one window,
+"""De-tokenizer examples on real synthetic videos: frame times and pixels of one video,
 the compressed window of a short video, batches through the loader (shapes, captions,
 exact resume, bad videos skipped and counted)."""
 
@@ -12,18 +12,18 @@ import pytest
 import torch
 
 from divot_llm.config import compose_config
+from divot_llm.data.clip_sampling import to_model_pixels
+from divot_llm.data.detok_examples import DetokExampleSpec, build_detok_loader, read_detok_video
 from divot_llm.data.synthetic import SyntheticCounts, render_video, sample_video_spec, write_synthetic_dataset
-from divot_llm.data.video import to_model_pixels
-from divot_llm.data.windows import WindowSpec, build_window_loader, read_window
 
 SEED = 5
 COUNTS = SyntheticCounts(train_videos=6, val_videos=2, images=2, samples_per_shard=3)
-WINDOW = WindowSpec(num_frames=8, fps=8.0, image_size=32)
+SPEC = DetokExampleSpec(num_frames=8, fps=8.0, image_size=32)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    out = tmp_path_factory.mktemp("windows") / "synthetic"
+    out = tmp_path_factory.mktemp("detok_examples") / "synthetic"
     write_synthetic_dataset(out, seed=SEED, counts=COUNTS)
     return out
 
@@ -33,11 +33,11 @@ def video_path(root, index: int):
     return spec, root / "media" / "videos" / f"{spec.key}.{spec.extension}"
 
 
-def test_a_window_is_num_frames_at_fps_with_the_frames_on_screen_then(root):
+def test_a_detok_video_is_num_frames_at_fps_with_the_frames_on_screen_then(root):
     # constant-rate videos of each codec; the VFR one (index 4) samples by nominal time too
     for index in (0, 1, 2, 3):
         spec, path = video_path(root, index)
-        video_fchw, times_f = read_window(path, WINDOW, np.random.default_rng(index))
+        video_fchw, times_f = read_detok_video(path, SPEC, np.random.default_rng(index))
         assert video_fchw.shape == (8, 3, 32, 32) and video_fchw.dtype == torch.float32
         assert -1 <= video_fchw.min() and video_fchw.max() <= 1
         if spec.duration_s >= 1.0 + 1 / spec.fps:  # long enough for a real 1-s window at 8 fps
@@ -54,15 +54,15 @@ def test_a_window_is_num_frames_at_fps_with_the_frames_on_screen_then(root):
 
 def test_a_video_shorter_than_the_window_is_spread_over_it(root):
     spec, path = video_path(root, 0)
-    long_window = WindowSpec(num_frames=16, fps=2.0, image_size=32)  # 8 s > every short video
+    long_spec = DetokExampleSpec(num_frames=16, fps=2.0, image_size=32)  # 8 s > every short video
     assert spec.duration_s < 8
-    _, times_f = read_window(path, long_window, np.random.default_rng(0))
+    _, times_f = read_detok_video(path, long_spec, np.random.default_rng(0))
     assert len(times_f) == 16 and np.all(np.diff(times_f) >= 0)
     # the reference's rule: a random start within the first sampled frame, then the rest of the video
-    assert times_f[0] < 1 / long_window.fps and times_f[-1] >= spec.duration_s - 2 / spec.fps
+    assert times_f[0] < 1 / long_spec.fps and times_f[-1] >= spec.duration_s - 2 / spec.fps
 
 
-def window_cfg(data_root, *overrides):
+def detok_cfg(data_root, *overrides):
     return compose_config(
         [
             "data=synthetic_detok",
@@ -79,9 +79,9 @@ def take(loader, n):
     return [next(it) for _ in range(n)]
 
 
-def test_loader_batches_are_windows_with_captions_and_resume_exactly(root):
-    cfg = window_cfg(root)
-    first = take(build_window_loader(cfg.data, WINDOW), 4)
+def test_loader_batches_are_detok_videos_with_captions_and_resume_exactly(root):
+    cfg = detok_cfg(root)
+    first = take(build_detok_loader(cfg.data, SPEC), 4)
     for batch in first:
         assert batch["video"].shape == (3, 8, 3, 32, 32)
         assert batch["frame_times"].shape == (3, 8)
@@ -89,16 +89,16 @@ def test_loader_batches_are_windows_with_captions_and_resume_exactly(root):
     sources = {s for b in first for s in b["sources"]}
     assert sources == {"videos_jsonl", "videos_tar"}
 
-    loader = build_window_loader(cfg.data, WINDOW)
+    loader = build_detok_loader(cfg.data, SPEC)
     take(loader, 2)
     state = json.loads(json.dumps(loader.state_dict()))  # what a checkpoint keeps
-    resumed = build_window_loader(cfg.data, WINDOW)
+    resumed = build_detok_loader(cfg.data, SPEC)
     resumed.load_state_dict(state)
     for expected, got in zip(first[2:], take(resumed, 2), strict=True):
         assert got["keys"] == expected["keys"] and got["captions"] == expected["captions"]
         torch.testing.assert_close(got["video"], expected["video"], rtol=0, atol=0)
 
-    val = list(build_window_loader(cfg.data, WINDOW, split="val"))
+    val = list(build_detok_loader(cfg.data, SPEC, split="val"))
     assert sum(len(b["keys"]) for b in val) == COUNTS.val_videos  # one finite pass
 
 
@@ -111,14 +111,14 @@ def test_bad_videos_are_skipped_and_counted(root, tmp_path):
     lines = [{"video": "good.mp4", "caption": "a clip"}, {"video": "bad.mp4", "caption": "broken"},
              {"video": "missing.mp4", "caption": "gone"}]  # fmt: skip
     (data / "clips.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    cfg = window_cfg(
+    cfg = detok_cfg(
         data,
         "~data.sources.videos_tar",
         "data.sources.videos_jsonl.paths=[clips.jsonl]",
         "data.sources.videos_jsonl.media_root=media",
         "data.batch_size=2",
     )
-    loader = build_window_loader(cfg.data, WINDOW)
+    loader = build_detok_loader(cfg.data, SPEC)
     batch = take(loader, 1)[0]
     assert batch["captions"] == ["a clip", "a clip"]  # only the good video, twice (two epochs)
     counts = loader.skip_counts()

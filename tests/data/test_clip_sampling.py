@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from divot_llm.data.video import (
+from divot_llm.data.clip_sampling import (
     MediaError,
     _PacketDecoder,
     _pick_frames,
     _Unproven,
+    check_media_size,
     clip_positions,
     image_clip,
     plan_windows,
@@ -24,7 +25,7 @@ from divot_llm.data.video import (
     to_model_pixels,
     uint8_to_model_pixels,
 )
-from divot_llm.data.video_io import decode_video, encode_video
+from divot_llm.data.video_codec import decode_video, encode_video
 
 
 def _indexed_frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
@@ -246,6 +247,8 @@ def test_unusable_media_raise_media_error_with_a_reason():
             "bad_aspect_ratio",
         ),
         (lambda: image_clip(b"\x89PNG broken"), "corrupt_image"),
+        (lambda: image_clip(_jpeg_head(full=True), min_resolution=65), "too_small"),  # 64 x 48
+        (lambda: image_clip(_jpeg_head(full=True), min_aspect_ratio=0.8), "bad_aspect_ratio"),
         # the first bytes of a JPEG named .mp4: FFmpeg opens it as a stream without a size
         (lambda: sample_video_clips(_jpeg_head(), 1, np.random.default_rng(0)), "corrupt_video"),
     ]
@@ -255,7 +258,18 @@ def test_unusable_media_raise_media_error_with_a_reason():
         assert err.value.reason == reason
 
 
-def _jpeg_head() -> bytes:
+def _jpeg_head(full: bool = False) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(_indexed_frames(1, 64, 64)[0]).save(buf, "JPEG")
-    return buf.getvalue()[:64]
+    Image.fromarray(_indexed_frames(1, 48 if full else 64, 64)[0]).save(buf, "JPEG")
+    return buf.getvalue() if full else buf.getvalue()[:64]
+
+
+def test_size_filters_take_the_shorter_side_in_either_orientation():
+    for width, height in ((200, 100), (100, 200)):
+        check_media_size(width, height, min_resolution=100, min_aspect_ratio=0.5)  # exactly at both limits
+        with pytest.raises(MediaError, match=f"{width}x{height} < 101") as err:
+            check_media_size(width, height, min_resolution=101, min_aspect_ratio=0.0)
+        assert err.value.reason == "too_small"
+        with pytest.raises(MediaError) as err:
+            check_media_size(width, height, min_resolution=0, min_aspect_ratio=0.51)
+        assert err.value.reason == "bad_aspect_ratio"

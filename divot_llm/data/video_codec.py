@@ -4,7 +4,7 @@ Encoding is byte-deterministic (``bitexact`` muxing, one encoder thread) so that
 recipe run twice with the same seed writes identical shards.
 
 ``decode_video`` decodes every frame: it is for tools, tests and short clips. Training
-decodes only the frames it samples (``data/video.py``).
+decodes only the frames it samples (``data/clip_sampling.py``).
 """
 
 from __future__ import annotations
