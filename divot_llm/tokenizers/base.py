@@ -164,7 +164,11 @@ class VideoTokenizer(PretrainedComponent):
         if not isinstance(frames, torch.Tensor):
             raise ValueError(f"expected a tensor of {expected}, got {type(frames).__name__}")
         if frames.ndim != 5 or frames.shape[2] != 3:
-            hint = " (channels-last? permute to (B, F, 3, H, W))" if frames.ndim and frames.shape[-1] == 3 else ""
+            hint = (
+                " (channels-last? permute to (B, F, 3, H, W))"
+                if frames.ndim and frames.shape[-1] == 3
+                else ""
+            )
             raise ValueError(f"expected {expected}, got shape {tuple(frames.shape)}{hint}")
         if frames.shape[1] != self.frames_per_clip:
             raise ValueError(
@@ -172,4 +176,6 @@ class VideoTokenizer(PretrainedComponent):
                 f"(shape {tuple(frames.shape)}); the data pipeline samples clips for this tokenizer"
             )
         if not frames.is_floating_point():
-            raise ValueError(f"expected {expected}, got dtype {frames.dtype} (uint8 frames need x / 127.5 - 1)")
+            raise ValueError(
+                f"expected {expected}, got dtype {frames.dtype} (uint8 frames need x / 127.5 - 1)"
+            )
