@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from divot_llm.layout import EXPORT_INFO
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="divot-export", description=__doc__.split("\n\n")[0])
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, FileExistsError) as exc:
         print(f"divot-export: {exc}", file=sys.stderr)
         return 1
-    info = json.loads((out / "export.json").read_text())
+    info = json.loads((out / EXPORT_INFO).read_text())
     files = sorted(p.name for p in Path(out).iterdir())
     print(
         f"fp32 weights of {info['source']} (ZeRO-{info['zero_stage']}, {info['world_size']} ranks, "

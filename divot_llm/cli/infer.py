@@ -137,8 +137,11 @@ def _load(args):
     )
 
 
-def _stage(models) -> str:
-    return str(getattr(models.cfg.stage.name, "value", models.cfg.stage.name))
+def _is_pretrain(models) -> bool:
+    """A pretrain release was trained to caption and to generate from a bare caption."""
+    from divot_llm.config.schema import StageName
+
+    return models.cfg.stage.name == StageName.pretrain
 
 
 class SkippedInputs:
@@ -200,7 +203,7 @@ def _comprehend(args, models) -> int:
     from divot_llm.infer import TextPrinter, answer_media
 
     question = args.question
-    if question is None and _stage(models) != "pretrain":
+    if question is None and not _is_pretrain(models):
         question = DEFAULT_QUESTION  # a pretrain release was trained to caption, not to answer
     sampling = {
         "do_sample": not args.greedy,
@@ -259,7 +262,7 @@ def _generate(args, models) -> int:
     captions = _encodable_captions(args.captions, skipped)
     if not captions:
         return skipped.exit_code()
-    instruct = {"auto": _stage(models) != "pretrain", "instruct": True, "caption": False}[args.template]
+    instruct = {"auto": not _is_pretrain(models), "instruct": True, "caption": False}[args.template]
     feats_bnd = generate_features_for_captions(
         models.model, models.text_tokenizer, [c for _, c in captions], media=args.media, instruct=instruct,
         var_scale=args.var_scale, sample=not args.mean, seed=args.seed,

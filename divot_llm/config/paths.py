@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import os
 import stat
 from collections.abc import Sequence
@@ -29,10 +28,20 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from divot_llm.config.loading import ConfigError, schema_nodes
-from divot_llm.config.schema import CHECK, DETOK_STAGES, PathKind, StageName
+from divot_llm.config.schema import CHECK, DETOK_STAGES, DivotConfig, PathKind, StageName
+from divot_llm.layout import (
+    AGENT_DIR,
+    CHECKPOINTS_DIR,
+    DETOKENIZER_CONFIG,
+    DETOKENIZER_DIR,
+    ENGINE_TAG,
+    EXPORT_INFO,
+    LATEST,
+    LLM_DIR,
+    TRAINER_STATE,
+)
 
 HF_CONFIG = "config.json"  # what transformers' from_pretrained reads first
-DETOKENIZER_CONFIG = "detokenizer_config.json"  # what a de-tokenizer's save_pretrained writes
 # What folder_kind recognises.
 RELEASE = "a release"
 RUN = "a training run folder"
@@ -106,12 +115,12 @@ def _layout_problem(folder: Path, kind: PathKind, source: str, where: str) -> st
         return _training_output_advice(folder, found, "a release", where) or _not_a_release(folder, where)
     if kind == PathKind.hf_model and not (folder / HF_CONFIG).is_file():
         if found == RELEASE:
-            return f"{folder} is a release; {source} takes its llm/ folder: {folder / _layout().llm} {where}"
+            return f"{folder} is a release; {source} takes its llm/ folder: {folder / LLM_DIR} {where}"
         return _training_output_advice(folder, found, "a model folder", where) or (
             f"{folder} has no {HF_CONFIG}: not a Hugging Face model folder {where}"
         )
     if kind == PathKind.detokenizer and not (folder / DETOKENIZER_CONFIG).is_file():
-        inside = folder / _layout().detokenizer
+        inside = folder / DETOKENIZER_DIR
         if (inside / DETOKENIZER_CONFIG).is_file():
             return f"{folder} holds a saved de-tokenizer in a subfolder: use {inside} {where}"
         if found in TRAINING_OUTPUTS:
@@ -144,58 +153,35 @@ def _not_a_release(folder: Path, where: str) -> str:
             f"{folder} is a Hugging Face model folder, not a release (llm/ + agent/); if it is a "
             f"release's llm/ folder, give its parent {folder.parent} {where}"
         )
-    layout = _layout()
-    lacking = " and ".join(f"{name}/" for name in (layout.llm, layout.agent) if not (folder / name).is_dir())
+    lacking = " and ".join(f"{name}/" for name in (LLM_DIR, AGENT_DIR) if not (folder / name).is_dir())
     return f"{folder} is not a release: it has no {lacking} (divot-merge writes a release) {where}"
 
 
 def folder_kind(folder: str | os.PathLike) -> str | None:
     """What our tools wrote into ``folder``: ``RELEASE`` (llm/ + agent/), ``RUN``,
     ``CHECKPOINT`` (a checkpoints/ or step_* folder), ``FP32_EXPORT``, or None."""
-    folder, layout = Path(folder), _layout()
-    if (folder / layout.llm).is_dir() and (folder / layout.agent).is_dir():
+    folder = Path(folder)
+    if (folder / LLM_DIR).is_dir() and (folder / AGENT_DIR).is_dir():
         return RELEASE
-    if (folder / layout.checkpoints).is_dir():
+    if (folder / CHECKPOINTS_DIR).is_dir():
         return RUN
-    if any((folder / name).exists() for name in layout.checkpoint_markers):
+    if any((folder / name).exists() for name in (ENGINE_TAG, TRAINER_STATE, LATEST)):
         return CHECKPOINT
-    if (folder / layout.export_info).is_file():
+    if (folder / EXPORT_INFO).is_file():
         return FP32_EXPORT
     return None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Layout:
-    llm: str
-    agent: str
-    detokenizer: str
-    checkpoints: str
-    checkpoint_markers: tuple[str, ...]
-    export_info: str
-
-
-@functools.cache
-def _layout() -> _Layout:
-    """The names our tools write, from the modules that write them; imported only when a
-    folder is looked at (they import torch, which composing a config does not need)."""
-    from divot_llm.export.zero import EXPORT_INFO
-    from divot_llm.model.checkpoint import AGENT_DIR, DETOKENIZER_DIR, LLM_DIR
-    from divot_llm.train.checkpoint import CHECKPOINTS_DIR, ENGINE_TAG, LATEST, TRAINER_STATE
-
-    return _Layout(
-        LLM_DIR, AGENT_DIR, DETOKENIZER_DIR, CHECKPOINTS_DIR, (ENGINE_TAG, TRAINER_STATE, LATEST), EXPORT_INFO
-    )
 
 
 # ------------------------------------------------------------------ paths of a config
 
 
-def config_paths(cfg: DictConfig, under: Sequence[str]) -> list[tuple[str, str, PathKind]]:
+def config_paths(cfg: DictConfig | DivotConfig, under: Sequence[str]) -> list[tuple[str, str, PathKind]]:
     """(key, path, kind) of every local path set in ``cfg`` at or below one of the keys
     ``under`` (``"video_tokenizer"``, ``"model.llm.path"``); null and ``???`` values are
     left out."""
     found = []
-    for key, node, schema in schema_nodes(cfg, ""):
+    tree = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)  # typed configs too
+    for key, node, schema in schema_nodes(tree, ""):
         for field in dataclasses.fields(schema):
             check = field.metadata.get(CHECK)
             full = f"{key}.{field.name}" if key else field.name
@@ -213,7 +199,7 @@ def _within(key: str, under: Sequence[str]) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in under)
 
 
-def check_config_paths(cfg: DictConfig, under: Sequence[str]) -> None:
+def check_config_paths(cfg: DictConfig | DivotConfig, under: Sequence[str]) -> None:
     """Check every local path of ``cfg`` at or below the keys ``under``.
 
     Raises:

@@ -14,28 +14,27 @@ not need the tokenizer.
 from __future__ import annotations
 
 import abc
-import contextlib
-import os
-from collections.abc import Iterator
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import torch
-from torch import nn
 
-from divot_llm.tokenizers.base import VideoTokenizer
+from divot_llm.layout import DETOKENIZER_CONFIG
+from divot_llm.runtime import eval_mode
+from divot_llm.tokenizers.base import PretrainedComponent, VideoTokenizer
 
 T = TypeVar("T", bound="VideoDetokenizer")
 
 
-class VideoDetokenizer(nn.Module, abc.ABC):
+class VideoDetokenizer(PretrainedComponent):
     """Features ``(B, N, D)`` -> video ``(B, F, 3, H, W)`` in [-1, 1].
 
     The video layout is the tokenizer's input layout (frames before channels), so
     ``tokenizer.encode(detokenizer.decode(feats)[:, positions])`` needs no permute.
-    Subclasses implement the construction, ``_decode``, ``loss`` and the shape members.
+    Subclasses implement the construction, ``_decode``, ``loss`` and the shape members;
+    their ``save_pretrained`` writes the null features with the weights.
     """
 
-    config_class: ClassVar[type]  # the dataclass ``from_config`` takes
+    config_file = DETOKENIZER_CONFIG
     null_features: torch.Tensor | None  # (N, D) features of an all-zero clip; a buffer
 
     # ---------------------------------------------------------------- construction
@@ -45,15 +44,6 @@ class VideoDetokenizer(nn.Module, abc.ABC):
     def from_config(cls: type[T], config: Any, tokenizer: VideoTokenizer | None = None) -> T:
         """Build the de-tokenizer and load the weights the config points to; with a
         tokenizer, also set its zero-clip features as the unconditional features."""
-
-    @classmethod
-    @abc.abstractmethod
-    def from_pretrained(cls: type[T], path: str | os.PathLike) -> T:
-        """Load a de-tokenizer written by ``save_pretrained``."""
-
-    @abc.abstractmethod
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write config and weights (including the null features) to the folder ``path``."""
 
     # ---------------------------------------------------------------------- shapes
 
@@ -76,14 +66,6 @@ class VideoDetokenizer(nn.Module, abc.ABC):
     @abc.abstractmethod
     def fps(self) -> int:
         """Frame rate the decoded clip is meant to play at."""
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
 
     # ----------------------------------------------------------- null features
 
@@ -144,7 +126,7 @@ class VideoDetokenizer(nn.Module, abc.ABC):
             generator.seed()
         else:
             generator.manual_seed(seed)
-        with torch.no_grad(), _eval_mode(self):
+        with torch.no_grad(), eval_mode(self):
             video = self._decode(
                 features.to(device=self.device, dtype=self.dtype), steps, guidance, generator
             )
@@ -205,14 +187,3 @@ def zero_clip_features(tokenizer: VideoTokenizer) -> torch.Tensor:
         1, tokenizer.frames_per_clip, 3, size, size, device=tokenizer.device, dtype=tokenizer.dtype
     )
     return tokenizer.encode(zeros)[0]
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Dropout off while sampling; the caller's mode comes back."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)

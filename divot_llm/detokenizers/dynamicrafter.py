@@ -21,8 +21,6 @@ copy are skipped. ``save_pretrained`` writes the same layout.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -44,12 +42,11 @@ from divot_llm.detokenizers.vae import (
     load_vae_weights,
     vae_downsample_factor,
 )
-from divot_llm.tokenizers.base import VideoTokenizer
+from divot_llm.tokenizers.base import VideoTokenizer, config_value
 from divot_llm.tokenizers.clip_vision import load_weights_file
 from divot_llm.tokenizers.divot_layers import PerceiverResampler
 
-# save_pretrained layout
-CONFIG_FILE = "detokenizer_config.json"
+# save_pretrained layout (+ VideoDetokenizer.config_file)
 WEIGHTS_FILE = "detokenizer.safetensors"  # release key names (+ null_features)
 
 NULL_FEATURES_KEY = "null_features"
@@ -191,17 +188,14 @@ class DynamiCrafterDetokenizer(VideoDetokenizer):
     def from_pretrained(cls, path: str | os.PathLike) -> DynamiCrafterDetokenizer:
         """Load a folder written by ``save_pretrained`` (null features included)."""
         path = Path(path)
-        fields = json.loads((path / CONFIG_FILE).read_text())
-        fields.update(pretrained_path=str(path / WEIGHTS_FILE), vae_path=None)
-        return cls.from_config(DynamiCrafterConfig(**fields))
+        return cls.from_config(
+            cls._saved_config(path, pretrained_path=str(path / WEIGHTS_FILE), vae_path=None)
+        )
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``detokenizer_config.json`` and the weights with the release key names
         (safetensors), plus ``null_features`` when set."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        fields = dataclasses.asdict(self.config) | {"pretrained_path": None, "vae_path": None}
-        (path / CONFIG_FILE).write_text(json.dumps(fields, indent=2) + "\n")
+        path = self._save_config(path, pretrained_path=None, vae_path=None)
         save_file(
             {k: v.detach().contiguous() for k, v in self.release_state_dict().items()}, path / WEIGHTS_FILE
         )
@@ -250,21 +244,10 @@ class DynamiCrafterDetokenizer(VideoDetokenizer):
 
     # ---------------------------------------------------------------------- shapes
 
-    @property
-    def num_frames(self) -> int:
-        return self.config.num_frames
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def feature_dim(self) -> int:
-        return self.config.feature_dim
-
-    @property
-    def fps(self) -> int:
-        return self.config.fps
+    num_frames = config_value("num_frames")
+    image_size = config_value("image_size")
+    feature_dim = config_value("feature_dim")
+    fps = config_value("fps")
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:

@@ -31,11 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from divot_llm.config.loading import load_saved_config
+from divot_llm.config import DivotConfig, config_to_yaml, load_saved_config, to_typed
 from divot_llm.config.paths import check_config_paths, model_reads
-from divot_llm.config.schema import DETOK_STAGES, StageName
+from divot_llm.config.schema import DETOK_STAGES
 from divot_llm.export.verify import (
     Comparison,
     VerificationError,
@@ -50,9 +49,11 @@ from divot_llm.export.zero import (
     read_fp32_export,
     resolve_checkpoint,
 )
-from divot_llm.model.checkpoint import VIDEO_TOKENIZER_DIR
+from divot_llm.layout import EXPORT_INFO, RELEASE_INFO, VIDEO_TOKENIZER_DIR
+from divot_llm.model import DivotLLM, load_release, load_training_state_dict, save_release
+from divot_llm.text.tokenizer import DivotTextTokenizer
+from divot_llm.tokenizers.base import VideoTokenizer
 
-RELEASE_INFO = "release.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -63,9 +64,17 @@ class MergeResult:
     comparisons: list[Comparison] = field(default_factory=list)
 
 
+@dataclass
+class _Expected:
+    """What the unmerged model gave on the verification batches."""
+
+    batches: list[dict]
+    outputs: list[dict[str, torch.Tensor]]
+
+
 def load_trained_state(
     checkpoint: str | os.PathLike, overrides: Sequence[str] = ()
-) -> tuple[dict[str, torch.Tensor], DictConfig, dict]:
+) -> tuple[dict[str, torch.Tensor], DivotConfig, dict]:
     """(fp32 tensors, the run's resolved config, where they came from) of a checkpoint.
 
     The config is read, ``overrides`` applied and the paths the rebuild reads are checked
@@ -79,7 +88,7 @@ def load_trained_state(
     """
     path = Path(checkpoint)
     if is_fp32_export(path):
-        source = json.loads((path / "export.json").read_text())
+        source = json.loads((path / EXPORT_INFO).read_text())
         config_file = path / CONFIG_FILE
         read_state = functools.partial(read_fp32_export, path)
     else:
@@ -98,18 +107,19 @@ def load_trained_state(
         raise FileNotFoundError(
             f"{config_file} is missing: divot-merge rebuilds the model from the run's resolved config"
         )
-    cfg = load_saved_config(config_file, overrides)
-    if StageName(_plain(cfg.stage.name)) in DETOK_STAGES:
+    saved = load_saved_config(config_file, overrides)
+    cfg = to_typed(saved)
+    if cfg.stage.name in DETOK_STAGES:
         raise CheckpointError(
-            f"{path} is a checkpoint of the de-tokenizer stage {_plain(cfg.stage.name)}: export it with "
+            f"{path} is a checkpoint of the de-tokenizer stage {cfg.stage.name.value}: export it with "
             f"divot-export detokenizer {path} OUT"
         )
-    check_config_paths(cfg, model_reads(cfg))
+    check_config_paths(saved, model_reads(saved))
     return read_state(), cfg, source
 
 
-def config_hash(cfg: DictConfig) -> str:
-    return hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:16]
+def config_hash(cfg: DivotConfig) -> str:
+    return hashlib.sha256(config_to_yaml(cfg).encode()).hexdigest()[:16]
 
 
 def merge_release(
@@ -138,62 +148,106 @@ def merge_release(
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
         ConfigError: a bad override or a missing path (see ``load_trained_state``).
     """
-    from divot_llm.model import load_release, load_training_state_dict, save_release
-    from divot_llm.train.trainer import build_models
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     state, cfg, source = load_trained_state(checkpoint, overrides)
-    log(f"rebuilding the {_plain(cfg.stage.name)} model of {source['source']} (step {source.get('step')})")
-    text_tokenizer, video_tokenizer, model = build_models(
-        cfg, torch.float32
-    )  # frozen weights as the run had them
-    load_training_state_dict(model, state)
+    log(f"rebuilding the {cfg.stage.name.value} model of {source['source']} (step {source.get('step')})")
+    text_tokenizer, video_tokenizer, model = _rebuild(cfg, state)
     del state
-    model.eval()
-
-    reference = None
+    expected = None
     if verify:  # the unmerged model's outputs, before merge_lora changes it in place
         batches = verification_batches(
             text_tokenizer, video_tokenizer.num_tokens, video_tokenizer.feature_dim
         )
-        reference = reference_outputs(model, batches)
-    model.merge_lora()
-    model.to(DTYPES[dtype])
+        expected = _Expected(batches, reference_outputs(model, batches))
 
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     log(f"writing {dtype} release to {tmp}")
+    _write_merged(model, text_tokenizer, video_tokenizer, cfg, tmp, DTYPES[dtype], max_shard_size)
+    del model  # on disk now: not held twice while the release is loaded back
+    comparisons = []
+    if expected is not None:
+        comparisons = _verify_written(tmp, cfg, video_tokenizer, expected, DTYPES[dtype], log)
+    info = _release_info(cfg, source, dtype, comparisons)
+    (tmp / RELEASE_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return MergeResult(out, info, comparisons)
+
+
+def _rebuild(
+    cfg: DivotConfig, state: dict[str, torch.Tensor]
+) -> tuple[DivotTextTokenizer, VideoTokenizer, DivotLLM]:
+    """The run's tokenizers and model, frozen weights as the run had them (fp32), with the
+    trained tensors loaded; eval mode."""
+    from divot_llm.train.trainer import build_models
+
+    text_tokenizer, video_tokenizer, model = build_models(cfg, torch.float32)
+    load_training_state_dict(model, state)
+    return text_tokenizer, video_tokenizer, model.eval()
+
+
+def _write_merged(
+    model: DivotLLM,
+    text_tokenizer: DivotTextTokenizer,
+    video_tokenizer: VideoTokenizer,
+    cfg: DivotConfig,
+    tmp: Path,
+    dtype: torch.dtype,
+    max_shard_size: str,
+) -> None:
+    """LoRA folded in (``model`` changes in place), cast, written in the release layout
+    with the config; a random-init video tokenizer, which has no weights file of its own
+    to point at, is saved beside."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.merge_lora()
+    model.to(dtype)
     save_release(model, tmp, tokenizer=text_tokenizer, max_shard_size=max_shard_size)
-    del model
-    if cfg.video_tokenizer.get("pretrained_path") is None:
+    if cfg.video_tokenizer.pretrained_path is None:
         video_tokenizer.save_pretrained(tmp / VIDEO_TOKENIZER_DIR)
-    OmegaConf.save(cfg, tmp / CONFIG_FILE, resolve=True)
+    (tmp / CONFIG_FILE).write_text(config_to_yaml(cfg))
 
-    comparisons: list[Comparison] = []
-    if reference is not None:
-        merged = load_release(
-            tmp, cfg.model, tokens_per_clip=video_tokenizer.num_tokens, feature_dim=video_tokenizer.feature_dim,
-            dtype=DTYPES[dtype],
-        )  # fmt: skip
-        comparisons = compare(reference, reference_outputs(merged, batches), DTYPES[dtype])
-        for c in comparisons:
-            log(f"verify {c}")
-        if not all(c.ok for c in comparisons):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise VerificationError(
-                "the merged release does not reproduce the trained model: "
-                + "; ".join(str(c) for c in comparisons if not c.ok)
-                + " -- the checkpoint's adapter or projection weights are corrupt or do not fit this "
-                "base model; nothing was written"
-            )
 
-    info = {
-        "stage": _plain(cfg.stage.name),
-        "experiment": cfg.get("experiment_name"),
+def _verify_written(
+    tmp: Path,
+    cfg: DivotConfig,
+    video_tokenizer: VideoTokenizer,
+    expected: _Expected,
+    dtype: torch.dtype,
+    log: Callable[[str], None],
+) -> list[Comparison]:
+    """Compare the release as loaded back from ``tmp`` with the unmerged model's outputs.
+
+    Raises:
+        VerificationError: they differ beyond the dtype's tolerance; ``tmp`` is removed.
+    """
+    merged = load_release(
+        tmp, cfg.model, tokens_per_clip=video_tokenizer.num_tokens, feature_dim=video_tokenizer.feature_dim,
+        dtype=dtype,
+    )  # fmt: skip
+    comparisons = compare(expected.outputs, reference_outputs(merged, expected.batches), dtype)
+    for c in comparisons:
+        log(f"verify {c}")
+    if not all(c.ok for c in comparisons):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise VerificationError(
+            "the merged release does not reproduce the trained model: "
+            + "; ".join(str(c) for c in comparisons if not c.ok)
+            + " -- the checkpoint's adapter or projection weights are corrupt or do not fit this "
+            "base model; nothing was written"
+        )
+    return comparisons
+
+
+def _release_info(cfg: DivotConfig, source: dict, dtype: str, comparisons: list[Comparison]) -> dict:
+    """The release's ``release.json``: what it was made from and how it was checked."""
+    return {
+        "stage": cfg.stage.name.value,
+        "experiment": cfg.experiment_name,
         "source_checkpoint": source["source"],
         "source_step": source.get("step"),
         "config_sha256": config_hash(cfg),
@@ -202,12 +256,3 @@ def merge_release(
         "verification": [str(c) for c in comparisons],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    (tmp / RELEASE_INFO).write_text(json.dumps(info, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return MergeResult(out, info, comparisons)
-
-
-def _plain(value) -> str:
-    return str(getattr(value, "value", value))

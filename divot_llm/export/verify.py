@@ -18,6 +18,9 @@ import torch
 
 from divot_llm.data.collate import collate
 from divot_llm.data.sequences import SequenceBuilder, sequence_example
+from divot_llm.model.divot import DivotLLM
+from divot_llm.runtime import eval_mode
+from divot_llm.text.tokenizer import DivotTextTokenizer
 
 # Max |a - b| allowed, relative to max |a| (fp32 merges only reorder sums; bf16 rounds
 # every weight to 8 bits of mantissa).
@@ -51,7 +54,9 @@ class Comparison:
         )
 
 
-def verification_batches(tokenizer, tokens_per_clip: int, feature_dim: int, seed: int = 0) -> list[dict]:
+def verification_batches(
+    tokenizer: DivotTextTokenizer, tokens_per_clip: int, feature_dim: int, seed: int = 0
+) -> list[dict]:
     """Two batches of real task sequences over random clip features (fixed seed)."""
     builder = SequenceBuilder(tokenizer, tokens_per_clip)
     rng = np.random.default_rng(seed)
@@ -69,7 +74,7 @@ def verification_batches(tokenizer, tokens_per_clip: int, feature_dim: int, seed
 
 
 @torch.no_grad()
-def model_outputs(model, batch: dict) -> dict[str, torch.Tensor]:
+def model_outputs(model: DivotLLM, batch: dict) -> dict[str, torch.Tensor]:
     """fp32 logits at every attended position and GMM parameters at the queries."""
     device = model.device
     inputs = {
@@ -93,13 +98,10 @@ def model_outputs(model, batch: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def reference_outputs(model, batches: list[dict]) -> list[dict[str, torch.Tensor]]:
-    was_training = model.training
-    model.eval()
-    try:
+def reference_outputs(model: DivotLLM, batches: list[dict]) -> list[dict[str, torch.Tensor]]:
+    """``model_outputs`` of each batch, in eval mode (no LoRA dropout)."""
+    with eval_mode(model):
         return [model_outputs(model, b) for b in batches]
-    finally:
-        model.train(was_training)
 
 
 def compare(

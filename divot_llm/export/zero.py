@@ -23,14 +23,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from divot_llm.config.loading import RESOLVED_CONFIG_NAME as CONFIG_FILE
+from divot_llm.layout import CHECKPOINTS_DIR, ENGINE_TAG, EXPORT_INFO, LATEST, TMP_PREFIX, TRAINER_STATE
 from divot_llm.train.checkpoint import (
-    CHECKPOINTS_DIR,
-    ENGINE_TAG,
-    LATEST,
     OPTIM_STATES,
-    TMP_PREFIX,
-    TRAINER_STATE,
     CheckpointError,
     checkpoint_problems,
     describe_problems,
@@ -39,7 +38,9 @@ from divot_llm.train.checkpoint import (
     step_checkpoints,
 )
 
-EXPORT_INFO = "export.json"
+# What DeepSpeed's converter writes (with safe_serialization): one file, or shards + index.
+FP32_WEIGHTS = "model.safetensors"
+FP32_INDEX = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -181,17 +182,15 @@ def zero_to_fp32(
     return out
 
 
-def read_fp32_export(export_dir: str | os.PathLike) -> dict:
+def read_fp32_export(export_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a ``zero_to_fp32`` output folder (one file or sharded)."""
-    from safetensors.torch import load_file
-
     folder = Path(export_dir)
-    index = folder / "model.safetensors.index.json"
+    index = folder / FP32_INDEX
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     else:
-        files = ["model.safetensors"]
-    state: dict = {}
+        files = [FP32_WEIGHTS]
+    state: dict[str, torch.Tensor] = {}
     for name in files:
         state.update(load_file(folder / name))
     return state
@@ -200,5 +199,5 @@ def read_fp32_export(export_dir: str | os.PathLike) -> dict:
 def is_fp32_export(path: str | os.PathLike) -> bool:
     path = Path(path)
     return (path / EXPORT_INFO).is_file() and (
-        (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+        (path / FP32_WEIGHTS).is_file() or (path / FP32_INDEX).is_file()
     )

@@ -1,5 +1,6 @@
 """Inference: comprehend (video -> text), generate (text -> features -> video),
-reconstruct (video -> features -> video), and loading what they need."""
+reconstruct (video -> features -> video), and loading what they need. Caption ->
+features is the model's own (``divot_llm.model.generation``; training uses it too)."""
 
 from divot_llm.infer.comprehend import (
     TextPrinter,
@@ -8,9 +9,9 @@ from divot_llm.infer.comprehend import (
     comprehension_prompt_ids,
     encode_media,
 )
-from divot_llm.infer.generate import generate_features_for_captions, generation_prompt_ids
 from divot_llm.infer.load import InferenceModels, load_inference_models, official_config, release_config
 from divot_llm.infer.reconstruct import Reconstruction, reconstruct
+from divot_llm.model.generation import generate_features_for_captions, generation_prompt_ids
 
 __all__ = [
     "InferenceModels",

@@ -8,20 +8,26 @@ placeholders of the prompt.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from divot_llm.data.clip_sampling import MediaError, image_clip, sample_video_clips
+from divot_llm.model.divot import DivotLLM
+from divot_llm.model.generation import generate_text
 from divot_llm.text import templates
 from divot_llm.text.tokenizer import DivotTextTokenizer
+from divot_llm.tokenizers.base import VideoTokenizer
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def encode_media(
-    path: str | os.PathLike, video_tokenizer, num_clips: int, seed: int = 0
+    path: str | os.PathLike, video_tokenizer: VideoTokenizer, num_clips: int, seed: int = 0
 ) -> tuple[torch.Tensor, str]:
     """Features ``(C, N, D)`` of a video or image file and its kind ("video" | "image").
 
@@ -35,7 +41,9 @@ def encode_media(
     return feats.float(), kind
 
 
-def read_media_clips(path: Path, video_tokenizer, num_clips: int, seed: int) -> tuple[torch.Tensor, str]:
+def read_media_clips(
+    path: Path, video_tokenizer: VideoTokenizer, num_clips: int, seed: int
+) -> tuple[torch.Tensor, str]:
     """The clips of a video (the QA rule: ``num_clips`` dense clips) or image (one static
     clip) at the tokenizer's size, and the kind; MediaError for a file that cannot be used."""
     try:
@@ -72,9 +80,9 @@ def comprehension_prompt_ids(
 
 
 def comprehend(
-    model,
+    model: DivotLLM,
     tokenizer: DivotTextTokenizer,
-    video_tokenizer,
+    video_tokenizer: VideoTokenizer,
     media_paths: list[str | os.PathLike],
     question: str | None,
     num_clips: int = 20,
@@ -92,7 +100,7 @@ def comprehend(
 
 
 def answer_media(
-    model,
+    model: DivotLLM,
     tokenizer: DivotTextTokenizer,
     encoded: list[tuple[torch.Tensor, str]],
     question: str | None,
@@ -107,24 +115,26 @@ def answer_media(
         for feats, kind in encoded
     ]
     torch.manual_seed(seed)
-    outputs = model.generate_text(
-        tokenizer, prompts, video_feats=[feats for feats, _ in encoded], **generation
+    outputs = generate_text(
+        model, tokenizer, prompts, video_feats=[feats for feats, _ in encoded], **generation
     )
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
 
 
-class TextPrinter:
+class TextPrinter(BaseStreamer):
     """Writes an answer while it is sampled (a transformers streamer: ``put`` / ``end``).
 
     transformers hands the prompt to ``put`` first; it is skipped. The text is re-decoded
-    from all new ids each time so multi-piece words come out whole.
+    from all new ids each time, and only a longer version of what is already out is
+    written, so multi-piece words and multi-byte characters come out whole and the
+    printed text is the answer ``answer_media`` returns. transformers' ``TextStreamer``
+    is not used: it restarts decoding after each newline, and SentencePiece drops the
+    leading space of a fresh decode (``"\\n The"`` would print as ``"\\nThe"``).
     """
 
-    def __init__(self, tokenizer: DivotTextTokenizer, write=None):
-        import sys
-
+    def __init__(self, tokenizer: DivotTextTokenizer, write: Callable[[str], object] | None = None):
         self.tokenizer = tokenizer
-        self.write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        self.write = write or _write_stdout
         self.ids: list[int] = []
         self.printed = ""
         self._prompt_seen = False
@@ -141,3 +151,8 @@ class TextPrinter:
 
     def end(self) -> None:
         self.write("\n")
+
+
+def _write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

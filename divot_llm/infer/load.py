@@ -23,20 +23,29 @@ anything is built.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from divot_llm.config import DivotConfig, compose_config, load_saved_config, to_typed
 from divot_llm.config.loading import RESOLVED_CONFIG_NAME as RELEASE_CONFIG
-from divot_llm.config.loading import load_saved_config
 from divot_llm.config.paths import PathError, check_config_paths, check_path
 from divot_llm.config.schema import PathKind
-from divot_llm.model.checkpoint import DETOKENIZER_DIR, LLM_DIR, VIDEO_TOKENIZER_DIR
+from divot_llm.detokenizers import build_video_detokenizer
+from divot_llm.detokenizers.base import VideoDetokenizer
+from divot_llm.detokenizers.registry import load_video_detokenizer
+from divot_llm.layout import DETOKENIZER_DIR, LLM_DIR, VIDEO_TOKENIZER_DIR
+from divot_llm.model import DivotLLM, load_release
+from divot_llm.runtime import default_dtype
+from divot_llm.text import load_text_tokenizer
+from divot_llm.text.tokenizer import DivotTextTokenizer
+from divot_llm.tokenizers import build_video_tokenizer
+from divot_llm.tokenizers.base import VideoTokenizer
+from divot_llm.tokenizers.registry import load_video_tokenizer
 
 OFFICIAL_EXPERIMENT = "divot_official"
 OFFICIAL_STAGE_FOR = {"comprehend": "sft_comp", "generate": "sft_gen", "reconstruct": "sft_comp"}
@@ -48,15 +57,15 @@ OFFICIAL_DETOKENIZER = {  # stage-1 weights reconstruct tokenizer features, stag
 
 @dataclass
 class InferenceModels:
-    cfg: DictConfig
-    release_dir: Path
-    model: Any  # DivotLLM, None when only the tokenizers were asked for
-    text_tokenizer: Any
-    video_tokenizer: Any
-    detokenizer: Any  # VideoDetokenizer or None (not configured)
+    cfg: DivotConfig
+    release_dir: Path | None  # stage.init_from; None when the config names no release
+    model: DivotLLM | None  # None when the LLM was not asked for (reconstruct)
+    text_tokenizer: DivotTextTokenizer | None
+    video_tokenizer: VideoTokenizer
+    detokenizer: VideoDetokenizer | None  # None: not configured (or no weights)
 
 
-def release_config(release_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+def release_config(release_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> DivotConfig:
     """The config saved in one of our releases, with ``overrides`` applied.
 
     Raises:
@@ -71,17 +80,15 @@ def release_config(release_dir: str | os.PathLike, overrides: Sequence[str] = ()
             f"{path} is missing: --release takes a divot-merge output; for Divot's official files "
             "use --official PRETRAINED_DIR"
         )
-    cfg = load_saved_config(path, overrides)
+    cfg = to_typed(load_saved_config(path, overrides))
     cfg.stage.init_from = str(release)
     return cfg
 
 
 def official_config(
     pretrained_root: str | os.PathLike, task: str, overrides: Sequence[str] = ()
-) -> DictConfig:
+) -> DivotConfig:
     """The composed config for Divot's official files under ``pretrained_root``."""
-    from divot_llm.config import compose_config
-
     root = check_path(pretrained_root, PathKind.folder, "--official").resolve()
     chosen = [
         f"experiment={OFFICIAL_EXPERIMENT}",
@@ -94,7 +101,7 @@ def official_config(
         ),
     ]
     # later overrides win: a user's stage=... or detokenizer.pretrained_path=... replaces ours
-    return compose_config([*chosen, *overrides])
+    return to_typed(compose_config([*chosen, *overrides]))
 
 
 def default_device() -> torch.device:
@@ -102,7 +109,7 @@ def default_device() -> torch.device:
 
 
 def load_inference_models(
-    cfg: DictConfig,
+    cfg: DivotConfig,
     *,
     with_llm: bool = True,
     detokenizer: str | os.PathLike | None = None,
@@ -122,13 +129,9 @@ def load_inference_models(
         device: Default: CUDA if available, else CPU.
         dtype: LLM dtype; default bf16 on CUDA, fp32 on CPU.
     """
-    from divot_llm.model import load_release
-    from divot_llm.tokenizers import build_video_tokenizer
-    from divot_llm.tokenizers.registry import load_video_tokenizer
-
     device = device or default_device()
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    release = Path(cfg.stage.init_from) if cfg.stage.get("init_from") else None
+    dtype = dtype or default_dtype(device)
+    release = Path(cfg.stage.init_from) if cfg.stage.init_from else None
     if with_llm and release is None:
         raise ValueError("stage.init_from must name the release (llm/ + agent/) to load")
     if detokenizer is not None:
@@ -139,7 +142,7 @@ def load_inference_models(
         video_tokenizer = load_video_tokenizer(release / VIDEO_TOKENIZER_DIR)
     else:
         video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
-    video_tokenizer = video_tokenizer.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    video_tokenizer = video_tokenizer.to(device, default_dtype(device))
 
     model = text_tokenizer = None
     if with_llm:
@@ -152,7 +155,13 @@ def load_inference_models(
     return InferenceModels(cfg, release, model, text_tokenizer, video_tokenizer, detok)
 
 
-def _config_reads(cfg, release: Path | None, with_llm: bool, explicit, wanted: bool) -> list[str]:
+def _config_reads(
+    cfg: DivotConfig,
+    release: Path | None,
+    with_llm: bool,
+    explicit: str | os.PathLike | None,
+    wanted: bool,
+) -> list[str]:
     """The config keys whose local paths this load reads, decided as the loaders below
     decide; the rest of a release's config names files of the machine it was trained on
     (its data, for one) and is not checked."""
@@ -180,30 +189,32 @@ def _release_has_tokenizer(release: Path) -> bool:
     return (llm / "tokenizer.model").is_file() or (llm / "tokenizer.json").is_file()
 
 
-def _text_tokenizer(release: Path, cfg: DictConfig):
-    from divot_llm.text import load_text_tokenizer
-
+def _text_tokenizer(release: Path, cfg: DivotConfig) -> DivotTextTokenizer:
     if _release_has_tokenizer(release):
         return load_text_tokenizer(release / LLM_DIR)
     return load_text_tokenizer(cfg.model.tokenizer_path)
 
 
-def _detokenizer(cfg, release, explicit, wanted, video_tokenizer, device):
-    from divot_llm.detokenizers import build_video_detokenizer
-    from divot_llm.detokenizers.registry import load_video_detokenizer
-
+def _detokenizer(
+    cfg: DivotConfig,
+    release: Path | None,
+    explicit: str | os.PathLike | None,
+    wanted: bool,
+    video_tokenizer: VideoTokenizer,
+    device: torch.device,
+) -> VideoDetokenizer | None:
     if explicit is not None:
         path = Path(explicit)
         if path.is_dir():
             detok = load_video_detokenizer(path)
         else:
-            node = OmegaConf.merge(cfg.detokenizer, {"pretrained_path": str(path)})
-            detok = build_video_detokenizer(node, tokenizer=video_tokenizer)
+            weights = dataclasses.replace(cfg.detokenizer, pretrained_path=str(path))
+            detok = build_video_detokenizer(weights, tokenizer=video_tokenizer)
     elif not wanted:
         return None
     elif _saved(release, DETOKENIZER_DIR):
         detok = load_video_detokenizer(release / DETOKENIZER_DIR)
-    elif cfg.detokenizer.get("pretrained_path"):
+    elif cfg.detokenizer.pretrained_path:
         detok = build_video_detokenizer(cfg.detokenizer, tokenizer=video_tokenizer)
     else:
         return None

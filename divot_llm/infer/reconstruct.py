@@ -11,8 +11,10 @@ import numpy as np
 import torch
 
 from divot_llm.data.detok_examples import DetokExampleSpec, read_detok_video
+from divot_llm.detokenizers.base import VideoDetokenizer
 from divot_llm.detokenizers.metrics import reconstruction_metrics
 from divot_llm.detokenizers.training import tokenizer_features
+from divot_llm.tokenizers.base import VideoTokenizer
 
 
 @dataclass
@@ -25,8 +27,8 @@ class Reconstruction:
 
 def reconstruct(
     path: str | os.PathLike,
-    video_tokenizer,
-    detokenizer,
+    video_tokenizer: VideoTokenizer,
+    detokenizer: VideoDetokenizer,
     steps: int | None = None,
     guidance: float | None = None,
     seed: int = 42,

@@ -1,24 +1,22 @@
-"""The Divot-LLM module: backbone + LoRA, projections, GMM head, attention masks."""
+"""The Divot-LLM module: backbone + LoRA, projections, GMM head, attention masks,
+generation, and the release layout on disk."""
 
 from divot_llm.model.attention import build_attention_mask, query_block_ids
 from divot_llm.model.backbone import load_backbone, mistral_config, resize_vocab
 from divot_llm.model.build import build_divot_llm, build_stage_model, load_release
-from divot_llm.model.checkpoint import (
-    load_agent_weights,
-    load_training_state_dict,
-    read_agent_file,
-    save_release,
-)
 from divot_llm.model.divot import DivotLLM, DivotOutput
 from divot_llm.model.generation import (
     FrameTokenLogitsProcessor,
     GeneratedFeatures,
     generate_features,
+    generate_features_for_captions,
     generate_text,
+    generation_prompt_ids,
 )
 from divot_llm.model.gmm import GMMHead, GMMParams
-from divot_llm.model.lora import apply_lora, map_legacy_peft_keys
+from divot_llm.model.lora import apply_lora, load_training_state_dict, map_legacy_peft_keys
 from divot_llm.model.projection import ProjectionLayer
+from divot_llm.model.release import load_agent_weights, read_agent_file, save_release
 
 __all__ = [
     "DivotLLM",
@@ -33,7 +31,9 @@ __all__ = [
     "build_divot_llm",
     "build_stage_model",
     "generate_features",
+    "generate_features_for_captions",
     "generate_text",
+    "generation_prompt_ids",
     "load_agent_weights",
     "load_backbone",
     "load_release",

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 
 from divot_llm.config.schema import ModelConfig
+from divot_llm.layout import AGENT_DIR, LLM_DIR
 from divot_llm.model.backbone import load_backbone, resize_vocab
-from divot_llm.model.checkpoint import AGENT_DIR, LLM_DIR, load_agent_weights
 from divot_llm.model.divot import DivotLLM
 from divot_llm.model.gmm import GMMHead
 from divot_llm.model.lora import apply_lora
+from divot_llm.model.release import load_agent_weights
 from divot_llm.text.special_tokens import NUM_ADDED_TOKENS
 
 

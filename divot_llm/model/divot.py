@@ -21,7 +21,6 @@ Batch keys (all ``(B, ...)``; masks are bool unless stated):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import peft
 import torch
@@ -33,10 +32,6 @@ from divot_llm.model.attention import build_attention_mask
 from divot_llm.model.gmm import GMMHead
 from divot_llm.model.projection import ProjectionLayer
 from divot_llm.text.templates import IGNORE_INDEX, PADDING, QUERY
-
-if TYPE_CHECKING:
-    from divot_llm.model.generation import GeneratedFeatures
-    from divot_llm.text.tokenizer import DivotTextTokenizer
 
 
 @dataclass
@@ -88,6 +83,8 @@ class DivotLLM(nn.Module):
         self.lm_loss_scale = lm_loss_scale
         self.gmm_loss_scale = gmm_loss_scale
         hidden = self.causal_lm.config.hidden_size
+        # Projections, not resamplers (the token count is unchanged): the attribute names
+        # are the key prefixes of the release's agent/ file (and of the reference's code).
         self.input_resampler = ProjectionLayer(feature_dim, hidden)  # D -> H -> H
         self.output_resampler = ProjectionLayer(hidden, gmm.param_dim)  # H -> P -> P
         self.input_resampler.requires_grad_(train_input_proj)
@@ -267,24 +264,6 @@ class DivotLLM(nn.Module):
         sample_of_g = embeds_gen_mask.nonzero()[:, 0]
         sum_b = nll_gn.new_zeros(hidden_bth.shape[0]).index_add(0, sample_of_g, nll_gn.sum(dim=1))
         return sum_b, embeds_gen_mask.sum(dim=1) * self.tokens_per_clip
-
-    # ------------------------------------------------------------------ generation
-
-    def generate_text(
-        self, tokenizer: DivotTextTokenizer, prompts: list[list[int]], **kwargs
-    ) -> list[list[int]]:
-        """Sample text continuations; see ``divot_llm.model.generation.generate_text``."""
-        from divot_llm.model.generation import generate_text
-
-        return generate_text(self, tokenizer, prompts, **kwargs)
-
-    def generate_features(
-        self, tokenizer: DivotTextTokenizer, prompts: list[list[int]], **kwargs
-    ) -> GeneratedFeatures:
-        """Generate video features; see ``divot_llm.model.generation.generate_features``."""
-        from divot_llm.model.generation import generate_features
-
-        return generate_features(self, tokenizer, prompts, **kwargs)
 
 
 def _with_clip_dim(video_feats: torch.Tensor, clip_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Inference: text generation (comprehension) and feature generation (video/image).
+"""Generation with a ``DivotLLM``, as free functions over the model: text (comprehension)
+and features (video/image generation), from token ids or from captions.
 
 Feature generation follows the reference's two phases (divot-reference.md §5.8): sample
 text until the model emits ``<vid>`` (``<img>`` for images), then append ``<frame>`` + N
@@ -8,20 +9,19 @@ final hidden states go through the output projection and the GMM is sampled.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
+from transformers.generation.streamers import BaseStreamer
 
+from divot_llm.model.divot import DivotLLM
+from divot_llm.runtime import eval_mode
+from divot_llm.text import templates
 from divot_llm.text.special_tokens import FRAME_END, FRAME_START, IMG_START, VID_START
 from divot_llm.text.templates import ATTEND, PADDING, QUERY
-
-if TYPE_CHECKING:
-    from divot_llm.model.divot import DivotLLM
-    from divot_llm.text.tokenizer import DivotTextTokenizer
+from divot_llm.text.tokenizer import DivotTextTokenizer
 
 
 class FrameTokenLogitsProcessor(LogitsProcessor):
@@ -63,17 +63,6 @@ class GeneratedFeatures:
     sequences: list[list[int]]  # per sample: prompt + generated text + <frame> + N queries
 
 
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Dropout (LoRA's included) off while generating; the caller's mode comes back."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def generate_text(
     model: DivotLLM,
     tokenizer: DivotTextTokenizer,
@@ -85,7 +74,7 @@ def generate_text(
     top_p: float = 0.5,
     top_k: int = 50,
     eos_token_id: int | None = None,
-    streamer=None,
+    streamer: BaseStreamer | None = None,
 ) -> list[list[int]]:
     """Sample continuations of a batch of prompts (reference settings by default).
 
@@ -130,7 +119,7 @@ def generate_text(
     processor = FrameTokenLogitsProcessor(
         tokenizer.token_to_id(FRAME_START), frame_ids, tokenizer.token_to_id(FRAME_END)
     )
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         inputs_embeds = model.embed(input_ids, feats, clip_mask, placeholder_mask)
         out = model.llm.generate(
             input_ids=input_ids,
@@ -220,7 +209,7 @@ def generate_features(
         attention_mask[row, : len(seq)] = ATTEND
         attention_mask[row, len(seq) - n : len(seq)] = QUERY
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         hidden_bth = model.hidden_states(model.embed(input_ids), attention_mask)
         params_bnp = model.query_gmm_params(hidden_bth, attention_mask == QUERY)
         if sample:
@@ -228,6 +217,56 @@ def generate_features(
         else:
             feats_bnd = model.gmm.predict(params_bnp)
     return GeneratedFeatures(feats=feats_bnd, sequences=sequences)
+
+
+def generation_prompt_ids(
+    tokenizer: DivotTextTokenizer, caption: str, media: str, instruct: bool
+) -> list[int]:
+    """``[bos] [INST] Generate a video of {caption} [/INST]\\n`` (SFT-generation models) or
+    ``[bos] {caption}`` (a pretrained model); the caption is always ordinary text."""
+    if instruct:
+        return [tokenizer.bos_id, *tokenizer.encode(templates.generation_prompt(caption, media))]
+    return [tokenizer.bos_id, *tokenizer.encode_text(caption)]
+
+
+def generate_features_for_captions(
+    model: DivotLLM,
+    tokenizer: DivotTextTokenizer,
+    captions: list[str],
+    media: str = "video",
+    instruct: bool = True,
+    var_scale: float | None = None,
+    sample: bool = True,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+) -> torch.Tensor:
+    """``(B, N, D)`` features for each caption (``divot-infer generate``, and the
+    conditioning features of the ``detok_adapt`` training stage).
+
+    Args:
+        instruct: SFT-generation models get ``[INST] Generate a video of ... [/INST]\\n``;
+            a pretrained model gets the bare caption (its training template) and no text
+            phase.
+        var_scale: GMM sampling variance scale (default: the model's ``sample_var_scale``).
+        sample: draw from the GMM (True) or take its weighted mean.
+        seed: seeds the text phase (the global RNG) and the GMM draw.
+    """
+    prompts = [generation_prompt_ids(tokenizer, c, media, instruct) for c in captions]
+    # the pretrain template puts <vid> right after the caption: no text phase
+    text_budget = max_new_tokens if instruct else 0
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    torch.manual_seed(seed)
+    out = generate_features(
+        model,
+        tokenizer,
+        prompts,
+        media=media,
+        max_new_tokens=text_budget,
+        var_scale=var_scale,
+        sample=sample,
+        generator=generator,
+    )
+    return out.feats
 
 
 def _stack_clips(

@@ -1,4 +1,9 @@
-"""LoRA on the backbone (peft), and the key names of old peft checkpoints."""
+"""LoRA on the backbone (peft), and loading the peft-form state dicts training writes.
+
+Training state dicts are keyed by ``DivotLLM``'s own names (``llm.base_model.model...``
+for the peft-wrapped LLM), as DeepSpeed and ``zero_to_fp32`` write them; peft < 0.7 named
+the base weights of LoRA-wrapped layers differently (``map_legacy_peft_keys``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from divot_llm.config.schema import LoraConfig
+from divot_llm.model.divot import DivotLLM
 
 
 def apply_lora(model: PreTrainedModel, lora_cfg: LoraConfig) -> peft.PeftModel:
@@ -55,3 +61,32 @@ def map_legacy_peft_keys(
                 key = candidate
         mapped[key] = value
     return mapped
+
+
+def load_training_state_dict(model: DivotLLM, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Load a peft-form training state dict (DeepSpeed / ``zero_to_fp32`` output).
+
+    Keys written by peft < 0.7 (base weights without ``base_layer``) are mapped. Frozen
+    parameters may be absent (converted checkpoints often hold only trainable ones); they
+    keep their current values.
+
+    Returns:
+        The model keys that were not in ``state_dict`` (all frozen).
+
+    Raises:
+        ValueError: unknown keys, or a trainable parameter is missing.
+    """
+    model_keys = model.state_dict().keys()
+    mapped = map_legacy_peft_keys(state_dict, model_keys)
+    unexpected = sorted(mapped.keys() - model_keys)
+    if unexpected:
+        raise ValueError(f"{len(unexpected)} keys are not parameters of this model, e.g. {unexpected[:5]}")
+    missing = sorted(model_keys - mapped.keys())
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    missing_trainable = [k for k in missing if k in trainable]
+    if missing_trainable:
+        raise ValueError(
+            f"{len(missing_trainable)} trainable parameters are missing, e.g. {missing_trainable[:5]}"
+        )
+    model.load_state_dict(dict(mapped), strict=False)
+    return missing

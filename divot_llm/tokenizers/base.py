@@ -1,4 +1,5 @@
-"""The interface every frozen video tokenizer implements.
+"""The interface every frozen video tokenizer implements, and what it shares with the
+de-tokenizers (``PretrainedComponent``).
 
 A video tokenizer turns clips of frames into a fixed number of continuous feature
 vectors. The LLM reads these features (comprehension) and regresses them (generation),
@@ -9,40 +10,91 @@ so the tokenizer is never trained here: it is always frozen, in eval mode, and r
 from __future__ import annotations
 
 import abc
+import dataclasses
+import json
 import os
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
+from divot_llm.layout import TOKENIZER_CONFIG
+
+P = TypeVar("P", bound="PretrainedComponent")
 T = TypeVar("T", bound="VideoTokenizer")
 
 
-class VideoTokenizer(nn.Module, abc.ABC):
-    """A frozen video tokenizer: ``encode(frames (B, F, 3, H, W)) -> features (B, N, D)``.
+class PretrainedComponent(nn.Module, abc.ABC):
+    """A module built from a config dataclass and saved as a folder: what video tokenizers
+    and de-tokenizers share (``detokenizers/`` imports ``tokenizers/``, so it lives here).
 
-    Subclasses build their modules in ``__init__``, call ``self.freeze()`` at its end and
-    implement ``_encode`` plus the loading/saving and shape members below. ``encode``
-    checks the input layout, so every tokenizer rejects bad input with the same message.
+    ``from_config`` builds from an instance of ``config_class`` (kept as ``self.config``);
+    ``save_pretrained`` writes ``config_file`` (the config as json, its ``arch`` naming
+    the class for the registry) plus the weights, and ``from_pretrained`` reads them back.
+    The helpers ``_save_config`` / ``_saved_config`` do the config half of that.
     """
 
     config_class: ClassVar[type]  # the dataclass ``from_config`` takes
+    config_file: ClassVar[str]  # the json ``save_pretrained`` writes (``divot_llm.layout``)
+    config: Any  # an instance of ``config_class``
 
-    # ---------------------------------------------------------------- construction
+    @classmethod
+    @abc.abstractmethod
+    def from_pretrained(cls: type[P], path: str | os.PathLike) -> P:
+        """Load a folder written by ``save_pretrained``."""
+
+    @abc.abstractmethod
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config and weights to the folder ``path`` (created if needed)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _save_config(self, path: str | os.PathLike, **replaced: Any) -> Path:
+        """Create the folder ``path`` and write ``config_file`` into it; ``replaced`` fields
+        (weights paths, which name files of this machine) are written with those values.
+        Returns the folder."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        fields = dataclasses.asdict(self.config) | replaced
+        (folder / self.config_file).write_text(json.dumps(fields, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def _saved_config(cls, path: str | os.PathLike, **replaced: Any) -> Any:
+        """The ``config_class`` instance a ``save_pretrained`` folder holds, with the
+        ``replaced`` fields (its weights paths, now inside that folder) set."""
+        fields = json.loads((Path(path) / cls.config_file).read_text())
+        return cls.config_class(**(fields | replaced))
+
+
+def config_value(name: str) -> property:
+    """A read-only property that is ``self.config.<name>``: the shape members of a component
+    whose config states them."""
+    return property(lambda self: getattr(self.config, name), doc=f"``self.config.{name}``")
+
+
+class VideoTokenizer(PretrainedComponent):
+    """A frozen video tokenizer: ``encode(frames (B, F, 3, H, W)) -> features (B, N, D)``.
+
+    Subclasses build their modules in ``__init__``, call ``self.freeze()`` at its end and
+    implement ``_encode``, ``from_config`` plus the loading/saving and shape members.
+    ``encode`` checks the input layout, so every tokenizer rejects bad input with the same
+    message.
+    """
+
+    config_file = TOKENIZER_CONFIG
 
     @classmethod
     @abc.abstractmethod
     def from_config(cls: type[T], config: Any) -> T:
         """Build the tokenizer and load the weights the config points to."""
-
-    @classmethod
-    @abc.abstractmethod
-    def from_pretrained(cls: type[T], path: str | os.PathLike) -> T:
-        """Load a tokenizer written by ``save_pretrained``."""
-
-    @abc.abstractmethod
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write config and weights to the folder ``path`` (created if needed)."""
 
     # ---------------------------------------------------------------------- shapes
 
@@ -66,14 +118,6 @@ class VideoTokenizer(nn.Module, abc.ABC):
     def input_size(self) -> int:
         """Frame side (H = W) the tokenizer was trained on; the data pipeline should
         produce frames of this size."""
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
 
     # -------------------------------------------------------------------- freezing
 
@@ -120,7 +164,11 @@ class VideoTokenizer(nn.Module, abc.ABC):
         if not isinstance(frames, torch.Tensor):
             raise ValueError(f"expected a tensor of {expected}, got {type(frames).__name__}")
         if frames.ndim != 5 or frames.shape[2] != 3:
-            hint = " (channels-last? permute to (B, F, 3, H, W))" if frames.ndim and frames.shape[-1] == 3 else ""
+            hint = (
+                " (channels-last? permute to (B, F, 3, H, W))"
+                if frames.ndim and frames.shape[-1] == 3
+                else ""
+            )
             raise ValueError(f"expected {expected}, got shape {tuple(frames.shape)}{hint}")
         if frames.shape[1] != self.frames_per_clip:
             raise ValueError(
@@ -128,4 +176,6 @@ class VideoTokenizer(nn.Module, abc.ABC):
                 f"(shape {tuple(frames.shape)}); the data pipeline samples clips for this tokenizer"
             )
         if not frames.is_floating_point():
-            raise ValueError(f"expected {expected}, got dtype {frames.dtype} (uint8 frames need x / 127.5 - 1)")
+            raise ValueError(
+                f"expected {expected}, got dtype {frames.dtype} (uint8 frames need x / 127.5 - 1)"
+            )

@@ -17,8 +17,6 @@ exactly.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -30,7 +28,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from divot_llm.config.schema import DivotTokenizerConfig
-from divot_llm.tokenizers.base import VideoTokenizer
+from divot_llm.tokenizers.base import VideoTokenizer, config_value
 from divot_llm.tokenizers.clip_vision import (
     ClipVisionTower,
     clip_vision_config,
@@ -44,8 +42,7 @@ from divot_llm.tokenizers.registry import register_video_tokenizer
 # text tower included); the ViT is loaded from its own file instead.
 RELEASE_VIT_PREFIX = "vit_model."
 
-# save_pretrained layout
-CONFIG_FILE = "tokenizer_config.json"
+# save_pretrained layout (+ VideoTokenizer.config_file)
 ENCODER_WEIGHTS = "divot_tokenizer.safetensors"  # DivotVideoEncoder, release key names
 VIT_DIR = "vit"  # CLIPVisionModel HF folder
 
@@ -180,35 +177,21 @@ class DivotTokenizer(VideoTokenizer):
     def from_pretrained(cls, path: str | os.PathLike) -> DivotTokenizer:
         """Load a folder written by ``save_pretrained``."""
         path = Path(path)
-        fields = json.loads((path / CONFIG_FILE).read_text())
-        fields.update(pretrained_path=str(path / ENCODER_WEIGHTS), vit_path=str(path / VIT_DIR))
-        return cls.from_config(DivotTokenizerConfig(**fields))
+        return cls.from_config(
+            cls._saved_config(path, pretrained_path=str(path / ENCODER_WEIGHTS), vit_path=str(path / VIT_DIR))
+        )
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``tokenizer_config.json``, the encoder weights (release key names,
         safetensors) and the ViT as an HF folder under ``vit/``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        fields = dataclasses.asdict(self.config) | {"pretrained_path": None, "vit_path": None}
-        (path / CONFIG_FILE).write_text(json.dumps(fields, indent=2) + "\n")
+        path = self._save_config(path, pretrained_path=None, vit_path=None)
         save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items()}, path / ENCODER_WEIGHTS)
         self.vit.model.save_pretrained(path / VIT_DIR)
 
-    @property
-    def frames_per_clip(self) -> int:
-        return self.config.frames_per_clip
-
-    @property
-    def num_tokens(self) -> int:
-        return self.config.num_tokens
-
-    @property
-    def feature_dim(self) -> int:
-        return self.config.feature_dim
-
-    @property
-    def input_size(self) -> int:
-        return self.config.input_size
+    frames_per_clip = config_value("frames_per_clip")
+    num_tokens = config_value("num_tokens")
+    feature_dim = config_value("feature_dim")
+    input_size = config_value("input_size")
 
     def _encode(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
         batch = frames_bfchw.shape[0]

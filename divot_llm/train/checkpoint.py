@@ -50,13 +50,9 @@ import torch
 import yaml
 
 from divot_llm.config.loading import RESOLVED_CONFIG_NAME
+from divot_llm.layout import CHECKPOINTS_DIR, ENGINE_TAG, LATEST, TMP_PREFIX, TRAINER_STATE
 from divot_llm.train import distributed
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST = "latest"
-ENGINE_TAG = "engine"
-TRAINER_STATE = "trainer_state.json"
-TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # DeepSpeed's engine files: model states (ZeRO-3: one per rank, else one per model-parallel
 # rank) and the optimizer's partitions, one per data-parallel rank ("bf16_" with its

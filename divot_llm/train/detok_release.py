@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from divot_llm.model.checkpoint import DETOKENIZER_DIR, VIDEO_TOKENIZER_DIR
+from divot_llm.layout import DETOKENIZER_DIR, VIDEO_TOKENIZER_DIR
 
 
 def load_trained_tensors(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -441,7 +441,7 @@ class DetokAdaptRecipe(DetokRecipe):
         """One GMM sample per caption. Without a ``seed`` it is drawn from the global CPU
         RNG (restored on resume, so a resumed run samples the same features); the call's
         own reseeding is contained (``fork_rng``)."""
-        from divot_llm.infer import generate_features_for_captions
+        from divot_llm.model.generation import generate_features_for_captions
 
         if seed is None:
             seed = int(torch.randint(2**62, (1,)))

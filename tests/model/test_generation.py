@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from divot_llm.model import FrameTokenLogitsProcessor
+from divot_llm.model import FrameTokenLogitsProcessor, generate_features, generate_text
 from divot_llm.text import (
     FRAME_END,
     FRAME_START,
@@ -79,7 +79,7 @@ def test_batched_greedy_text_generation_matches_step_by_step_decoding(trained, t
         [tok.bos_id, *tok.encode("a short text prompt")],
     ]
     trained.train()  # generation must switch dropout off itself and restore the mode
-    out = trained.generate_text(tok, prompts, video_feats=[feats, None], max_new_tokens=6, do_sample=False)
+    out = generate_text(trained, tok, prompts, video_feats=[feats, None], max_new_tokens=6, do_sample=False)
     assert trained.training
     trained.eval()
     for prompt, video, got in zip(prompts, [feats, None], out, strict=True):
@@ -93,7 +93,7 @@ def test_feature_generation_is_one_query_forward_after_vid(trained, text_tokeniz
         [tok.bos_id, *tok.encode(generation_prompt("a red circle moving left"))],
         [tok.bos_id, *tok.encode(generation_prompt("green"))],
     ]
-    result = trained.generate_features(tok, prompts, max_new_tokens=4, do_sample=False, sample=False)
+    result = generate_features(trained, tok, prompts, max_new_tokens=4, do_sample=False, sample=False)
     assert result.feats.shape == (2, n, d)
     vid = tok.token_to_id(VID_START)
     queries = [tok.token_to_id(FRAME_START), *tok.frame_token_ids(n)]
@@ -117,13 +117,13 @@ def test_feature_generation_is_one_query_forward_after_vid(trained, text_tokeniz
 def test_sampled_features_are_seeded_gmm_draws(trained, text_tokenizer, feat_shape):
     tok = text_tokenizer
     prompts = [[tok.bos_id, *tok.encode(generation_prompt("a blue square"))]]
-    draw = trained.generate_features(
-        tok, prompts, max_new_tokens=0, generator=torch.Generator().manual_seed(0)
+    draw = generate_features(
+        trained, tok, prompts, max_new_tokens=0, generator=torch.Generator().manual_seed(0)
     )
-    again = trained.generate_features(
-        tok, prompts, max_new_tokens=0, generator=torch.Generator().manual_seed(0)
+    again = generate_features(
+        trained, tok, prompts, max_new_tokens=0, generator=torch.Generator().manual_seed(0)
     )
-    mean = trained.generate_features(tok, prompts, max_new_tokens=0, sample=False)
+    mean = generate_features(trained, tok, prompts, max_new_tokens=0, sample=False)
     assert draw.sequences[0][len(prompts[0])] == tok.token_to_id(VID_START)
     assert torch.equal(draw.feats, again.feats)
     assert not torch.allclose(draw.feats, mean.feats)

@@ -1,41 +1,24 @@
-"""Model weights on disk: the release layout and peft-form training state dicts.
+"""A ``DivotLLM`` in the release layout (``divot_llm.layout``): what Divot publishes, what
+``divot-merge`` writes and what an SFT stage and inference start from.
 
-Release layout (what Divot publishes and what an SFT stage starts from)::
-
-    <release>/llm/    HF Mistral folder, LoRA merged, vocabulary 32262 (safetensors)
-    <release>/agent/  pytorch_model.bin (or model.safetensors) with exactly the 8
-                      projection tensors input_resampler.proj.{0,2}.{weight,bias} and
-                      output_resampler.proj.{0,2}.{weight,bias}
-
-Training state dicts are keyed by ``DivotLLM``'s own names (``llm.base_model.model...``
-for the peft-wrapped LLM), as DeepSpeed and ``zero_to_fp32`` write them.
+``save_release`` writes ``llm/`` (HF Mistral folder, LoRA merged) and ``agent/`` (the 8
+projection tensors); ``load_agent_weights`` reads ``agent/`` back into a model.
+``load_release`` (``divot_llm.model.build``) builds the whole model from a release: it
+builds first, so it lives with the builders.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import peft
 import torch
 from safetensors.torch import load_file, save_file
 
+from divot_llm.layout import AGENT_BIN, AGENT_DIR, AGENT_SAFETENSORS, LLM_DIR
 from divot_llm.model.divot import DivotLLM
-from divot_llm.model.lora import map_legacy_peft_keys
-
-if TYPE_CHECKING:
-    from divot_llm.text.tokenizer import DivotTextTokenizer
-
-LLM_DIR = "llm"
-AGENT_DIR = "agent"
-AGENT_BIN = "pytorch_model.bin"
-AGENT_SAFETENSORS = "model.safetensors"
-# Optional folders beside llm/ and agent/: the frozen modules a release or an export carries
-# (save_pretrained form) when they have no weights file elsewhere.
-VIDEO_TOKENIZER_DIR = "video_tokenizer"
-DETOKENIZER_DIR = "detokenizer"
+from divot_llm.text.tokenizer import DivotTextTokenizer
 
 
 def save_release(
@@ -107,32 +90,3 @@ def load_agent_weights(model: DivotLLM, agent_dir: str | os.PathLike) -> None:
                 f"agent weight {key} has shape {tuple(value.shape)}, the model expects {tuple(expected[key].shape)}"
             )
     model.load_state_dict(state, strict=False)
-
-
-def load_training_state_dict(model: DivotLLM, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Load a peft-form training state dict (DeepSpeed / ``zero_to_fp32`` output).
-
-    Keys written by peft < 0.7 (base weights without ``base_layer``) are mapped. Frozen
-    parameters may be absent (converted checkpoints often hold only trainable ones); they
-    keep their current values.
-
-    Returns:
-        The model keys that were not in ``state_dict`` (all frozen).
-
-    Raises:
-        ValueError: unknown keys, or a trainable parameter is missing.
-    """
-    model_keys = model.state_dict().keys()
-    mapped = map_legacy_peft_keys(state_dict, model_keys)
-    unexpected = sorted(mapped.keys() - model_keys)
-    if unexpected:
-        raise ValueError(f"{len(unexpected)} keys are not parameters of this model, e.g. {unexpected[:5]}")
-    missing = sorted(model_keys - mapped.keys())
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    missing_trainable = [k for k in missing if k in trainable]
-    if missing_trainable:
-        raise ValueError(
-            f"{len(missing_trainable)} trainable parameters are missing, e.g. {missing_trainable[:5]}"
-        )
-    model.load_state_dict(dict(mapped), strict=False)
-    return missing

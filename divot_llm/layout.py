@@ -1,0 +1,55 @@
+"""The names of the folders and files our tools write, each stated once.
+
+Training, export, merge and inference write and read these folders, and the config
+layer's path checks (``divot_llm.config.paths``) recognise each kind by them -- a release
+given where a model folder belongs, a run folder where a release belongs -- without
+importing the packages that write them. This module imports nothing.
+
+A training run (``divot-train``, ``divot_llm.train.checkpoint``)::
+
+    <output_dir>/checkpoints/step_00002000/engine/     DeepSpeed's files (tag "engine")
+                                           trainer_state.json, latest, config.yaml, ...
+    <output_dir>/checkpoints/latest                     the newest complete checkpoint
+    <output_dir>/checkpoints/.tmp-step_00004000/        a write in progress
+
+An fp32 export (``divot-export zero-to-fp32``, ``divot_llm.export.zero``)::
+
+    <out>/model.safetensors (or shards), config.yaml, export.json
+
+A release (``divot-merge``, ``divot_llm.model.release``; what Divot publishes and what an
+SFT stage and ``divot-infer`` start from)::
+
+    <release>/llm/              HF Mistral folder, LoRA merged, vocabulary 32262
+    <release>/agent/            pytorch_model.bin (or model.safetensors): the 8 projection
+                                tensors input_resampler.proj.{0,2}.{weight,bias} and
+                                output_resampler.proj.{0,2}.{weight,bias}
+    <release>/video_tokenizer/  optional: a frozen module in save_pretrained form, when it
+    <release>/detokenizer/      has no weights file elsewhere (random-init tiny configs)
+    <release>/config.yaml, release.json
+
+The resolved ``config.yaml`` every run, checkpoint, export and release carries is named
+by ``divot_llm.config.loading.RESOLVED_CONFIG_NAME``, beside the code that writes it.
+"""
+
+# ------------------------------------------------------------ runs and checkpoints
+CHECKPOINTS_DIR = "checkpoints"  # <output_dir>/checkpoints/
+LATEST = "latest"  # names the newest complete checkpoint (DeepSpeed's tag file has the same name)
+ENGINE_TAG = "engine"  # the DeepSpeed tag of our checkpoints: <step>/engine/
+TRAINER_STATE = "trainer_state.json"  # step, world size, counters of one checkpoint
+TMP_PREFIX = ".tmp-"  # a checkpoint still being written: never resumed, never exported
+
+# ------------------------------------------------------------ divot-export zero-to-fp32
+EXPORT_INFO = "export.json"  # source checkpoint, tag, ZeRO stage, ranks, step
+
+# ------------------------------------------------------------------------ releases
+LLM_DIR = "llm"
+AGENT_DIR = "agent"
+AGENT_BIN = "pytorch_model.bin"  # the published release's agent file
+AGENT_SAFETENSORS = "model.safetensors"
+VIDEO_TOKENIZER_DIR = "video_tokenizer"
+DETOKENIZER_DIR = "detokenizer"
+RELEASE_INFO = "release.json"  # stage, source checkpoint, config hash, dtype, verification
+
+# ------------------------------------------------- saved components (save_pretrained)
+TOKENIZER_CONFIG = "tokenizer_config.json"  # a video tokenizer's config, with its arch
+DETOKENIZER_CONFIG = "detokenizer_config.json"  # a de-tokenizer's config, with its arch
