@@ -251,3 +251,5 @@ def _stack_clips(
 
 def _cut_after(tokens: list[int], stop_id: int) -> list[int]:
     return tokens[: tokens.index(stop_id) + 1] if stop_id in tokens else tokens
+
+from divot_llm.infer.generate import generate_features_for_captions  # noqa: E402,F401 TEMP re-export (the model helper moves it here)
