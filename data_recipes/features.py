@@ -19,8 +19,8 @@ from tqdm import tqdm
 from divot_llm.config import compose_config
 from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.feature_cache import expected_info
+from divot_llm.runtime import seed_everything
 from divot_llm.tokenizers import build_video_tokenizer
-from divot_llm.train.trainer import seed_everything
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

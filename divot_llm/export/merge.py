@@ -35,7 +35,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from divot_llm.config.loading import load_saved_config
 from divot_llm.config.paths import check_config_paths, model_reads
-from divot_llm.config.schema import DETOK_STAGES, StageName
 from divot_llm.export.verify import (
     Comparison,
     VerificationError,
@@ -51,6 +50,7 @@ from divot_llm.export.zero import (
     resolve_checkpoint,
 )
 from divot_llm.model.checkpoint import VIDEO_TOKENIZER_DIR
+from divot_llm.train.stages import stage_class
 
 RELEASE_INFO = "release.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -99,7 +99,7 @@ def load_trained_state(
             f"{config_file} is missing: divot-merge rebuilds the model from the run's resolved config"
         )
     cfg = load_saved_config(config_file, overrides)
-    if StageName(_plain(cfg.stage.name)) in DETOK_STAGES:
+    if stage_class(cfg.stage.name).trains_detokenizer:
         raise CheckpointError(
             f"{path} is a checkpoint of the de-tokenizer stage {_plain(cfg.stage.name)}: export it with "
             f"divot-export detokenizer {path} OUT"
@@ -139,7 +139,7 @@ def merge_release(
         ConfigError: a bad override or a missing path (see ``load_trained_state``).
     """
     from divot_llm.model import load_release, load_training_state_dict, save_release
-    from divot_llm.train.trainer import build_models
+    from divot_llm.model.build import build_models
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")

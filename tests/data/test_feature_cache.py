@@ -13,9 +13,9 @@ from divot_llm.data.feature_cache import expected_info
 from divot_llm.data.loader import build_loader
 from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
 from divot_llm.model import build_divot_llm
+from divot_llm.runtime import seed_everything
 from divot_llm.text import DivotTextTokenizer
 from divot_llm.tokenizers import build_video_tokenizer
-from divot_llm.train.trainer import seed_everything
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "embeds_cmp_mask", "embeds_gen_mask", "ids_cmp_mask",
               "ids_gen_mask")  # fmt: skip
