@@ -122,7 +122,7 @@ class Trainer:
             ConfigError: ``stage.name`` is not a stage (before anything starts).
         """
         cfg = self.cfg
-        stage_class(cfg.stage.name)
+        stage_class(cfg.stage.name)  # an unknown stage name fails before anything starts
         self.dist = distributed.init_distributed()
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.device = self.dist.device
