@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             print("error: these values must be set: " + ", ".join(missing), file=sys.stderr)
             return 1
         if args.check_paths:
-            from divot_llm.config.paths import check_config_paths, training_reads
+            from divot_llm.config.paths import check_config_paths
+            from divot_llm.train.stages import training_reads
 
             check_config_paths(cfg, training_reads(cfg))
         if args.save:

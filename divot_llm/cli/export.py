@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export_detokenizer(args) -> int:
     from divot_llm.export import CheckpointError
-    from divot_llm.train.detok_release import detok_checkpoint_to_pretrained
+    from divot_llm.export.detokenizer import detok_checkpoint_to_pretrained
 
     try:
         out = detok_checkpoint_to_pretrained(args.checkpoint, args.out)

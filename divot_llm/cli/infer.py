@@ -139,9 +139,7 @@ def _load(args):
 
 def _is_pretrain(models) -> bool:
     """A pretrain release was trained to caption and to generate from a bare caption."""
-    from divot_llm.config.schema import StageName
-
-    return models.cfg.stage.name == StageName.pretrain
+    return models.cfg.stage.name == "pretrain"
 
 
 class SkippedInputs:

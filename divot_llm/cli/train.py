@@ -61,7 +61,8 @@ def _check_config(overrides: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from divot_llm.config.paths import check_config_paths, training_reads
+    from divot_llm.config.paths import check_config_paths
+    from divot_llm.train.stages import training_reads
 
     try:
         cfg = compose_config(overrides)

@@ -11,8 +11,9 @@ from::
 
 Which config fields are local paths, and of which kind, is declared in the schema
 (``checked(path=PathKind...)`` in schema.py); which of them a command reads is said here
-(``training_reads``, ``model_reads``) or by the command (inference). Null values mean "not
-used" (random init, no cache) and are never checked.
+(``model_reads``), by the training stage (``divot_llm.train.stages.training_reads``) or by
+the command (inference). Null values mean "not used" (random init, no cache) and are never
+checked.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from divot_llm.config.loading import ConfigError, schema_nodes
-from divot_llm.config.schema import CHECK, DETOK_STAGES, DivotConfig, PathKind, StageName
+from divot_llm.config.schema import CHECK, DivotConfig, PathKind
 from divot_llm.layout import (
     AGENT_DIR,
     CHECKPOINTS_DIR,
@@ -216,17 +217,3 @@ def model_reads(cfg: Any) -> list[str]:
     stage starts from (``stage.init_from``/llm) or else ``model.llm.path``."""
     llm = "stage.init_from" if cfg.stage.get("init_from") is not None else "model.llm.path"
     return ["model.tokenizer_path", "video_tokenizer", llm]
-
-
-def training_reads(cfg: Any) -> list[str]:
-    """The config keys whose paths a ``divot-train`` run reads; the others may name files
-    of another stage (a de-tokenizer stage builds no LLM)."""
-    if cfg.plan:  # the model on the meta device: model.llm.path's config.json only
-        return ["model.llm.path"]
-    stage = StageName(str(getattr(cfg.stage.name, "value", cfg.stage.name)))
-    if stage not in DETOK_STAGES:
-        return [*model_reads(cfg), "data"]
-    keys = ["video_tokenizer", "detokenizer", "stage.detokenizer_init_from", "data"]
-    if stage == StageName.detok_adapt:  # + the Divot-LLM release whose GMM samples the features
-        keys += ["model.tokenizer_path", "stage.init_from"]
-    return keys

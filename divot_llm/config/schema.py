@@ -96,21 +96,6 @@ class SourceKind(str, Enum):
     jsonl = "jsonl"  # one JSON object per line, media paths relative to media_root
 
 
-class StageName(str, Enum):
-    pretrain = "pretrain"
-    sft_comp = "sft_comp"
-    sft_gen = "sft_gen"
-    detok = "detok"  # de-tokenizer (stage 1) on the frozen tokenizer's features
-    tokenizer = "tokenizer"  # tokenizer (all but the ViT) + de-tokenizer through the diffusion loss
-    detok_adapt = "detok_adapt"  # de-tokenizer adaptation (stage 2) on features sampled from the LLM's GMM
-
-    def __str__(self) -> str:  # "${stage.name}" in a config path interpolates to "sft_comp"
-        return self.value
-
-
-DETOK_STAGES = (StageName.detok, StageName.tokenizer, StageName.detok_adapt)  # train a de-tokenizer
-
-
 class MixMode(str, Enum):
     sample = "sample"  # each example picks its source by weight: batches mix tasks
     batch = "batch"  # each batch picks one source and takes its batch_size (the reference)
@@ -334,7 +319,7 @@ class DataConfig:
 
 @dataclass
 class StageConfig:
-    name: StageName = MISSING
+    name: str = MISSING  # a key of divot_llm.train.stages.STAGES (checked when training starts)
     # LLM stages
     train_input_proj: bool = True
     train_output_proj: bool = True

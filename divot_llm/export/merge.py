@@ -34,7 +34,6 @@ import torch
 
 from divot_llm.config import DivotConfig, config_to_yaml, load_saved_config, to_typed
 from divot_llm.config.paths import check_config_paths, model_reads
-from divot_llm.config.schema import DETOK_STAGES
 from divot_llm.export.verify import (
     Comparison,
     VerificationError,
@@ -53,6 +52,7 @@ from divot_llm.layout import EXPORT_INFO, RELEASE_INFO, VIDEO_TOKENIZER_DIR
 from divot_llm.model import DivotLLM, load_release, load_training_state_dict, save_release
 from divot_llm.text.tokenizer import DivotTextTokenizer
 from divot_llm.tokenizers.base import VideoTokenizer
+from divot_llm.train.stages import stage_class
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -109,9 +109,9 @@ def load_trained_state(
         )
     saved = load_saved_config(config_file, overrides)
     cfg = to_typed(saved)
-    if cfg.stage.name in DETOK_STAGES:
+    if stage_class(cfg.stage.name).trains_detokenizer:
         raise CheckpointError(
-            f"{path} is a checkpoint of the de-tokenizer stage {cfg.stage.name.value}: export it with "
+            f"{path} is a checkpoint of the de-tokenizer stage {cfg.stage.name}: export it with "
             f"divot-export detokenizer {path} OUT"
         )
     check_config_paths(saved, model_reads(saved))
@@ -154,7 +154,7 @@ def merge_release(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     state, cfg, source = load_trained_state(checkpoint, overrides)
-    log(f"rebuilding the {cfg.stage.name.value} model of {source['source']} (step {source.get('step')})")
+    log(f"rebuilding the {cfg.stage.name} model of {source['source']} (step {source.get('step')})")
     text_tokenizer, video_tokenizer, model = _rebuild(cfg, state)
     del state
     expected = None
@@ -246,7 +246,7 @@ def _verify_written(
 def _release_info(cfg: DivotConfig, source: dict, dtype: str, comparisons: list[Comparison]) -> dict:
     """The release's ``release.json``: what it was made from and how it was checked."""
     return {
-        "stage": cfg.stage.name.value,
+        "stage": cfg.stage.name,
         "experiment": cfg.experiment_name,
         "source_checkpoint": source["source"],
         "source_step": source.get("step"),

@@ -1,26 +1,41 @@
-"""Build a ``DivotLLM`` from config: for a training stage, or from a release for inference.
+"""Build the models of a run from its config: a ``DivotLLM`` for a training stage or from
+a release for inference, and the (tokenizer, de-tokenizer) pairs the de-tokenizer stages
+train.
 
 The video tokenizer's feature shape (N tokens per clip, D dims) is passed in by the
 caller (``tokenizer.num_tokens`` / ``tokenizer.feature_dim``), so nothing here assumes
 Divot's 64 x 256.
+
+Everything random at build time -- the tokenizer and LLM of tiny random-init configs, the
+LoRA and projection inits, a random de-tokenizer -- comes from one sequence seeded with
+``train.seed`` on the CPU, so every rank, a resumed run and the export (whose checkpoints
+hold no frozen weights) rebuild the same frozen values whatever the device.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from divot_llm.config.schema import ModelConfig
+from divot_llm.config.schema import DivotConfig, ModelConfig
+from divot_llm.detokenizers import VideoDetokenizer, build_video_detokenizer, video_detokenizer_class
+from divot_llm.detokenizers.training import (
+    TokenizerDiffusionObjective,
+    apply_reference_zero_init,
+    tokenizer_frame_positions,
+)
 from divot_llm.layout import AGENT_DIR, LLM_DIR
 from divot_llm.model.backbone import load_backbone, resize_vocab
 from divot_llm.model.divot import DivotLLM
 from divot_llm.model.gmm import GMMHead
 from divot_llm.model.lora import apply_lora
 from divot_llm.model.release import load_agent_weights
+from divot_llm.runtime import seed_everything
+from divot_llm.text import DivotTextTokenizer, load_text_tokenizer
 from divot_llm.text.special_tokens import NUM_ADDED_TOKENS
+from divot_llm.tokenizers import VideoTokenizer, build_video_tokenizer
 
 
 def build_divot_llm(
@@ -81,8 +96,8 @@ def build_divot_llm(
 
 
 def build_stage_model(
-    cfg: Any,
-    video_tokenizer: Any,
+    cfg: DivotConfig,
+    video_tokenizer: VideoTokenizer,
     *,
     init_from: str | os.PathLike | None,
     dtype: torch.dtype = torch.float32,
@@ -101,6 +116,83 @@ def build_stage_model(
         dtype=dtype,
         device=device,
     )
+
+
+def build_models(cfg: DivotConfig, dtype: torch.dtype) -> tuple[DivotTextTokenizer, VideoTokenizer, DivotLLM]:
+    """(text tokenizer, video tokenizer, model) of an LLM stage, built on the CPU from
+    ``train.seed`` (see the module docstring); the model starts from ``stage.init_from``."""
+    seed_everything(cfg.train.seed)
+    text_tokenizer = load_text_tokenizer(cfg.model.tokenizer_path)
+    video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
+    model = build_stage_model(cfg, video_tokenizer, init_from=cfg.stage.init_from, dtype=dtype)
+    return text_tokenizer, video_tokenizer, model
+
+
+def check_tokenizer_fits(tokenizer: VideoTokenizer, detokenizer: VideoDetokenizer) -> None:
+    """The de-tokenizer decodes this tokenizer's features, from frames of its own window
+    (any frame size: the tokenizer resizes to its own).
+
+    Raises:
+        ValueError: feature widths that differ, or a window too short for the tokenizer.
+    """
+    if tokenizer.feature_dim != detokenizer.feature_dim:
+        raise ValueError(
+            f"the video tokenizer's features are {tokenizer.feature_dim}-d but the de-tokenizer decodes "
+            f"{detokenizer.feature_dim}-d features (detokenizer.feature_dim)"
+        )
+    tokenizer_frame_positions(detokenizer.num_frames, tokenizer.frames_per_clip)
+
+
+def build_detokenizer(cfg: DivotConfig, tokenizer: VideoTokenizer) -> VideoDetokenizer:
+    """``cfg.detokenizer`` with the frozen tokenizer's zero-clip features as its null
+    features, then the weights of ``stage.detokenizer_init_from`` (a ``save_pretrained``
+    folder, loaded strictly: its shapes must be the config's) when set.
+
+    Raises:
+        ValueError: the ``stage.detokenizer_init_from`` weights do not fit ``cfg.detokenizer``.
+    """
+    detok = build_video_detokenizer(cfg.detokenizer, tokenizer=tokenizer)
+    init_from = cfg.stage.detokenizer_init_from
+    if init_from is not None:
+        saved = video_detokenizer_class(cfg.detokenizer.arch).from_pretrained(init_from)
+        try:
+            detok.load_state_dict(saved.state_dict(), strict=True)
+        except RuntimeError as err:
+            raise ValueError(
+                f"stage.detokenizer_init_from={init_from} does not fit cfg.detokenizer: {err}"
+            ) from err
+    return detok
+
+
+def _tokenizer_and_detokenizer(cfg: DivotConfig) -> tuple[VideoTokenizer, VideoDetokenizer]:
+    """The video tokenizer and the de-tokenizer that decodes its features, on the CPU,
+    fp32, from ``train.seed``."""
+    seed_everything(cfg.train.seed)
+    tokenizer = build_video_tokenizer(cfg.video_tokenizer)
+    detok = build_detokenizer(cfg, tokenizer)
+    check_tokenizer_fits(tokenizer, detok)
+    return tokenizer, detok
+
+
+def build_detok_models(cfg: DivotConfig) -> tuple[VideoTokenizer, VideoDetokenizer]:
+    """(frozen video tokenizer, de-tokenizer) of a stage that trains the de-tokenizer on
+    fixed features (detok, detok_adapt), with the parts ``cfg.stage`` names trainable."""
+    tokenizer, detok = _tokenizer_and_detokenizer(cfg)
+    tokenizer.freeze()
+    detok.set_trainable(cfg.stage.train_diffusion_model, cfg.stage.train_image_proj_model)
+    return tokenizer, detok
+
+
+def build_tokenizer_objective(cfg: DivotConfig) -> tuple[VideoTokenizer, TokenizerDiffusionObjective]:
+    """(video tokenizer, ``TokenizerDiffusionObjective`` holding it and the de-tokenizer)
+    of the stage that trains the tokenizer after its ViT through the diffusion loss."""
+    tokenizer, detok = _tokenizer_and_detokenizer(cfg)
+    if cfg.stage.tokenizer_zero_init:
+        apply_reference_zero_init(tokenizer.encoder.temporal_encoder)
+    objective = TokenizerDiffusionObjective(tokenizer, detok)  # tokenizer after its ViT trains
+    detok.set_trainable(cfg.stage.train_diffusion_model, cfg.stage.train_image_proj_model)
+    objective.refresh_null_features()  # of the tokenizer as it starts
+    return tokenizer, objective
 
 
 def load_release(

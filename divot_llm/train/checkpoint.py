@@ -112,7 +112,9 @@ class CheckpointError(ValueError):
 
 
 @dataclass(frozen=True)
-class Found:
+class CheckpointRef:
+    """A ``step_*`` checkpoint folder and its optimizer step."""
+
     path: Path
     step: int
 
@@ -121,23 +123,25 @@ def checkpoints_root(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / CHECKPOINTS_DIR
 
 
-def step_checkpoints(root: Path) -> list[Found]:
+def step_checkpoints(root: Path) -> list[CheckpointRef]:
     """Every ``step_*`` folder under ``root``, complete or not, oldest first (temp dirs
     never count)."""
     if not root.is_dir():
         return []
     found = [
-        Found(p, int(m.group(1))) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+        CheckpointRef(p, int(m.group(1)))
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and p.is_dir()
     ]
     return sorted(found, key=lambda f: f.step)
 
 
-def complete_checkpoints(root: Path) -> list[Found]:
+def complete_checkpoints(root: Path) -> list[CheckpointRef]:
     """The complete checkpoints under ``root`` (see ``checkpoint_problems``), oldest first."""
     return [f for f in step_checkpoints(root) if not checkpoint_problems(f.path)]
 
 
-def latest_checkpoint(root: Path) -> Found | None:
+def latest_checkpoint(root: Path) -> CheckpointRef | None:
     """The newest complete checkpoint under ``root``.
 
     Scanning is authoritative: the ``latest`` file is kept for people and external tools,

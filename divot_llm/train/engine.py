@@ -21,24 +21,27 @@ import torch
 from torch import nn
 
 from divot_llm.config.loading import ConfigError
+from divot_llm.config.schema import DivotConfig, OptimConfig, Precision
+from divot_llm.runtime import default_dtype
 from divot_llm.train.schedule import build_scheduler
 
 
-def resolve_dtype(precision: Any, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on GPU, fp32 on CPU (bf16 GEMMs are ~100x slower on AVX2 CPUs).
+def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
+    """``auto`` -> the device's default (``runtime.default_dtype``: bf16 on GPU, fp32 on CPU).
 
     Raises:
         ConfigError: an unknown precision name.
     """
-    name = str(getattr(precision, "value", precision))
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name in ("bf16", "fp32"):
-        return torch.bfloat16 if name == "bf16" else torch.float32
-    raise ConfigError(f"deepspeed.precision must be auto, bf16 or fp32, got {name!r}")
+    if precision == Precision.auto:
+        return default_dtype(device)
+    if precision == Precision.bf16:
+        return torch.bfloat16
+    if precision == Precision.fp32:
+        return torch.float32
+    raise ConfigError(f"deepspeed.precision must be auto, bf16 or fp32, got {precision!r}")
 
 
-def deepspeed_config(cfg: Any, world_size: int, dtype: torch.dtype, on_gpu: bool) -> dict[str, Any]:
+def deepspeed_config(cfg: DivotConfig, world_size: int, dtype: torch.dtype, on_gpu: bool) -> dict[str, Any]:
     """The DeepSpeed JSON config for a run.
 
     Args:
@@ -48,33 +51,31 @@ def deepspeed_config(cfg: Any, world_size: int, dtype: torch.dtype, on_gpu: bool
         on_gpu: Pin offloaded optimizer memory only where there is a GPU to copy to.
 
     Raises:
-        ConfigError: a ZeRO stage outside 0..3, or parameter offload without ZeRO-3.
+        ConfigError: parameter offload without ZeRO-3, optimizer offload without ZeRO.
     """
     ds = cfg.deepspeed
-    if ds.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {ds.zero_stage}")
     if ds.offload_param and ds.zero_stage != 3:
         raise ConfigError(
             "deepspeed.offload_param needs deepspeed.zero_stage=3 (parameters are only sharded there)"
         )
     if ds.offload_optimizer and ds.zero_stage == 0:
         raise ConfigError("deepspeed.offload_optimizer needs ZeRO stage 1, 2 or 3")
-    accum = int(cfg.train.grad_accum_steps)
+    accum = cfg.train.grad_accum_steps
     zero: dict[str, Any] = {
-        "stage": int(ds.zero_stage),
-        "overlap_comm": bool(ds.overlap_comm),
-        "contiguous_gradients": bool(ds.contiguous_gradients),
-        "reduce_bucket_size": int(ds.reduce_bucket_size),
+        "stage": ds.zero_stage,
+        "overlap_comm": ds.overlap_comm,
+        "contiguous_gradients": ds.contiguous_gradients,
+        "reduce_bucket_size": ds.reduce_bucket_size,
     }
     if ds.zero_stage in (1, 2):
         zero.update(
             allgather_partitions=True,
-            allgather_bucket_size=int(ds.allgather_bucket_size),
+            allgather_bucket_size=ds.allgather_bucket_size,
             reduce_scatter=True,
-            ignore_unused_parameters=bool(ds.ignore_unused_parameters),
+            ignore_unused_parameters=ds.ignore_unused_parameters,
         )
     if ds.zero_stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = bool(ds.stage3_gather_16bit_weights_on_model_save)
+        zero["stage3_gather_16bit_weights_on_model_save"] = ds.stage3_gather_16bit_weights_on_model_save
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     if ds.offload_param:
@@ -83,7 +84,7 @@ def deepspeed_config(cfg: Any, world_size: int, dtype: torch.dtype, on_gpu: bool
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": accum,
         "train_batch_size": accum * world_size,
-        "gradient_clipping": float(cfg.optim.grad_clip),
+        "gradient_clipping": cfg.optim.grad_clip,
         "bf16": {"enabled": dtype == torch.bfloat16},
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
@@ -97,11 +98,11 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
 
 
-def param_groups(model: nn.Module, optim_cfg: Any) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict[str, Any]]:
     """Trainable parameters in one group (the reference: uniform weight decay), or two
     when ``no_decay_norms_and_biases`` keeps decay off norms and biases."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    wd = float(optim_cfg.weight_decay)
+    wd = optim_cfg.weight_decay
     if not optim_cfg.no_decay_norms_and_biases:
         return [{"params": [p for _, p in named], "weight_decay": wd}]
     decay = [p for n, p in named if not _no_decay(n, p)]
@@ -113,10 +114,10 @@ def param_groups(model: nn.Module, optim_cfg: Any) -> list[dict[str, Any]]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: Any, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: DivotConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters (see the module docstring for which class)."""
     groups = param_groups(model, cfg.optim)
-    kwargs = dict(lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas), eps=float(cfg.optim.eps))
+    kwargs = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
     if cfg.deepspeed.offload_optimizer:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -124,7 +125,9 @@ def build_optimizer(model: nn.Module, cfg: Any, device: torch.device) -> torch.o
     return torch.optim.AdamW(groups, fused=device.type == "cuda", **kwargs)
 
 
-def build_engine(model: nn.Module, cfg: Any, world_size: int, dtype: torch.dtype, device: torch.device):
+def build_engine(
+    model: nn.Module, cfg: DivotConfig, world_size: int, dtype: torch.dtype, device: torch.device
+):
     """``deepspeed.initialize`` with our optimizer and warmup-cosine schedule.
 
     Returns:
@@ -140,7 +143,7 @@ def build_engine(model: nn.Module, cfg: Any, world_size: int, dtype: torch.dtype
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, int(cfg.train.max_steps)),
+        lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, cfg.train.max_steps),
         config=config,
     )
     return engine

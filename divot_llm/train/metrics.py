@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 # Dense (non-sparse) bf16 tensor-core peaks, FLOP/s, matched on the CUDA device name.
 GPU_BF16_PEAK = (
@@ -124,8 +125,6 @@ def _matmul_params(module: nn.Module) -> int:
 def tokenizer_flops_per_clip(tokenizer, device: torch.device | str) -> float:
     """Forward FLOPs of one clip through ``tokenizer``, counted by torch (matmuls,
     convolutions, attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     size = tokenizer.input_size
     clip = torch.zeros(1, tokenizer.frames_per_clip, 3, size, size, device=device, dtype=tokenizer.dtype)
     with FlopCounterMode(display=False) as counter:

@@ -14,10 +14,17 @@ activations (under no_grad, freed before the LLM runs) and fragmentation come on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from torch import nn
+from transformers import MistralConfig
+
+from divot_llm.config import config_to_dict
+from divot_llm.config.loading import ConfigError
+from divot_llm.config.schema import DataConfig, DeepSpeedConfig, DivotConfig, LoraConfig, MixMode, Precision
+from divot_llm.model import build_stage_model
+from divot_llm.tokenizers import VideoTokenizer, build_video_tokenizer
+from divot_llm.train.stages import stage_class
 
 GiB = 2**30
 
@@ -41,21 +48,22 @@ class MemoryPlan:
         return self.frozen_bytes + self.model_states_bytes + self.tokenizer_bytes + self.activation_bytes
 
 
-def micro_batch_shape(data_cfg: Any) -> tuple[int, int]:
+def micro_batch_shape(data_cfg: DataConfig) -> tuple[int, int]:
     """(samples, tokens per sample) of the largest micro-batch the data config allows."""
     sources = list(data_cfg.sources.values())
-    mixing = str(getattr(data_cfg.mixing, "value", data_cfg.mixing))
-    if mixing == "batch":  # one source per batch, with that source's batch size
-        biggest = max(sources, key=lambda s: int(s.batch_size) * int(s.max_length))
-        return int(biggest.batch_size), int(biggest.max_length)
-    longest = max(int(s.max_length) for s in sources)
-    samples = int(data_cfg.batch_size)
+    if data_cfg.mixing == MixMode.batch:  # one source per batch, with that source's batch size
+        biggest = max(sources, key=lambda s: s.batch_size * s.max_length)
+        return biggest.batch_size, biggest.max_length
+    longest = max(s.max_length for s in sources)
+    samples = data_cfg.batch_size
     if data_cfg.tokens_per_batch:  # a batch closes once samples x longest reaches the budget
-        samples = min(samples, int(data_cfg.tokens_per_batch) // longest + 1)
+        samples = min(samples, data_cfg.tokens_per_batch // longest + 1)
     return samples, longest
 
 
-def activation_bytes_per_token(llm_config, lora_cfg, dtype_bytes: int, checkpointing: bool) -> float:
+def activation_bytes_per_token(
+    llm_config: MistralConfig, lora_cfg: LoraConfig, dtype_bytes: int, checkpointing: bool
+) -> float:
     """Bytes autograd keeps per token for the decoder (Mistral: GQA attention, SwiGLU MLP).
 
     Per layer (elements): attention 4d + 2d_kv (input, norm, q, attention output; k, v),
@@ -74,7 +82,7 @@ def activation_bytes_per_token(llm_config, lora_cfg, dtype_bytes: int, checkpoin
 
 
 def _model_states(
-    stage: int, trainable: int, largest: int, gpus_per_node: int, nodes: int, ds_cfg
+    stage: int, trainable: int, largest: int, gpus_per_node: int, nodes: int, ds_cfg: DeepSpeedConfig
 ) -> tuple[float, float]:
     """(GPU bytes, CPU bytes per node) of the trainable states, from DeepSpeed's estimators."""
     gpus = gpus_per_node * nodes
@@ -102,16 +110,14 @@ def _model_states(
     return 4 * trainable + 16 * trainable / (gpus if stage == 1 else 1), 0.0
 
 
-def _largest_module_params(model: torch.nn.Module) -> int:
+def _largest_module_params(model: nn.Module) -> int:
     """Parameters of the biggest leaf module: what ZeRO-3 gathers at once."""
     return max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
 
 
-def _meta_tokenizer(cfg: Any):
+def _meta_tokenizer(cfg: DivotConfig) -> VideoTokenizer:
     """The video tokenizer's architecture on the meta device (its weight paths dropped)."""
-    from divot_llm.tokenizers import build_video_tokenizer
-
-    tok_cfg = OmegaConf.to_container(cfg.video_tokenizer, resolve=True)
+    tok_cfg = config_to_dict(cfg.video_tokenizer)
     for key in ("pretrained_path", "vit_path"):
         if key in tok_cfg:
             tok_cfg[key] = None
@@ -119,17 +125,13 @@ def _meta_tokenizer(cfg: Any):
         return build_video_tokenizer(tok_cfg)
 
 
-def make_plan(cfg: Any) -> tuple[MemoryPlan, Any, Any]:
+def make_plan(cfg: DivotConfig) -> tuple[MemoryPlan, nn.Module, VideoTokenizer]:
     """The memory plan of ``cfg`` (plus the meta model and tokenizer, for counting).
 
     Raises:
-        ConfigError: a de-tokenizer stage (the estimate models the LLM only).
+        ConfigError: a de-tokenizer stage (the estimate models the LLM only), or no stage.
     """
-    from divot_llm.config.loading import ConfigError
-    from divot_llm.config.schema import DETOK_STAGES, StageName
-    from divot_llm.model import build_stage_model
-
-    if StageName(str(getattr(cfg.stage.name, "value", cfg.stage.name))) in DETOK_STAGES:
+    if stage_class(cfg.stage.name).trains_detokenizer:
         raise ConfigError(f"plan=true estimates the LLM stages only, not stage={cfg.stage.name}")
 
     tokenizer = _meta_tokenizer(cfg)
@@ -138,17 +140,16 @@ def make_plan(cfg: Any) -> tuple[MemoryPlan, Any, Any]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tokenizer_params = sum(p.numel() for p in tokenizer.parameters())
-    gpus_per_node, nodes = int(cfg.train.plan_gpus_per_node), int(cfg.train.plan_nodes)
+    gpus_per_node, nodes = cfg.train.plan_gpus_per_node, cfg.train.plan_nodes
     gpus = gpus_per_node * nodes
-    stage = int(cfg.deepspeed.zero_stage)
-    precision = str(getattr(cfg.deepspeed.precision, "value", cfg.deepspeed.precision))
-    width = 4 if precision == "fp32" else 2  # plans are for GPUs: auto means bf16
+    stage = cfg.deepspeed.zero_stage
+    width = 4 if cfg.deepspeed.precision == Precision.fp32 else 2  # plans are for GPUs: auto means bf16
     states_gpu, states_cpu = _model_states(
         stage, trainable, _largest_module_params(model), gpus_per_node, nodes, cfg.deepspeed
     )
     samples, length = micro_batch_shape(cfg.data)
     per_token = activation_bytes_per_token(
-        model.causal_lm.config, cfg.model.lora, width, bool(cfg.model.llm.gradient_checkpointing)
+        model.causal_lm.config, cfg.model.lora, width, cfg.model.llm.gradient_checkpointing
     )
     vocab = model.causal_lm.get_output_embeddings().weight.shape[0]
     logits = samples * length * vocab * 4 * 2  # fp32 logits + their gradient, every token supervised (bound)
@@ -168,9 +169,9 @@ def make_plan(cfg: Any) -> tuple[MemoryPlan, Any, Any]:
     return plan, model, tokenizer
 
 
-def format_plan(plan: MemoryPlan, cfg: Any) -> str:
+def format_plan(plan: MemoryPlan, cfg: DivotConfig) -> str:
     """A human-readable report of ``plan``."""
-    stage = int(cfg.deepspeed.zero_stage)
+    stage = cfg.deepspeed.zero_stage
     offload = " + optimizer offload" if cfg.deepspeed.offload_optimizer else ""
     rows = [
         f"parameters: {plan.total_params / 1e6:,.1f} M in the LLM + heads "

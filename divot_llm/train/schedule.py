@@ -17,6 +17,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from divot_llm.config.schema import OptimConfig
+
 
 class WarmupCosine:
     """The LR factor of optimizer update ``step`` (a picklable callable for ``LambdaLR``).
@@ -45,7 +47,7 @@ class WarmupCosine:
         return m + (1.0 - m) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg, max_steps: int) -> LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: OptimConfig, max_steps: int) -> LambdaLR:
     """``LambdaLR`` over optimizer updates (DeepSpeed steps it once per update)."""
     factor = WarmupCosine(optim_cfg.warmup_steps, max_steps, optim_cfg.min_lr_ratio)
     return LambdaLR(optimizer, factor)

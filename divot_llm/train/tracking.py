@@ -16,7 +16,8 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+
+from divot_llm.config.schema import TrainConfig
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -56,7 +57,7 @@ class Tracker:
     def __init__(
         self,
         output_dir: str | Path,
-        train_cfg: Any,
+        train_cfg: TrainConfig,
         run_name: str,
         config: dict,
         start_step: int,

@@ -1,12 +1,12 @@
 """The training loop: one readable class, ``setup() -> train() -> cleanup()``.
 
 What a stage trains -- the module, its data, how a batch becomes the engine's inputs,
-its losses and validation -- is the stage's recipe (``recipes.py``): the Divot LLM for
+its losses and validation -- is its ``Stage`` (``train/stages``): the Divot LLM for
 pretrain / sft_comp / sft_gen, the de-tokenizer (or tokenizer + de-tokenizer) for detok /
 tokenizer / detok_adapt. Everything else is shared by all stages and lives here.
 
 One optimizer step = ``train.grad_accum_steps`` micro-batches on every rank. Each
-micro-batch: the recipe prepares the loader's batch (e.g. clips through the frozen video
+micro-batch: the stage prepares the loader's batch (e.g. clips through the frozen video
 tokenizer, no_grad, bf16 on GPU); the DeepSpeed engine runs forward, backward and -- at
 the accumulation boundary -- clip, optimizer and schedule.
 
@@ -31,14 +31,15 @@ from typing import Any
 
 import torch
 import yaml
-from omegaconf import OmegaConf
 
-from divot_llm.config.loading import save_resolved_config
+from divot_llm.config import config_to_dict, config_to_yaml, save_resolved_config
+from divot_llm.config.schema import DivotConfig
 from divot_llm.launch_guard import Launcher
+from divot_llm.runtime import rng_devices, seed_everything
 from divot_llm.train import checkpoint, distributed, failures, run_lock
 from divot_llm.train.engine import build_engine, resolve_dtype
 from divot_llm.train.metrics import device_peak, peak_memory_gib
-from divot_llm.train.recipes import build_models, make_recipe, seed_everything  # noqa: F401 (build_models: public here)
+from divot_llm.train.stages import Stage, make_stage, stage_class
 from divot_llm.train.tracking import Tracker
 
 FINISHED, INTERRUPTED = "finished", "interrupted"
@@ -49,12 +50,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class Window:
+class LogAccumulator:
     """Sums over the micro-batches since the last log line (all ranks)."""
 
     micro: int = 0
-    losses: dict[str, float] = field(default_factory=dict)  # recipe.loss_names, rank means
-    counts: dict[str, float] = field(default_factory=dict)  # recipe.rate_names, all ranks
+    losses: dict[str, float] = field(default_factory=dict)  # stage.loss_names, rank means
+    counts: dict[str, float] = field(default_factory=dict)  # stage.rate_names, all ranks
     flops: float = 0.0
     hw_flops: float = 0.0
     steps: int = 0
@@ -93,14 +94,14 @@ class Trainer:
     """Trains one stage as ``cfg`` describes.
 
     Args:
-        cfg: The composed run config (``DivotConfig`` shape).
+        cfg: The composed run config.
         build_loader: the stage's loader builder -- ``divot_llm.data.loader.build_loader``
             (LLM stages) or ``divot_llm.data.detok_examples.build_detok_loader`` (de-tokenizer
             stages) -- or a function with its signature (tests pass hand-made batches
             through the same interface); None: the stage's own.
     """
 
-    def __init__(self, cfg: Any, build_loader=None):
+    def __init__(self, cfg: DivotConfig, build_loader=None):
         self.cfg = cfg
         self._build_loader = build_loader
         self.step = 0
@@ -115,8 +116,13 @@ class Trainer:
 
     def setup(self) -> None:
         """Process group, output dir claimed (lock, resume choice) before anything is
-        written there, resolved config, models, engine, data, resume."""
+        written there, resolved config, models, engine, data, resume.
+
+        Raises:
+            ConfigError: ``stage.name`` is not a stage (before anything starts).
+        """
         cfg = self.cfg
+        stage_class(cfg.stage.name)  # an unknown stage name fails before anything starts
         self.dist = distributed.init_distributed()
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.device = self.dist.device
@@ -125,14 +131,14 @@ class Trainer:
         self._claim_output_dir()
         if self.dist.is_main:
             save_resolved_config(cfg, self.output_dir)
-        self.config_yaml = OmegaConf.to_yaml(_resolved(cfg))
-        self.writer = checkpoint.CheckpointWriter(self.output_dir, self.dist.rank, int(cfg.train.keep_last))
+        self.config_yaml = config_to_yaml(cfg)
+        self.writer = checkpoint.CheckpointWriter(self.output_dir, self.dist.rank, cfg.train.keep_last)
         self.writer.remove_stale_temp_dirs()
 
-        # Models are built from train.seed on every rank (recipe.build), then each rank
+        # Models are built from train.seed on every rank (stage.build), then each rank
         # gets its own stream for dropout so ranks do not draw identical masks.
         self._setup_models()
-        seed_everything(int(cfg.train.seed) + self.dist.rank)
+        seed_everything(cfg.train.seed + self.dist.rank)
         self.engine = build_engine(self.model, cfg, self.dist.world_size, self.dtype, self.device)
         self._setup_data()
         self._resume()
@@ -141,9 +147,9 @@ class Trainer:
             self.output_dir,
             cfg.train,
             run_name=cfg.experiment_name,
-            config=_resolved(cfg),
+            config=config_to_dict(cfg),
             start_step=self.step,
-            max_steps=int(cfg.train.max_steps),
+            max_steps=cfg.train.max_steps,
             enabled=self.dist.is_main,
         )
         self._install_signal_handlers()
@@ -172,23 +178,23 @@ class Trainer:
         self.resume_choice: checkpoint.ResumeChoice = shared
 
     def _setup_models(self) -> None:
-        self.recipe = make_recipe(self.cfg, self.device, self.dtype)
+        self.stage: Stage = make_stage(self.cfg, self.device, self.dtype)
         # Counted before DeepSpeed wraps the model: under ZeRO-3 parameters are shards after.
-        self.model = self.recipe.build()
-        self.trainable_params = self.recipe.trainable_params
-        self.total_params = self.recipe.total_params
+        self.model = self.stage.build()
+        self.trainable_params = self.stage.trainable_params
+        self.total_params = self.stage.total_params
 
     @property
     def video_tokenizer(self):
         """The frozen video tokenizer that prepares batches (LLM, detok, detok_adapt stages)."""
-        return self.recipe.video_tokenizer
+        return self.stage.video_tokenizer
 
     @property
     def text_tokenizer(self):
-        return self.recipe.text_tokenizer
+        return self.stage.text_tokenizer
 
     def _loader(self, split: str):
-        return self.recipe.loader(split, self.dist.rank, self.dist.world_size, self._build_loader)
+        return self.stage.loader(split, self.dist.rank, self.dist.world_size, self._build_loader)
 
     def _setup_data(self) -> None:
         self.loader = self._loader("train")
@@ -212,7 +218,7 @@ class Trainer:
     def _announce(self) -> None:
         cfg, t = self.cfg, self.tracker
         t.message(
-            f"divot-train: {cfg.experiment_name}, stage {_plain(cfg.stage.name)}, ZeRO-{cfg.deepspeed.zero_stage}, "
+            f"divot-train: {cfg.experiment_name}, stage {cfg.stage.name}, ZeRO-{cfg.deepspeed.zero_stage}, "
             f"{self.dist.world_size} rank(s) on {self.device.type}, {str(self.dtype).replace('torch.', '')}; "
             f"{self.trainable_params / 1e6:.2f} M of {self.total_params / 1e6:.2f} M parameters trainable"
         )
@@ -267,28 +273,24 @@ class Trainer:
             NonFiniteLossError: ``train.max_nonfinite_steps`` NaN/inf losses in a row.
         """
         cfg = self.cfg.train
-        max_steps = int(cfg.max_steps)
+        max_steps = cfg.max_steps
         if cfg.eval_at_start and self.step == 0:
             self.validate()
         self.engine.train()
-        window = Window()
+        logged = LogAccumulator()
         stopping = False
         while self.step < max_steps and not stopping:
             started = time.perf_counter()
-            stopping = self.train_step(window)
-            window.steps += 1
-            window.seconds += time.perf_counter() - started
+            stopping = self.train_step(logged)
+            logged.steps += 1
+            logged.seconds += time.perf_counter() - started
             self.step += 1
-            if self.step % max(1, int(cfg.log_every)) == 0 or self.step == max_steps or stopping:
-                self._log(window)
-                window = Window()
-            if int(cfg.eval_every) > 0 and (self.step % int(cfg.eval_every) == 0 or self.step == max_steps):
+            if self.step % cfg.log_every == 0 or self.step == max_steps or stopping:
+                self._log(logged)
+                logged = LogAccumulator()
+            if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or self.step == max_steps):
                 self.validate()
-            if (
-                stopping
-                or self.step == max_steps
-                or (int(cfg.save_every) > 0 and self.step % int(cfg.save_every) == 0)
-            ):
+            if stopping or self.step == max_steps or (cfg.save_every > 0 and self.step % cfg.save_every == 0):
                 self.save()
         if stopping:
             cause = self._stop_cause or "a stop request on another rank"
@@ -299,19 +301,19 @@ class Trainer:
         self.tracker.message(f"finished {self.step} steps; checkpoints in {self.writer.root.resolve()}")
         return FINISHED
 
-    def train_step(self, window: Window) -> bool:
-        """One optimizer step (``grad_accum_steps`` finite micro-batches); True if a stop
-        was requested on any rank."""
-        accum = int(self.cfg.train.grad_accum_steps)
-        recipe = self.recipe
+    def train_step(self, logged: LogAccumulator) -> bool:
+        """One optimizer step (``grad_accum_steps`` finite micro-batches), added to
+        ``logged``; True if a stop was requested on any rank."""
+        accum = self.cfg.train.grad_accum_steps
+        stage = self.stage
         done = 0
         stop = False
         while done < accum:
             with self._data_guard():
                 batch = next(self._data)
-            flops, hw_flops, counts = recipe.counts(batch)
+            flops, hw_flops, counts = stage.step_counts(batch)
             out = self.engine(**self.prepare(batch))
-            terms = recipe.loss_terms(out)
+            terms = stage.loss_terms(out)
             losses = torch.stack(terms).detach().float().tolist()  # one sync
             finite = all(math.isfinite(v) for v in losses)
             local = [
@@ -331,23 +333,23 @@ class Trainer:
                 self._skip_nonfinite(int(nonfinite))
                 continue
             self.engine.backward(terms[0])
-            window.lr = float(self.engine.get_lr()[0])
+            logged.lr = float(self.engine.get_lr()[0])
             self.engine.step()
             self._nonfinite_in_row = 0
             done += 1
             world = self.dist.world_size
-            window.micro += 1
-            for name, value in zip(recipe.loss_names, loss_sums, strict=True):
-                window.losses[name] = window.losses.get(name, 0.0) + value / world
+            logged.micro += 1
+            for name, value in zip(stage.loss_names, loss_sums, strict=True):
+                logged.losses[name] = logged.losses.get(name, 0.0) + value / world
             for name, value in zip(counts, count_sums, strict=True):
-                window.counts[name] = window.counts.get(name, 0.0) + value
-            window.flops, window.hw_flops = window.flops + flops, window.hw_flops + hw_flops
+                logged.counts[name] = logged.counts.get(name, 0.0) + value
+            logged.flops, logged.hw_flops = logged.flops + flops, logged.hw_flops + hw_flops
         return stop
 
     def _skip_nonfinite(self, ranks: int) -> None:
         self.nonfinite_total += 1
         self._nonfinite_in_row += 1
-        limit = int(self.cfg.train.max_nonfinite_steps)
+        limit = self.cfg.train.max_nonfinite_steps
         self.tracker.message(
             f"step {self.step + 1}: loss is NaN/inf on {ranks} rank(s); micro-batch skipped "
             f"({self._nonfinite_in_row} in a row, limit {limit})"
@@ -367,34 +369,33 @@ class Trainer:
         a DataLoader draws its base seed from it, which would shift every later dropout
         mask of a resumed run (whose loader starts at another point) against the
         uninterrupted one."""
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with stop_signals_deferred(), torch.random.fork_rng(devices=devices):
+        with stop_signals_deferred(), torch.random.fork_rng(devices=rng_devices(self.device)):
             yield
 
     def prepare(self, batch: dict) -> dict[str, Any]:
-        """Loader batch -> engine inputs on the device (the recipe's ``prepare``: e.g. LLM
+        """Loader batch -> engine inputs on the device (the stage's ``prepare``: e.g. LLM
         clips encoded to ``video_feats``, de-tokenizer windows + conditioning features)."""
-        return self.recipe.prepare(batch)
+        return self.stage.prepare(batch)
 
     # ================================================================== logging
 
-    def _log(self, window: Window) -> None:
+    def _log(self, logged: LogAccumulator) -> None:
         """Gather per-rank counters (collective), then log on rank 0."""
         per_rank = distributed.gather_objects((self.loader.skip_counts(), peak_memory_gib(self.device)))
-        if not self.dist.is_main or window.micro == 0:
+        if not self.dist.is_main or logged.micro == 0:
             return
         skips: dict[str, int] = {}
         for counts, _ in per_rank:
             for reason, n in counts.items():
                 skips[reason] = skips.get(reason, 0) + n
-        seconds = max(window.seconds, 1e-9)
+        seconds = max(logged.seconds, 1e-9)
         metrics = {
-            **{f"train/{name}": value / window.micro for name, value in window.losses.items()},
-            "train/lr": window.lr,
+            **{f"train/{name}": value / logged.micro for name, value in logged.losses.items()},
+            "train/lr": logged.lr,
             "train/nonfinite_skipped": float(self.nonfinite_total),
-            "perf/step_time_s": seconds / window.steps,
-            **{f"perf/{name}_per_s": value / seconds for name, value in window.counts.items()},
-            "perf/tflops_per_device": window.flops / seconds / self.dist.world_size / 1e12,
+            "perf/step_time_s": seconds / logged.steps,
+            **{f"perf/{name}_per_s": value / seconds for name, value in logged.counts.items()},
+            "perf/tflops_per_device": logged.flops / seconds / self.dist.world_size / 1e12,
             "perf/peak_mem_gib": max(mem for _, mem in per_rank),
             **{f"data/skipped/{reason}": float(n) for reason, n in sorted(skips.items())},
         }
@@ -403,10 +404,10 @@ class Trainer:
             metrics["train/grad_norm"] = float(grad_norm)
         if self.peak is not None:
             denominator = seconds * self.dist.world_size * self.peak.flops
-            metrics["perf/mfu"] = window.flops / denominator
-            metrics["perf/hfu"] = window.hw_flops / denominator
+            metrics["perf/mfu"] = logged.flops / denominator
+            metrics["perf/hfu"] = logged.hw_flops / denominator
         self.tracker.log(self.step, metrics)
-        postfix = _postfix(metrics, self.recipe.loss_names, self.recipe.rate_names)
+        postfix = _postfix(metrics, self.stage.loss_names, self.stage.rate_names)
         self.tracker.progress(self.step, postfix)
         if not self.cfg.train.progress_bar:
             self.tracker.message(f"step {self.step}: " + ", ".join(f"{k} {v}" for k, v in postfix.items()))
@@ -420,7 +421,7 @@ class Trainer:
         if self._val_loader is None:
             self._val_loader = self._loader("val")
         with self._data_guard():  # each pass starts new data workers
-            metrics = self.recipe.validate(self.engine, self._val_loader, int(self.cfg.train.max_eval_batches))
+            metrics = self.stage.validate(self.engine, self._val_loader, self.cfg.train.max_eval_batches)
         if metrics is None:
             self.tracker.message(f"step {self.step}: validation skipped: a rank has no validation batch")
             return None
@@ -480,7 +481,9 @@ class Trainer:
             lock.release()
 
 
-def check_output_dir(cfg: Any, world_size: int | None = None, lock: bool = True) -> checkpoint.ResumeChoice:
+def check_output_dir(
+    cfg: DivotConfig, world_size: int | None = None, lock: bool = True
+) -> checkpoint.ResumeChoice:
     """The start-up checks of ``train.output_dir``, read-only (``divot-train`` runs them
     before Hydra writes ``.hydra/`` there): no live run holds its lock (when ``lock``:
     rank 0 only, the other ranks would find their own rank 0 holding it), and the
@@ -496,12 +499,12 @@ def check_output_dir(cfg: Any, world_size: int | None = None, lock: bool = True)
     return choose_checkpoint(cfg, world_size)
 
 
-def choose_checkpoint(cfg: Any, world_size: int | None = None) -> checkpoint.ResumeChoice:
+def choose_checkpoint(cfg: DivotConfig, world_size: int | None = None) -> checkpoint.ResumeChoice:
     """The checkpoint ``train.resume`` names (``checkpoint.choose_resume``), checked to fit
     ``cfg`` (and ``world_size`` ranks, when given)."""
-    choice = checkpoint.choose_resume(str(cfg.train.resume), cfg.train.output_dir)
+    choice = checkpoint.choose_resume(cfg.train.resume, cfg.train.output_dir)
     if choice.path is not None:
-        current = yaml.safe_load(OmegaConf.to_yaml(_resolved(cfg)))  # as the checkpoint's config.yaml reads
+        current = yaml.safe_load(config_to_yaml(cfg))  # as the checkpoint's config.yaml reads
         checkpoint.check_fits(choice.path, current, world_size)
     return choice
 
@@ -514,16 +517,6 @@ def _picklable(outcome: Any) -> Any:
     except Exception:  # any pickling failure
         return RuntimeError(f"{type(outcome).__name__}: {outcome}")
     return outcome
-
-
-def _resolved(cfg: Any) -> dict:
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    container.pop("hydra", None)
-    return container
-
-
-def _plain(value: Any) -> str:
-    return str(getattr(value, "value", value))
 
 
 def _postfix(m: dict[str, float], loss_names: tuple[str, ...], rate_names: dict[str, str]) -> dict[str, str]:

@@ -1,11 +1,13 @@
-"""Validation on held-out sources: LM loss, GMM NLL, and the cosine between the GMM's
+"""Validation on held-out sources: the loop every stage shares (``zero_safe_sums``) and
+the LLM stages' metrics -- LM loss, GMM NLL, and the cosine between the GMM's
 deterministic prediction (weight-averaged component mean) and the target feature.
 
 Written to be safe under ZeRO-3, where every module call gathers its parameters with a
 collective that all ranks must join in the same order:
 
-* every rank evaluates the same number of batches (the minimum over ranks);
-* the forward runs with autograd *on* (the graph is dropped at once): ``DivotLLM`` then
+* every rank evaluates the same number of batches (the minimum over ranks:
+  ``zero_safe_sums``, which also sums the results over ranks in one collective);
+* the LLM's forward runs with autograd *on* (the graph is dropped at once): ``DivotLLM`` then
   adds its zero-weighted "idle head" terms, so a rank whose batch has no comprehension
   (or no generation) clip still calls that projection, exactly like a training step;
 * the GMM parameters for the cosine are read off the output projection's forward with a
@@ -14,13 +16,51 @@ collective that all ranks must join in the same order:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from divot_llm.runtime import eval_mode
 from divot_llm.train import distributed
+
+
+def zero_safe_sums(
+    engine: nn.Module,
+    batches: Iterable[Any],
+    max_batches: int,
+    device: torch.device,
+    batch_sums: Callable[[int, Any], Sequence[float]],
+    before: Callable[[], None] = lambda: None,
+) -> tuple[list[float], int] | None:
+    """Validation sums, safe under ZeRO-3 (see the module docstring): every rank evaluates
+    the same number of batches -- the minimum over ranks, at most ``max_batches`` -- with
+    the engine in eval mode (the caller's mode comes back after, also on an error).
+
+    Args:
+        batches: This rank's validation batches (one pass), in the form ``batch_sums`` takes.
+        batch_sums: (batch index, batch) -> the batch's sums, as many for every batch.
+        before: Runs on every rank once the count is agreed, before eval mode (work that
+            must be collective, e.g. refreshing state the evaluation reads).
+
+    Returns:
+        (the sums over batches and ranks, batches per rank), or None when some rank has
+        no batch.
+    """
+    taken = list(islice(batches, max_batches))
+    count = distributed.all_reduce_min(len(taken), device)
+    if count == 0:
+        return None
+    before()
+    totals: list[float] | None = None
+    with eval_mode(engine):
+        for index, batch in enumerate(taken[:count]):
+            sums = batch_sums(index, batch)
+            totals = list(sums) if totals is None else [t + s for t, s in zip(totals, sums, strict=True)]
+    return distributed.all_reduce_sum(totals, device), count
 
 
 class _CaptureQueryParams:
@@ -53,27 +93,23 @@ def validate(
         max_batches: At most this many batches per rank.
         device: For the cross-rank reductions.
     """
-    prepared = [prepare(b) for b in islice(val_batches, max_batches)]  # features, not frames, kept
-    count = distributed.all_reduce_min(len(prepared), device)
-    if count == 0:
-        return None
     hook = _CaptureQueryParams()
+
+    def batch_sums(_: int, inputs: dict) -> list[float]:
+        hook.params = None
+        with torch.enable_grad():
+            out = engine(**inputs)
+        return _batch_sums(out, inputs, hook.params, model.gmm)
+
+    prepared = (prepare(b) for b in val_batches)  # features, not frames, kept
     handle = model.output_resampler.register_forward_hook(hook)
-    was_training = engine.training
-    engine.eval()
-    sums = [0.0] * 6  # lm sum, lm tokens, gmm sum, query tokens, cosine sum, samples
     try:
-        for inputs in prepared[:count]:
-            hook.params = None
-            with torch.enable_grad():
-                out = engine(**inputs)
-            for i, value in enumerate(_batch_sums(out, inputs, hook.params, model.gmm)):
-                sums[i] += value
-            del out
+        result = zero_safe_sums(engine, prepared, max_batches, device, batch_sums)
     finally:
         handle.remove()
-        engine.train(was_training)
-    lm, lm_n, gmm, q_n, cos, samples = distributed.all_reduce_sum(sums, device)
+    if result is None:
+        return None
+    (lm, lm_n, gmm, q_n, cos, samples), count = result
     metrics = {"val/lm_loss": lm / max(lm_n, 1), "val/samples": samples, "val/batches": float(count)}
     if q_n:
         metrics.update({"val/gmm_nll": gmm / q_n, "val/feature_cosine": cos / q_n})

@@ -10,8 +10,9 @@ import torch
 from transformers import MistralConfig
 
 from divot_llm.config import compose_config
-from divot_llm.config.paths import PathError, check_config_paths, check_path, training_reads
+from divot_llm.config.paths import PathError, check_config_paths, check_path
 from divot_llm.config.schema import PathKind
+from divot_llm.train.stages import training_reads
 from tests.helpers import TINY_MISTRAL
 
 

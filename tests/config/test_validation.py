@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from divot_llm.cli.config import main as config_main
 from divot_llm.config import CONF_DIR, ConfigError, compose_config, save_resolved_config
 from divot_llm.config.loading import load_saved_config
-from divot_llm.config.schema import StageName
+from divot_llm.config.schema import Precision
 from tests.helpers import run_main
 
 
@@ -123,7 +123,7 @@ def saved(tmp_path_factory):
 def test_saved_config_is_read_back_typed(saved):
     cfg = load_saved_config(saved, ["model.lora.r=4", "model.llm.path=/moved/base"])
     assert cfg.model.lora.r == 4 and cfg.model.llm.path == "/moved/base"
-    assert cfg.stage.name is StageName.pretrain  # enums, as a composed config has them
+    assert cfg.deepspeed.precision is Precision.fp32  # enums, as a composed config has them
 
 
 @pytest.mark.parametrize(

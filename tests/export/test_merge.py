@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from divot_llm.cli.merge import main as merge_main
 from divot_llm.export.verify import compare, reference_outputs, verification_batches
 from divot_llm.model import load_release, load_training_state_dict, read_agent_file
-from divot_llm.train.trainer import build_models
+from divot_llm.model.build import build_models
 from tests.helpers import run_entry_point as cli
 from tests.helpers import run_main
 

@@ -17,6 +17,7 @@ import torch
 
 from divot_llm.config import compose_config
 from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
+from divot_llm.train.fixed_batches import FixedBatches
 from tests import helpers
 
 # Enough for 2 ranks x 1 worker: every source has samples on every reader, and the
@@ -156,28 +157,19 @@ def tiny_cfg(*overrides: str):
     )
 
 
-class BatchList:
-    """The loader interface over fixed batches, cycled; ``state_dict`` is the number of
-    batches handed out. ``on_yield(i)`` runs after batch ``i`` is handed out; ``skips``
-    is what ``skip_counts`` reports."""
+class BatchList(FixedBatches):
+    """``FixedBatches`` with test hooks: ``on_yield(i)`` runs after batch ``i`` is handed
+    out; ``skips`` is what ``skip_counts`` reports."""
 
     def __init__(self, batches: list[dict], on_yield=None, skips: dict[str, int] | None = None):
-        self.batches, self.on_yield, self.position = batches, on_yield, 0
-        self.skips = skips or {}
+        super().__init__(batches)
+        self.on_yield, self.skips = on_yield, skips or {}
 
     def __iter__(self):
-        while True:
-            batch = self.batches[self.position % len(self.batches)]
-            self.position += 1
+        for batch in super().__iter__():
             if self.on_yield is not None:
                 self.on_yield(self.position)
             yield batch
-
-    def state_dict(self) -> dict:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position = state["position"]
 
     def skip_counts(self) -> dict[str, int]:
         return dict(self.skips)

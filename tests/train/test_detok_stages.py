@@ -15,10 +15,10 @@ from divot_llm.config import compose_config
 from divot_llm.data.detok_examples import build_detok_loader
 from divot_llm.detokenizers import video_detokenizer_class
 from divot_llm.detokenizers.training import tokenizer_features
+from divot_llm.export import merge_release
+from divot_llm.export.detokenizer import DETOKENIZER_DIR, VIDEO_TOKENIZER_DIR, detok_checkpoint_to_pretrained
 from divot_llm.tokenizers.divot import DivotTokenizer
 from divot_llm.train import checkpoint
-from divot_llm.train.detok_release import DETOKENIZER_DIR, VIDEO_TOKENIZER_DIR, detok_checkpoint_to_pretrained
-from divot_llm.train.release import checkpoint_to_release
 from divot_llm.train.trainer import FINISHED, INTERRUPTED, Trainer
 from tests.helpers import run_entry_point
 from tests.train.conftest import BatchList, hand_batches, read_metrics, tiny_cfg
@@ -179,13 +179,14 @@ def test_tokenizer_stage_trains_only_the_tokenizer_after_its_vit(ds_process_grou
 
 @pytest.fixture(scope="module")
 def release(ds_process_group, mistral_tokenizer_dir, tmp_path_factory):
-    """A tiny merged Divot-LLM release: one pretraining step, then ``checkpoint_to_release``."""
+    """A tiny merged Divot-LLM release: one pretraining step, then ``merge_release``."""
     out = tmp_path_factory.mktemp("pretrain")
     batches = hand_batches(mistral_tokenizer_dir, 8, 16, count=1)
     cfg = tiny_cfg(f"train.output_dir={out}", "train.max_steps=1")
     status, _ = run(cfg, build_loader=lambda *args, **kwargs: BatchList(batches))
     assert status == FINISHED
-    return checkpoint_to_release(out, tmp_path_factory.mktemp("release") / "pretrain")
+    release_dir = tmp_path_factory.mktemp("release") / "pretrain"
+    return merge_release(out, release_dir, overwrite=True, log=lambda _: None).out_dir
 
 
 def test_detok_adapt_learns_on_gmm_features_from_the_stage1_detokenizer(
@@ -209,7 +210,7 @@ def test_detok_adapt_learns_on_gmm_features_from_the_stage1_detokenizer(
         start = trainer.model.state_dict()
         for name, tensor in stage1.state_dict().items():
             torch.testing.assert_close(start[name], tensor, rtol=0, atol=0, msg=name)
-        batch = next(iter(build_detok_loader(cfg.data, trainer.recipe.window)))
+        batch = next(iter(build_detok_loader(cfg.data, trainer.stage.example_spec)))
         feats = trainer.prepare(batch)["features"]  # sampled from the release's GMM per caption
         own = tokenizer_features(trainer.video_tokenizer, batch["video"])
         assert feats.shape == own.shape == (2, 8, 16) and not torch.allclose(feats, own, atol=0.1)

@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from divot_llm.config.loading import ConfigError
+from divot_llm.config.schema import Precision
 from divot_llm.model import build_divot_llm
 from divot_llm.train.engine import build_engine, deepspeed_config, param_groups, resolve_dtype
 from tests.train.conftest import tiny_cfg
 
 
 def test_precision_auto_is_fp32_on_cpu_and_bf16_on_gpu():
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
-    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype(Precision.auto, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(Precision.auto, torch.device("cuda", 0)) == torch.bfloat16
+    assert resolve_dtype(Precision.bf16, torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ConfigError):
         resolve_dtype("fp16", torch.device("cpu"))
 

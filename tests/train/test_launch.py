@@ -175,9 +175,10 @@ def test_sigterm_and_killed_checkpoint_write_resume_to_identical_losses(pretrain
 
 @pytest.fixture(scope="module")
 def release(pretrain_zero2, tmp_path_factory) -> Path:
-    from divot_llm.train.release import checkpoint_to_release
+    from divot_llm.export import merge_release
 
-    return checkpoint_to_release(pretrain_zero2, tmp_path_factory.mktemp("release") / "pretrain")
+    release_dir = tmp_path_factory.mktemp("release") / "pretrain"
+    return merge_release(pretrain_zero2, release_dir, overwrite=True, log=lambda _: None).out_dir
 
 
 def test_release_holds_the_trained_model_merged(pretrain_zero2, release, mistral_tokenizer_dir):
@@ -185,7 +186,7 @@ def test_release_holds_the_trained_model_merged(pretrain_zero2, release, mistral
     from omegaconf import OmegaConf
 
     from divot_llm.model import load_release, load_training_state_dict
-    from divot_llm.train.trainer import build_models
+    from divot_llm.model.build import build_models
 
     last = checkpoint.latest_checkpoint(pretrain_zero2 / "checkpoints").path
     cfg = OmegaConf.load(last / "config.yaml")

@@ -46,6 +46,13 @@ def test_plus_typos_and_out_of_range_values_are_named(capsys):
     assert "data.batch_size=0 must be >= 1" in err and "model.lora.r=-4 must be >= 1" in err
 
 
+def test_an_unknown_stage_is_named_with_the_known_ones(capsys):
+    assert refused("stage.name=finetune", capsys=capsys).strip() == (
+        "divot-train: config error: stage.name='finetune' is not a stage; known stages: pretrain, sft_comp, "
+        "sft_gen, detok, tokenizer, detok_adapt"
+    )
+
+
 def test_a_run_folder_is_not_a_release_to_start_from(zero2_run, tmp_path, capsys):
     err = refused("stage=sft_comp", f"stage.init_from={zero2_run}", f"data.root={tmp_path}", capsys=capsys)
     assert err.strip() == (

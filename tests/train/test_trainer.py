@@ -1,13 +1,14 @@
 """The training step in-process (1 rank, real DeepSpeed engine): NaN/inf losses are
 skipped together and abort a run after the configured streak; real loader batches have
-only their real clips encoded by the frozen video tokenizer."""
+only their real clips encoded by the frozen video tokenizer; an unknown stage name stops
+the trainer before it starts anything."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from divot_llm.config import compose_config
+from divot_llm.config import ConfigError, compose_config
 from divot_llm.data.loader import build_loader
 from divot_llm.text import load_text_tokenizer
 from divot_llm.train.trainer import NonFiniteLossError, Trainer
@@ -32,6 +33,14 @@ def test_nonfinite_losses_are_skipped_then_abort(ds_process_group, mistral_token
     assert trainer.step == 2  # step 1: good; step 2: one skip, then good; step 3: three skips
     assert trainer.nonfinite_total == 4
     assert all(torch.isfinite(p).all() for p in trainer.engine.module.parameters())
+
+
+def test_an_unknown_stage_is_refused_before_anything_starts(tmp_path):
+    trainer = Trainer(tiny_cfg(f"train.output_dir={tmp_path}", "stage.name=finetune"))
+    known = "known stages: pretrain, sft_comp, sft_gen, detok, tokenizer, detok_adapt"
+    with pytest.raises(ConfigError, match=f"stage.name='finetune' is not a stage; {known}"):
+        trainer.setup()
+    assert not tmp_path.joinpath("config.yaml").exists()  # the output dir was not touched
 
 
 def test_only_real_clips_are_encoded(ds_process_group, train_data, tmp_path):

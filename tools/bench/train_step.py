@@ -33,29 +33,9 @@ import torch
 
 from divot_llm.config import compose_config
 from divot_llm.train import distributed
+from divot_llm.train.fixed_batches import FixedBatches
 from divot_llm.train.metrics import peak_memory_gib
-from divot_llm.train.trainer import Trainer, Window
-
-
-class FixedBatches:
-    """The loader interface over batches fetched once, cycled."""
-
-    def __init__(self, batches: list[dict]):
-        self.batches, self.position = batches, 0
-
-    def __iter__(self):
-        while True:
-            yield self.batches[self.position % len(self.batches)]
-            self.position += 1
-
-    def state_dict(self) -> dict:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position = state["position"]
-
-    def skip_counts(self) -> dict[str, int]:
-        return {}
+from divot_llm.train.trainer import LogAccumulator, Trainer
 
 
 def data_root(cfg, workdir: Path) -> str:
@@ -160,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, build_loader=lambda *a, **k: FixedBatches(batches))
         trainer.setup()
         trainer.engine.train()
-        windows = []
+        logged: list[LogAccumulator] = []
 
         def ours() -> None:
-            windows.append(Window())
-            trainer.train_step(windows[-1])
+            logged.append(LogAccumulator())
+            trainer.train_step(logged[-1])
 
         steps = [ours]
         if trainer.device.type == "cpu" and not args.no_bare:
@@ -173,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 bare_mistral_step(trainer, batches, optimizer_step=False),
             ]
         times = time_steps(steps, args.steps, args.warmup, trainer.device)
-        report(trainer, times[0], windows[args.warmup :])
+        report(trainer, times[0], logged[args.warmup :])
         if len(times) == 3:
             ours_ms, step_ms, fwd_bwd_ms = (statistics.median(t) * 1e3 for t in times)
             print(
@@ -188,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(trainer: Trainer, times: list[float], windows: list[Window]) -> None:
+def report(trainer: Trainer, times: list[float], logged: list[LogAccumulator]) -> None:
     seconds = sum(times)
-    tokens, samples = sum(w.tokens for w in windows), sum(w.samples for w in windows)
-    flops = sum(w.flops for w in windows)
+    tokens, samples = sum(a.tokens for a in logged), sum(a.samples for a in logged)
+    flops = sum(a.flops for a in logged)
     print(
         f"device: {trainer.device.type}, {str(trainer.dtype).replace('torch.', '')}, "
         f"ZeRO-{trainer.cfg.deepspeed.zero_stage}, {trainer.trainable_params / 1e6:.2f} M trainable"

@@ -14,9 +14,14 @@ import os
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+from divot_llm.config import load_saved_config
+from divot_llm.config.loading import RESOLVED_CONFIG_NAME
+from divot_llm.detokenizers.training import TokenizerDiffusionObjective
+from divot_llm.export.zero import resolve_checkpoint
 from divot_llm.layout import DETOKENIZER_DIR, VIDEO_TOKENIZER_DIR
+from divot_llm.train.stages import stage_class
 
 
 def load_trained_tensors(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -51,29 +56,27 @@ def detok_checkpoint_to_pretrained(checkpoint: str | os.PathLike, out_dir: str |
         ``out_dir``.
 
     Raises:
-        FileNotFoundError: no complete checkpoint at ``checkpoint``.
-        ValueError: the checkpoint is of an LLM stage (use ``checkpoint_to_release``).
+        CheckpointError: no complete checkpoint at ``checkpoint``.
+        FileNotFoundError: the checkpoint carries no ``config.yaml`` (not written by divot-train).
+        ConfigError: its ``config.yaml`` is not a config this version can read (or names
+            no known stage).
+        ValueError: the checkpoint is of an LLM stage (release it with ``divot-merge``).
 
     Example:
         >>> out = detok_checkpoint_to_pretrained("outputs/detok_256", "releases/detok_256")
         >>> detok = load_video_detokenizer(out / "detokenizer")  # divot_llm.detokenizers
     """
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from divot_llm.config.schema import DETOK_STAGES, StageName
-    from divot_llm.export.zero import resolve_checkpoint
-    from divot_llm.train.recipes import build_detok_models, stage_name
-
-    path = resolve_checkpoint(checkpoint).dir  # refuses half-written / incomplete checkpoints
-    cfg = OmegaConf.load(path / "config.yaml")
-    stage = stage_name(cfg)
-    if stage not in DETOK_STAGES:
-        raise ValueError(f"{path} is a {stage.value} checkpoint: release it with divot-merge")
-    _, module = build_detok_models(cfg)  # fp32, CPU, frozen weights as the run had them
-    state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag="engine", exclude_frozen_parameters=True)
+    ckpt = resolve_checkpoint(checkpoint)  # refuses half-written / incomplete checkpoints
+    path = ckpt.dir
+    cfg = load_saved_config(path / RESOLVED_CONFIG_NAME)
+    stage = stage_class(cfg.stage.name)
+    if not stage.trains_detokenizer:
+        raise ValueError(f"{path} is a {cfg.stage.name} checkpoint: release it with divot-merge")
+    _, module = stage.build_modules(cfg)  # fp32, CPU, frozen weights as the run had them
+    state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=ckpt.tag, exclude_frozen_parameters=True)
     load_trained_tensors(module, state)
     out = Path(out_dir)
-    if stage == StageName.tokenizer:
+    if isinstance(module, TokenizerDiffusionObjective):  # the tokenizer stage trained both
         module.refresh_null_features()
         module.detokenizer.save_pretrained(out / DETOKENIZER_DIR)
         module.tokenizer.save_pretrained(out / VIDEO_TOKENIZER_DIR)

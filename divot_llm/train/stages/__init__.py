@@ -1,0 +1,80 @@
+"""What differs between training stages, as one small object per stage kind: the module
+the DeepSpeed engine trains, the data it reads, how a batch becomes the engine's inputs,
+which losses and rates are logged, and validation. ``Trainer`` keeps the one loop
+(engine, accumulation, NaN skips, signals, checkpoints, logging) around it.
+
+``STAGES`` is the one place that knows the stage names (``stage.name``):
+
+* ``LLMStage`` (``llm.py``) -- pretrain / sft_comp / sft_gen: the Divot LLM on token
+  sequences.
+* ``DetokStage``, ``TokenizerStage`` (``detok.py``) -- detok / tokenizer: the
+  de-tokenizer (with the tokenizer, for tokenizer) on full windows.
+* ``DetokAdaptStage`` (``detok_adapt.py``) -- detok_adapt: the de-tokenizer on features
+  sampled from a trained Divot LLM.
+
+The models are built on the CPU from ``train.seed`` (``divot_llm.model.build``), so every
+rank, a resumed run and the export rebuild the same frozen values whatever the device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from divot_llm.config.loading import ConfigError
+from divot_llm.config.schema import DivotConfig
+from divot_llm.train.stages.base import Stage
+from divot_llm.train.stages.detok import DetokStage, TokenizerStage
+from divot_llm.train.stages.detok_adapt import DetokAdaptStage
+from divot_llm.train.stages.llm import LLMStage
+
+STAGES: dict[str, type[Stage]] = {
+    "pretrain": LLMStage,
+    "sft_comp": LLMStage,
+    "sft_gen": LLMStage,
+    "detok": DetokStage,  # de-tokenizer (stage 1) on the frozen tokenizer's features
+    "tokenizer": TokenizerStage,  # tokenizer (all but the ViT) + de-tokenizer through the diffusion loss
+    "detok_adapt": DetokAdaptStage,  # de-tokenizer adaptation (stage 2) on features sampled from the LLM's GMM
+}
+
+
+def stage_class(name: str) -> type[Stage]:
+    """The stage class of ``stage.name``.
+
+    Raises:
+        ConfigError: a name that is not a stage, listing the known ones.
+    """
+    stage = STAGES.get(name)
+    if stage is None:
+        raise ConfigError(f"stage.name={name!r} is not a stage; known stages: {', '.join(STAGES)}")
+    return stage
+
+
+def make_stage(cfg: DivotConfig, device: torch.device, dtype: torch.dtype) -> Stage:
+    """The stage of ``cfg.stage.name``, to train on ``device`` in ``dtype``."""
+    return stage_class(cfg.stage.name)(cfg, device, dtype)
+
+
+def training_reads(cfg: DivotConfig) -> list[str]:
+    """The config keys whose paths a ``divot-train`` run reads (``config.paths``): the
+    stage's; the others may name files of another stage (a de-tokenizer stage builds no
+    LLM).
+
+    Raises:
+        ConfigError: ``stage.name`` is not a stage.
+    """
+    if cfg.plan:  # the model on the meta device: model.llm.path's config.json only
+        return ["model.llm.path"]
+    return stage_class(cfg.stage.name).config_reads(cfg)
+
+
+__all__ = [
+    "STAGES",
+    "DetokAdaptStage",
+    "DetokStage",
+    "LLMStage",
+    "Stage",
+    "TokenizerStage",
+    "make_stage",
+    "stage_class",
+    "training_reads",
+]

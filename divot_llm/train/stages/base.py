@@ -1,0 +1,78 @@
+"""The stage-specific half of training, as one interface (see the package docstring)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from divot_llm.config.schema import DivotConfig
+from divot_llm.runtime import default_dtype
+
+VAL_SEED = 1234  # validation draws (diffusion noise, timesteps, sampler) are fixed: comparable across steps
+
+
+class Stage(abc.ABC):
+    """What one kind of training stage trains and how (``Trainer`` runs the loop around it).
+
+    Attributes:
+        trains_detokenizer: whether the stage trains a de-tokenizer (its checkpoints are
+            exported with ``divot-export detokenizer``, not ``divot-merge``).
+        loss_names: names of ``loss_terms``; the first is backpropagated, all are logged
+            as ``train/<name>``.
+        rate_names: ``step_counts`` keys logged as ``perf/<name>_per_s``, with their short
+            progress-bar labels.
+        frozen_dtype: the dtype frozen helpers (a video tokenizer, an LLM) run in.
+        module: the engine's module, after ``build``.
+    """
+
+    trains_detokenizer: ClassVar[bool] = False
+    loss_names: ClassVar[tuple[str, ...]] = ("loss",)
+    rate_names: ClassVar[dict[str, str]] = {"samples": "samp/s"}
+
+    def __init__(self, cfg: DivotConfig, device: torch.device, dtype: torch.dtype):
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.frozen_dtype = default_dtype(device)
+        self.module: nn.Module | None = None
+
+    @classmethod
+    @abc.abstractmethod
+    def config_reads(cls, cfg: DivotConfig) -> list[str]:
+        """The config keys whose paths a run of this stage reads (``config.paths``); the
+        others may name files of another stage."""
+
+    @abc.abstractmethod
+    def build(self) -> nn.Module:
+        """The engine's module on ``device`` (frozen helpers set up too)."""
+
+    @abc.abstractmethod
+    def loader(self, split: str, rank: int, world_size: int, build_loader: Callable | None = None):
+        """This rank's loader of a split; ``build_loader`` replaces the stage's default
+        builder (same signature), e.g. with hand-made batches in tests."""
+
+    @abc.abstractmethod
+    def prepare(self, batch: dict) -> dict[str, Any]:
+        """Loader batch -> engine keyword inputs on the device."""
+
+    @abc.abstractmethod
+    def loss_terms(self, out: Any) -> list[torch.Tensor]:
+        """Scalar tensors in ``loss_names`` order from the engine's output."""
+
+    @abc.abstractmethod
+    def step_counts(self, batch: dict) -> tuple[float, float, dict[str, float]]:
+        """(model FLOPs, hardware FLOPs, {rate name: count}) of one micro-batch."""
+
+    @abc.abstractmethod
+    def validate(self, engine, val_loader, max_batches: int) -> dict[str, float] | None:
+        """Validation metrics (collective; None when some rank has no batch)."""
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+
+    @property
+    def total_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())

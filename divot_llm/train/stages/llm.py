@@ -1,0 +1,99 @@
+"""pretrain / sft_comp / sft_gen: the Divot LLM on token sequences; clips go through the
+frozen video tokenizer in ``prepare`` (or come as cached features)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from divot_llm.config import config_to_dict
+from divot_llm.config.paths import model_reads
+from divot_llm.config.schema import DivotConfig
+from divot_llm.data.clip_sampling import uint8_to_model_pixels
+from divot_llm.data.feature_cache import expected_info
+from divot_llm.data.loader import build_loader as build_llm_loader
+from divot_llm.model.build import build_models
+from divot_llm.train.metrics import FlopModel, tokenizer_flops_per_clip
+from divot_llm.train.stages.base import Stage
+from divot_llm.train.validate import validate as validate_llm
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "ids_cmp_mask", "ids_gen_mask")
+CLIP_MASK_KEYS = ("embeds_cmp_mask", "embeds_gen_mask")
+PACKED_KEYS = ("segment_ids", "position_ids")  # only in packed batches (data.packing)
+
+
+class LLMStage(Stage):
+    """pretrain / sft_comp / sft_gen: LM cross-entropy + GMM NLL of the Divot LLM."""
+
+    loss_names = ("loss", "lm_loss", "gmm_loss")
+    rate_names = {"tokens": "tok/s", "samples": "samp/s"}
+
+    @classmethod
+    def config_reads(cls, cfg: DivotConfig) -> list[str]:
+        """The text and video tokenizers, the LLM, the data."""
+        return [*model_reads(cfg), "data"]
+
+    def build(self) -> nn.Module:
+        self.text_tokenizer, tokenizer, model = build_models(self.cfg, self.dtype)
+        self.video_tokenizer = tokenizer.to(self.device, self.frozen_dtype)
+        self.module = model.to(self.device)
+        # Counted before DeepSpeed wraps the model: under ZeRO-3 parameters are shards after.
+        self.flop_model = FlopModel.from_model(
+            self.module,
+            tokenizer_flops_per_clip(self.video_tokenizer, self.device),
+            recompute=self.cfg.model.llm.gradient_checkpointing,
+        )
+        return self.module
+
+    def loader(self, split: str, rank: int, world_size: int, build_loader: Callable | None = None):
+        build_loader = build_loader or build_llm_loader
+        tok = self.video_tokenizer
+        extra = {}
+        if self.cfg.data.feature_cache:  # the loader checks the cache was made by this tokenizer
+            extra["cache_info"] = expected_info(tok, config_to_dict(self.cfg.video_tokenizer), self.cfg.data)
+        return build_loader(
+            self.cfg.data,
+            self.text_tokenizer,
+            tokens_per_clip=tok.num_tokens,
+            frames_per_clip=tok.frames_per_clip,
+            image_size=tok.input_size,
+            rank=rank,
+            world_size=world_size,
+            split=split,
+            **extra,
+        )
+
+    @torch.no_grad()
+    def prepare(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Clips encoded to ``video_feats``: only real clips (``embeds_cmp_mask |
+        embeds_gen_mask``) go through the tokenizer; padded clip slots stay zero. A batch
+        from a feature cache brings ``video_feats``."""
+        keys = MODEL_INPUT_KEYS + CLIP_MASK_KEYS + tuple(k for k in PACKED_KEYS if k in batch)  # packing
+        inputs = {k: batch[k].to(self.device, non_blocking=True) for k in keys}
+        if "video_feats" in batch:
+            inputs["video_feats"] = batch["video_feats"].to(self.device, non_blocking=True)
+            return inputs
+        frames = batch["frames"]  # (B, C, F, 3, S, S) uint8
+        real_bc = batch["embeds_cmp_mask"] | batch["embeds_gen_mask"]
+        tok = self.video_tokenizer
+        feats = torch.zeros(
+            *real_bc.shape, tok.num_tokens, tok.feature_dim, dtype=tok.dtype, device=self.device
+        )
+        if real_bc.any():
+            clips_uint8 = frames[real_bc].to(self.device, non_blocking=True)  # (G, F, 3, S, S)
+            feats[real_bc.to(self.device)] = tok.encode(uint8_to_model_pixels(clips_uint8).to(tok.dtype))
+        inputs["video_feats"] = feats
+        return inputs
+
+    def loss_terms(self, out) -> list[torch.Tensor]:
+        return [out.total_loss, out.lm_loss, out.gmm_loss]
+
+    def step_counts(self, batch: dict) -> tuple[float, float, dict[str, float]]:
+        flops, hw_flops = self.flop_model.batch_flops(batch)
+        tokens = float((batch["attention_mask"] != 0).sum())
+        return flops, hw_flops, {"tokens": tokens, "samples": float(batch["input_ids"].shape[0])}
+
+    def validate(self, engine, val_loader, max_batches: int) -> dict[str, float] | None:
+        return validate_llm(engine, self.module, val_loader, self.prepare, max_batches, self.device)
