@@ -50,6 +50,7 @@ from divot_llm.export.zero import (
 )
 from divot_llm.layout import EXPORT_INFO, RELEASE_INFO, VIDEO_TOKENIZER_DIR
 from divot_llm.model import DivotLLM, load_release, load_training_state_dict, save_release
+from divot_llm.model.build import build_models
 from divot_llm.text.tokenizer import DivotTextTokenizer
 from divot_llm.tokenizers.base import VideoTokenizer
 from divot_llm.train.stages import stage_class
@@ -184,8 +185,6 @@ def _rebuild(
 ) -> tuple[DivotTextTokenizer, VideoTokenizer, DivotLLM]:
     """The run's tokenizers and model, frozen weights as the run had them (fp32), with the
     trained tensors loaded; eval mode."""
-    from divot_llm.train.trainer import build_models
-
     text_tokenizer, video_tokenizer, model = build_models(cfg, torch.float32)
     load_training_state_dict(model, state)
     return text_tokenizer, video_tokenizer, model.eval()
