@@ -10,10 +10,10 @@ the loader samples in epoch 0) and writes one safetensors file per sample. Train
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from divot_llm.config import compose_config
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     # must be the very one the run will use, or the cache's fingerprint will not match it.
     seed_everything(int(cfg.train.seed))
     tokenizer = build_video_tokenizer(cfg.video_tokenizer).to(device, dtype)
-    tokenizer_cfg = OmegaConf.to_container(cfg.video_tokenizer, resolve=True)
+    tokenizer_cfg = dataclasses.asdict(cfg.video_tokenizer)
     info = expected_info(tokenizer, tokenizer_cfg, cfg.data)
     with tqdm(desc="features", unit="sample") as bar:
         counts = build_feature_cache(

@@ -24,12 +24,11 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-from divot_llm.config.loading import ConfigError, schema_nodes
-from divot_llm.config.schema import CHECK, DETOK_STAGES, PathKind, StageName
+from divot_llm.config.loading import ConfigError, config_node, schema_nodes
+from divot_llm.config.schema import CHECK, DETOK_STAGES, DivotConfig, PathKind, StageName
 
 HF_CONFIG = "config.json"  # what transformers' from_pretrained reads first
 DETOKENIZER_CONFIG = "detokenizer_config.json"  # what a de-tokenizer's save_pretrained writes
@@ -190,12 +189,12 @@ def _layout() -> _Layout:
 # ------------------------------------------------------------------ paths of a config
 
 
-def config_paths(cfg: DictConfig, under: Sequence[str]) -> list[tuple[str, str, PathKind]]:
+def config_paths(cfg: DivotConfig, under: Sequence[str]) -> list[tuple[str, str, PathKind]]:
     """(key, path, kind) of every local path set in ``cfg`` at or below one of the keys
     ``under`` (``"video_tokenizer"``, ``"model.llm.path"``); null and ``???`` values are
     left out."""
     found = []
-    for key, node, schema in schema_nodes(cfg, ""):
+    for key, node, schema in schema_nodes(config_node(cfg), ""):
         for field in dataclasses.fields(schema):
             check = field.metadata.get(CHECK)
             full = f"{key}.{field.name}" if key else field.name
@@ -213,7 +212,7 @@ def _within(key: str, under: Sequence[str]) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in under)
 
 
-def check_config_paths(cfg: DictConfig, under: Sequence[str]) -> None:
+def check_config_paths(cfg: DivotConfig, under: Sequence[str]) -> None:
     """Check every local path of ``cfg`` at or below the keys ``under``.
 
     Raises:
@@ -224,20 +223,20 @@ def check_config_paths(cfg: DictConfig, under: Sequence[str]) -> None:
         raise PathError("\n  ".join(problems))
 
 
-def model_reads(cfg: Any) -> list[str]:
+def model_reads(cfg: DivotConfig) -> list[str]:
     """The config keys whose paths building an LLM stage's models reads (training and
     ``divot-merge``): the text and video tokenizers, and the LLM -- from the release the
     stage starts from (``stage.init_from``/llm) or else ``model.llm.path``."""
-    llm = "stage.init_from" if cfg.stage.get("init_from") is not None else "model.llm.path"
+    llm = "stage.init_from" if cfg.stage.init_from not in (None, MISSING) else "model.llm.path"
     return ["model.tokenizer_path", "video_tokenizer", llm]
 
 
-def training_reads(cfg: Any) -> list[str]:
+def training_reads(cfg: DivotConfig) -> list[str]:
     """The config keys whose paths a ``divot-train`` run reads; the others may name files
     of another stage (a de-tokenizer stage builds no LLM)."""
     if cfg.plan:  # the model on the meta device: model.llm.path's config.json only
         return ["model.llm.path"]
-    stage = StageName(str(getattr(cfg.stage.name, "value", cfg.stage.name)))
+    stage = cfg.stage.name
     if stage not in DETOK_STAGES:
         return [*model_reads(cfg), "data"]
     keys = ["video_tokenizer", "detokenizer", "stage.detokenizer_init_from", "data"]

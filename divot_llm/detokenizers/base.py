@@ -35,7 +35,7 @@ class VideoDetokenizer(nn.Module, abc.ABC):
     Subclasses implement the construction, ``_decode``, ``loss`` and the shape members.
     """
 
-    config_class: ClassVar[type]  # the dataclass ``from_config`` takes
+    config_class: ClassVar[type]  # the dataclass ``from_config`` takes; also its options' yaml schema
     null_features: torch.Tensor | None  # (N, D) features of an all-zero clip; a buffer
 
     # ---------------------------------------------------------------- construction

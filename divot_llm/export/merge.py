@@ -31,11 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-
-from divot_llm.config.loading import load_saved_config
+from divot_llm.config.loading import config_to_yaml, load_saved_config
 from divot_llm.config.paths import check_config_paths, model_reads
-from divot_llm.config.schema import DETOK_STAGES, StageName
+from divot_llm.config.schema import DETOK_STAGES, DivotConfig, StageName
 from divot_llm.export.verify import (
     Comparison,
     VerificationError,
@@ -65,7 +63,7 @@ class MergeResult:
 
 def load_trained_state(
     checkpoint: str | os.PathLike, overrides: Sequence[str] = ()
-) -> tuple[dict[str, torch.Tensor], DictConfig, dict]:
+) -> tuple[dict[str, torch.Tensor], DivotConfig, dict]:
     """(fp32 tensors, the run's resolved config, where they came from) of a checkpoint.
 
     The config is read, ``overrides`` applied and the paths the rebuild reads are checked
@@ -108,8 +106,8 @@ def load_trained_state(
     return read_state(), cfg, source
 
 
-def config_hash(cfg: DictConfig) -> str:
-    return hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:16]
+def config_hash(cfg: DivotConfig) -> str:
+    return hashlib.sha256(config_to_yaml(cfg).encode()).hexdigest()[:16]
 
 
 def merge_release(
@@ -169,9 +167,9 @@ def merge_release(
     log(f"writing {dtype} release to {tmp}")
     save_release(model, tmp, tokenizer=text_tokenizer, max_shard_size=max_shard_size)
     del model
-    if cfg.video_tokenizer.get("pretrained_path") is None:
+    if cfg.video_tokenizer.pretrained_path is None:
         video_tokenizer.save_pretrained(tmp / VIDEO_TOKENIZER_DIR)
-    OmegaConf.save(cfg, tmp / CONFIG_FILE, resolve=True)
+    (tmp / CONFIG_FILE).write_text(config_to_yaml(cfg))
 
     comparisons: list[Comparison] = []
     if reference is not None:
@@ -193,7 +191,7 @@ def merge_release(
 
     info = {
         "stage": _plain(cfg.stage.name),
-        "experiment": cfg.get("experiment_name"),
+        "experiment": cfg.experiment_name,
         "source_checkpoint": source["source"],
         "source_step": source.get("step"),
         "config_sha256": config_hash(cfg),

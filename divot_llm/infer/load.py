@@ -23,6 +23,7 @@ anything is built.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from divot_llm.config.loading import RESOLVED_CONFIG_NAME as RELEASE_CONFIG
 from divot_llm.config.loading import load_saved_config
 from divot_llm.config.paths import PathError, check_config_paths, check_path
-from divot_llm.config.schema import PathKind
+from divot_llm.config.schema import DivotConfig, PathKind
 from divot_llm.model.checkpoint import DETOKENIZER_DIR, LLM_DIR, VIDEO_TOKENIZER_DIR
 
 OFFICIAL_EXPERIMENT = "divot_official"
@@ -48,7 +48,7 @@ OFFICIAL_DETOKENIZER = {  # stage-1 weights reconstruct tokenizer features, stag
 
 @dataclass
 class InferenceModels:
-    cfg: DictConfig
+    cfg: DivotConfig
     release_dir: Path
     model: Any  # DivotLLM, None when only the tokenizers were asked for
     text_tokenizer: Any
@@ -56,7 +56,7 @@ class InferenceModels:
     detokenizer: Any  # VideoDetokenizer or None (not configured)
 
 
-def release_config(release_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+def release_config(release_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> DivotConfig:
     """The config saved in one of our releases, with ``overrides`` applied.
 
     Raises:
@@ -78,7 +78,7 @@ def release_config(release_dir: str | os.PathLike, overrides: Sequence[str] = ()
 
 def official_config(
     pretrained_root: str | os.PathLike, task: str, overrides: Sequence[str] = ()
-) -> DictConfig:
+) -> DivotConfig:
     """The composed config for Divot's official files under ``pretrained_root``."""
     from divot_llm.config import compose_config
 
@@ -102,7 +102,7 @@ def default_device() -> torch.device:
 
 
 def load_inference_models(
-    cfg: DictConfig,
+    cfg: DivotConfig,
     *,
     with_llm: bool = True,
     detokenizer: str | os.PathLike | None = None,
@@ -128,7 +128,7 @@ def load_inference_models(
 
     device = device or default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    release = Path(cfg.stage.init_from) if cfg.stage.get("init_from") else None
+    release = Path(cfg.stage.init_from) if cfg.stage.init_from else None
     if with_llm and release is None:
         raise ValueError("stage.init_from must name the release (llm/ + agent/) to load")
     if detokenizer is not None:
@@ -180,7 +180,7 @@ def _release_has_tokenizer(release: Path) -> bool:
     return (llm / "tokenizer.model").is_file() or (llm / "tokenizer.json").is_file()
 
 
-def _text_tokenizer(release: Path, cfg: DictConfig):
+def _text_tokenizer(release: Path, cfg: DivotConfig):
     from divot_llm.text import load_text_tokenizer
 
     if _release_has_tokenizer(release):
@@ -197,13 +197,13 @@ def _detokenizer(cfg, release, explicit, wanted, video_tokenizer, device):
         if path.is_dir():
             detok = load_video_detokenizer(path)
         else:
-            node = OmegaConf.merge(cfg.detokenizer, {"pretrained_path": str(path)})
-            detok = build_video_detokenizer(node, tokenizer=video_tokenizer)
+            config = dataclasses.replace(cfg.detokenizer, pretrained_path=str(path))
+            detok = build_video_detokenizer(config, tokenizer=video_tokenizer)
     elif not wanted:
         return None
     elif _saved(release, DETOKENIZER_DIR):
         detok = load_video_detokenizer(release / DETOKENIZER_DIR)
-    elif cfg.detokenizer.get("pretrained_path"):
+    elif cfg.detokenizer.pretrained_path:
         detok = build_video_detokenizer(cfg.detokenizer, tokenizer=video_tokenizer)
     else:
         return None

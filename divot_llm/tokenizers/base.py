@@ -26,7 +26,7 @@ class VideoTokenizer(nn.Module, abc.ABC):
     checks the input layout, so every tokenizer rejects bad input with the same message.
     """
 
-    config_class: ClassVar[type]  # the dataclass ``from_config`` takes
+    config_class: ClassVar[type]  # the dataclass ``from_config`` takes; also its options' yaml schema
 
     # ---------------------------------------------------------------- construction
 

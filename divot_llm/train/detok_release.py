@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
+from divot_llm.config.loading import load_saved_config
 from divot_llm.model.checkpoint import DETOKENIZER_DIR, VIDEO_TOKENIZER_DIR
 
 
@@ -65,7 +65,7 @@ def detok_checkpoint_to_pretrained(checkpoint: str | os.PathLike, out_dir: str |
     from divot_llm.train.recipes import build_detok_models, stage_name
 
     path = resolve_checkpoint(checkpoint).dir  # refuses half-written / incomplete checkpoints
-    cfg = OmegaConf.load(path / "config.yaml")
+    cfg = load_saved_config(path / "config.yaml")
     stage = stage_name(cfg)
     if stage not in DETOK_STAGES:
         raise ValueError(f"{path} is a {stage.value} checkpoint: release it with divot-merge")

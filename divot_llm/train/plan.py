@@ -13,11 +13,10 @@ activations (under no_grad, freed before the LLM runs) and fragmentation come on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 GiB = 2**30
 
@@ -111,7 +110,7 @@ def _meta_tokenizer(cfg: Any):
     """The video tokenizer's architecture on the meta device (its weight paths dropped)."""
     from divot_llm.tokenizers import build_video_tokenizer
 
-    tok_cfg = OmegaConf.to_container(cfg.video_tokenizer, resolve=True)
+    tok_cfg = asdict(cfg.video_tokenizer)
     for key in ("pretrained_path", "vit_path"):
         if key in tok_cfg:
             tok_cfg[key] = None

@@ -18,6 +18,7 @@ frozen values whatever the device.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from itertools import islice
@@ -25,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from divot_llm.config.schema import DETOK_STAGES, StageName
@@ -152,7 +152,7 @@ class LLMRecipe(Recipe):
         if self.cfg.data.feature_cache:  # the loader checks the cache was made by this tokenizer
             from divot_llm.data.feature_cache import expected_info
 
-            tok_cfg = OmegaConf.to_container(self.cfg.video_tokenizer, resolve=True)
+            tok_cfg = dataclasses.asdict(self.cfg.video_tokenizer)
             extra["cache_info"] = expected_info(tok, tok_cfg, self.cfg.data)
         return build_loader(
             self.cfg.data,

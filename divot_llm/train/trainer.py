@@ -31,9 +31,8 @@ from typing import Any
 
 import torch
 import yaml
-from omegaconf import OmegaConf
 
-from divot_llm.config.loading import save_resolved_config
+from divot_llm.config.loading import config_to_dict, config_to_yaml, save_resolved_config
 from divot_llm.launch_guard import Launcher
 from divot_llm.train import checkpoint, distributed, failures, run_lock
 from divot_llm.train.engine import build_engine, resolve_dtype
@@ -125,7 +124,7 @@ class Trainer:
         self._claim_output_dir()
         if self.dist.is_main:
             save_resolved_config(cfg, self.output_dir)
-        self.config_yaml = OmegaConf.to_yaml(_resolved(cfg))
+        self.config_yaml = config_to_yaml(cfg)
         self.writer = checkpoint.CheckpointWriter(self.output_dir, self.dist.rank, int(cfg.train.keep_last))
         self.writer.remove_stale_temp_dirs()
 
@@ -141,7 +140,7 @@ class Trainer:
             self.output_dir,
             cfg.train,
             run_name=cfg.experiment_name,
-            config=_resolved(cfg),
+            config=config_to_dict(cfg),
             start_step=self.step,
             max_steps=int(cfg.train.max_steps),
             enabled=self.dist.is_main,
@@ -501,7 +500,7 @@ def choose_checkpoint(cfg: Any, world_size: int | None = None) -> checkpoint.Res
     ``cfg`` (and ``world_size`` ranks, when given)."""
     choice = checkpoint.choose_resume(str(cfg.train.resume), cfg.train.output_dir)
     if choice.path is not None:
-        current = yaml.safe_load(OmegaConf.to_yaml(_resolved(cfg)))  # as the checkpoint's config.yaml reads
+        current = yaml.safe_load(config_to_yaml(cfg))  # as the checkpoint's config.yaml reads
         checkpoint.check_fits(choice.path, current, world_size)
     return choice
 
@@ -514,12 +513,6 @@ def _picklable(outcome: Any) -> Any:
     except Exception:  # any pickling failure
         return RuntimeError(f"{type(outcome).__name__}: {outcome}")
     return outcome
-
-
-def _resolved(cfg: Any) -> dict:
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    container.pop("hydra", None)
-    return container
 
 
 def _plain(value: Any) -> str:
