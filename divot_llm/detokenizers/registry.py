@@ -13,7 +13,9 @@ from divot_llm.detokenizers.base import VideoDetokenizer
 from divot_llm.registry import ComponentRegistry
 from divot_llm.tokenizers.base import VideoTokenizer
 
-VIDEO_DETOKENIZERS: ComponentRegistry[VideoDetokenizer] = ComponentRegistry("video de-tokenizer", "detokenizer")
+VIDEO_DETOKENIZERS: ComponentRegistry[VideoDetokenizer] = ComponentRegistry(
+    "video de-tokenizer", "detokenizer"
+)
 register_video_detokenizer = VIDEO_DETOKENIZERS.register
 video_detokenizer_class = VIDEO_DETOKENIZERS.get
 

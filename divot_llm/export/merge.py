@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
 from divot_llm.config.loading import config_to_yaml, load_saved_config
 from divot_llm.config.paths import check_config_paths, model_reads
 from divot_llm.config.schema import DETOK_STAGES, DivotConfig, StageName

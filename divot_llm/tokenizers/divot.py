@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 from einops import rearrange
+from omegaconf import MISSING
 from safetensors.torch import save_file
 from torch import nn
-from omegaconf import MISSING
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from divot_llm.config.schema import PathKind, checked

@@ -9,13 +9,14 @@ import sys
 import pytest
 import yaml
 from hydra.errors import ConfigCompositionException, HydraException
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from divot_llm.config import (
     CONF_DIR,
     ConfigError,
     DivotConfig,
     compose_config,
+    compose_dictconfig,
     config_to_dict,
     missing_keys,
     save_resolved_config,
@@ -59,6 +60,16 @@ def test_real_scale_experiments_demand_their_paths(experiment):
         assert {"model.llm.path", "model.tokenizer_path"} <= missing
     else:  # SFT starts from a merged pretrain release; its llm/ and tokenizer/ follow from it
         assert "stage.init_from" in missing
+
+
+def test_missing_values_stay_missing_in_the_dataclasses():
+    """``???`` is MISSING in the typed config, and so is a value interpolated from it; the
+    DictConfig (what divot-config and divot-train's start-up check read) names only the source."""
+    cfg = compose_config(["experiment=sft_comp_7b"])
+    assert cfg.stage.init_from == MISSING and cfg.model.llm.path == MISSING  # ${stage.init_from}/llm
+    assert "model.llm.path" in missing_keys(cfg)
+    node = compose_dictconfig(["experiment=sft_comp_7b"])
+    assert "stage.init_from" in missing_keys(node) and "model.llm.path" not in missing_keys(node)
 
 
 def test_reference_hyperparameters_in_7b_experiments():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from divot_llm.config import compose_config
+from divot_llm.config import apply_overrides, compose_config
 from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.feature_cache import expected_info
 from divot_llm.data.loader import build_loader
@@ -84,7 +84,7 @@ def main() -> None:
     video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
     info = expected_info(video_tokenizer, dataclasses.asdict(cfg.video_tokenizer), cfg.data)
     build_feature_cache(cfg.data, video_tokenizer, info, work / "cache")
-    cached_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, feature_cache=str(work / "cache")))
+    cached_cfg = apply_overrides(cfg, [f"data.feature_cache={work / 'cache'}"])
     uncached = time_steps(cfg, text, video_tokenizer, info, args.steps, cached=False)
     cached = time_steps(cached_cfg, text, video_tokenizer, info, args.steps, cached=True)
     print(
