@@ -6,7 +6,10 @@ registers itself with the kind's decorator; registering also stores its config d
 (``config_class``) as the kind's ``<group>/schema_<arch>`` Hydra config. A new component is
 that module plus one yaml under the kind's config group whose defaults list names
 ``schema_<arch>``: composing a config imports the modules those yamls name
-(``divot_llm.config.components``); otherwise a module is imported on first use.
+(``divot_llm.config.components``); otherwise a module is imported on first use. A module
+that is slow to import (transformers, diffusers) may keep its config dataclass in
+``<package>/<arch>_config.py``, registered with ``register_config``: composing then
+imports only that.
 """
 
 from __future__ import annotations
@@ -53,6 +56,16 @@ class ComponentRegistry(Generic[C]):
             return cls
 
         return register
+
+    def register_config(self, arch: str) -> Callable[[type], type]:
+        """Dataclass decorator: make this the schema of ``arch``'s options before its
+        class is imported (in ``<arch>_config.py``; the class's ``config_class`` is it)."""
+
+        def register_config(schema: type) -> type:
+            store_schema(self.config_group, arch, schema)
+            return schema
+
+        return register_config
 
     def get(self, arch: str) -> type[C]:
         """The class registered for ``arch``, importing ``<package>.<arch>`` if needed.

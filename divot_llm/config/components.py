@@ -14,6 +14,10 @@ Before Hydra composes, ``register_component_schemas`` imports the module of ever
 ``schema_<arch>`` that the config dir's options name, so a new component is its module plus
 its yaml: nothing in ``schema.py`` or ``loading.py`` lists it. A config read back from a
 file finds its schema the same way, by its ``arch`` (``component_schema``).
+
+A component whose module is slow to import may register its config dataclass from a light
+``<package>/<arch>_config.py`` (the built-in ones do: importing transformers and diffusers
+would take ``divot-config`` from under a second to several); that module is imported first.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ COMPONENT_PACKAGES: dict[str, str] = {
     "detokenizer": "divot_llm.detokenizers",
 }
 SCHEMA_PREFIX = "schema_"  # an option's defaults list names its schema schema_<arch>
+CONFIG_MODULE_SUFFIX = "_config"  # <arch>_config.py: a component's schema alone
 
 
 def store_schema(group: str, arch: str, schema: type) -> None:
@@ -41,13 +46,17 @@ def store_schema(group: str, arch: str, schema: type) -> None:
 
 
 def component_schema(group: str, arch: str) -> type | None:
-    """The schema dataclass of component ``arch`` of ``group``, importing its module if it
-    has not registered yet; None when there is no such component."""
-    schema = _stored_schema(group, arch)
-    if schema is None:
-        import_component_module(group, arch)
+    """The schema dataclass of component ``arch`` of ``group``, importing its
+    ``<arch>_config.py`` or else its ``<arch>.py`` if it has not registered yet; None when
+    there is no such component."""
+    if not arch.isidentifier():
+        return None
+    for module in (arch + CONFIG_MODULE_SUFFIX, arch):
         schema = _stored_schema(group, arch)
-    return schema
+        if schema is not None:
+            return schema
+        _import_if_present(f"{COMPONENT_PACKAGES[group]}.{module}")
+    return _stored_schema(group, arch)
 
 
 def _stored_schema(group: str, arch: str) -> type | None:
@@ -60,9 +69,11 @@ def _stored_schema(group: str, arch: str) -> type | None:
 def import_component_module(group: str, arch: str) -> None:
     """Import ``<package>/<arch>.py`` of ``group``'s components if it exists (importing it
     registers its class and schema); a name that is no module is left to the caller."""
-    module = f"{COMPONENT_PACKAGES[group]}.{arch}"
-    if not arch.isidentifier():
-        return
+    if arch.isidentifier():
+        _import_if_present(f"{COMPONENT_PACKAGES[group]}.{arch}")
+
+
+def _import_if_present(module: str) -> None:
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as err:

@@ -17,6 +17,7 @@ VIDEO_DETOKENIZERS: ComponentRegistry[VideoDetokenizer] = ComponentRegistry(
     "video de-tokenizer", "detokenizer"
 )
 register_video_detokenizer = VIDEO_DETOKENIZERS.register
+register_video_detokenizer_config = VIDEO_DETOKENIZERS.register_config
 video_detokenizer_class = VIDEO_DETOKENIZERS.get
 
 

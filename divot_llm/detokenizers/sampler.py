@@ -15,14 +15,11 @@ keeps fp32 (a < 1e-3 relative difference per step, reference §12 item 11).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from diffusers import DDIMScheduler
 
-if TYPE_CHECKING:  # the de-tokenizer's module imports this one
-    from divot_llm.detokenizers.dynamicrafter import DynamiCrafterConfig
-
+from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 
 # lvdm timestep spacing -> (diffusers timestep_spacing, steps_offset)
 SPACINGS = {"uniform": ("leading", 1), "uniform_trailing": ("trailing", 0)}

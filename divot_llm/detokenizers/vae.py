@@ -11,16 +11,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
+from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 from divot_llm.tokenizers.clip_vision import load_weights_file
-
-if TYPE_CHECKING:  # the de-tokenizer's module imports this one
-    from divot_llm.detokenizers.dynamicrafter import DynamiCrafterConfig
 
 LDM_PREFIX = "first_stage_model."
 

@@ -25,12 +25,10 @@ from pathlib import Path
 
 import torch
 from einops import rearrange
-from omegaconf import MISSING
 from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from divot_llm.config.schema import PathKind, checked
 from divot_llm.tokenizers.base import VideoTokenizer
 from divot_llm.tokenizers.clip_vision import (
     ClipVisionTower,
@@ -38,6 +36,7 @@ from divot_llm.tokenizers.clip_vision import (
     load_clip_vision,
     load_weights_file,
 )
+from divot_llm.tokenizers.divot_config import DivotTokenizerConfig
 from divot_llm.tokenizers.divot_layers import LayerNorm6, SpatioTemporalTransformer, TemporalEncoder
 from divot_llm.tokenizers.registry import register_video_tokenizer
 
@@ -49,40 +48,6 @@ RELEASE_VIT_PREFIX = "vit_model."
 CONFIG_FILE = "tokenizer_config.json"
 ENCODER_WEIGHTS = "divot_tokenizer.safetensors"  # DivotVideoEncoder, release key names
 VIT_DIR = "vit"  # CLIPVisionModel HF folder
-
-
-@dataclasses.dataclass
-class DivotTokenizerConfig:
-    """The Divot tokenizer: CLIP ViT -> temporal encoder -> pool -> ST transformer ->
-    Perceiver resampler. Defaults are the released ViT-H/14 shapes (reference §3)."""
-
-    name: str = "divot"
-    arch: str = "divot"  # implementation: divot_llm/tokenizers/<arch>.py (registry key)
-    # Divot_tokenizer.bin (everything but the ViT); null = random
-    pretrained_path: str | None = checked(MISSING, path=PathKind.file)
-    # HF CLIP(Vision)Model folder or open_clip checkpoint; null = random
-    vit_path: str | None = checked(MISSING, path=PathKind.file_or_folder)
-    frames_per_clip: int = checked(5, ge=1)
-    # frame side (H = W) the tokenizer was trained on; others are resized
-    input_size: int = checked(256, ge=1)
-    vit_image_size: int = checked(224, ge=1)  # ViT input resolution after the in-module resize
-    vit_width: int = checked(1280, ge=1)
-    vit_layers: int = checked(32, ge=1)
-    vit_heads: int = checked(16, ge=1)
-    vit_mlp_dim: int = checked(5120, ge=1)
-    vit_patch_size: int = checked(14, ge=1)
-    temporal_width: int = checked(768, ge=1)
-    temporal_layers: int = checked(6, ge=1)
-    temporal_heads: int = checked(12, ge=1)
-    hidden_size: int = checked(1024, ge=1)  # temporal output / ST transformer width
-    pool_size: int = checked(5, ge=1)  # per-frame adaptive pool to pool_size x pool_size tokens
-    st_layers: int = checked(4, ge=1)
-    st_heads: int = checked(8, ge=1)
-    resampler_layers: int = checked(6, ge=1)
-    resampler_heads: int = checked(16, ge=1)
-    resampler_dim_head: int = checked(64, ge=1)
-    num_tokens: int = checked(64, ge=1)  # N tokens per clip
-    feature_dim: int = checked(256, ge=1)  # D
 
 
 def vit_config(config: DivotTokenizerConfig) -> CLIPVisionConfig:

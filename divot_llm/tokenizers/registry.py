@@ -14,6 +14,7 @@ from divot_llm.tokenizers.base import VideoTokenizer
 
 VIDEO_TOKENIZERS: ComponentRegistry[VideoTokenizer] = ComponentRegistry("video tokenizer", "video_tokenizer")
 register_video_tokenizer = VIDEO_TOKENIZERS.register
+register_video_tokenizer_config = VIDEO_TOKENIZERS.register_config
 video_tokenizer_class = VIDEO_TOKENIZERS.get
 
 

@@ -22,7 +22,7 @@ from divot_llm.config import (
     save_resolved_config,
 )
 from divot_llm.config.schema import Precision, SourceConfig, SourceKind, StageName, Task
-from divot_llm.tokenizers.divot import DivotTokenizerConfig
+from divot_llm.tokenizers.divot_config import DivotTokenizerConfig
 from tests import helpers
 
 REAL_PATHS = [

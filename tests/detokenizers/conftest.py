@@ -6,9 +6,9 @@ import pytest
 
 from divot_llm.config import compose_config
 from divot_llm.detokenizers import build_video_detokenizer
-from divot_llm.detokenizers.dynamicrafter import DynamiCrafterConfig
+from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 from divot_llm.tokenizers import build_video_tokenizer
-from divot_llm.tokenizers.divot import DivotTokenizerConfig
+from divot_llm.tokenizers.divot_config import DivotTokenizerConfig
 
 
 @pytest.fixture(scope="session")

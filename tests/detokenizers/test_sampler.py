@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from divot_llm.config import compose_config
-from divot_llm.detokenizers.dynamicrafter import DynamiCrafterConfig
+from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 from divot_llm.detokenizers.sampler import ddim_sample, guided_prediction, make_scheduler
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from divot_llm.config import compose_config
 from divot_llm.tokenizers import build_video_tokenizer
-from divot_llm.tokenizers.divot import DivotTokenizerConfig
+from divot_llm.tokenizers.divot_config import DivotTokenizerConfig
 
 
 @pytest.fixture(scope="session")
