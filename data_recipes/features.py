@@ -10,12 +10,13 @@ the loader samples in epoch 0) and writes one safetensors file per sample. Train
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 import torch
 from tqdm import tqdm
 
-from divot_llm.config import compose_config, config_to_dict, to_typed
+from divot_llm.config import compose_config, to_typed
 from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.feature_cache import expected_info
 from divot_llm.runtime import default_dtype, seed_everything
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     # must be the very one the run will use, or the cache's fingerprint will not match it.
     seed_everything(cfg.train.seed)
     tokenizer = build_video_tokenizer(cfg.video_tokenizer).to(device, dtype)
-    tokenizer_cfg = config_to_dict(cfg)["video_tokenizer"]
+    tokenizer_cfg = dataclasses.asdict(cfg.video_tokenizer)
     info = expected_info(tokenizer, tokenizer_cfg, cfg.data)
     with tqdm(desc="features", unit="sample") as bar:
         counts = build_feature_cache(

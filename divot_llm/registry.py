@@ -2,23 +2,28 @@
 de-tokenizers, ...).
 
 Convention: the component ``<arch>`` of a kind lives in ``<package>/<arch>.py`` and
-registers itself with the kind's decorator. Its module is imported on first use, so a
-new component is one file plus one yaml under the kind's config group, and importing the
-package stays cheap (no transformers/diffusers until a component is built).
+registers itself with the kind's decorator; registering also stores its config dataclass
+(``config_class``) as the kind's ``<group>/schema_<arch>`` Hydra config. A new component is
+that module plus one yaml under the kind's config group whose defaults list names
+``schema_<arch>``: composing a config imports the modules those yamls name
+(``divot_llm.config.components``); otherwise a module is imported on first use. A module
+that is slow to import (transformers, diffusers) may keep its config dataclass in
+``<package>/<arch>_config.py``, registered with ``register_config``: composing then
+imports only that.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from omegaconf import MISSING, DictConfig, MissingMandatoryValue, OmegaConf
+from omegaconf import MISSING
 
+from divot_llm.config.components import COMPONENT_PACKAGES, import_component_module, store_schema
 from divot_llm.config.loading import ConfigError
 
 C = TypeVar("C")
@@ -29,24 +34,38 @@ class ComponentRegistry(Generic[C]):
 
     Args:
         kind: what the components are, for messages ("video tokenizer").
-        package: where ``<arch>.py`` modules live ("divot_llm.tokenizers").
-        config_group: the config group, for messages ("video_tokenizer").
+        config_group: the kind's config group ("video_tokenizer"); its ``<arch>.py``
+            modules live in ``COMPONENT_PACKAGES[config_group]`` ("divot_llm.tokenizers").
     """
 
-    def __init__(self, kind: str, package: str, config_group: str):
-        self.kind, self.package, self.config_group = kind, package, config_group
+    def __init__(self, kind: str, config_group: str):
+        self.kind, self.config_group = kind, config_group
+        self.package = COMPONENT_PACKAGES[config_group]
         self._classes: dict[str, type[C]] = {}
 
     def register(self, arch: str) -> Callable[[type[C]], type[C]]:
-        """Class decorator: build this class for configs whose ``arch`` is ``arch``."""
+        """Class decorator: build this class for configs whose ``arch`` is ``arch``, and
+        make its ``config_class`` (a dataclass Hydra can merge YAML onto) the schema of
+        the ``<config_group>/schema_<arch>`` config."""
 
         def register(cls: type[C]) -> type[C]:
             if arch in self._classes and self._classes[arch] is not cls:
                 raise ValueError(f"{self.kind} arch {arch!r} is already registered by {self._classes[arch]}")
+            store_schema(self.config_group, arch, cls.config_class)
             self._classes[arch] = cls
             return cls
 
         return register
+
+    def register_config(self, arch: str) -> Callable[[type], type]:
+        """Dataclass decorator: make this the schema of ``arch``'s options before its
+        class is imported (in ``<arch>_config.py``; the class's ``config_class`` is it)."""
+
+        def register_config(schema: type) -> type:
+            store_schema(self.config_group, arch, schema)
+            return schema
+
+        return register_config
 
     def get(self, arch: str) -> type[C]:
         """The class registered for ``arch``, importing ``<package>.<arch>`` if needed.
@@ -54,13 +73,8 @@ class ComponentRegistry(Generic[C]):
         Raises:
             ValueError: no such component.
         """
-        if arch not in self._classes and arch.isidentifier():
-            module = f"{self.package}.{arch}"
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as err:
-                if err.name != module:  # the module exists but one of its imports is missing
-                    raise
+        if arch not in self._classes:
+            import_component_module(self.config_group, arch)
         if arch not in self._classes:
             raise ValueError(
                 f"unknown {self.kind} arch {arch!r} (registered: {sorted(self._classes)}); expected "
@@ -72,7 +86,8 @@ class ComponentRegistry(Generic[C]):
         """The class a config names and the config as that class's dataclass.
 
         Args:
-            config: a composed DictConfig node, a plain mapping, or a dataclass instance.
+            config: the class's config dataclass (as a composed config holds it) or a
+                plain mapping of its fields.
 
         Raises:
             ConfigError: a required value is still ``???``, or unknown keys.
@@ -83,18 +98,14 @@ class ComponentRegistry(Generic[C]):
         return cls, self._as_config(cls.config_class, config)
 
     def _as_config(self, config_class: type, config: Any) -> Any:
-        if isinstance(config, DictConfig):
-            try:
-                config = OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
-            except MissingMandatoryValue as err:
-                raise ConfigError(f"{self.config_group}.{err.key} must be set (it is ???)") from err
         if not isinstance(config, config_class):
             names = {f.name for f in dataclasses.fields(config_class)}
             unknown = sorted(set(config) - names)
             if unknown:
                 raise ConfigError(f"unknown keys for {config_class.__name__}: {unknown}")
             config = config_class(**config)
-        # A dataclass built in code keeps the schema's ``???`` defaults (e.g. weight paths).
+        # A composed config keeps ``???`` values as MISSING, and so does a dataclass built in
+        # code with the schema's defaults (e.g. weight paths).
         missing = [f.name for f in dataclasses.fields(config) if getattr(config, f.name) == MISSING]
         if missing:
             raise ConfigError(f"{self.config_group}.{missing[0]} must be set (it is ???)")

@@ -15,8 +15,8 @@ import sys
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from divot_llm.config import ConfigError, compose_config, missing_keys, save_resolved_config
-from divot_llm.config.loading import describe_config_error
+from divot_llm.config import ConfigError, missing_keys, save_resolved_config, to_typed
+from divot_llm.config.loading import compose_dictconfig, describe_config_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,14 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
 
     try:
-        cfg = compose_config(args.overrides)
-        missing = missing_keys(cfg)
-        if "hydra" in cfg:
-            del cfg["hydra"]
-        print(OmegaConf.to_yaml(cfg, resolve=not missing), end="")
+        node = compose_dictconfig(args.overrides)  # printed as composed when values are missing
+        missing = missing_keys(node)
+        print(OmegaConf.to_yaml(node, resolve=not missing), end="")
         if missing:
             print("error: these values must be set: " + ", ".join(missing), file=sys.stderr)
             return 1
+        cfg = to_typed(node)
         if args.check_paths:
             from divot_llm.config.paths import check_config_paths
             from divot_llm.train.stages import training_reads

@@ -35,16 +35,16 @@ from omegaconf import DictConfig
 from divot_llm.config.loading import (
     CONF_DIR,
     ConfigError,
-    compose_config,
+    compose_dictconfig,
     describe_config_error,
     missing_keys,
     register_configs,
+    to_typed,
 )
+from divot_llm.config.schema import DivotConfig
 
 EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, the shell convention for "terminated"
-
-register_configs()
 
 
 def _overrides(argv: list[str]) -> list[str] | None:
@@ -65,10 +65,11 @@ def _check_config(overrides: list[str]) -> None:
     from divot_llm.train.stages import training_reads
 
     try:
-        cfg = compose_config(overrides)
-        missing = missing_keys(cfg)
+        node = compose_dictconfig(overrides)  # names a missing value where it is set
+        missing = missing_keys(node)
         if missing:
             raise ConfigError("these values must be set: " + ", ".join(missing))
+        cfg = to_typed(node)
         check_config_paths(cfg, training_reads(cfg))
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
@@ -78,7 +79,7 @@ def _check_config(overrides: list[str]) -> None:
         _check_output_dir(cfg)
 
 
-def _check_output_dir(cfg: DictConfig) -> None:
+def _check_output_dir(cfg: DivotConfig) -> None:
     """Refuse, before Hydra writes ``.hydra/`` and its log into ``train.output_dir``, a
     folder that another live run holds or whose checkpoints ``train.resume`` cannot use
     (``resume=none`` over checkpoints, none complete, another model config): the refused
@@ -97,7 +98,7 @@ def _check_output_dir(cfg: DictConfig) -> None:
         sys.exit(EXIT_CONFIG_ERROR)
 
 
-def run(cfg: DictConfig) -> int:
+def run(cfg: DivotConfig) -> int:
     """Plan or train as ``cfg`` says; returns the process exit code."""
     # Libraries log build probes and set-up chatter at INFO through the root logger Hydra
     # configured; our own progress goes to the progress bar, metrics.jsonl and TensorBoard.
@@ -135,7 +136,7 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
-    code = run(cfg)
+    code = run(to_typed(cfg))
     if code:
         from divot_llm.train.failures import EXIT_TRAINING_ERROR, exit_now
 
@@ -148,6 +149,7 @@ def main() -> None:
     """Console entry point (``divot-train``) and ``python -m divot_llm.train``."""
     # `kill -USR1 <pid>` prints every thread's Python stack: the first question about a hang.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    register_configs()  # the schemas Hydra's app composes onto, components' included
     overrides = _overrides(sys.argv[1:])
     if overrides is not None:
         _check_config(overrides)

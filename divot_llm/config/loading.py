@@ -10,10 +10,16 @@ from pathlib import Path
 
 import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (
+    InterpolationResolutionError,
+    InterpolationToMissingValueError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
-from divot_llm.config.schema import CHECK, DivotConfig, DivotTokenizerConfig, DynamiCrafterConfig
+from divot_llm.config.components import COMPONENT_PACKAGES, component_schema, register_component_schemas
+from divot_llm.config.schema import CHECK, DivotConfig
 
 RESOLVED_CONFIG_NAME = "config.yaml"
 
@@ -35,29 +41,19 @@ def _find_conf_dir() -> Path:
 CONF_DIR = _find_conf_dir()
 
 
-# Groups whose options bring their own schema (see schema.py): group -> {arch: schema}. Each is
-# registered as ``<group>/schema_<arch>``, which the option's YAML names in its defaults list;
-# a saved config's ``arch`` picks the schema it is read back with.
-OPTION_SCHEMAS: dict[str, dict[str, type]] = {
-    "video_tokenizer": {"divot": DivotTokenizerConfig},
-    "detokenizer": {"dynamicrafter": DynamiCrafterConfig},
-}
-
-
-def register_configs() -> None:
-    """Register the schemas Hydra merges the YAML files onto (idempotent)."""
-    cs = ConfigStore.instance()
-    cs.store(name="divot_schema", node=DivotConfig)
-    for group, schemas in OPTION_SCHEMAS.items():
-        for arch, schema in schemas.items():
-            cs.store(group=group, name=f"schema_{arch}", node=schema)
+def register_configs(conf_dir: str | os.PathLike | None = None) -> None:
+    """Register the schemas Hydra merges the YAML files onto (idempotent): ``DivotConfig``
+    as ``divot_schema``, and the schema of every component that the options under
+    ``conf_dir`` (default ``CONF_DIR``) name, by importing its module (see ``components``)."""
+    ConfigStore.instance().store(name="divot_schema", node=DivotConfig)
+    register_component_schemas(Path(conf_dir) if conf_dir is not None else CONF_DIR)
 
 
 def compose_config(
     overrides: Sequence[str] = (), config_name: str = "config", conf_dir: str | os.PathLike | None = None
-) -> DictConfig:
+) -> DivotConfig:
     """Compose the entry config with command-line style overrides, outside a Hydra app
-    (tests, notebooks, tools), and validate it (``validate_config``).
+    (tests, notebooks, tools), validate it (``validate_config``) and type it (``to_typed``).
 
     Raises:
         ConfigError: a key the schema does not have (also one added with ``+key=``), or a
@@ -65,6 +61,16 @@ def compose_config(
         hydra.errors.HydraException: an override Hydra cannot apply (unknown key, wrong
             type), naming the key.
     """
+    return to_typed(compose_dictconfig(overrides, config_name, conf_dir))
+
+
+def compose_dictconfig(
+    overrides: Sequence[str] = (), config_name: str = "config", conf_dir: str | os.PathLike | None = None
+) -> DictConfig:
+    """``compose_config`` before typing: the validated DictConfig, interpolations not yet
+    resolved, for callers that show or check a config as written (``divot-config`` prints
+    ``${...}`` and ``???`` as they are; ``missing_keys`` of it names a missing value where
+    it is set, not also every value interpolated from it). Raises as ``compose_config``."""
     from hydra import compose, initialize_config_dir
 
     conf = Path(conf_dir).resolve() if conf_dir is not None else CONF_DIR
@@ -73,14 +79,14 @@ def compose_config(
             f"config directory {conf} not found; run from a checkout installed with "
             "`pip install -e .` or set DIVOT_CONF_DIR"
         )
-    register_configs()
+    register_configs(conf)
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides))
     validate_config(cfg)
     return cfg
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: DictConfig | DivotConfig) -> None:
     """Check what types alone cannot: every key is a field of its schema (Hydra's
     ``+key=value`` adds keys even to a strict schema) and every value satisfies its
     field's ``Check`` (``checked(...)`` in schema.py). Values still ``???`` are left to
@@ -90,11 +96,17 @@ def validate_config(cfg: DictConfig) -> None:
         ConfigError: every problem found, one line each, naming the key.
     """
     problems: list[str] = []
-    for key, node, schema in schema_nodes(cfg, ""):
+    for key, node, schema in schema_nodes(config_node(cfg), ""):
         problems += _unknown_keys(key, node, schema)
         problems += _out_of_range(key, node, schema)
     if problems:
         raise ConfigError("\n  ".join(problems))
+
+
+def config_node(cfg: DictConfig | DivotConfig) -> DictConfig:
+    """``cfg`` as an OmegaConf node typed by the schemas, ``???`` values missing again (a
+    DictConfig passes through): what validation walks."""
+    return cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
 
 
 def schema_nodes(node: DictConfig, key: str) -> Iterator[tuple[str, DictConfig, type]]:
@@ -145,8 +157,10 @@ def _out_of_range(key: str, node: DictConfig, schema: type) -> list[str]:
     return problems
 
 
-def missing_keys(cfg: DictConfig) -> list[str]:
-    """Dotted keys still set to ``???`` (values the user must provide)."""
+def missing_keys(cfg: DictConfig | DivotConfig) -> list[str]:
+    """Dotted keys still set to ``???`` (values the user must provide). In a DictConfig a
+    value interpolated from a missing one is not listed (the missing value itself is); in a
+    ``DivotConfig`` it is ``???`` too (see ``to_typed``)."""
     found: list[str] = []
 
     def walk(node, prefix: str) -> None:
@@ -162,13 +176,14 @@ def missing_keys(cfg: DictConfig) -> list[str]:
             if OmegaConf.is_config(child):
                 walk(child, full)
 
-    walk(cfg, "")
+    walk(config_node(cfg), "")
     return found
 
 
-def load_saved_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+def load_saved_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DivotConfig:
     """The resolved config a run or a release saved (``config.yaml``), read back onto the
-    schema (types, enums, strict keys), with ``overrides`` applied and validated.
+    schema (types, enums, strict keys; a component's schema found by its ``arch``), with
+    ``overrides`` applied, validated and typed.
 
     Args:
         overrides: ``KEY=VALUE`` changes (``divot-merge --set``, ``divot-infer --set``);
@@ -180,29 +195,38 @@ def load_saved_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
     """
     path = Path(path)
     try:
-        cfg = _onto_schema(OmegaConf.load(path))
+        node = _onto_schema(OmegaConf.load(path))
     except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
         raise ConfigError(
             f"{path} is not a config this divot-llm can read: {describe_config_error(exc)}"
         ) from exc
-    return apply_overrides(cfg, overrides)
+    return to_typed(_with_overrides(node, overrides))
 
 
 def _onto_schema(saved: DictConfig) -> DictConfig:
     if not isinstance(saved, DictConfig):
         raise ValueError("expected a mapping of config groups")
     typed = OmegaConf.structured(DivotConfig)
-    for group, schemas in OPTION_SCHEMAS.items():
-        schema = schemas.get(OmegaConf.select(saved, f"{group}.arch", default=None))
-        if schema is not None:
-            typed[group] = OmegaConf.structured(schema)
+    for group, package in COMPONENT_PACKAGES.items():
+        arch = OmegaConf.select(saved, f"{group}.arch", default=None)
+        schema = component_schema(group, arch) if isinstance(arch, str) else None
+        if schema is None:
+            raise ValueError(
+                f"{group}.arch={arch!r} names no component of this divot-llm "
+                f"(expected {package.replace('.', '/')}/{arch}.py)"
+            )
+        typed[group] = OmegaConf.structured(schema)
     return OmegaConf.merge(typed, saved)
 
 
-def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+def apply_overrides(cfg: DivotConfig, overrides: Sequence[str]) -> DivotConfig:
     """``cfg`` (composed or read back by ``load_saved_config``) with ``KEY=VALUE``
     overrides merged in, strictly: a key the schema does not have, a wrong type or an
     out-of-range value raises ``ConfigError`` naming the key."""
+    return to_typed(_with_overrides(config_node(cfg), overrides))
+
+
+def _with_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     for item in overrides:  # one at a time, so that an error names its override
         key, sep, _ = item.partition("=")
         if not sep or not key or key.startswith(("+", "~")):
@@ -223,17 +247,36 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 def to_typed(cfg: DictConfig | DivotConfig) -> DivotConfig:
     """The composed config as ``DivotConfig`` dataclasses (interpolations resolved, enum
-    fields as Enum members): what library functions take. A ``DivotConfig`` passes through."""
+    fields as Enum members): what library functions take. A value still ``???`` becomes the
+    string ``"???"`` (``omegaconf.MISSING``; ``OmegaConf.to_object`` refuses it), and so
+    does one interpolated from it (the 7B SFT experiments' ``${stage.init_from}/llm``).
+    A ``DivotConfig`` passes through."""
     if isinstance(cfg, DivotConfig):
         return cfg
-    return OmegaConf.to_object(cfg)
+    return _as_objects(cfg)
+
+
+def _as_objects(node: DictConfig | ListConfig):
+    """``node`` as its schema's dataclass (a dict when it has none, a list)."""
+    if isinstance(node, ListConfig):
+        return [_child_as_object(node, index) for index in range(len(node))]
+    values = {str(key): _child_as_object(node, key) for key in node.keys()}
+    schema = OmegaConf.get_type(node)
+    return schema(**values) if dataclasses.is_dataclass(schema) else values
+
+
+def _child_as_object(node: DictConfig | ListConfig, key):
+    try:
+        child = node[key]
+    except (MissingMandatoryValue, InterpolationToMissingValueError):  # ??? or refers to one
+        return MISSING
+    return _as_objects(child) if OmegaConf.is_config(child) else child
 
 
 def config_to_dict(cfg: DictConfig | DivotConfig) -> dict:
     """Plain, fully resolved values (enums as their names, no ``hydra`` node): for saving,
     hashing and comparing configs."""
-    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
-    plain = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    plain = OmegaConf.to_container(config_node(cfg), resolve=True, enum_to_str=True)
     plain.pop("hydra", None)
     return plain
 
@@ -243,7 +286,7 @@ def config_to_yaml(cfg: DictConfig | DivotConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)))
 
 
-def save_resolved_config(cfg: DictConfig, out_dir: str | os.PathLike) -> Path:
+def save_resolved_config(cfg: DivotConfig, out_dir: str | os.PathLike) -> Path:
     """Write the fully resolved config (no interpolations left) beside a run's outputs."""
     missing = missing_keys(cfg)
     if missing:

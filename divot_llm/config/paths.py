@@ -24,11 +24,10 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-from divot_llm.config.loading import ConfigError, schema_nodes
+from divot_llm.config.loading import ConfigError, config_node, schema_nodes
 from divot_llm.config.schema import CHECK, DivotConfig, PathKind
 from divot_llm.layout import (
     AGENT_DIR,
@@ -176,13 +175,12 @@ def folder_kind(folder: str | os.PathLike) -> str | None:
 # ------------------------------------------------------------------ paths of a config
 
 
-def config_paths(cfg: DictConfig | DivotConfig, under: Sequence[str]) -> list[tuple[str, str, PathKind]]:
+def config_paths(cfg: DivotConfig, under: Sequence[str]) -> list[tuple[str, str, PathKind]]:
     """(key, path, kind) of every local path set in ``cfg`` at or below one of the keys
     ``under`` (``"video_tokenizer"``, ``"model.llm.path"``); null and ``???`` values are
     left out."""
     found = []
-    tree = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)  # typed configs too
-    for key, node, schema in schema_nodes(tree, ""):
+    for key, node, schema in schema_nodes(config_node(cfg), ""):
         for field in dataclasses.fields(schema):
             check = field.metadata.get(CHECK)
             full = f"{key}.{field.name}" if key else field.name
@@ -200,7 +198,7 @@ def _within(key: str, under: Sequence[str]) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in under)
 
 
-def check_config_paths(cfg: DictConfig | DivotConfig, under: Sequence[str]) -> None:
+def check_config_paths(cfg: DivotConfig, under: Sequence[str]) -> None:
     """Check every local path of ``cfg`` at or below the keys ``under``.
 
     Raises:
@@ -211,9 +209,9 @@ def check_config_paths(cfg: DictConfig | DivotConfig, under: Sequence[str]) -> N
         raise PathError("\n  ".join(problems))
 
 
-def model_reads(cfg: Any) -> list[str]:
+def model_reads(cfg: DivotConfig) -> list[str]:
     """The config keys whose paths building an LLM stage's models reads (training and
     ``divot-merge``): the text and video tokenizers, and the LLM -- from the release the
     stage starts from (``stage.init_from``/llm) or else ``model.llm.path``."""
-    llm = "stage.init_from" if cfg.stage.get("init_from") is not None else "model.llm.path"
+    llm = "stage.init_from" if cfg.stage.init_from not in (None, MISSING) else "model.llm.path"
     return ["model.tokenizer_path", "video_tokenizer", llm]

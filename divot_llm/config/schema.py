@@ -4,10 +4,10 @@ Hydra merges each YAML in ``conf/`` onto these dataclasses, so a misspelt key
 (``lora.rnak``) or a wrong type (``optim.lr=fast``) fails at start-up with a message
 that names the key, instead of being silently ignored half-way through a 7B run.
 
-Groups whose options have *different* shapes (``video_tokenizer``, ``detokenizer``) get
-one schema per option, registered under ``<group>/schema_<name>`` and pulled in by the
-option's own defaults list; the top-level field is typed ``Any`` so each option can
-bring its own schema.
+The component groups (``video_tokenizer``, ``detokenizer``) have no schema here: each
+component brings its own config dataclass, next to its class, and the option's defaults
+list pulls it in as ``schema_<arch>`` (see ``divot_llm/config/components.py``); their
+top-level fields are typed ``Any`` so that each option can bring its schema.
 
 Beyond its type a field may carry a ``Check`` (``checked(...)``): a range or a set of
 choices, validated wherever a config is composed or loaded (``divot-config``,
@@ -173,103 +173,6 @@ class ModelConfig:
     gmm_loss_scale: float = checked(1.0, ge=0)
 
 
-# --------------------------------------------------------------- video tokenizers
-
-
-@dataclass
-class DivotTokenizerConfig:
-    """The Divot tokenizer: CLIP ViT -> temporal encoder -> pool -> ST transformer ->
-    Perceiver resampler. Defaults are the released ViT-H/14 shapes (reference §3)."""
-
-    name: str = "divot"
-    arch: str = "divot"  # implementation: divot_llm/tokenizers/<arch>.py (registry key)
-    # Divot_tokenizer.bin (everything but the ViT); null = random
-    pretrained_path: str | None = checked(MISSING, path=PathKind.file)
-    # HF CLIP(Vision)Model folder or open_clip checkpoint; null = random
-    vit_path: str | None = checked(MISSING, path=PathKind.file_or_folder)
-    frames_per_clip: int = checked(5, ge=1)
-    # frame side (H = W) the tokenizer was trained on; others are resized
-    input_size: int = checked(256, ge=1)
-    vit_image_size: int = checked(224, ge=1)  # ViT input resolution after the in-module resize
-    vit_width: int = checked(1280, ge=1)
-    vit_layers: int = checked(32, ge=1)
-    vit_heads: int = checked(16, ge=1)
-    vit_mlp_dim: int = checked(5120, ge=1)
-    vit_patch_size: int = checked(14, ge=1)
-    temporal_width: int = checked(768, ge=1)
-    temporal_layers: int = checked(6, ge=1)
-    temporal_heads: int = checked(12, ge=1)
-    hidden_size: int = checked(1024, ge=1)  # temporal output / ST transformer width
-    pool_size: int = checked(5, ge=1)  # per-frame adaptive pool to pool_size x pool_size tokens
-    st_layers: int = checked(4, ge=1)
-    st_heads: int = checked(8, ge=1)
-    resampler_layers: int = checked(6, ge=1)
-    resampler_heads: int = checked(16, ge=1)
-    resampler_dim_head: int = checked(64, ge=1)
-    num_tokens: int = checked(64, ge=1)  # N tokens per clip
-    feature_dim: int = checked(256, ge=1)  # D
-
-
-# ------------------------------------------------------------- video de-tokenizers
-
-
-@dataclass
-class DynamiCrafterConfig:
-    """Video diffusion de-tokenizer: Resampler_DC conditioning -> DynamiCrafter-style 3D UNet
-    (v-prediction, zero-terminal-SNR DDIM) -> SD KL-f8 VAE. Defaults are the released
-    Divot shapes and sampler settings (reference §4)."""
-
-    name: str = "divot"
-    arch: str = "dynamicrafter"  # implementation: divot_llm/detokenizers/<arch>.py (registry key)
-    # Divot_detokenizer_stage{1,2}.bin; null = random
-    pretrained_path: str | None = checked(MISSING, path=PathKind.file)
-    # SD VAE (diffusers folder or LDM file), loaded before pretrained_path
-    vae_path: str | None = checked(None, path=PathKind.file_or_folder)
-    feature_dim: int = checked(256, ge=1)  # D of the tokenizer features it decodes
-    num_frames: int = checked(16, ge=1)  # output frames per clip
-    fps: int = checked(8, ge=1)  # playback rate of the decoded clip (16 frames = 2 s)
-    image_size: int = checked(256, ge=1)
-    latent_channels: int = checked(4, ge=1)
-    scale_factor: float = checked(0.18215, gt=0)
-    # UNet (widths must be multiples of 32: lvdm hard-codes 32 GroupNorm groups)
-    model_channels: int = checked(320, ge=1)
-    channel_mult: list[int] = checked(default_factory=lambda: [1, 2, 4, 4], ge=1)
-    num_res_blocks: int = checked(2, ge=1)
-    attention_resolutions: list[int] = checked(default_factory=lambda: [4, 2, 1], ge=1)
-    num_head_channels: int = checked(64, ge=1)
-    transformer_depth: int = checked(1, ge=1)
-    context_dim: int = checked(1024, ge=1)
-    # first 77 context tokens -> "text" k/v, the rest -> "image" k/v
-    text_context_len: int = checked(77, ge=0)
-    dropout: float = checked(0.1, ge=0, le=1)
-    gradient_checkpointing: bool = True  # per UNet block, while training
-    # VAE (ch, ch_mult of the LDM ddconfig; 2 res blocks per level, as SD)
-    vae_channels: int = checked(128, ge=1)
-    vae_channel_mult: list[int] = checked(default_factory=lambda: [1, 2, 4, 4], ge=1)
-    # image_proj_model (Resampler_DC): (B, N, feature_dim) -> (B, condition_tokens, context_dim)
-    condition_tokens: int = checked(125, ge=1)
-    condition_layers: int = checked(6, ge=1)
-    condition_heads: int = checked(16, ge=1)
-    condition_dim_head: int = checked(64, ge=1)
-    # noise schedule and sampler
-    num_train_timesteps: int = checked(1000, ge=1)
-    beta_start: float = checked(0.00085, gt=0, lt=1)
-    beta_end: float = checked(0.012, gt=0, lt=1)
-    # lvdm names: uniform (1, 21, ..., 981) | uniform_trailing
-    timestep_spacing: str = checked("uniform", choices=("uniform", "uniform_trailing"))
-    ddim_steps: int = checked(50, ge=1)
-    ddim_eta: float = checked(1.0, ge=0)
-    guidance_scale: float = checked(7.5, ge=0)
-    guidance_rescale: float = checked(0.7, ge=0, le=1)
-    frame_stride: int = checked(3, ge=0)  # fs conditioning
-    # training
-    # clips conditioned on the zero-clip features (CFG dropout) [inferred]
-    cond_drop_prob: float = checked(0.1, ge=0, le=1)
-    # latents trained on: "sample" (the reference: posterior.sample()) | "mean" (the posterior
-    # mean; for random test VAEs, whose posterior std ~1 leaves nothing to learn)
-    vae_posterior: str = checked("sample", choices=("sample", "mean"))
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -399,8 +302,8 @@ class DivotConfig:
     # Divot's official files (divot-reference §9.3 layout); experiment=divot_official reads them
     pretrained_root: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
-    video_tokenizer: Any = MISSING  # an option with its own schema (schema_divot, ...)
-    detokenizer: Any = MISSING
+    video_tokenizer: Any = MISSING  # the chosen tokenizer's config dataclass (its schema_<arch>)
+    detokenizer: Any = MISSING  # the chosen de-tokenizer's config dataclass
     data: DataConfig = field(default_factory=DataConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import save_file
 
-from divot_llm.config.schema import DynamiCrafterConfig
 from divot_llm.detokenizers.base import VideoDetokenizer, zero_clip_features
+from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 from divot_llm.detokenizers.registry import register_video_detokenizer
 from divot_llm.detokenizers.sampler import ddim_sample, guided_prediction, make_scheduler
 from divot_llm.detokenizers.unet import DynamiCrafterUNet

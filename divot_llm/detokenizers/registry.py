@@ -1,8 +1,8 @@
 """Pick a video de-tokenizer by the ``arch`` name in its config (see
 ``divot_llm.registry``): the de-tokenizer ``<arch>`` lives in
-``divot_llm/detokenizers/<arch>.py`` and registers itself with
-``@register_video_detokenizer("<arch>")``; a new one is that file plus one
-``conf/detokenizer/*.yaml``."""
+``divot_llm/detokenizers/<arch>.py``, with its config dataclass (``config_class``), and
+registers itself with ``@register_video_detokenizer("<arch>")``; a new one is that file
+plus one ``conf/detokenizer/*.yaml`` whose defaults list names ``schema_<arch>``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from divot_llm.registry import ComponentRegistry
 from divot_llm.tokenizers.base import VideoTokenizer
 
 VIDEO_DETOKENIZERS: ComponentRegistry[VideoDetokenizer] = ComponentRegistry(
-    "video de-tokenizer", "divot_llm.detokenizers", "detokenizer"
+    "video de-tokenizer", "detokenizer"
 )
 register_video_detokenizer = VIDEO_DETOKENIZERS.register
+register_video_detokenizer_config = VIDEO_DETOKENIZERS.register_config
 video_detokenizer_class = VIDEO_DETOKENIZERS.get
 
 
@@ -24,8 +25,8 @@ def build_video_detokenizer(config: Any, tokenizer: VideoTokenizer | None = None
     """Build the de-tokenizer a ``detokenizer`` config describes, weights loaded.
 
     Args:
-        config: the composed ``cfg.detokenizer`` node, a plain mapping, or an instance of
-            the de-tokenizer's config dataclass. Its ``arch`` picks the implementation.
+        config: ``cfg.detokenizer`` (an instance of the de-tokenizer's config dataclass) or
+            a plain mapping of its fields. Its ``arch`` picks the implementation.
         tokenizer: the (frozen) tokenizer whose features it decodes; when given, its
             zero-clip features become the unconditional features for guidance.
 

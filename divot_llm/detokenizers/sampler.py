@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler
 
-from divot_llm.config.schema import DynamiCrafterConfig
+from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 
 # lvdm timestep spacing -> (diffusers timestep_spacing, steps_offset)
 SPACINGS = {"uniform": ("leading", 1), "uniform_trailing": ("trailing", 0)}

@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-from divot_llm.config.schema import DynamiCrafterConfig
+from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 from divot_llm.tokenizers.clip_vision import load_weights_file
 
 LDM_PREFIX = "first_stage_model."

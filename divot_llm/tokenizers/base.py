@@ -35,7 +35,7 @@ class PretrainedComponent(nn.Module, abc.ABC):
     The helpers ``_save_config`` / ``_saved_config`` do the config half of that.
     """
 
-    config_class: ClassVar[type]  # the dataclass ``from_config`` takes
+    config_class: ClassVar[type]  # the dataclass ``from_config`` takes; also its options' yaml schema
     config_file: ClassVar[str]  # the json ``save_pretrained`` writes (``divot_llm.layout``)
     config: Any  # an instance of ``config_class``
 

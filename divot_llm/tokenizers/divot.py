@@ -27,7 +27,6 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from divot_llm.config.schema import DivotTokenizerConfig
 from divot_llm.tokenizers.base import VideoTokenizer, config_value
 from divot_llm.tokenizers.clip_vision import (
     ClipVisionTower,
@@ -35,6 +34,7 @@ from divot_llm.tokenizers.clip_vision import (
     load_clip_vision,
     load_weights_file,
 )
+from divot_llm.tokenizers.divot_config import DivotTokenizerConfig
 from divot_llm.tokenizers.divot_layers import LayerNorm6, SpatioTemporalTransformer, TemporalEncoder
 from divot_llm.tokenizers.registry import register_video_tokenizer
 

@@ -1,7 +1,8 @@
 """Pick a video tokenizer by the ``arch`` name in its config (see ``divot_llm.registry``):
-the tokenizer ``<arch>`` lives in ``divot_llm/tokenizers/<arch>.py`` and registers itself
-with ``@register_video_tokenizer("<arch>")``; a new one is that file plus one
-``conf/video_tokenizer/*.yaml``."""
+the tokenizer ``<arch>`` lives in ``divot_llm/tokenizers/<arch>.py``, with its config
+dataclass (``config_class``), and registers itself with
+``@register_video_tokenizer("<arch>")``; a new one is that file plus one
+``conf/video_tokenizer/*.yaml`` whose defaults list names ``schema_<arch>``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from typing import Any
 from divot_llm.registry import ComponentRegistry
 from divot_llm.tokenizers.base import VideoTokenizer
 
-VIDEO_TOKENIZERS: ComponentRegistry[VideoTokenizer] = ComponentRegistry(
-    "video tokenizer", "divot_llm.tokenizers", "video_tokenizer"
-)
+VIDEO_TOKENIZERS: ComponentRegistry[VideoTokenizer] = ComponentRegistry("video tokenizer", "video_tokenizer")
 register_video_tokenizer = VIDEO_TOKENIZERS.register
+register_video_tokenizer_config = VIDEO_TOKENIZERS.register_config
 video_tokenizer_class = VIDEO_TOKENIZERS.get
 
 
@@ -22,8 +22,8 @@ def build_video_tokenizer(config: Any) -> VideoTokenizer:
     """Build the frozen tokenizer a ``video_tokenizer`` config describes, weights loaded.
 
     Args:
-        config: the composed ``cfg.video_tokenizer`` node, a plain mapping, or an instance
-            of the tokenizer's config dataclass. Its ``arch`` picks the implementation.
+        config: ``cfg.video_tokenizer`` (an instance of the tokenizer's config dataclass)
+            or a plain mapping of its fields. Its ``arch`` picks the implementation.
 
     Returns:
         The tokenizer, frozen, in fp32 on the CPU; move it with ``.to(device, dtype)``.

@@ -13,13 +13,12 @@ activations (under no_grad, freed before the LLM runs) and fragmentation come on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from transformers import MistralConfig
 
-from divot_llm.config import config_to_dict
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import DataConfig, DeepSpeedConfig, DivotConfig, LoraConfig, MixMode, Precision
 from divot_llm.model import build_stage_model
@@ -117,7 +116,7 @@ def _largest_module_params(model: nn.Module) -> int:
 
 def _meta_tokenizer(cfg: DivotConfig) -> VideoTokenizer:
     """The video tokenizer's architecture on the meta device (its weight paths dropped)."""
-    tok_cfg = config_to_dict(cfg.video_tokenizer)
+    tok_cfg = asdict(cfg.video_tokenizer)
     for key in ("pretrained_path", "vit_path"):
         if key in tok_cfg:
             tok_cfg[key] = None

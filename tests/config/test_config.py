@@ -9,10 +9,20 @@ import sys
 import pytest
 import yaml
 from hydra.errors import ConfigCompositionException, HydraException
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-from divot_llm.config import CONF_DIR, ConfigError, compose_config, missing_keys, save_resolved_config
-from divot_llm.config.schema import Precision, SourceKind, Task
+from divot_llm.config import (
+    CONF_DIR,
+    ConfigError,
+    DivotConfig,
+    compose_config,
+    compose_dictconfig,
+    config_to_dict,
+    missing_keys,
+    save_resolved_config,
+)
+from divot_llm.config.schema import Precision, SourceConfig, SourceKind, Task
+from divot_llm.tokenizers.divot_config import DivotTokenizerConfig
 from tests import helpers
 
 REAL_PATHS = [
@@ -27,6 +37,7 @@ REAL_PATHS = [
 
 def test_default_is_the_cpu_demo_and_typed():
     cfg = compose_config()
+    assert isinstance(cfg, DivotConfig) and isinstance(cfg.video_tokenizer, DivotTokenizerConfig)
     assert cfg.experiment_name == "demo"
     assert (cfg.model.name, cfg.video_tokenizer.name, cfg.stage.name) == (
         "tiny",
@@ -34,8 +45,9 @@ def test_default_is_the_cpu_demo_and_typed():
         "pretrain",
     )
     assert cfg.deepspeed.precision == Precision.fp32
-    assert cfg.data.sources.video_comp.kind == SourceKind.jsonl
-    assert cfg.data.sources.video_gen.task == Task.pretrain_gen
+    assert isinstance(cfg.data.sources["video_comp"], SourceConfig)
+    assert cfg.data.sources["video_comp"].kind == SourceKind.jsonl
+    assert cfg.data.sources["video_gen"].task == Task.pretrain_gen
     assert missing_keys(cfg) == []
 
 
@@ -48,6 +60,16 @@ def test_real_scale_experiments_demand_their_paths(experiment):
         assert {"model.llm.path", "model.tokenizer_path"} <= missing
     else:  # SFT starts from a merged pretrain release; its llm/ and tokenizer/ follow from it
         assert "stage.init_from" in missing
+
+
+def test_missing_values_stay_missing_in_the_dataclasses():
+    """``???`` is MISSING in the typed config, and so is a value interpolated from it; the
+    DictConfig (what divot-config and divot-train's start-up check read) names only the source."""
+    cfg = compose_config(["experiment=sft_comp_7b"])
+    assert cfg.stage.init_from == MISSING and cfg.model.llm.path == MISSING  # ${stage.init_from}/llm
+    assert "model.llm.path" in missing_keys(cfg)
+    node = compose_dictconfig(["experiment=sft_comp_7b"])
+    assert "stage.init_from" in missing_keys(node) and "model.llm.path" not in missing_keys(node)
 
 
 def test_reference_hyperparameters_in_7b_experiments():
@@ -121,7 +143,7 @@ def test_save_resolved_config_round_trips(tmp_path):
     assert "hydra" not in saved
     # what was saved composes back to the same config
     again = compose_config([f"{k}={v}" for k, v in [("optim.lr", 0.5)]])
-    assert OmegaConf.to_container(again.model) == OmegaConf.to_container(saved.model)
+    assert config_to_dict(again)["model"] == OmegaConf.to_container(saved.model)
 
 
 def test_save_refuses_missing_values(tmp_path):

@@ -164,3 +164,14 @@ def test_a_saved_config_this_version_cannot_read_names_the_file(saved, tmp_path)
     with pytest.raises(ConfigError, match="config.yaml"):
         load_saved_config(path)
     assert OmegaConf.load(saved).stage.name == "pretrain"  # the source file is untouched
+
+
+def test_a_saved_config_of_an_unknown_component_names_its_arch(saved, tmp_path):
+    data = yaml.safe_load(saved.read_text())
+    data["video_tokenizer"]["arch"] = "vidtok"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        ConfigError, match="video_tokenizer.arch='vidtok' names no component.*tokenizers/vidtok.py"
+    ):
+        load_saved_config(path)

@@ -3,11 +3,12 @@ training batches from the cache give the same loss, mismatches are refused."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from divot_llm.config import compose_config
+from divot_llm.config import apply_overrides, compose_config
 from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.feature_cache import expected_info
 from divot_llm.data.loader import build_loader
@@ -30,7 +31,7 @@ def setup(tmp_path_factory, mistral_tokenizer_dir):
     cfg = compose_config([f"data.root={base / 'synthetic'}", "data.num_workers=0"])
     seed_everything(int(cfg.train.seed))  # as the trainer (and `divot-data features`) build it
     video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
-    tokenizer_cfg = OmegaConf.to_container(cfg.video_tokenizer, resolve=True)
+    tokenizer_cfg = dataclasses.asdict(cfg.video_tokenizer)
     info = expected_info(video_tokenizer, tokenizer_cfg, cfg.data)
     counts = build_feature_cache(cfg.data, video_tokenizer, info, base / "cache", batch_clips=8)
     text = DivotTextTokenizer.from_pretrained(mistral_tokenizer_dir)
@@ -38,8 +39,7 @@ def setup(tmp_path_factory, mistral_tokenizer_dir):
 
 
 def loader(cfg, text, info=None, cache=None):
-    overrides = {"data": {"feature_cache": str(cache)}} if cache else {}
-    cfg = OmegaConf.merge(cfg, overrides)
+    cfg = apply_overrides(cfg, [f"data.feature_cache={cache}"] if cache else [])
     vt = cfg.video_tokenizer
     return build_loader(cfg.data, text, vt.num_tokens, vt.frames_per_clip, vt.input_size, cache_info=info)
 
@@ -62,7 +62,7 @@ def test_parallel_readers_write_the_same_cache_and_counts(setup, tmp_path):
     shutil.copytree(cfg.data.root, data)
     broken = sorted((data / "media" / "videos").glob("train-*.mp4"))[0]
     broken.write_bytes(broken.read_bytes()[:300])  # truncated: header only
-    data_cfg = OmegaConf.merge(cfg, {"data": {"root": str(data)}}).data
+    data_cfg = apply_overrides(cfg, [f"data.root={data}"]).data
 
     serial = build_feature_cache(data_cfg, video_tokenizer, info, tmp_path / "serial", batch_clips=8)
     parallel = build_feature_cache(
@@ -85,7 +85,7 @@ def test_parallel_readers_write_the_same_cache_and_counts(setup, tmp_path):
 def test_cached_batches_equal_frame_batches_encoded(setup):
     cfg, video_tokenizer, info, cache_dir, _, text = setup
     # one epoch: the cache holds epoch-0 clips (later epochs reuse them by design)
-    cfg = OmegaConf.merge(cfg, {"data": {"infinite": False}})
+    cfg = apply_overrides(cfg, ["data.infinite=false"])
     n = 0
     torch.manual_seed(1)
     model = build_divot_llm(
@@ -112,12 +112,12 @@ def test_a_cache_from_another_tokenizer_or_sampling_is_refused(setup):
     cfg, _, info, cache_dir, _, text = setup
     torch.manual_seed(123)
     other = build_video_tokenizer(cfg.video_tokenizer)  # same config, other weights
-    other_info = expected_info(other, OmegaConf.to_container(cfg.video_tokenizer, resolve=True), cfg.data)
+    other_info = expected_info(other, dataclasses.asdict(cfg.video_tokenizer), cfg.data)
     with pytest.raises(ValueError, match="tokenizer_fingerprint"):
         loader(cfg, text, other_info, cache_dir)
     with pytest.raises(ValueError, match="data_seed"):
         loader(
-            OmegaConf.merge(cfg, {"data": {"seed": 7}}),
+            apply_overrides(cfg, ["data.seed=7"]),
             text,
             info.__class__(**{**info.__dict__, "data_seed": 7}),
             cache_dir,

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
 
 from divot_llm.config import compose_config
-from divot_llm.config.schema import DivotTokenizerConfig, DynamiCrafterConfig
 from divot_llm.detokenizers import build_video_detokenizer
+from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 from divot_llm.tokenizers import build_video_tokenizer
+from divot_llm.tokenizers.divot_config import DivotTokenizerConfig
 
 
 @pytest.fixture(scope="session")
 def tiny_config() -> DynamiCrafterConfig:
     """conf/detokenizer/tiny.yaml, composed through Hydra like a real run."""
-    node = compose_config(["detokenizer=tiny"]).detokenizer
-    return DynamiCrafterConfig(**OmegaConf.to_container(node, resolve=True))
+    return compose_config(["detokenizer=tiny"]).detokenizer
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_config() -> DivotTokenizerConfig:
-    node = compose_config(["video_tokenizer=divot_tiny"]).video_tokenizer
-    return DivotTokenizerConfig(**OmegaConf.to_container(node, resolve=True))
+    return compose_config(["video_tokenizer=divot_tiny"]).video_tokenizer
 
 
 @pytest.fixture

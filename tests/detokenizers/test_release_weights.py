@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from divot_llm.config.schema import DynamiCrafterConfig
 from divot_llm.detokenizers import build_video_detokenizer
 from divot_llm.detokenizers.dynamicrafter import WEIGHTS_FILE, DynamiCrafterDetokenizer
+from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 from divot_llm.detokenizers.vae import diffusers_to_ldm_vae, ldm_to_diffusers_vae
 from tests.detokenizers.release_keys import (
     release_key_shapes,

@@ -9,18 +9,16 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from divot_llm.config import compose_config
-from divot_llm.config.schema import DynamiCrafterConfig
+from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 from divot_llm.detokenizers.sampler import ddim_sample, guided_prediction, make_scheduler
 
 
 @pytest.fixture(scope="module")
 def divot_config() -> DynamiCrafterConfig:
     """conf/detokenizer/divot.yaml, composed (weights path filled in)."""
-    node = compose_config(["detokenizer=divot", "detokenizer.pretrained_path=/ckpt/stage2.bin"]).detokenizer
-    return DynamiCrafterConfig(**OmegaConf.to_container(node, resolve=True))
+    return compose_config(["detokenizer=divot", "detokenizer.pretrained_path=/ckpt/stage2.bin"]).detokenizer
 
 
 def reference_alphas_cumprod() -> np.ndarray:

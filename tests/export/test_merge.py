@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from divot_llm.cli.merge import main as merge_main
+from divot_llm.config import load_saved_config
 from divot_llm.export.verify import compare, reference_outputs, verification_batches
 from divot_llm.model import load_release, load_training_state_dict, read_agent_file
 from divot_llm.model.build import build_models
@@ -56,7 +57,7 @@ def test_release_layout_and_verification(verified_release, zero2_run):
 def test_release_reproduces_the_trained_model(verified_release, zero2_run):
     """Independently of --verify: the live run's parameters, unmerged, vs the release."""
     release, _ = verified_release
-    cfg = OmegaConf.load(zero2_run / "checkpoints" / "step_00000002" / "config.yaml")
+    cfg = load_saved_config(zero2_run / "checkpoints" / "step_00000002" / "config.yaml")
     tok, vtok, trained = build_models(cfg, torch.float32)
     load_training_state_dict(trained, torch.load(zero2_run / "live.pt", weights_only=True))
     merged = load_release(release, cfg.model, tokens_per_clip=vtok.num_tokens, feature_dim=vtok.feature_dim)

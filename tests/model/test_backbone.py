@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from divot_llm.config.loading import compose_config
+from divot_llm.config.loading import apply_overrides, compose_config
 from divot_llm.model import apply_lora, build_divot_llm, load_backbone, resize_vocab
 from divot_llm.text import NUM_ADDED_TOKENS
 
@@ -71,17 +72,15 @@ def test_vocab_growth_under_zero3(ds_process_group, tiny_cfg):
 
 
 def test_lora_choices_come_from_config(tiny_cfg, tiny_mistral_dir):
-    lora_cfg = OmegaConf.merge(
+    lora_cfg = dataclasses.replace(
         tiny_cfg.model.lora,
-        {
-            "r": 4,
-            "alpha": 12,
-            "dropout": 0.0,
-            "target_modules": ["q_proj", "down_proj"],
-            "modules_to_save": [],
-        },
+        r=4,
+        alpha=12,
+        dropout=0.0,
+        target_modules=["q_proj", "down_proj"],
+        modules_to_save=[],
+        train_embeddings=False,
     )
-    lora_cfg.train_embeddings = False
     model = apply_lora(load_backbone(tiny_cfg.model.llm, path=tiny_mistral_dir), lora_cfg)
     llm = tiny_cfg.model.llm
     per_layer = 4 * (llm.hidden_size + llm.hidden_size) + 4 * (llm.intermediate_size + llm.hidden_size)
@@ -97,7 +96,7 @@ def test_backbone_from_hf_folder_keeps_its_outputs(tiny_cfg, feat_shape, tiny_mi
     fresh LoRA (B = 0) leave the logits of the base vocabulary unchanged."""
     from transformers import MistralForCausalLM
 
-    cfg = OmegaConf.merge(tiny_cfg.model, {"llm": {"path": str(tiny_mistral_dir)}})
+    cfg = apply_overrides(tiny_cfg, [f"model.llm.path={tiny_mistral_dir}"]).model
     n, d = feat_shape
     model = build_divot_llm(cfg, tokens_per_clip=n, feature_dim=d).eval()
     reference = MistralForCausalLM.from_pretrained(tiny_mistral_dir).eval()

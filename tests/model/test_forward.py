@@ -174,14 +174,13 @@ def test_deepspeed_zero3_trains_on_single_task_batches(ds_process_group, make_mo
 
 
 def test_activation_checkpointing_keeps_losses_and_gradients(samples, text_tokenizer, tiny_cfg, feat_shape):
-    from omegaconf import OmegaConf
-
+    from divot_llm.config import apply_overrides
     from divot_llm.model import build_divot_llm
 
     batch = collate([samples["comp2"], samples["gen"]], text_tokenizer.pad_id)
     results = []
     for checkpointing in (False, True):
-        cfg = OmegaConf.merge(tiny_cfg.model, {"llm": {"gradient_checkpointing": checkpointing}})
+        cfg = apply_overrides(tiny_cfg, [f"model.llm.gradient_checkpointing={checkpointing}"]).model
         torch.manual_seed(0)
         model = build_divot_llm(cfg, tokens_per_clip=feat_shape[0], feature_dim=feat_shape[1])
         # checkpointing only acts in training mode; LoRA dropout off so both runs are equal

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from divot_llm.config.schema import DivotTokenizerConfig
 from divot_llm.tokenizers import build_video_tokenizer
 from divot_llm.tokenizers.divot import DivotTokenizer
+from divot_llm.tokenizers.divot_config import DivotTokenizerConfig
 from tests.tokenizers import tiny
 from tests.tokenizers.test_clip_vision import to_openclip_names
 

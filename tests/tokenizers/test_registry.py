@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from divot_llm.config import ConfigError, compose_config
-from divot_llm.config.schema import DivotTokenizerConfig
 from divot_llm.tokenizers import VideoTokenizer, build_video_tokenizer, register_video_tokenizer, registry
 from divot_llm.tokenizers.divot import DivotTokenizer
+from divot_llm.tokenizers.divot_config import DivotTokenizerConfig
 from tests.tokenizers import tiny
 
 

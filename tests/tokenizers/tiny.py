@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from divot_llm.config.schema import DivotTokenizerConfig
+from divot_llm.tokenizers.divot_config import DivotTokenizerConfig
 
 
 def random_clips(config: DivotTokenizerConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:

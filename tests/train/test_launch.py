@@ -183,13 +183,13 @@ def release(pretrain_zero2, tmp_path_factory) -> Path:
 
 def test_release_holds_the_trained_model_merged(pretrain_zero2, release, mistral_tokenizer_dir):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from omegaconf import OmegaConf
 
+    from divot_llm.config import load_saved_config
     from divot_llm.model import load_release, load_training_state_dict
     from divot_llm.model.build import build_models
 
     last = checkpoint.latest_checkpoint(pretrain_zero2 / "checkpoints").path
-    cfg = OmegaConf.load(last / "config.yaml")
+    cfg = load_saved_config(last / "config.yaml")
     _, _, trained = build_models(cfg, torch.float32)  # the run's frozen random base, from its seed
     load_training_state_dict(
         trained,

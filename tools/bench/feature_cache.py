@@ -11,14 +11,14 @@ only compare the two paths; absolute timings are only meaningful on the target G
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from divot_llm.config import compose_config
+from divot_llm.config import apply_overrides, compose_config
 from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.clip_sampling import uint8_to_model_pixels
 from divot_llm.data.feature_cache import expected_info
@@ -82,9 +82,9 @@ def main() -> None:
     text = load_text_tokenizer(cfg.model.tokenizer_path)
     torch.manual_seed(0)
     video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
-    info = expected_info(video_tokenizer, OmegaConf.to_container(cfg.video_tokenizer, resolve=True), cfg.data)
+    info = expected_info(video_tokenizer, dataclasses.asdict(cfg.video_tokenizer), cfg.data)
     build_feature_cache(cfg.data, video_tokenizer, info, work / "cache")
-    cached_cfg = OmegaConf.merge(cfg, {"data": {"feature_cache": str(work / "cache")}})
+    cached_cfg = apply_overrides(cfg, [f"data.feature_cache={work / 'cache'}"])
     uncached = time_steps(cfg, text, video_tokenizer, info, args.steps, cached=False)
     cached = time_steps(cached_cfg, text, video_tokenizer, info, args.steps, cached=True)
     print(
