@@ -16,7 +16,7 @@ import os
 import torch
 from tqdm import tqdm
 
-from divot_llm.config import compose_config, to_typed
+from divot_llm.config import compose_config
 from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.feature_cache import expected_info
 from divot_llm.runtime import default_dtype, seed_everything
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = to_typed(compose_config(args.overrides))
+    cfg = compose_config(args.overrides)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

@@ -30,7 +30,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from divot_llm.config import to_typed
 from divot_llm.config.schema import DataConfig, MixMode, SourceConfig, SourceKind, Task
 from divot_llm.data.clip_sampling import clip_positions, image_clip, sample_video_clips
 from divot_llm.data.collate import collate, pack
@@ -415,7 +414,6 @@ def loader_spec(
             tokenizer takes; a bad pack length; packing or a feature cache with an
             ``example_kind``.
     """
-    data_cfg = _typed(data_cfg)
     sources = data_cfg.sources if split == "train" else data_cfg.val_sources
     if not sources:
         raise DataError(
@@ -487,12 +485,6 @@ def build_loader(
         FeatureCache(spec.feature_cache).check(cache_info)
     check_sources_usable(spec, tokenizer)
     return DivotLoader(spec, tokenizer, rank, world_size, data_cfg.num_workers, stateful=split == "train")
-
-
-def _typed(data_cfg: DataConfig) -> DataConfig:
-    """The data config as its dataclass: what the spec holds and the workers unpickle.
-    (A composed config not yet converted at its entry point is a DictConfig node.)"""
-    return data_cfg if isinstance(data_cfg, DataConfig) else to_typed(data_cfg)
 
 
 def _pack_length(data_cfg: DataConfig, sources: dict[str, SourceConfig]) -> int | None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from divot_llm.config import DivotConfig, config_to_yaml, load_saved_config, to_typed
+from divot_llm.config import DivotConfig, config_to_yaml, load_saved_config
 from divot_llm.config.paths import check_config_paths, model_reads
 from divot_llm.export.verify import (
     Comparison,
@@ -108,14 +108,13 @@ def load_trained_state(
         raise FileNotFoundError(
             f"{config_file} is missing: divot-merge rebuilds the model from the run's resolved config"
         )
-    saved = load_saved_config(config_file, overrides)
-    cfg = to_typed(saved)
+    cfg = load_saved_config(config_file, overrides)
     if stage_class(cfg.stage.name).trains_detokenizer:
         raise CheckpointError(
             f"{path} is a checkpoint of the de-tokenizer stage {cfg.stage.name}: export it with "
             f"divot-export detokenizer {path} OUT"
         )
-    check_config_paths(saved, model_reads(saved))
+    check_config_paths(cfg, model_reads(cfg))
     return read_state(), cfg, source
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from divot_llm.config import DivotConfig, compose_config, load_saved_config, to_typed
+from divot_llm.config import DivotConfig, compose_config, load_saved_config
 from divot_llm.config.loading import RESOLVED_CONFIG_NAME as RELEASE_CONFIG
 from divot_llm.config.paths import PathError, check_config_paths, check_path
 from divot_llm.config.schema import PathKind
@@ -80,7 +80,7 @@ def release_config(release_dir: str | os.PathLike, overrides: Sequence[str] = ()
             f"{path} is missing: --release takes a divot-merge output; for Divot's official files "
             "use --official PRETRAINED_DIR"
         )
-    cfg = to_typed(load_saved_config(path, overrides))
+    cfg = load_saved_config(path, overrides)
     cfg.stage.init_from = str(release)
     return cfg
 
@@ -101,7 +101,7 @@ def official_config(
         ),
     ]
     # later overrides win: a user's stage=... or detokenizer.pretrained_path=... replaces ours
-    return to_typed(compose_config([*chosen, *overrides]))
+    return compose_config([*chosen, *overrides])
 
 
 def default_device() -> torch.device:
