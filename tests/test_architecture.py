@@ -35,7 +35,18 @@ ALLOWED: dict[str, set[str]] = {
     "model": {*BOTTOM, "config", "registry", "text", "tokenizers", "detokenizers"},
     "train": {*BOTTOM, "config", "registry", "text", "data", "tokenizers", "detokenizers", "model"},
     "infer": {*BOTTOM, "config", "registry", "text", "data", "tokenizers", "detokenizers", "model"},
-    "export": {*BOTTOM, "config", "registry", "text", "data", "tokenizers", "detokenizers", "model", "train"},
+    "export": {
+        *BOTTOM,
+        "config",
+        "registry",
+        "text",
+        "data",
+        "tokenizers",
+        "detokenizers",
+        "model",
+        "train",
+        "infer",
+    },
     "cli": {"*"},
 }
 
