@@ -17,13 +17,12 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from divot_llm.data.clip_sampling import MediaError, image_clip, sample_video_clips
+from divot_llm.data.sources import IMAGE_EXTS
 from divot_llm.model.divot import DivotLLM
 from divot_llm.model.generation import generate_text
 from divot_llm.text import templates
 from divot_llm.text.tokenizer import DivotTextTokenizer
 from divot_llm.tokenizers.base import VideoTokenizer
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def encode_media(
@@ -49,7 +48,7 @@ def read_media_clips(
     try:
         if not path.is_file():
             raise MediaError("missing_file", f"{path}: {'not a file' if path.exists() else 'no such file'}")
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        if path.suffix.lower().lstrip(".") in IMAGE_EXTS:  # the training reader's list
             # from the bytes, as training: every PIL mode becomes 8-bit RGB the same way
             clip = image_clip(path.read_bytes(), video_tokenizer.frames_per_clip, video_tokenizer.input_size)
             return clip, "image"
