@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from divot_llm.config import compose_config
-from divot_llm.config.schema import SourceConfig
+from divot_llm.config.schema import SourceConfig, SourceKind, Task
 from divot_llm.data.loader import build_loader
 from divot_llm.data.sequences import SequenceBuilder
 from divot_llm.data.synthetic import encode_synthetic_video, sample_video_spec
@@ -144,7 +144,7 @@ def test_loader_batches_from_hostile_jsonl_hold_only_template_controls(hostile_r
     tasks = {"pretrain_comp": "captions", "pretrain_gen": "captions", "sft_gen": "captions", "sft_comp": "qa"}
     cfg = compose_config([f"data.root={hostile_root}", "data.infinite=false", "data.num_workers=0"])
     cfg.data.sources = {
-        task: SourceConfig(kind="jsonl", task=task, paths=[f"{file}.jsonl"], media_root="media",
+        task: SourceConfig(kind=SourceKind.jsonl, task=Task(task), paths=[f"{file}.jsonl"], media_root="media",
                            num_clips=CLIPS, max_length=MAX_LENGTH, min_resolution=64)
         for task, file in tasks.items()
     }  # fmt: skip
