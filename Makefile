@@ -28,8 +28,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash launch/demo.sh
 
+# worksteal: the worker busy with the demo (started first) keeps no queue of its own; the
+# other takes the tests as it goes, whole runs of a module at a time, so module fixtures
+# (a 2-rank training run) are built once. The 30 slowest tests are listed at the end.
 test: install
-	$(BIN)/python -m pytest -n 2 --maxschedchunk 8
+	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=30
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

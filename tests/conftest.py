@@ -24,8 +24,9 @@ from tests import helpers  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    # The longest tests start first: under `pytest -n 2` (make test) the rest of the suite
-    # then runs beside them instead of after them.
+    # The longest tests start first: under `pytest -n 2 --dist worksteal` (make test) the
+    # rest of the suite then runs beside them instead of after them (the other worker
+    # steals the tests queued behind them).
     items.sort(key=lambda item: item.get_closest_marker("longest") is None)  # stable
     if torch.cuda.is_available():
         return
@@ -129,6 +130,9 @@ def zero3_run(export_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_release(zero2_run, tmp_path_factory):
     """The verified fp32 release (divot-merge) of the ZeRO-2 run."""
+    from divot_llm.cli.merge import main as merge_main
+
     out = tmp_path_factory.mktemp("tiny_release") / "pretrain"
-    helpers.run_entry_point("divot-merge", "--checkpoint", str(zero2_run), "--out", str(out), "--verify")
+    # in this process: tests/export/test_merge.py runs the console script itself
+    assert merge_main(["--checkpoint", str(zero2_run), "--out", str(out), "--verify"]) == 0
     return out
