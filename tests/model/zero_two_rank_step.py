@@ -11,6 +11,8 @@ rank 0 writes the trainable parameters after the step to ``<out>/after_zero<stag
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 
@@ -86,4 +88,5 @@ def step(tokenizer_dir: str, out_dir: str, zero_stage: int) -> None:
 
 
 if __name__ == "__main__":
+    atexit.register(gc.freeze)  # no exit-time collection over torch's objects (as divot-train)
     main(sys.argv[1], sys.argv[2], [int(stage) for stage in sys.argv[3:]])
