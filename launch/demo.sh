@@ -12,7 +12,7 @@
 #   6. a report: losses per stage, releases, held-out accuracy (tools/demo_report.py)
 #
 # Environment: DEMO_DATA (default data/synthetic), DEMO_OUT (default outputs/demo),
-# DEMO_SEED (0), DEMO_VIDEOS (train videos, 320), DEMO_IMAGES (2000), DEMO_BATCH (per rank,
+# DEMO_SEED (0), DEMO_VIDEOS (train videos, 320), DEMO_IMAGES (1000), DEMO_BATCH (per rank,
 # 16), DEMO_PRETRAIN_STEPS, DEMO_SFT_COMP_STEPS, DEMO_SFT_GEN_STEPS. Extra arguments are config overrides for every stage. Runs that
 # already finished are kept (delete DEMO_OUT to start over); a stopped stage resumes.
 set -euo pipefail

@@ -22,7 +22,9 @@ signal during start-up, before training begins, ends the ranks at once: nothing 
 
 from __future__ import annotations
 
+import atexit
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -150,6 +152,11 @@ def main() -> None:
     # `kill -USR1 <pid>` prints every thread's Python stack: the first question about a hang.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     register_configs()  # the schemas Hydra's app composes onto, components' included
+    # At exit the interpreter's last garbage collections would walk every object torch,
+    # transformers and DeepSpeed made, for nothing: ~4 CPU-s per rank (a 2-rank CPU launch
+    # ends ~6 s sooner without them). Frozen objects are skipped; logging still flushes
+    # (its exit hook runs after this one) and files still close as modules are cleared.
+    atexit.register(gc.freeze)
     overrides = _overrides(sys.argv[1:])
     if overrides is not None:
         _check_config(overrides)

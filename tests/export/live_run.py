@@ -9,6 +9,8 @@ to ``<out>/live.pt``.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import sys
 
 import torch
@@ -42,4 +44,5 @@ def main(data_root: str, out_dir: str, zero_stage: str) -> None:
 
 
 if __name__ == "__main__":
+    atexit.register(gc.freeze)  # no exit-time collection over torch's objects (as divot-train)
     main(*sys.argv[1:4])

@@ -78,26 +78,17 @@ def test_verify_fails_on_a_corrupted_adapter(fp32_export, tmp_path, capsys):
     state[key][0, 0] = float("nan")  # one flipped exponent in one adapter weight
     save_file(state, corrupt / "model.safetensors")
 
-    proc = cli(
-        "divot-merge", "--checkpoint", str(corrupt), "--out", str(tmp_path / "rel"), "--verify", check=False
-    )
-    assert proc.returncode == 3
-    assert "verification FAILED" in proc.stderr and "logits" in proc.stderr
+    code, _, err = run_main(merge_main, "--checkpoint", str(corrupt), "--out", str(tmp_path / "rel"), "--verify",
+                            capsys=capsys, check=False)  # fmt: skip
+    assert code == 3
+    assert "verification FAILED" in err and "logits" in err
     assert not (tmp_path / "rel").exists() and not (tmp_path / "rel.tmp").exists()
 
 
-def test_bf16_release_verifies_and_halves_the_weights(zero2_run, verified_release, tmp_path):
+def test_bf16_release_verifies_and_halves_the_weights(zero2_run, verified_release, tmp_path, capsys):
     release, _ = verified_release
-    cli(
-        "divot-merge",
-        "--checkpoint",
-        str(zero2_run),
-        "--out",
-        str(tmp_path / "bf16"),
-        "--verify",
-        "--dtype",
-        "bf16",
-    )
+    run_main(merge_main, "--checkpoint", str(zero2_run), "--out", str(tmp_path / "bf16"), "--verify", "--dtype",
+             "bf16", capsys=capsys)  # fmt: skip
     info = json.loads((tmp_path / "bf16" / "release.json").read_text())
     assert info["dtype"] == "bf16" and info["verified"]
     size = lambda d: sum(p.stat().st_size for p in (d / "llm").glob("*.safetensors"))  # noqa: E731

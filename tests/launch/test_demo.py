@@ -16,7 +16,7 @@ from tests.train.conftest import run_env
 
 @pytest.mark.slow
 @pytest.mark.longest
-@pytest.mark.timeout(1200)  # the whole README demo: ~6.5 min on 2 cores
+@pytest.mark.timeout(1200)  # the whole README demo: ~10 min on 2 cores, ~12 beside the other tests
 def test_demo_runs_end_to_end_and_learns(tmp_path):
     data, out = tmp_path / "data", tmp_path / "demo"
     proc = helpers.run_command(

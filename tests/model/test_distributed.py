@@ -8,13 +8,13 @@ import torch
 from tests import helpers
 from tests.model import zero_two_rank_step as step
 
+ZERO_STAGES = (2, 3)
 
-@pytest.mark.slow
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_ranks_with_different_idle_heads_step_together(mistral_tokenizer_dir, tmp_path, zero_stage):
-    """Rank 0 trains on a comprehension sample (output head idle), rank 1 on a generation
-    sample (input head idle). The step must finish (no rank waits on a gradient the other
-    never makes) and equal one SGD step on the average of the two samples' gradients."""
+
+@pytest.fixture(scope="module")
+def steps_after(mistral_tokenizer_dir, tmp_path_factory):
+    """One 2-rank launch that takes the step under every ZeRO stage in turn."""
+    out = tmp_path_factory.mktemp("zero_two_rank_step")
     helpers.run_command(
         [
             helpers.PYTHON,
@@ -24,13 +24,22 @@ def test_ranks_with_different_idle_heads_step_together(mistral_tokenizer_dir, tm
             f"--master_port={helpers.free_port()}",
             "tests/model/zero_two_rank_step.py",
             str(mistral_tokenizer_dir),
-            str(tmp_path),
-            str(zero_stage),
+            str(out),
+            *map(str, ZERO_STAGES),
         ],
         cwd=helpers.REPO_ROOT,
         timeout=240,
     )
-    after = torch.load(tmp_path / "after.pt", weights_only=True)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", ZERO_STAGES)
+def test_ranks_with_different_idle_heads_step_together(mistral_tokenizer_dir, steps_after, zero_stage):
+    """Rank 0 trains on a comprehension sample (output head idle), rank 1 on a generation
+    sample (input head idle). The step must finish (no rank waits on a gradient the other
+    never makes) and equal one SGD step on the average of the two samples' gradients."""
+    after = torch.load(step.after_file(str(steps_after), zero_stage), weights_only=True)
 
     model = step.build()
     grads: dict[str, torch.Tensor] = {}

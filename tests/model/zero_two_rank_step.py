@@ -1,15 +1,18 @@
 """One DeepSpeed step on 2 CPU ranks where rank 0 sees only a comprehension sample and
 rank 1 only a generation sample, so each rank leaves a different head idle.
 
-Run by ``test_distributed.py`` under ``torch.distributed.run``; rank 0 writes the
-trainable parameters after the step to ``<out>/after.pt``.
+Run by ``test_distributed.py`` under ``torch.distributed.run``, once for every ZeRO stage
+named (one launch: the interpreter and process-group start-up are paid once); for each,
+rank 0 writes the trainable parameters after the step to ``<out>/after_zero<stage>.pt``.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/model/zero_two_rank_step.py \
-        TOKENIZER_DIR OUT_DIR ZERO_STAGE
+        TOKENIZER_DIR OUT_DIR ZERO_STAGE [ZERO_STAGE ...]
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 
@@ -42,15 +45,26 @@ def batches(tokenizer_dir: str, n: int, d: int) -> list[dict[str, torch.Tensor]]
     return [collate([comp], tok.pad_id), collate([gen_sample], tok.pad_id)]
 
 
-def main(tokenizer_dir: str, out_dir: str, zero_stage: int) -> None:
+def after_file(out_dir: str, zero_stage: int) -> str:
+    return os.path.join(out_dir, f"after_zero{zero_stage}.pt")
+
+
+def main(tokenizer_dir: str, out_dir: str, zero_stages: list[int]) -> None:
     import deepspeed
     import deepspeed.ops
 
     torch.set_num_threads(1)
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no JIT build; gloo does it all
     deepspeed.init_distributed(dist_backend="gloo")
-    rank = int(os.environ["RANK"])
+    for zero_stage in zero_stages:
+        step(tokenizer_dir, out_dir, zero_stage)
 
+
+def step(tokenizer_dir: str, out_dir: str, zero_stage: int) -> None:
+    """A fresh model (same seed), one step under ``zero_stage``, its parameters saved."""
+    import deepspeed
+
+    rank = int(os.environ["RANK"])
     model = build()
     batch = batches(tokenizer_dir, model.tokens_per_clip, model.feature_dim)[rank]
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
@@ -69,9 +83,10 @@ def main(tokenizer_dir: str, out_dir: str, zero_stage: int) -> None:
     with deepspeed.zero.GatheredParameters(params, enabled=zero_stage == 3):
         after = {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
     if rank == 0:
-        torch.save(after, os.path.join(out_dir, "after.pt"))
+        torch.save(after, after_file(out_dir, zero_stage))
     torch.distributed.barrier()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    atexit.register(gc.freeze)  # no exit-time collection over torch's objects (as divot-train)
+    main(sys.argv[1], sys.argv[2], [int(stage) for stage in sys.argv[3:]])
