@@ -18,21 +18,28 @@ from pathlib import Path
 
 import torch
 
-from divot_llm.config import apply_overrides, compose_config
+from divot_llm.config import DivotConfig, apply_overrides, compose_config
 from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.clip_sampling import uint8_to_model_pixels
 from divot_llm.data.feature_cache import expected_info
 from divot_llm.data.loader import build_loader
 from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
 from divot_llm.model import build_divot_llm
-from divot_llm.text import load_text_tokenizer
-from divot_llm.tokenizers import build_video_tokenizer
+from divot_llm.text import DivotTextTokenizer, load_text_tokenizer
+from divot_llm.tokenizers import VideoTokenizer, build_video_tokenizer
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "embeds_cmp_mask", "embeds_gen_mask", "ids_cmp_mask",
               "ids_gen_mask", "segment_ids", "position_ids")  # fmt: skip
 
 
-def time_steps(cfg, text, video_tokenizer, info, steps: int, cached: bool) -> float:
+def time_steps(
+    cfg: DivotConfig,
+    text: DivotTextTokenizer,
+    video_tokenizer: VideoTokenizer,
+    info: dict,
+    steps: int,
+    cached: bool,
+) -> float:
     """Mean seconds per training step after one warm-up step."""
     vt = cfg.video_tokenizer
     loader = build_loader(cfg.data, text, vt.num_tokens, vt.frames_per_clip, video_tokenizer.input_size,

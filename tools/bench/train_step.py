@@ -31,17 +31,17 @@ from pathlib import Path
 
 import torch
 
-from divot_llm.config import compose_config
+from divot_llm.config import DivotConfig, compose_config
 from divot_llm.train import distributed
 from divot_llm.train.fixed_batches import FixedBatches
 from divot_llm.train.metrics import peak_memory_gib
 from divot_llm.train.trainer import LogAccumulator, Trainer
 
 
-def data_root(cfg, workdir: Path) -> str:
+def data_root(cfg: DivotConfig, workdir: Path) -> str:
     """``data.root`` if it exists, else a small synthetic set written under ``workdir``."""
     if Path(cfg.data.root).is_dir():
-        return str(cfg.data.root)
+        return cfg.data.root
     from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
 
     root = workdir / "synthetic"
@@ -50,7 +50,7 @@ def data_root(cfg, workdir: Path) -> str:
     return str(root)
 
 
-def fetch_batches(cfg, count: int) -> list[dict]:
+def fetch_batches(cfg: DivotConfig, count: int) -> list[dict]:
     from divot_llm.data.loader import build_loader
     from divot_llm.text import load_text_tokenizer
 
