@@ -4,9 +4,10 @@
 #
 #   1. write the synthetic dataset (real h264/mpeg4/vp9/gif videos, images, captions, QA)
 #   2. pretrain: 2 CPU ranks under the real `deepspeed` launcher (launch/train_cpu.sh), ZeRO-2
-#   3. release it: divot-export zero-to-fp32, then divot-merge --verify
+#   3. release it: divot-merge --verify, straight from the ZeRO checkpoint (it consolidates
+#      the ranks' shards itself; `divot-export zero-to-fp32` writes them out on their own)
 #   4. SFT for comprehension and SFT for generation, each from the merged pretrain release,
-#      each exported and merged the same way
+#      each merged the same way
 #   5. divot-infer comprehend: the SFT-comp release answers "What color is the shape in the
 #      video?" for every held-out video; divot-infer generate: features for a caption
 #   6. a report: losses per stage, releases, held-out accuracy (tools/demo_report.py)
@@ -33,7 +34,7 @@ started=$SECONDS
 step() { printf '\n==> [%ds] %s\n' $((SECONDS - started)) "$*"; }
 
 # train_stage NAME STEPS OVERRIDES...: cache the frozen tokenizer's features of the stage's
-# data (divot-data features), train from them (resuming if stopped), then export + merge.
+# data (divot-data features), train from them (resuming if stopped), then merge a release.
 train_stage() {
   local name=$1 steps=$2
   shift 2
@@ -48,8 +49,7 @@ train_stage() {
     "train.log_every=$(( steps / 5 > 0 ? steps / 5 : 1 ))" train.progress_bar=false "${COMMON[@]}" "$@" 2>&1 \
     | grep -E '^(divot-train|step|outputs|finished|resumed|stopped)' || true
   [[ -f "$run/checkpoints/latest" ]] || { echo "training $name failed: see $run/train.log" >&2; exit 1; }
-  divot-export zero-to-fp32 "$run" "$OUT/fp32/$name" --overwrite 2> /dev/null | tail -n 1
-  divot-merge --checkpoint "$OUT/fp32/$name" --out "$release" --verify --overwrite 2>&1 | grep -E 'verify|release'
+  divot-merge --checkpoint "$run" --out "$release" --verify --overwrite 2>&1 | grep -E 'verify|release'
 }
 
 # Every stage: the demo tokenizer, larger batches (tiny steps are overhead-bound), and the

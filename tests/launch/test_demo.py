@@ -1,4 +1,4 @@
-"""The README demo, end to end: pretrain -> zero->fp32 -> merge -> SFT-comp and SFT-gen
+"""The README demo, end to end: pretrain -> merge (from the ZeRO checkpoint) -> SFT-comp and SFT-gen
 from the merged pretrain -> merge -> comprehend + generate, and it really learns: the
 SFT-comp release names the shape colour of held-out videos more often than chance."""
 
