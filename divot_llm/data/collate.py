@@ -1,9 +1,22 @@
-"""Pad a list of examples into one batch.
+"""Pad (or pack) a list of examples into one batch.
 
-Text is right-padded to the longest sequence (pad id, labels -100, attention 0, masks
-False); clips are padded to the most clips in the batch with zero frames and False clip
-masks, so ``frames`` is (B, C, F, 3, S, S) (uint8 from the loader) -- or, from a feature
-cache, ``video_feats`` is (B, C, N, D) -- and ``embeds_*_mask`` is (B, C).
+The keys of a batch:
+
+* ``input_ids``, ``labels``, ``attention_mask``, ``ids_cmp_mask``, ``ids_gen_mask``
+  ``(B, T)``: text right-padded to the longest row (pad id, labels -100, attention 0,
+  masks False); packed batches add ``segment_ids`` and ``position_ids`` ``(B, T)``.
+* ``embeds_cmp_mask``, ``embeds_gen_mask`` ``(B, C)``: which of up to C clip slots per row
+  are read (comprehension) or written (generation); padded slots are False in both.
+* the clips, one of:
+
+  - ``frames`` ``(G, F, 3, S, S)`` uint8: only the G real clips (G = the True entries of
+    ``embeds_cmp_mask | embeds_gen_mask``), in (row, clip) order -- the order that mask
+    selects them in. Gathered here, in the dataloader worker, so the trainer copies them
+    to the accelerator as they are (no padded clip slots to move or to skip) and scatters
+    their features into ``(B, C, N, D)`` there.
+  - ``video_feats`` ``(B, C, N, D)`` (from a feature cache): padded to C clips with zeros,
+    the layout the model reads as is.
+* ``sources``, ``keys``: where each row came from (``+``-joined when packed).
 """
 
 from __future__ import annotations
@@ -31,39 +44,54 @@ def collate(examples: list[dict], pad_id: int) -> dict:
         for row, example in enumerate(examples):
             out[row, : len(example[key])] = example[key]
         batch[key] = out
-    media = "video_feats" if "video_feats" in examples[0] else "frames"  # cached features or pixels
-    shape = examples[0][media].shape[1:]  # (F, 3, S, S) or (N, D)
-    batch[media] = torch.zeros((len(examples), clips, *shape), dtype=examples[0][media].dtype)
     for key in ("embeds_cmp_mask", "embeds_gen_mask"):
         batch[key] = torch.zeros((len(examples), clips), dtype=torch.bool)
-    for row, example in enumerate(examples):
-        count = example[media].shape[0]
-        batch[media][row, :count] = example[media]
-        batch["embeds_cmp_mask"][row, :count] = example["embeds_cmp_mask"]
-        batch["embeds_gen_mask"][row, :count] = example["embeds_gen_mask"]
+        for row, example in enumerate(examples):
+            batch[key][row, : len(example[key])] = example[key]
+    if "video_feats" in examples[0]:  # cached features: padded clip slots
+        first = examples[0]["video_feats"]  # (C, N, D)
+        batch["video_feats"] = torch.zeros((len(examples), clips, *first.shape[1:]), dtype=first.dtype)
+        for row, example in enumerate(examples):
+            batch["video_feats"][row, : len(example["video_feats"])] = example["video_feats"]
+    else:  # every clip of an example is real (read or written): the real clips, in order
+        batch["frames"] = torch.cat([e["frames"] for e in examples])  # (G, F, 3, S, S)
     batch["sources"] = [e["source"] for e in examples]
     batch["keys"] = [e["key"] for e in examples]
     return batch
 
 
-def pack(examples: list[dict], pad_id: int, pack_length: int) -> dict:
-    """Sequence packing: several examples per row, each a segment that attends only to
-    itself (``segment_ids``, 1-based, 0 = padding) with positions restarting at 0
-    (``position_ids``). Rows fill in order (next-fit), so clips keep their global
-    (example, clip) order and the losses equal those of the unpacked batch.
-    """
-    rows: list[list[dict]] = [[]]
+def pack_rows(lengths: list[int], pack_length: int) -> list[list[int]]:
+    """Which examples (by index) share each packed row: rows fill in order (next-fit);
+    an example longer than ``pack_length`` gets a row of its own (``pack`` refuses it)."""
+    rows: list[list[int]] = [[]]
     used = 0
-    for example in examples:
-        length = len(example["input_ids"])
-        if length > pack_length:
-            raise ValueError(f"example {example['key']} has {length} tokens > pack_length {pack_length}")
+    for index, length in enumerate(lengths):
         if used + length > pack_length and rows[-1]:
             rows.append([])
             used = 0
-        rows[-1].append(example)
+        rows[-1].append(index)
         used += length
-    return collate([_concatenate(row) for row in rows], pad_id)
+    return rows
+
+
+def packed_tokens(lengths: list[int], pack_length: int) -> int:
+    """A batch's size in tokens once packed: rows x the longest row (what ``pack`` gives)."""
+    rows = pack_rows(lengths, pack_length)
+    return len(rows) * max(sum(lengths[i] for i in row) for row in rows)
+
+
+def pack(examples: list[dict], pad_id: int, pack_length: int) -> dict:
+    """Sequence packing: several examples per row, each a segment that attends only to
+    itself (``segment_ids``, 1-based, 0 = padding) with positions restarting at 0
+    (``position_ids``). Rows fill in order (next-fit, ``pack_rows``), so clips keep their
+    global (example, clip) order and the losses equal those of the unpacked batch.
+    """
+    lengths = [len(e["input_ids"]) for e in examples]
+    for example, length in zip(examples, lengths, strict=True):
+        if length > pack_length:
+            raise ValueError(f"example {example['key']} has {length} tokens > pack_length {pack_length}")
+    rows = pack_rows(lengths, pack_length)
+    return collate([_concatenate([examples[i] for i in row]) for row in rows], pad_id)
 
 
 def _concatenate(row: list[dict]) -> dict:

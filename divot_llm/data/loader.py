@@ -24,6 +24,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,10 +33,10 @@ import torch
 
 from divot_llm.config.schema import DataConfig, MixMode, SourceConfig, SourceKind, Task
 from divot_llm.data.clip_sampling import clip_positions, image_clip, sample_video_clips
-from divot_llm.data.collate import collate, pack
+from divot_llm.data.collate import collate, pack, packed_tokens
 from divot_llm.data.errors import MediaError
 from divot_llm.data.feature_cache import CacheInfo, FeatureCache
-from divot_llm.data.mixing import Mixer, MixSource
+from divot_llm.data.mixing import BatchSchedule, Mixer, MixSource, padded_tokens
 from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder, sequence_example
 from divot_llm.data.sources import (
     Consumer,
@@ -236,7 +237,13 @@ def check_sources_usable(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None)
             )
 
 
-def build_mixer(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None, consumer: Consumer) -> Mixer:
+def build_mixer(
+    spec: LoaderSpec, tokenizer: DivotTextTokenizer | None, consumer: Consumer, slot: int = 0, slots: int = 1
+) -> Mixer:
+    """The mixer of one reader: ``consumer`` (rank x worker) picks its share of every
+    source and seeds "sample" mode's per-example picks; "batch" mode's per-batch source
+    picks depend only on the seed and the reader's worker ``slot`` of ``slots`` (which of
+    its rank's batches it makes), so every rank's k-th batch comes from the same source."""
     sources = []
     for name, src in spec.sources.items():
         source = open_source(spec, name, src, consumer, spec.infinite)
@@ -244,12 +251,18 @@ def build_mixer(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None, consumer
         sources.append(MixSource(name, stream, src.weight, src.batch_size))
     # examples of another kind have no tokens to balance batches by
     extra = {} if spec.example_kind is None else {"length_of": lambda example: 1}
+    # the budget counts a batch's tokens as collated: packed rows when packing
+    tokens_of = (
+        padded_tokens if spec.pack_length is None else partial(packed_tokens, pack_length=spec.pack_length)
+    )
     return Mixer(
         sources,
         seed=stable_seed(spec.seed, "mix", consumer.index, consumer.count),
         mode=spec.mixing.value,
         batch_size=spec.batch_size,
         tokens_per_batch=spec.tokens_per_batch,
+        schedule=BatchSchedule(stable_seed(spec.seed, "batch-source"), first=slot, every=slots),
+        tokens_of=tokens_of,
         **extra,
     )
 
@@ -298,7 +311,7 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
         physical = info.id if info is not None else 0
         slot = (physical + self.first_slot) % max(1, self.num_workers)
         consumer = Consumer.of(self.rank, self.world_size, slot, self.num_workers)
-        mixer = build_mixer(self.spec, self.tokenizer, consumer)
+        mixer = build_mixer(self.spec, self.tokenizer, consumer, slot, max(1, self.num_workers))
         if self.slot_states[slot] is not None:
             mixer.load_state_dict(self.slot_states[slot])
         for examples in mixer:
@@ -318,6 +331,8 @@ class DivotLoader:
     Args:
         stateful: keep position across iterations (training). A validation loader is not
             stateful: every iteration is a fresh pass over its (finite) sources.
+        pin_memory: hand out batches in page-locked memory (training on CUDA), so the
+            trainer's ``non_blocking`` copies to the GPU are asynchronous.
     """
 
     def __init__(
@@ -328,10 +343,11 @@ class DivotLoader:
         world_size: int = 1,
         num_workers: int = 0,
         stateful: bool = True,
+        pin_memory: bool = False,
     ):
         self.spec, self.tokenizer = spec, tokenizer
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
-        self.stateful = stateful
+        self.stateful, self.pin_memory = stateful, pin_memory
         self._slots = max(1, num_workers)
         self._slot_states: list[dict | None] = [None] * self._slots  # as of the last batch handed out
         self._final_states: list[dict | None] = [None] * self._slots  # latest seen, for counts
@@ -349,6 +365,7 @@ class DivotLoader:
             num_workers=self.num_workers,
             prefetch_factor=2 if self.num_workers else None,
             persistent_workers=False,
+            pin_memory=self.pin_memory,
             worker_init_fn=worker_init_fn(),  # stop signals: see worker_signals
         )
         self._final_states = [None] * self._slots
@@ -465,13 +482,14 @@ def build_loader(
     split: str = "train",
     cache_info: CacheInfo | None = None,
     example_kind: ExampleKind | None = None,
+    pin_memory: bool = False,
 ) -> DivotLoader:
     """The loader of one rank for ``cfg.data`` (``split="val"``: ``val_sources``, one pass).
 
     With ``data.feature_cache`` set, ``cache_info`` (what this run's tokenizer and sampling
     would produce, see ``feature_cache.expected_info``) must be given and match the cache.
     With an ``example_kind`` it yields batches of that kind (``tokenizer`` may then be
-    None; see ``divot_llm.data.detok_examples``).
+    None; see ``divot_llm.data.detok_examples``). ``pin_memory``: when training on CUDA.
 
     Raises:
         DataError / ValueError: see ``loader_spec``; a cache that does not match.
@@ -484,7 +502,8 @@ def build_loader(
             )
         FeatureCache(spec.feature_cache).check(cache_info)
     check_sources_usable(spec, tokenizer)
-    return DivotLoader(spec, tokenizer, rank, world_size, data_cfg.num_workers, stateful=split == "train")
+    workers, stateful = data_cfg.num_workers, split == "train"
+    return DivotLoader(spec, tokenizer, rank, world_size, workers, stateful=stateful, pin_memory=pin_memory)
 
 
 def _pack_length(data_cfg: DataConfig, sources: dict[str, SourceConfig]) -> int | None:

@@ -62,28 +62,32 @@ class LLMStage(Stage):
             rank=rank,
             world_size=world_size,
             split=split,
+            pin_memory=self.device.type == "cuda",  # page-locked: the copies in prepare overlap
             **extra,
         )
 
     @torch.no_grad()
     def prepare(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Clips encoded to ``video_feats``: only real clips (``embeds_cmp_mask |
-        embeds_gen_mask``) go through the tokenizer; padded clip slots stay zero. A batch
-        from a feature cache brings ``video_feats``."""
+        """Clips encoded to ``video_feats``: the batch's ``frames`` are only its real clips
+        (``embeds_cmp_mask | embeds_gen_mask``, gathered by the loader, see
+        ``divot_llm.data.collate``), so they go to the device and through the tokenizer
+        as they are; padded clip slots stay zero. A batch from a feature cache brings
+        ``video_feats``."""
         keys = MODEL_INPUT_KEYS + CLIP_MASK_KEYS + tuple(k for k in PACKED_KEYS if k in batch)  # packing
         inputs = {k: batch[k].to(self.device, non_blocking=True) for k in keys}
         if "video_feats" in batch:
             inputs["video_feats"] = batch["video_feats"].to(self.device, non_blocking=True)
             return inputs
-        frames = batch["frames"]  # (B, C, F, 3, S, S) uint8
         real_bc = batch["embeds_cmp_mask"] | batch["embeds_gen_mask"]
         tok = self.video_tokenizer
         feats = torch.zeros(
             *real_bc.shape, tok.num_tokens, tok.feature_dim, dtype=tok.dtype, device=self.device
         )
-        if real_bc.any():
-            clips_uint8 = frames[real_bc].to(self.device, non_blocking=True)  # (G, F, 3, S, S)
-            feats[real_bc.to(self.device)] = tok.encode(uint8_to_model_pixels(clips_uint8).to(tok.dtype))
+        if batch["frames"].shape[0]:
+            clips_uint8 = batch["frames"].to(self.device, non_blocking=True)  # (G, F, 3, S, S)
+            # (row, clip) of each real clip, found on the host: a mask index on the device would wait for it
+            rows_g, clips_g = (i.to(self.device, non_blocking=True) for i in real_bc.nonzero(as_tuple=True))
+            feats[rows_g, clips_g] = tok.encode(uint8_to_model_pixels(clips_uint8).to(tok.dtype))
         inputs["video_feats"] = feats
         return inputs
 
