@@ -196,9 +196,10 @@ class DataConfig:
     root: str = checked(MISSING, path=PathKind.folder)  # every source path must stay inside this folder
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     val_sources: dict[str, SourceConfig] = field(default_factory=dict)
+    # "batch": every rank takes the same source in a step (drawn from seed + step)
     mixing: MixMode = MixMode.sample
     batch_size: int = checked(8, ge=1)  # examples per batch in "sample" mixing (per rank)
-    # "sample" mixing: close a batch once B x longest >= this
+    # both mixings: close a batch once its tokens (B x longest; packed: rows x longest row) >= this
     tokens_per_batch: int | None = checked(None, ge=1)
     packing: bool = False  # several examples per row, each attending only to itself
     # row length when packing; null = the longest source max_length

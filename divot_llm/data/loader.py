@@ -7,7 +7,9 @@ batch together with its state right after producing it; the main process keeps t
 of the last batch it actually handed out per worker slot. Since torch's DataLoader takes
 batches from its workers round-robin, a resumed loader rotates which physical worker
 plays which slot so that the next batch comes from the slot whose turn it was -- the
-resumed stream is the uninterrupted one, batch for batch.
+resumed stream is the uninterrupted one, batch for batch. The same round-robin is what
+lets "batch" mixing give every rank the same source in a step: slot s of W makes its
+rank's batches s, s + W, ..., and draws each one's source from the seed and that index.
 
 Two kinds of examples flow through the same machinery: token sequences with 5-frame
 tokenizer clips (the LLM stages), or -- with an ``example_kind`` such as

@@ -62,16 +62,10 @@ def test_batches_have_the_model_layout(synthetic_root, text_tokenizer):
     n = cfg.video_tokenizer.num_tokens
     for batch in take(make_loader(cfg, text_tokenizer), 6):
         b, t = batch["input_ids"].shape
-        c = batch["frames"].shape[1]
+        real = batch["embeds_cmp_mask"] | batch["embeds_gen_mask"]
         assert batch["frames"].dtype == torch.uint8  # converted to [-1, 1] on the accelerator
-        assert batch["frames"].shape == (
-            b,
-            c,
-            5,
-            3,
-            cfg.video_tokenizer.input_size,
-            cfg.video_tokenizer.input_size,
-        )
+        size = cfg.video_tokenizer.input_size
+        assert batch["frames"].shape == (int(real.sum()), 5, 3, size, size)  # only the real clips
         for key in ("labels", "attention_mask", "ids_cmp_mask", "ids_gen_mask"):
             assert batch[key].shape == (b, t)
         for row in range(b):
@@ -83,8 +77,8 @@ def test_batches_have_the_model_layout(synthetic_root, text_tokenizer):
             padded = batch["attention_mask"][row] == 0
             assert torch.all(batch["input_ids"][row][padded] == text_tokenizer.pad_id)
             assert torch.all(batch["labels"][row][padded] == -100)
-            unused = ~(batch["embeds_cmp_mask"][row] | batch["embeds_gen_mask"][row])
-            assert torch.all(batch["frames"][row][unused] == 0)
+            assert not (batch["embeds_cmp_mask"][row] & batch["embeds_gen_mask"][row]).any()
+            assert real[row].sum() == 0 or real[row, : int(real[row].sum())].all()  # padded slots last
 
 
 def test_two_ranks_two_workers_see_every_sample_exactly_once_per_epoch(synthetic_root, text_tokenizer):
@@ -101,6 +95,18 @@ def test_two_ranks_two_workers_see_every_sample_exactly_once_per_epoch(synthetic
             seen += batch["keys"]
     assert len(seen) == COUNTS.train_videos + COUNTS.images
     assert len(set(seen)) == len(seen)
+
+
+def test_batch_mixing_gives_every_rank_the_same_source_each_step(synthetic_root, text_tokenizer):
+    cfg = demo_cfg(synthetic_root, "data.mixing=batch", "data.num_workers=2", "~data.sources.video_comp")
+    per_rank = []
+    for rank in range(2):
+        batches = take(make_loader(cfg, text_tokenizer, rank=rank, world_size=2), 6)
+        assert all(len(set(b["sources"])) == 1 for b in batches)  # one source per batch
+        per_rank.append(([b["sources"][0] for b in batches], [b["keys"] for b in batches]))
+    (sources_0, keys_0), (sources_1, keys_1) = per_rank
+    assert sources_0 == sources_1 and len(set(sources_0)) > 1
+    assert keys_0[0] != keys_1[0]  # each rank still reads its own share of the source
 
 
 def test_resume_continues_the_exact_batches(synthetic_root, text_tokenizer):

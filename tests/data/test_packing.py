@@ -66,6 +66,7 @@ def test_packed_and_unpacked_batches_give_the_same_losses(setup):
     model = build_divot_llm(cfg.model, tokens_per_clip=vt.num_tokens, feature_dim=vt.feature_dim).eval()
     for a, b in zip(plain, packed, strict=True):
         assert "+".join(a["keys"]) == "+".join(b["keys"])  # same examples, same order
+        assert torch.equal(a["frames"], b["frames"])  # the real clips, in the same order
         clips = int((a["embeds_cmp_mask"] | a["embeds_gen_mask"]).sum())
         feats = torch.randn(clips, vt.num_tokens, vt.feature_dim)
         with torch.no_grad():

@@ -58,7 +58,8 @@ def time_steps(
             feats = batch["video_feats"]
         else:
             feats = torch.zeros(*clips.shape, info.tokens_per_clip, info.feature_dim)
-            feats[clips] = video_tokenizer.encode(uint8_to_model_pixels(batch["frames"][clips]))
+            # frames (G, F, 3, S, S): only the real clips, in the order the mask selects them
+            feats[clips] = video_tokenizer.encode(uint8_to_model_pixels(batch["frames"]))
         loss = model(**{k: batch[k] for k in MODEL_KEYS if k in batch}, video_feats=feats).total_loss
         loss.backward()
         optimizer.step()
