@@ -72,7 +72,8 @@ class Mixer:
     Args:
         seed: the generator of "sample" mode's per-example picks (rank-specific: each
             reader mixes its own examples).
-        schedule: where "batch" mode's per-batch picks come from (shared by the ranks).
+        schedule: where "batch" mode's per-batch picks come from (shared by the ranks;
+            None: from ``seed``, for a mixer that is the only reader).
         tokens_of: a batch's size in tokens from its examples' lengths, for the budget.
     """
 
@@ -102,7 +103,7 @@ class Mixer:
         self.length_of, self.tokens_of = length_of, tokens_of
         self.rng = np.random.default_rng(seed)
         self.schedule = schedule or BatchSchedule(seed=list(np.atleast_1d(seed).tolist()))
-        self.batches = 0  # batches made so far: this reader's next one is the rank's batch
+        self.batches = 0  # made so far: the next is the rank's batch first + every x batches
         self._iterators: dict[str, Iterator[dict]] = {}
         self._exhausted: set[str] = set()
 
