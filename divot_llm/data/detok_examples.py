@@ -174,14 +174,19 @@ def detok_loader_spec(data_cfg: DataConfig, spec: DetokExampleSpec, split: str =
 
 
 def build_detok_loader(
-    data_cfg: DataConfig, spec: DetokExampleSpec, rank: int = 0, world_size: int = 1, split: str = "train"
+    data_cfg: DataConfig,
+    spec: DetokExampleSpec,
+    rank: int = 0,
+    world_size: int = 1,
+    split: str = "train",
+    pin_memory: bool = False,
 ) -> DivotLoader:
     """The de-tokenizer loader of one rank for ``cfg.data`` (``split="val"``:
     ``val_sources``, one pass): the LLM loader (sharding, mixing, resumable state, skip
-    counts) yielding batches of de-tokenizer examples.
+    counts) yielding batches of de-tokenizer examples (``pin_memory``: training on CUDA).
 
     Raises:
         DataError / ValueError: see ``loader.loader_spec``.
     """
     return build_loader(data_cfg, None, 0, spec.num_frames, spec.image_size, rank, world_size, split,
-                        example_kind=spec)  # fmt: skip
+                        example_kind=spec, pin_memory=pin_memory)  # fmt: skip

@@ -72,8 +72,8 @@ class SigtermAt:
 
 
 def sigterm_at(at: int):
-    def build(data_cfg, window, rank=0, world_size=1, split="train"):
-        loader = build_detok_loader(data_cfg, window, rank=rank, world_size=world_size, split=split)
+    def build(data_cfg, window, rank=0, world_size=1, split="train", pin_memory=False):
+        loader = build_detok_loader(data_cfg, window, rank, world_size, split, pin_memory)
         return SigtermAt(loader, at) if split == "train" else loader
 
     return build

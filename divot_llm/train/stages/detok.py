@@ -70,7 +70,14 @@ class DetokStage(Stage):
 
     def loader(self, split: str, rank: int, world_size: int, build_loader: Callable | None = None):
         build_loader = build_loader or build_detok_loader
-        return build_loader(self.cfg.data, self.example_spec, rank=rank, world_size=world_size, split=split)
+        return build_loader(
+            self.cfg.data,
+            self.example_spec,
+            rank=rank,
+            world_size=world_size,
+            split=split,
+            pin_memory=self.device.type == "cuda",  # page-locked: the copies in prepare overlap
+        )
 
     @torch.no_grad()
     def prepare(self, batch: dict, seed: int | None = None) -> dict[str, torch.Tensor]:
