@@ -10,10 +10,7 @@ import torch
 from torch import nn
 from transformers import MistralConfig, MistralForCausalLM
 
-from divot_llm.config.schema import LLMConfig
-
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-
+from divot_llm.config.schema import ATTN_IMPLEMENTATIONS, LLMConfig
 
 def mistral_config(llm_cfg: LLMConfig) -> MistralConfig:
     """A transformers ``MistralConfig`` from our config's shape fields (base vocabulary)."""

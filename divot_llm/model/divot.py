@@ -27,8 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import MistralForCausalLM
+from transformers.utils import is_torch_flex_attn_available
 
-from divot_llm.model.attention import build_attention_mask
+from divot_llm.model.attention import (
+    EAGER_DENSE,
+    FLASH_VARLEN,
+    FLEX,
+    KERNEL_IMPLEMENTATION,
+    SDPA_DENSE,
+    AttentionLayout,
+    additive_mask,
+    attention_kernel,
+)
 from divot_llm.model.gmm import GMMHead
 from divot_llm.model.projection import ProjectionLayer
 from divot_llm.text.templates import IGNORE_INDEX, PADDING, QUERY
@@ -89,6 +99,9 @@ class DivotLLM(nn.Module):
         self.output_resampler = ProjectionLayer(hidden, gmm.param_dim)  # H -> P -> P
         self.input_resampler.requires_grad_(train_input_proj)
         self.output_resampler.requires_grad_(train_output_proj)
+        # What llm.attn_implementation asked for; hidden_states picks each batch's kernel.
+        self.attn_implementation: str = self.causal_lm.config._attn_implementation
+        self.last_attention_kernel: str = ""  # the kernel of the latest forward (benchmarks print it)
 
     # ------------------------------------------------------------------ parts
 
@@ -149,21 +162,44 @@ class DivotLLM(nn.Module):
         """Final-norm hidden states ``(B, T, H)``; query blocks attend bidirectionally.
 
         ``segment_ids``/``position_ids`` (B, T) describe packed rows: each segment is one
-        sample that attends only to itself, with positions restarting at 0.
-
-        Raises:
-            ValueError: the batch needs a 4-D mask and the backbone uses flash-attention-2.
+        sample that attends only to itself, with positions restarting at 0. The kernel is
+        chosen per batch (``attention_kernel``) and recorded in ``last_attention_kernel``.
         """
         config = self.causal_lm.config
-        if (attention_mask == QUERY).any() or segment_ids is not None:
-            if config._attn_implementation == "flash_attention_2":
-                raise ValueError(
-                    "flash_attention_2 cannot take the bidirectional query-block / packed-sample mask; "
-                    "use llm.attn_implementation=sdpa for batches with generation samples or packing"
-                )
-            mask = build_attention_mask(
-                attention_mask, self.tokens_per_clip, inputs_embeds.dtype, config.sliding_window, segment_ids
+        has_query_blocks = bool((attention_mask == QUERY).any())
+        packed = segment_ids is not None
+        kernel = attention_kernel(
+            self.attn_implementation,
+            on_gpu=inputs_embeds.device.type == "cuda",
+            flex_available=is_torch_flex_attn_available(),
+            has_query_blocks=has_query_blocks,
+            packed=packed,
+            padded=self.attn_implementation == "flash_attention_2" and bool((attention_mask == PADDING).any()),
+        )
+        self.last_attention_kernel = kernel
+        # The kernel's implementation stays on the (shared) config until the next forward:
+        # a checkpointed layer recomputed in backward reads it again, before any other forward.
+        config._attn_implementation = KERNEL_IMPLEMENTATION[kernel]
+        batch, seq_len, hidden = inputs_embeds.shape
+        if kernel == FLASH_VARLEN and packed:
+            # One flattened row: transformers derives the variable-length sequences from
+            # position_ids restarting at 0 (each padding token is a 1-token sequence).
+            out = self.causal_lm.model(
+                inputs_embeds=inputs_embeds.reshape(1, batch * seq_len, hidden),
+                position_ids=position_ids.reshape(1, batch * seq_len),
+                use_cache=False,
             )
+            return out.last_hidden_state.reshape(batch, seq_len, hidden)
+        if kernel in (FLEX, SDPA_DENSE, EAGER_DENSE):
+            layout = AttentionLayout.from_batch(
+                attention_mask, self.tokens_per_clip, config.sliding_window, segment_ids
+            )
+            if kernel == FLEX:
+                mask = layout.block_mask()
+            elif kernel == SDPA_DENSE:
+                mask = layout.dense()  # bool: True = attend
+            else:
+                mask = additive_mask(layout.dense(), inputs_embeds.dtype)
         else:
             mask = (attention_mask != PADDING).long()  # transformers builds the causal mask
         out = self.causal_lm.model(
