@@ -112,6 +112,18 @@ def enable_recompute(backbone: MistralForCausalLM, checkpoint_every: int) -> Non
     backbone.config.use_cache = False
 
 
+def checkpointed_layers(checkpoint_every: int, num_layers: int) -> int:
+    """How many of ``num_layers`` decoder layers ``enable_recompute`` checkpoints (and
+    backward recomputes): layers 0, k, 2k, ..."""
+    return 0 if checkpoint_every == 0 else -(-num_layers // checkpoint_every)
+
+
+def recomputed_fraction(model: DivotLLM) -> float:
+    """The fraction of ``model``'s decoder layers that backward recomputes (for HFU)."""
+    layers = model.causal_lm.model.layers
+    return sum(layer.gradient_checkpointing for layer in layers) / len(layers)
+
+
 def compile_layers(backbone: MistralForCausalLM) -> None:
     """``torch.compile`` each decoder layer in place (``nn.Module.compile``: parameter names,
     state dicts and peft's module paths are unchanged). Layers, not the whole model: the mask
