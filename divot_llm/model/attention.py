@@ -128,7 +128,9 @@ class AttentionLayout:
         valid_bt, segment_bt, block_bt = self.key_valid_bt, self.segment_bt, self.block_bt
         window = self.sliding_window
 
-        def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        def mask_mod(
+            b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+        ) -> torch.Tensor:
             causal = q_idx >= kv_idx
             if window is not None:
                 causal = causal & (q_idx - kv_idx < window)

@@ -12,6 +12,7 @@ from transformers import MistralConfig, MistralForCausalLM
 
 from divot_llm.config.schema import ATTN_IMPLEMENTATIONS, LLMConfig
 
+
 def mistral_config(llm_cfg: LLMConfig) -> MistralConfig:
     """A transformers ``MistralConfig`` from our config's shape fields (base vocabulary)."""
     return MistralConfig(

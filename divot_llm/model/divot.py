@@ -174,7 +174,8 @@ class DivotLLM(nn.Module):
             flex_available=is_torch_flex_attn_available(),
             has_query_blocks=has_query_blocks,
             packed=packed,
-            padded=self.attn_implementation == "flash_attention_2" and bool((attention_mask == PADDING).any()),
+            padded=self.attn_implementation == "flash_attention_2"
+            and bool((attention_mask == PADDING).any()),
         )
         self.last_attention_kernel = kernel
         # The kernel's implementation stays on the (shared) config until the next forward:

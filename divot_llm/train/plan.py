@@ -159,7 +159,9 @@ def make_plan(cfg: DivotConfig) -> tuple[MemoryPlan, nn.Module, VideoTokenizer]:
     logits = samples * length * vocab * 4 * 2  # fp32 logits + their gradient, every token supervised (bound)
     configured = cfg.model.llm.checkpoint_every
     by_recompute = {
-        every: samples * length * activation_bytes_per_token(model.causal_lm.config, cfg.model.lora, width, every)
+        every: samples
+        * length
+        * activation_bytes_per_token(model.causal_lm.config, cfg.model.lora, width, every)
         + logits
         for every in dict.fromkeys((0, 2, 1, configured))
     }

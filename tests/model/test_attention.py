@@ -176,7 +176,8 @@ def test_each_batch_gets_a_kernel_that_can_serve_it(requested, on_gpu, queries, 
     no_flex = attention_kernel(
         requested, on_gpu=on_gpu, flex_available=False, has_query_blocks=queries, packed=packed, padded=padded
     )
-    assert no_flex == ("sdpa+dense_mask" if queries or packed else "sdpa_causal") if kernel == "flex_attention" else kernel
+    dense_fallback = "sdpa+dense_mask" if queries or packed else "sdpa_causal"
+    assert no_flex == (dense_fallback if kernel == "flex_attention" else kernel)
 
 
 def reference_mask(mask_bt, block_size, sliding_window, segment_bt) -> torch.Tensor:
@@ -245,17 +246,23 @@ def test_mistral_takes_the_block_mask_through_its_flex_attention(make_model, mon
     # transformers' flex_attention path with our BlockMask (eager kernel, not compiled)
     # equals the same model on the dense SDPA mask
     monkeypatch.setattr(
-        hf_flex, "compile_friendly_flex_attention", lambda q, k, v, training=False, **kw: flex_attention(q, k, v, **kw)
+        hf_flex,
+        "compile_friendly_flex_attention",
+        lambda q, k, v, training=False, **kw: flex_attention(q, k, v, **kw),
     )
     n, _ = feat_shape
     model = make_model().eval()
     decoder = model.causal_lm.model
-    mask_bt, segment_bt = random_packed_batch(torch.Generator().manual_seed(7), rows=2, seq_len=3 * n + 20, n=n)
+    mask_bt, segment_bt = random_packed_batch(
+        torch.Generator().manual_seed(7), rows=2, seq_len=3 * n + 20, n=n
+    )
     layout = AttentionLayout.from_batch(mask_bt, n, decoder.config.sliding_window, segment_bt)
     embeds = torch.randn(*mask_bt.shape, decoder.config.hidden_size)
     with torch.no_grad():
         decoder.config._attn_implementation = "sdpa"
         dense = decoder(inputs_embeds=embeds, attention_mask=layout.dense()).last_hidden_state
         decoder.config._attn_implementation = "flex_attention"
-        flex = decoder(inputs_embeds=embeds, attention_mask=layout.block_mask(compile_mask=False)).last_hidden_state
+        flex = decoder(
+            inputs_embeds=embeds, attention_mask=layout.block_mask(compile_mask=False)
+        ).last_hidden_state
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
