@@ -87,6 +87,7 @@ def build_divot_llm(
             gmm_loss_scale=model_cfg.gmm_loss_scale,
             train_input_proj=train_input_proj,
             train_output_proj=train_output_proj,
+            attn_implementation=model_cfg.llm.attn_implementation,
         )
     model.input_resampler.to(dtype)
     model.output_resampler.to(dtype)

@@ -69,6 +69,8 @@ class DivotLLM(nn.Module):
         gmm_loss_scale: Weight of the GMM NLL in ``total_loss``.
         train_input_proj: Train the input projection (frozen in SFT-gen).
         train_output_proj: Train the output projection (frozen in SFT-comp).
+        attn_implementation: ``llm.attn_implementation`` (see ``attention_kernel``); None:
+            the backbone's own.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class DivotLLM(nn.Module):
         gmm_loss_scale: float = 1.0,
         train_input_proj: bool = True,
         train_output_proj: bool = True,
+        attn_implementation: str | None = None,
     ):
         super().__init__()
         if gmm.dim != feature_dim:
@@ -100,7 +103,7 @@ class DivotLLM(nn.Module):
         self.input_resampler.requires_grad_(train_input_proj)
         self.output_resampler.requires_grad_(train_output_proj)
         # What llm.attn_implementation asked for; hidden_states picks each batch's kernel.
-        self.attn_implementation: str = self.causal_lm.config._attn_implementation
+        self.attn_implementation: str = attn_implementation or self.causal_lm.config._attn_implementation
         self.last_attention_kernel: str = ""  # the kernel of the latest forward (benchmarks print it)
 
     # ------------------------------------------------------------------ parts
@@ -166,21 +169,38 @@ class DivotLLM(nn.Module):
         chosen per batch (``attention_kernel``) and recorded in ``last_attention_kernel``.
         """
         config = self.causal_lm.config
-        has_query_blocks = bool((attention_mask == QUERY).any())
-        packed = segment_ids is not None
+        flash = self.attn_implementation == "flash_attention_2"
         kernel = attention_kernel(
             self.attn_implementation,
             on_gpu=inputs_embeds.device.type == "cuda",
             flex_available=is_torch_flex_attn_available(),
-            has_query_blocks=has_query_blocks,
-            packed=packed,
-            padded=self.attn_implementation == "flash_attention_2"
-            and bool((attention_mask == PADDING).any()),
+            has_query_blocks=bool((attention_mask == QUERY).any()),
+            packed=segment_ids is not None,
+            padded=flash and bool((attention_mask == PADDING).any()),  # a sync only flash needs
         )
         self.last_attention_kernel = kernel
-        # The kernel's implementation stays on the (shared) config until the next forward:
-        # a checkpointed layer recomputed in backward reads it again, before any other forward.
+        resting = config._attn_implementation
         config._attn_implementation = KERNEL_IMPLEMENTATION[kernel]
+        try:
+            return self._decoder_forward(kernel, inputs_embeds, attention_mask, segment_ids, position_ids)
+        finally:
+            # With autograd recording, the kernel's implementation stays on the config: a
+            # checkpointed layer recomputed in backward reads it again (before any other
+            # forward). Without, the backbone gets its own back (text generation).
+            if not torch.is_grad_enabled():
+                config._attn_implementation = resting
+
+    def _decoder_forward(
+        self,
+        kernel: str,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        segment_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The decoder's final hidden states through ``kernel`` (already set on the config)."""
+        config = self.causal_lm.config
+        packed = segment_ids is not None
         batch, seq_len, hidden = inputs_embeds.shape
         if kernel == FLASH_VARLEN and packed:
             # One flattened row: transformers derives the variable-length sequences from
