@@ -23,9 +23,10 @@ over samples ``b`` with ``T_b`` real (non-padding) tokens:
 
 MFU = F_model / step time / (devices x peak). HFU adds what the hardware recomputes with
 activation checkpointing: one more forward of the recomputed fraction r of the decoder
-layers (``model.llm.checkpoint_every``), r * [T_b * 2 * (N_frozen + N_lora) + 4 * L * d * T_b^2]. Peak: a table of dense bf16 GPU peaks (or ``train.peak_tflops``); on a
-CPU there is no published peak, so the ratio is against a fp32 GEMM measured at start-up
-and labelled as such -- a sanity number, not a hardware utilisation claim.
+layers (``model.llm.checkpoint_every``), r * [T_b * 2 * (N_frozen + N_lora) + 4 * L * d * T_b^2].
+Peak: a table of dense bf16 GPU peaks (or ``train.peak_tflops``); on a CPU there is no
+published peak, so the ratio is against a fp32 GEMM measured at start-up and labelled as
+such -- a sanity number, not a hardware utilisation claim.
 """
 
 from __future__ import annotations
