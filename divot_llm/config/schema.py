@@ -109,6 +109,9 @@ class Precision(str, Enum):
 
 # --------------------------------------------------------------------------- model
 
+# llm.attn_implementation: transformers' kernels, and flex_attention (FlexAttention block masks)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+
 
 @dataclass
 class LLMConfig:
@@ -127,8 +130,12 @@ class LLMConfig:
     rms_norm_eps: float = checked(1e-5, gt=0)
     rope_theta: float = checked(10000.0, gt=0)
     sliding_window: int | None = checked(4096, ge=1)
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (only batches without query blocks)
-    gradient_checkpointing: bool = False
+    # flex_attention: block masks on GPU (dense SDPA elsewhere); flash_attention_2 serves batches
+    # without query blocks (others fall back to SDPA); see divot_llm/model/attention.py
+    attn_implementation: str = checked("sdpa", choices=ATTN_IMPLEMENTATIONS)
+    # activation checkpointing of decoder layers 0, k, 2k, ...: 0 none, 1 every layer (full recompute)
+    checkpoint_every: int = checked(0, ge=0)
+    compile: bool = False  # torch.compile each decoder layer
     # added lm_head rows = scale x mean of old rows (new input rows = mean)
     new_lm_head_rows_scale: float = checked(3.0, ge=0)
 

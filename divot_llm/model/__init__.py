@@ -1,9 +1,9 @@
 """The Divot-LLM module: backbone + LoRA, projections, GMM head, attention masks,
 generation, and the release layout on disk."""
 
-from divot_llm.model.attention import build_attention_mask, query_block_ids
+from divot_llm.model.attention import AttentionLayout, attention_kernel, build_attention_mask, query_block_ids
 from divot_llm.model.backbone import load_backbone, mistral_config, resize_vocab
-from divot_llm.model.build import build_divot_llm, build_stage_model, load_release
+from divot_llm.model.build import build_divot_llm, build_stage_model, checkpointed_layers, load_release
 from divot_llm.model.divot import DivotLLM, DivotOutput
 from divot_llm.model.generation import (
     FrameTokenLogitsProcessor,
@@ -19,6 +19,7 @@ from divot_llm.model.projection import ProjectionLayer
 from divot_llm.model.release import load_agent_weights, read_agent_file, save_release
 
 __all__ = [
+    "AttentionLayout",
     "DivotLLM",
     "DivotOutput",
     "FrameTokenLogitsProcessor",
@@ -27,9 +28,11 @@ __all__ = [
     "GeneratedFeatures",
     "ProjectionLayer",
     "apply_lora",
+    "attention_kernel",
     "build_attention_mask",
     "build_divot_llm",
     "build_stage_model",
+    "checkpointed_layers",
     "generate_features",
     "generate_features_for_captions",
     "generate_text",

@@ -10,9 +10,7 @@ import torch
 from torch import nn
 from transformers import MistralConfig, MistralForCausalLM
 
-from divot_llm.config.schema import LLMConfig
-
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+from divot_llm.config.schema import ATTN_IMPLEMENTATIONS, LLMConfig
 
 
 def mistral_config(llm_cfg: LLMConfig) -> MistralConfig:
@@ -28,8 +26,15 @@ def mistral_config(llm_cfg: LLMConfig) -> MistralConfig:
         rms_norm_eps=llm_cfg.rms_norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": llm_cfg.rope_theta},
         sliding_window=llm_cfg.sliding_window,
-        attn_implementation=llm_cfg.attn_implementation,
+        attn_implementation=backbone_attn_implementation(llm_cfg.attn_implementation),
     )
+
+
+def backbone_attn_implementation(requested: str) -> str:
+    """The transformers implementation the backbone is built with. ``flex_attention`` is
+    ``DivotLLM``'s block-mask path, switched on per batch by ``hidden_states``; the
+    backbone on its own (text generation with a KV cache) runs SDPA."""
+    return "sdpa" if requested == "flex_attention" else requested
 
 
 def load_backbone(
@@ -55,14 +60,13 @@ def load_backbone(
             f"llm.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {llm_cfg.attn_implementation!r}"
         )
     path = path if path is not None else llm_cfg.path
+    implementation = backbone_attn_implementation(llm_cfg.attn_implementation)
     is_meta = device is not None and torch.device(device).type == "meta"
     if path is not None and not is_meta:
-        model = MistralForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=llm_cfg.attn_implementation
-        )
+        model = MistralForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=implementation)
         return model.to(device) if device is not None else model
     if path is not None:
-        config = MistralConfig.from_pretrained(path, attn_implementation=llm_cfg.attn_implementation)
+        config = MistralConfig.from_pretrained(path, attn_implementation=implementation)
     else:
         config = mistral_config(llm_cfg)
     with torch.device(device or "cpu"):

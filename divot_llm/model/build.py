@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import MistralForCausalLM
 
 from divot_llm.config.schema import DivotConfig, ModelConfig
 from divot_llm.detokenizers import VideoDetokenizer, build_video_detokenizer, video_detokenizer_class
@@ -71,10 +72,9 @@ def build_divot_llm(
     llm_path = Path(init_from) / LLM_DIR if init_from is not None else None
     backbone = load_backbone(model_cfg.llm, path=llm_path, dtype=dtype, device=device)
     resize_vocab(backbone, model_cfg.llm.vocab_size + NUM_ADDED_TOKENS, model_cfg.llm.new_lm_head_rows_scale)
-    if model_cfg.llm.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no grad-requiring inputs (frozen embeddings are fine).
-        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        backbone.config.use_cache = False
+    enable_recompute(backbone, model_cfg.llm.checkpoint_every)
+    if model_cfg.llm.compile:
+        compile_layers(backbone)
     llm = apply_lora(backbone, model_cfg.lora) if use_lora and model_cfg.lora.enabled else backbone
 
     with torch.device(device or "cpu"):
@@ -87,12 +87,50 @@ def build_divot_llm(
             gmm_loss_scale=model_cfg.gmm_loss_scale,
             train_input_proj=train_input_proj,
             train_output_proj=train_output_proj,
+            attn_implementation=model_cfg.llm.attn_implementation,
         )
     model.input_resampler.to(dtype)
     model.output_resampler.to(dtype)
     if init_from is not None:
         load_agent_weights(model, Path(init_from) / AGENT_DIR)
     return model
+
+
+def enable_recompute(backbone: MistralForCausalLM, checkpoint_every: int) -> None:
+    """Activation checkpointing of decoder layers 0, k, 2k, ... (``checkpoint_every=k``;
+    0 leaves every layer's activations in memory, 1 recomputes every layer).
+
+    Non-reentrant checkpointing needs no grad-requiring inputs (frozen embeddings are fine,
+    so LoRA needs no input-grad hook) and works under DeepSpeed's ZeRO. transformers flags
+    each ``GradientCheckpointingLayer`` on or off (``every_n_layers``); the flag is read at
+    every forward, so peft wrapping the layers' projections afterwards keeps it.
+    """
+    if checkpoint_every == 0:
+        return
+    backbone.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=checkpoint_every
+    )
+    backbone.config.use_cache = False
+
+
+def checkpointed_layers(checkpoint_every: int, num_layers: int) -> int:
+    """How many of ``num_layers`` decoder layers ``enable_recompute`` checkpoints (and
+    backward recomputes): layers 0, k, 2k, ..."""
+    return 0 if checkpoint_every == 0 else -(-num_layers // checkpoint_every)
+
+
+def recomputed_fraction(model: DivotLLM) -> float:
+    """The fraction of ``model``'s decoder layers that backward recomputes (for HFU)."""
+    layers = model.causal_lm.model.layers
+    return sum(layer.gradient_checkpointing for layer in layers) / len(layers)
+
+
+def compile_layers(backbone: MistralForCausalLM) -> None:
+    """``torch.compile`` each decoder layer in place (``nn.Module.compile``: parameter names,
+    state dicts and peft's module paths are unchanged). Layers, not the whole model: the mask
+    building, loss indexing and GMM head stay eager, and one compiled graph serves all layers."""
+    for layer in backbone.model.layers:
+        layer.compile()
 
 
 def build_stage_model(

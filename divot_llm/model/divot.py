@@ -27,8 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import MistralForCausalLM
+from transformers.utils import is_torch_flex_attn_available
 
-from divot_llm.model.attention import build_attention_mask
+from divot_llm.model.attention import (
+    EAGER_DENSE,
+    FLASH_VARLEN,
+    FLEX,
+    KERNEL_IMPLEMENTATION,
+    SDPA_DENSE,
+    AttentionLayout,
+    additive_mask,
+    attention_kernel,
+)
 from divot_llm.model.gmm import GMMHead
 from divot_llm.model.projection import ProjectionLayer
 from divot_llm.text.templates import IGNORE_INDEX, PADDING, QUERY
@@ -59,6 +69,8 @@ class DivotLLM(nn.Module):
         gmm_loss_scale: Weight of the GMM NLL in ``total_loss``.
         train_input_proj: Train the input projection (frozen in SFT-gen).
         train_output_proj: Train the output projection (frozen in SFT-comp).
+        attn_implementation: ``llm.attn_implementation`` (see ``attention_kernel``); None:
+            the backbone's own.
     """
 
     def __init__(
@@ -72,6 +84,7 @@ class DivotLLM(nn.Module):
         gmm_loss_scale: float = 1.0,
         train_input_proj: bool = True,
         train_output_proj: bool = True,
+        attn_implementation: str | None = None,
     ):
         super().__init__()
         if gmm.dim != feature_dim:
@@ -89,6 +102,9 @@ class DivotLLM(nn.Module):
         self.output_resampler = ProjectionLayer(hidden, gmm.param_dim)  # H -> P -> P
         self.input_resampler.requires_grad_(train_input_proj)
         self.output_resampler.requires_grad_(train_output_proj)
+        # What llm.attn_implementation asked for; hidden_states picks each batch's kernel.
+        self.attn_implementation: str = attn_implementation or self.causal_lm.config._attn_implementation
+        self.last_attention_kernel: str = ""  # the kernel of the latest forward (benchmarks print it)
 
     # ------------------------------------------------------------------ parts
 
@@ -149,21 +165,62 @@ class DivotLLM(nn.Module):
         """Final-norm hidden states ``(B, T, H)``; query blocks attend bidirectionally.
 
         ``segment_ids``/``position_ids`` (B, T) describe packed rows: each segment is one
-        sample that attends only to itself, with positions restarting at 0.
-
-        Raises:
-            ValueError: the batch needs a 4-D mask and the backbone uses flash-attention-2.
+        sample that attends only to itself, with positions restarting at 0. The kernel is
+        chosen per batch (``attention_kernel``) and recorded in ``last_attention_kernel``.
         """
         config = self.causal_lm.config
-        if (attention_mask == QUERY).any() or segment_ids is not None:
-            if config._attn_implementation == "flash_attention_2":
-                raise ValueError(
-                    "flash_attention_2 cannot take the bidirectional query-block / packed-sample mask; "
-                    "use llm.attn_implementation=sdpa for batches with generation samples or packing"
-                )
-            mask = build_attention_mask(
-                attention_mask, self.tokens_per_clip, inputs_embeds.dtype, config.sliding_window, segment_ids
+        flash = self.attn_implementation == "flash_attention_2"
+        kernel = attention_kernel(
+            self.attn_implementation,
+            on_gpu=inputs_embeds.device.type == "cuda",
+            flex_available=is_torch_flex_attn_available(),
+            has_query_blocks=bool((attention_mask == QUERY).any()),
+            packed=segment_ids is not None,
+            padded=flash and bool((attention_mask == PADDING).any()),  # a sync only flash needs
+        )
+        self.last_attention_kernel = kernel
+        resting = config._attn_implementation
+        config._attn_implementation = KERNEL_IMPLEMENTATION[kernel]
+        try:
+            return self._decoder_forward(kernel, inputs_embeds, attention_mask, segment_ids, position_ids)
+        finally:
+            # With autograd recording, the kernel's implementation stays on the config: a
+            # checkpointed layer recomputed in backward reads it again (before any other
+            # forward). Without, the backbone gets its own back (text generation).
+            if not torch.is_grad_enabled():
+                config._attn_implementation = resting
+
+    def _decoder_forward(
+        self,
+        kernel: str,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        segment_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The decoder's final hidden states through ``kernel`` (already set on the config)."""
+        config = self.causal_lm.config
+        packed = segment_ids is not None
+        batch, seq_len, hidden = inputs_embeds.shape
+        if kernel == FLASH_VARLEN and packed:
+            # One flattened row: transformers derives the variable-length sequences from
+            # position_ids restarting at 0 (each padding token is a 1-token sequence).
+            out = self.causal_lm.model(
+                inputs_embeds=inputs_embeds.reshape(1, batch * seq_len, hidden),
+                position_ids=position_ids.reshape(1, batch * seq_len),
+                use_cache=False,
             )
+            return out.last_hidden_state.reshape(batch, seq_len, hidden)
+        if kernel in (FLEX, SDPA_DENSE, EAGER_DENSE):
+            layout = AttentionLayout.from_batch(
+                attention_mask, self.tokens_per_clip, config.sliding_window, segment_ids
+            )
+            if kernel == FLEX:
+                mask = layout.block_mask()
+            elif kernel == SDPA_DENSE:
+                mask = layout.dense()  # bool: True = attend
+            else:
+                mask = additive_mask(layout.dense(), inputs_embeds.dtype)
         else:
             mask = (attention_mask != PADDING).long()  # transformers builds the causal mask
         out = self.causal_lm.model(

@@ -367,7 +367,9 @@ BOUND_KEYS = ("deepspeed.zero_stage", "deepspeed.precision", "optim.no_decay_nor
 RUNTIME_KEYS = frozenset(
     {
         "model.llm.attn_implementation",
-        "model.llm.gradient_checkpointing",
+        "model.llm.gradient_checkpointing",  # checkpoints saved before checkpoint_every
+        "model.llm.checkpoint_every",
+        "model.llm.compile",
         "model.lora.dropout",
         "model.lm_loss_scale",
         "model.gmm_loss_scale",

@@ -22,10 +22,11 @@ over samples ``b`` with ``T_b`` real (non-padding) tokens:
   times the G real clips encoded (no backward: it is frozen, under no_grad).
 
 MFU = F_model / step time / (devices x peak). HFU adds what the hardware recomputes with
-activation checkpointing: one more forward of the body, T_b * 2 * (N_frozen + N_lora) +
-4 * L * d * T_b^2. Peak: a table of dense bf16 GPU peaks (or ``train.peak_tflops``); on a
-CPU there is no published peak, so the ratio is against a fp32 GEMM measured at start-up
-and labelled as such -- a sanity number, not a hardware utilisation claim.
+activation checkpointing: one more forward of the recomputed fraction r of the decoder
+layers (``model.llm.checkpoint_every``), r * [T_b * 2 * (N_frozen + N_lora) + 4 * L * d * T_b^2].
+Peak: a table of dense bf16 GPU peaks (or ``train.peak_tflops``); on a CPU there is no
+published peak, so the ratio is against a fp32 GEMM measured at start-up and labelled as
+such -- a sanity number, not a hardware utilisation claim.
 """
 
 from __future__ import annotations
@@ -68,10 +69,10 @@ class FlopModel:
     output_proj: int
     output_proj_trainable: bool
     tokenizer_flops_per_clip: float
-    recompute: bool  # activation checkpointing
+    recompute: float  # fraction of the decoder layers recomputed in backward (activation checkpointing)
 
     @classmethod
-    def from_model(cls, model, tokenizer_flops_per_clip: float, recompute: bool) -> FlopModel:
+    def from_model(cls, model, tokenizer_flops_per_clip: float, recompute: float) -> FlopModel:
         """Counts from a ``DivotLLM`` (real or on the meta device)."""
         config = model.causal_lm.config
         head = model.causal_lm.get_output_embeddings().weight
@@ -113,8 +114,9 @@ class FlopModel:
         model_flops = body + attention + head + proj + clips * self.tokenizer_flops_per_clip
         hardware = model_flops
         if self.recompute:
-            hardware += float((tokens_b * 2 * (self.frozen_body + self.lora_body)).sum())
-            hardware += float((4 * self.layers * self.hidden * tokens_b**2).sum())
+            recomputed = float((tokens_b * 2 * (self.frozen_body + self.lora_body)).sum())
+            recomputed += float((4 * self.layers * self.hidden * tokens_b**2).sum())
+            hardware += self.recompute * recomputed
         return model_flops, hardware
 
 

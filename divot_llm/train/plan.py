@@ -6,8 +6,9 @@ applied to the *trainable* parameters; they assume full fine-tuning, so the froz
 is added separately (16-bit weights: replicated up to ZeRO-2, sharded by ZeRO-3). The
 frozen video tokenizer is replicated on every GPU. Activations are estimated per token
 and layer from the Mistral shapes (what autograd keeps for backward, in the training
-dtype; the attention scores are not stored by SDPA/flash kernels), for the largest
-micro-batch the data config can produce. Temporary buffers, the tokenizer's transient
+dtype; the attention scores are not stored by SDPA/flash/flex kernels), for the largest
+micro-batch the data config can produce, for the configured recompute choice and for the
+usual alternatives (none, every 2nd layer, every layer) so the user can choose. Temporary buffers, the tokenizer's transient
 activations (under no_grad, freed before the LLM runs) and fragmentation come on top.
 """
 
@@ -21,7 +22,7 @@ from transformers import MistralConfig
 
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import DataConfig, DeepSpeedConfig, DivotConfig, LoraConfig, MixMode, Precision
-from divot_llm.model import build_stage_model
+from divot_llm.model import build_stage_model, checkpointed_layers
 from divot_llm.tokenizers import VideoTokenizer, build_video_tokenizer
 from divot_llm.train.stages import stage_class
 
@@ -38,8 +39,10 @@ class MemoryPlan:
     frozen_bytes: float
     model_states_bytes: float  # trainable weights + grads + fp32 master + Adam, per GPU
     tokenizer_bytes: float
-    activation_bytes: float
+    activation_bytes: float  # with model.llm.checkpoint_every as configured
     micro_batch_tokens: int
+    # activations for each checkpoint_every choice shown (0 none, 2 every second layer, 1 all)
+    activation_bytes_by_recompute: dict[int, float]
     cpu_bytes: float  # host memory per node for offloaded states (0 without offload)
 
     @property
@@ -48,36 +51,41 @@ class MemoryPlan:
 
 
 def micro_batch_shape(data_cfg: DataConfig) -> tuple[int, int]:
-    """(samples, tokens per sample) of the largest micro-batch the data config allows."""
+    """(rows, tokens per row) of the largest micro-batch the data config allows."""
     sources = list(data_cfg.sources.values())
     if data_cfg.mixing == MixMode.batch:  # one source per batch, with that source's batch size
         biggest = max(sources, key=lambda s: s.batch_size * s.max_length)
-        return biggest.batch_size, biggest.max_length
-    longest = max(s.max_length for s in sources)
-    samples = data_cfg.batch_size
-    if data_cfg.tokens_per_batch:  # a batch closes once samples x longest reaches the budget
-        samples = min(samples, data_cfg.tokens_per_batch // longest + 1)
-    return samples, longest
+        samples, length = biggest.batch_size, biggest.max_length
+    else:
+        length = max(s.max_length for s in sources)
+        samples = data_cfg.batch_size
+        if data_cfg.tokens_per_batch:  # a batch closes once samples x longest reaches the budget
+            samples = min(samples, data_cfg.tokens_per_batch // length + 1)
+    if data_cfg.packing:  # rows of pack_length, each holding whole samples (at their longest)
+        pack_length = data_cfg.pack_length or length
+        per_row = pack_length // length
+        return -(-samples // per_row), pack_length
+    return samples, length
 
 
 def activation_bytes_per_token(
-    llm_config: MistralConfig, lora_cfg: LoraConfig, dtype_bytes: int, checkpointing: bool
+    llm_config: MistralConfig, lora_cfg: LoraConfig, dtype_bytes: int, checkpoint_every: int
 ) -> float:
     """Bytes autograd keeps per token for the decoder (Mistral: GQA attention, SwiGLU MLP).
 
     Per layer (elements): attention 4d + 2d_kv (input, norm, q, attention output; k, v),
     MLP 2d + 4f (input, norm; gate, up, act(gate), product), LoRA 6d + f (the dropped-out
-    inputs of its 7 adapters) when its dropout is on. With checkpointing only each
-    layer's input is kept, plus one layer's full set during its recompute.
+    inputs of its 7 adapters) when its dropout is on. A checkpointed layer keeps only its
+    input (d); while backward recomputes one, its full set is alive once more.
     """
     d, f, layers = llm_config.hidden_size, llm_config.intermediate_size, llm_config.num_hidden_layers
     d_kv = d * llm_config.num_key_value_heads // llm_config.num_attention_heads
     per_layer = 4 * d + 2 * d_kv + 2 * d + 4 * f
     if lora_cfg.enabled and lora_cfg.dropout > 0:
         per_layer += 6 * d + f
-    if checkpointing:
-        return dtype_bytes * (layers * d + per_layer)
-    return dtype_bytes * layers * per_layer
+    checkpointed = checkpointed_layers(checkpoint_every, layers)
+    kept = (layers - checkpointed) * per_layer + checkpointed * d + (per_layer if checkpointed else 0)
+    return dtype_bytes * kept
 
 
 def _model_states(
@@ -147,11 +155,16 @@ def make_plan(cfg: DivotConfig) -> tuple[MemoryPlan, nn.Module, VideoTokenizer]:
         stage, trainable, _largest_module_params(model), gpus_per_node, nodes, cfg.deepspeed
     )
     samples, length = micro_batch_shape(cfg.data)
-    per_token = activation_bytes_per_token(
-        model.causal_lm.config, cfg.model.lora, width, cfg.model.llm.gradient_checkpointing
-    )
     vocab = model.causal_lm.get_output_embeddings().weight.shape[0]
     logits = samples * length * vocab * 4 * 2  # fp32 logits + their gradient, every token supervised (bound)
+    configured = cfg.model.llm.checkpoint_every
+    by_recompute = {
+        every: samples
+        * length
+        * activation_bytes_per_token(model.causal_lm.config, cfg.model.lora, width, every)
+        + logits
+        for every in dict.fromkeys((0, 2, 1, configured))
+    }
     plan = MemoryPlan(
         total_params=total,
         trainable_params=trainable,
@@ -161,8 +174,9 @@ def make_plan(cfg: DivotConfig) -> tuple[MemoryPlan, nn.Module, VideoTokenizer]:
         frozen_bytes=width * (total - trainable) / (gpus if stage == 3 else 1),
         model_states_bytes=states_gpu,
         tokenizer_bytes=width * tokenizer_params,
-        activation_bytes=samples * length * per_token + logits,
+        activation_bytes=by_recompute[configured],
         micro_batch_tokens=samples * length,
+        activation_bytes_by_recompute=by_recompute,
         cpu_bytes=states_cpu,
     )
     return plan, model, tokenizer
@@ -182,10 +196,26 @@ def format_plan(plan: MemoryPlan, cfg: DivotConfig) -> str:
         f"  trainable states          {plan.model_states_bytes / GiB:8.2f} GiB  (DeepSpeed estimator)",
         f"  video tokenizer weights   {plan.tokenizer_bytes / GiB:8.2f} GiB",
         f"  activations               {plan.activation_bytes / GiB:8.2f} GiB  "
-        f"(micro-batch of {plan.micro_batch_tokens:,} tokens, checkpointing "
-        f"{'on' if cfg.model.llm.gradient_checkpointing else 'off'})",
+        f"(micro-batch of {plan.micro_batch_tokens:,} tokens, "
+        f"{recompute_name(cfg.model.llm.checkpoint_every)})",
         f"  total                     {plan.gpu_total_bytes / GiB:8.2f} GiB  (+ buffers and fragmentation)",
+        "total by model.llm.checkpoint_every (activation recompute; more recompute, less memory, slower):",
     ]
+    others = plan.gpu_total_bytes - plan.activation_bytes
+    for every, activations in plan.activation_bytes_by_recompute.items():
+        rows.append(
+            f"  {every:<3d} {recompute_name(every):<26} {(others + activations) / GiB:8.2f} GiB  "
+            f"(activations {activations / GiB:.2f} GiB)"
+        )
     if plan.cpu_bytes:
         rows.append(f"host memory per node for offloaded states: {plan.cpu_bytes / GiB:.1f} GiB")
     return "\n".join(rows)
+
+
+def recompute_name(checkpoint_every: int) -> str:
+    """``model.llm.checkpoint_every`` in words."""
+    if checkpoint_every == 0:
+        return "no recompute"
+    if checkpoint_every == 1:
+        return "every layer recomputed"
+    return f"1 layer in {checkpoint_every} recomputed"

@@ -58,9 +58,18 @@ def test_packed_rows_hold_several_samples_that_never_see_each_other(setup):
 
 
 def test_packed_and_unpacked_batches_give_the_same_losses(setup):
+    # the 7B configs' attention: FlexAttention block masks on a GPU, here the same mask_mod
+    # densely through SDPA
     root, tokenizer = setup
-    cfg, plain = batches(root, tokenizer)
-    _, packed = batches(root, tokenizer, "data.packing=true", "data.pack_length=400")
+    flex = "model.llm.attn_implementation=flex_attention"
+    cfg, plain = batches(root, tokenizer, flex)
+    _, packed = batches(root, tokenizer, flex, "data.packing=true", "data.pack_length=400")
+    mixed_rows = [  # packed rows holding comprehension clips and generation query blocks
+        (batch["embeds_cmp_mask"][row].any() and batch["embeds_gen_mask"][row].any())
+        for batch in packed
+        for row in range(batch["input_ids"].shape[0])
+    ]
+    assert any(mixed_rows)
     vt = cfg.video_tokenizer
     torch.manual_seed(0)
     model = build_divot_llm(cfg.model, tokens_per_clip=vt.num_tokens, feature_dim=vt.feature_dim).eval()
@@ -72,6 +81,7 @@ def test_packed_and_unpacked_batches_give_the_same_losses(setup):
         with torch.no_grad():
             out_plain = model(**with_features(a, feats))
             out_packed = model(**with_features(b, feats))
+        assert model.last_attention_kernel == "sdpa+dense_mask"
         torch.testing.assert_close(out_packed.lm_loss, out_plain.lm_loss, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out_packed.gmm_loss, out_plain.gmm_loss, rtol=1e-5, atol=1e-5)
         assert out_plain.gmm_loss > 0 or not a["embeds_gen_mask"].any()

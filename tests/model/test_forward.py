@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -173,29 +175,47 @@ def test_deepspeed_zero3_trains_on_single_task_batches(ds_process_group, make_mo
     assert after < before
 
 
-def test_activation_checkpointing_keeps_losses_and_gradients(samples, text_tokenizer, tiny_cfg, feat_shape):
+def test_selective_recompute_keeps_losses_and_gradients(samples, text_tokenizer, tiny_cfg, feat_shape):
     from divot_llm.config import apply_overrides
-    from divot_llm.model import build_divot_llm
+    from divot_llm.model import build_divot_llm, checkpointed_layers
+    from divot_llm.model.build import recomputed_fraction
 
     batch = collate([samples["comp2"], samples["gen"]], text_tokenizer.pad_id)
-    results = []
-    for checkpointing in (False, True):
-        cfg = apply_overrides(tiny_cfg, [f"model.llm.gradient_checkpointing={checkpointing}"]).model
+    results = {}
+    for every in (0, 2):  # none; layers 0 and 2 of 3 (1 = all is the same mechanism, every_n_layers=1)
+        cfg = apply_overrides(
+            tiny_cfg, ["model.llm.num_hidden_layers=3", f"model.llm.checkpoint_every={every}"]
+        )
         torch.manual_seed(0)
-        model = build_divot_llm(cfg, tokens_per_clip=feat_shape[0], feature_dim=feat_shape[1])
-        # checkpointing only acts in training mode; LoRA dropout off so both runs are equal
+        model = build_divot_llm(cfg.model, tokens_per_clip=feat_shape[0], feature_dim=feat_shape[1])
+        # checkpointing only acts in training mode; LoRA dropout off so the runs are equal
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+        layers = model.causal_lm.model.layers
+        # a layer's submodules run again when backward recomputes it (hooks on the layer
+        # itself stay outside the checkpoint; pre-hooks, as the recompute stops early once
+        # it has every saved tensor)
+        mlp_calls = [0] * len(layers)
+
+        def count(*_, i: int, calls: list[int] = mlp_calls) -> None:
+            calls[i] += 1
+
+        for i, layer in enumerate(layers):
+            layer.mlp.register_forward_pre_hook(functools.partial(count, i=i))
         out = model(**batch)
+        assert mlp_calls == [1, 1, 1]
         out.total_loss.backward()
-        results.append(
-            (out.total_loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+        recomputed = [i for i, calls in enumerate(mlp_calls) if calls == 2]
+        assert recomputed == {0: [], 2: [0, 2]}[every]
+        assert recomputed_fraction(model) == len(recomputed) / 3 == checkpointed_layers(every, 3) / 3
+        results[every] = (
+            out.total_loss.detach(),
+            {n: p.grad for n, p in model.named_parameters() if p.requires_grad},
         )
-        assert model.causal_lm.model.gradient_checkpointing == checkpointing
-    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[2][0], results[0][0])
     for name, grad in results[0][1].items():
-        torch.testing.assert_close(results[1][1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(results[2][1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_one_clip_per_sample_may_omit_the_clip_dim(trained, samples, text_tokenizer):
@@ -212,3 +232,33 @@ def test_one_clip_per_sample_may_omit_the_clip_dim(trained, samples, text_tokeni
         full, short = trained(**batch), trained(**squeezed)
     torch.testing.assert_close(short.lm_loss_per_sample, full.lm_loss_per_sample)
     torch.testing.assert_close(short.gmm_loss_per_sample, full.gmm_loss_per_sample)
+
+
+@pytest.mark.gpu  # compiling the tiny layers takes ~50 s on a CPU (inductor's C++ build)
+def test_compiled_layers_give_the_same_loss_and_gradients(samples, text_tokenizer, tiny_cfg, feat_shape):
+    from divot_llm.config import apply_overrides
+    from divot_llm.model import build_divot_llm
+
+    batch = {
+        k: v.cuda() for k, v in collate([samples["comp2"], samples["gen"]], text_tokenizer.pad_id).items()
+    }
+    results = []
+    for compiled in (False, True):
+        cfg = apply_overrides(
+            tiny_cfg, [f"model.llm.compile={compiled}", "model.llm.checkpoint_every=2"]
+        ).model
+        torch.manual_seed(0)
+        model = build_divot_llm(cfg, tokens_per_clip=feat_shape[0], feature_dim=feat_shape[1]).cuda()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        out = model(**batch)
+        out.total_loss.backward()
+        results.append((out.total_loss.detach(), model.input_resampler.proj[0].weight.grad))
+        # compiled in place: parameter names (checkpoints, peft paths) are unchanged
+        assert all(
+            (layer._compiled_call_impl is not None) == compiled for layer in model.causal_lm.model.layers
+        )
+        assert not any("_orig_mod" in name for name in model.state_dict())
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-4, rtol=1e-4)

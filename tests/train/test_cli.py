@@ -73,9 +73,14 @@ def test_plan_counts_match_the_reference_and_follow_zero_formulas(mistral_7b_con
     assert z3.gpus == 32 and z3.frozen_bytes == 2 * z3.frozen_params / 32
     assert z2.activation_bytes > 0  # mistral_7b checkpoints activations; without, far more
     full, *_ = make_plan(
-        compose_config(plan_overrides(mistral_7b_config_dir, "model.llm.gradient_checkpointing=false"))
+        compose_config(plan_overrides(mistral_7b_config_dir, "model.llm.checkpoint_every=0"))
     )
     assert full.activation_bytes > 5 * z2.activation_bytes
+    by_recompute = z2.activation_bytes_by_recompute  # what plan=true lists, for the user to choose
+    assert by_recompute[0] == full.activation_bytes and by_recompute[1] == z2.activation_bytes
+    assert by_recompute[1] < by_recompute[2] < by_recompute[0]
+    # packed rows of pack_length: 2 comprehension samples (max 1400) per 2880-token row
+    assert z2.micro_batch_tokens == 4 * 2880
 
     sft, *_ = make_plan(
         compose_config(
@@ -89,6 +94,8 @@ def test_plan_runs_from_the_command_line_without_weights(mistral_7b_config_dir, 
     proc = divot_train(*plan_overrides(mistral_7b_config_dir, f"train.output_dir={tmp_path}"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "467.28 M trainable" in proc.stdout and "ZeRO-2" in proc.stdout and "GiB" in proc.stdout
+    for choice in ("no recompute", "1 layer in 2 recomputed", "every layer recomputed"):
+        assert choice in proc.stdout
     assert not (tmp_path / "checkpoints").exists()
 
 

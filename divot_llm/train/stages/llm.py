@@ -14,7 +14,7 @@ from divot_llm.config.schema import DivotConfig
 from divot_llm.data.clip_sampling import uint8_to_model_pixels
 from divot_llm.data.feature_cache import expected_info
 from divot_llm.data.loader import build_loader as build_llm_loader
-from divot_llm.model.build import build_models
+from divot_llm.model.build import build_models, recomputed_fraction
 from divot_llm.train.metrics import FlopModel, tokenizer_flops_per_clip
 from divot_llm.train.stages.base import Stage
 from divot_llm.train.validate import validate as validate_llm
@@ -43,7 +43,7 @@ class LLMStage(Stage):
         self.flop_model = FlopModel.from_model(
             self.module,
             tokenizer_flops_per_clip(self.video_tokenizer, self.device),
-            recompute=self.cfg.model.llm.gradient_checkpointing,
+            recompute=recomputed_fraction(self.module),
         )
         return self.module
 
