@@ -1,7 +1,8 @@
 """Throughput accounting: FLOPs per step, MFU / HFU, peak memory.
 
 FLOP formula (peers-and-style §2.2, PaLM appendix B convention), per micro-batch, summed
-over samples ``b`` with ``T_b`` real (non-padding) tokens:
+over samples ``b`` with ``T_b`` real (non-padding) tokens (with packing, each packed sample
+of a row is its own ``b``: it attends only to itself):
 
     F_model = sum_b [ T_b * (4 * N_frozen + 6 * N_lora) + 12 * L * d * T_b^2 ]    LLM body
             + M * c_head * V * d                                               LM head
@@ -102,8 +103,9 @@ class FlopModel:
     def batch_flops(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
         """(model FLOPs, hardware FLOPs) of one micro-batch (CPU tensors of the loader)."""
         tokens_b = (batch["attention_mask"] != 0).sum(dim=1).double()
+        squared_lengths = sample_lengths_squared(batch)  # attention grows with each sample's T^2
         body = float((tokens_b * (4 * self.frozen_body + 6 * self.lora_body)).sum())
-        attention = float((12 * self.layers * self.hidden * tokens_b**2).sum())
+        attention = 12 * self.layers * self.hidden * squared_lengths
         supervised = float((batch["labels"][:, 1:] != -100).sum())
         head = supervised * (6 if self.head_trainable else 4) * self.vocab * self.hidden
         proj = float(batch["ids_cmp_mask"].sum()) * (6 if self.input_proj_trainable else 2) * self.input_proj
@@ -115,9 +117,24 @@ class FlopModel:
         hardware = model_flops
         if self.recompute:
             recomputed = float((tokens_b * 2 * (self.frozen_body + self.lora_body)).sum())
-            recomputed += float((4 * self.layers * self.hidden * tokens_b**2).sum())
+            recomputed += 4 * self.layers * self.hidden * squared_lengths
             hardware += self.recompute * recomputed
         return model_flops, hardware
+
+
+def sample_lengths_squared(batch: dict[str, torch.Tensor]) -> float:
+    """Sum over samples of T_b^2 (real tokens): a packed row (``segment_ids``, 0 =
+    padding) holds several samples, each attending only to itself, so its attention work
+    is the sum of its segments' squares, not the square of the row."""
+    real_bt = batch["attention_mask"] != 0
+    if "segment_ids" not in batch:
+        return float((real_bt.sum(dim=1).double() ** 2).sum())
+    segment_bt = batch["segment_ids"].long()
+    rows, _ = segment_bt.shape
+    slots = int(segment_bt.max()) + 1
+    flat_bt = torch.arange(rows)[:, None] * slots + segment_bt  # (row, segment) -> one index
+    lengths = torch.bincount(flat_bt[real_bt & (segment_bt > 0)], minlength=rows * slots).double()
+    return float((lengths**2).sum())
 
 
 def _matmul_params(module: nn.Module) -> int:
