@@ -226,7 +226,7 @@ class Check:
         }
         say(
             f"{self.cfg.experiment_name}: {self.header['device']}, {self.header['dtype']}, "
-            f"ZeRO-{self.header['zero_stage']}, {t.total_params / 1e9:.2f} B parameters in the LLM + heads "
+            f"ZeRO-{self.header['zero_stage']}, {t.total_params / 1e6:,.1f} M parameters in the LLM + heads "
             f"({t.trainable_params / 1e6:.1f} M trainable), tokenizer {self.header['tokenizer']}; "
             f"peak {peak}; set-up {self.header['setup_s']:.1f} s"
         )
@@ -243,7 +243,12 @@ class Check:
     def build_cache(self) -> None:
         start = time.perf_counter()
         counts = build_feature_cache(
-            self.cfg.data, self.trainer.video_tokenizer, self.info, self.workdir / "cache", splits=("train",)
+            self.cfg.data,
+            self.trainer.video_tokenizer,
+            self.info,
+            self.workdir / "cache",
+            splits=("train",),
+            workers=self.args.workers,
         )
         self.header["cache_s"] = time.perf_counter() - start
         say(f"feature cache: {counts['written']} samples encoded in {self.header['cache_s']:.1f} s")
@@ -414,7 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=420.0, help="skip the cases that would end past this"
     )
     parser.add_argument("--tokenizer", default=None, help="folder with the Mistral tokenizer.model")
-    parser.add_argument("--workers", type=int, default=None, help="loader processes (8; tiny: 0)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="decoding processes (0: here; a case reads a few dozen short videos)",
+    )
     parser.add_argument(
         "--cases", nargs="+", default=[c.name for c in FULL_CASES], choices=[c.name for c in FULL_CASES]
     )
@@ -427,8 +437,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.steps = args.steps or (1 if args.tiny else 3)
     args.batches = args.batches or (1 if args.tiny else 2)
-    if args.workers is None:
-        args.workers = 0 if args.tiny else min(8, os.cpu_count() or 1)
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
