@@ -36,7 +36,7 @@ def _load_script():
 def test_tiny_mode_prints_every_case_with_numbers(ds_process_group, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OUT", str(tmp_path))
     script = _load_script()
-    assert script.main(["--tiny", "--warmup", "0", "--workdir", str(tmp_path / "work")]) == 0
+    assert script.main(["--tiny", "--workdir", str(tmp_path / "work")]) == 0
     out = capsys.readouterr().out
     cases = {(m[1], m[2]): m[3] for m in CASE_LINE.finditer(out)}
     expected = {(c.name, f) for c in script.TINY_CASES for f in ("frames", "cache")}

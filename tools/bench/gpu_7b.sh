@@ -9,7 +9,8 @@
 # along with the working tree. Here they are installed with pip from that folder alone,
 # and the run gets the launch scripts' GPU environment (launch/common.sh: allocator and
 # NCCL settings, each only where not already set). Env: PYTHON (default python3),
-# WHEELS (default wheels). With $OUT set, gpu_7b.py writes its JSON summary there.
+# WHEELS (default wheels). With $OUT set, the JSON summary (gpu_7b.json) and the whole
+# log (gpu_7b.log) are written there as the run goes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source launch/common.sh
@@ -29,4 +30,10 @@ args=()
 if [[ -f "$WHEELS/mistral_tokenizer/tokenizer.model" ]]; then
   args+=(--tokenizer "$WHEELS/mistral_tokenizer")
 fi
-PYTHONUNBUFFERED=1 exec "$PYTHON" tools/bench/gpu_7b.py "${args[@]}" "$@"
+export PYTHONUNBUFFERED=1
+if [[ -n "${OUT:-}" ]]; then  # the whole log beside the JSON summary, also if the run is cut off
+  set -o pipefail
+  "$PYTHON" tools/bench/gpu_7b.py "${args[@]}" "$@" 2>&1 | tee "$OUT/gpu_7b.log"
+else
+  exec "$PYTHON" tools/bench/gpu_7b.py "${args[@]}" "$@"
+fi
