@@ -288,9 +288,14 @@ class Check:
         for cached in (False, True):
             if cached and self.cases:
                 if self.over_budget(last):
-                    self.skip_all(cached, "budget")
+                    self.skip_all(cached, "skipped: budget")
                     continue
-                self.build_cache()
+                try:
+                    self.build_cache()
+                except Exception as exc:  # the frames cases' results stand
+                    traceback.print_exc(file=sys.stderr)
+                    self.skip_all(cached, f"failed: the feature cache: {type(exc).__name__}: {exc}"[:300])
+                    continue
             for case in self.cases:
                 features = "cache" if cached else "frames"
                 if self.over_budget(last):
@@ -305,11 +310,9 @@ class Check:
     def over_budget(self, estimate_s: float) -> bool:
         return time.perf_counter() - self.started + estimate_s > self.args.budget_s
 
-    def skip_all(self, cached: bool, why: str) -> None:
+    def skip_all(self, cached: bool, status: str) -> None:
         for case in self.cases:
-            self.record(
-                Result(case.name, case.source, "cache" if cached else "frames", status=f"skipped: {why}")
-            )
+            self.record(Result(case.name, case.source, "cache" if cached else "frames", status=status))
 
     def run_case(self, case: Case, cached: bool) -> Result:
         start = time.perf_counter()
