@@ -20,7 +20,7 @@ NUMBER = r"[\d.,]+"
 CASE_LINE = re.compile(
     rf"^case (\w+)/(frames|cache): {NUMBER} x {NUMBER} tokens, {NUMBER} clips/sample \| step {NUMBER} ms \| "
     rf"tokens/s {NUMBER} \| MFU {NUMBER}% HFU {NUMBER}% \| padding {NUMBER}% \| peak RSS {NUMBER} GiB "
-    rf"vs plan {NUMBER} GiB \| attention (\w+) \| {NUMBER} s$",
+    rf"vs plan {NUMBER} GiB \| attention ([\w+]+) \| {NUMBER} s$",
     flags=re.M,
 )
 
@@ -41,7 +41,11 @@ def test_tiny_mode_prints_every_case_with_numbers(ds_process_group, tmp_path, mo
     cases = {(m[1], m[2]): m[3] for m in CASE_LINE.finditer(out)}
     expected = {(c.name, f) for c in script.TINY_CASES for f in ("frames", "cache")}
     assert set(cases) == expected, out
-    assert set(cases.values()) == {"sdpa"}  # the tiny config's attention (or the kernel the model reports)
+    # the kernel the model reports: generation query blocks need the dense mask, the rest is causal
+    assert {f: k for (case, f), k in cases.items() if case == "gen"} == dict.fromkeys(
+        ("frames", "cache"), "sdpa+dense_mask"
+    )
+    assert {k for (case, _), k in cases.items() if case != "gen"} == {"sdpa_causal"}
     assert re.search(r"^feature cache: [1-9]\d* samples encoded", out, flags=re.M), out
     assert re.search(
         rf"^pretrain mix from frames \(webvid 1.3 : gen 1; no image sources\): MFU {NUMBER}%", out, flags=re.M

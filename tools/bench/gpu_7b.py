@@ -63,7 +63,7 @@ from divot_llm.data.synthetic import encode_synthetic_video, sample_video_spec
 from divot_llm.train import distributed
 from divot_llm.train.fixed_batches import FixedBatches
 from divot_llm.train.metrics import peak_memory_gib
-from divot_llm.train.plan import GiB, MemoryPlan, make_plan
+from divot_llm.train.plan import GiB, MemoryPlan, make_plan, recompute_name
 from divot_llm.train.trainer import LogAccumulator, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benches, when imported
@@ -222,7 +222,7 @@ class Check:
             "trainable_m": t.trainable_params / 1e6,
             "total_m": t.total_params / 1e6,
             "tokenizer": self.cfg.video_tokenizer.name,
-            "recompute": str(self.cfg.model.llm.gradient_checkpointing),
+            "recompute": recompute_name(self.cfg.model.llm.checkpoint_every),
             "packing": str(self.cfg.data.packing),
             "peak": peak,
             "setup_s": time.perf_counter() - start,
