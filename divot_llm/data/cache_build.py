@@ -151,7 +151,8 @@ def _flush(pending: list[tuple[str, str, torch.Tensor]], tokenizer, out: Path) -
     frames_bfchw = torch.cat([clips for *_, clips in pending]).to(
         tokenizer.device
     )  # (sum C, F, 3, S, S) uint8
-    feats_bnd = tokenizer.encode(uint8_to_model_pixels(frames_bfchw).to(tokenizer.dtype)).float().cpu()
+    # kept in the encode dtype (CacheInfo.encode_dtype): bf16 features as bf16, not fp32
+    feats_bnd = tokenizer.encode(uint8_to_model_pixels(frames_bfchw).to(tokenizer.dtype)).cpu()
     start = 0
     for group, key, clips in pending:
         write_sample(out, group, key, feats_bnd[start : start + clips.shape[0]])
