@@ -84,6 +84,23 @@ def test_parallel_readers_write_the_same_cache_and_counts(setup, tmp_path):
         torch.testing.assert_close(load_file(cache_dir / name), load_file(tmp_path / "serial" / name))
 
 
+def test_shards_fill_one_cache_with_every_sample_once(setup, tmp_path):
+    """``--shard I/N``: N builds (one per GPU) into one folder hold the one-process build's files."""
+    from safetensors.torch import load_file
+
+    cfg, video_tokenizer, info, cache_dir, _, _ = setup
+    out = tmp_path / "sharded"
+    counts = [
+        build_feature_cache(cfg.data, video_tokenizer, info, out, splits=("val",), shard=(i, 2)) for i in range(2)
+    ]
+    assert all(c["written"] > 0 for c in counts)
+    files = sorted(f.relative_to(out) for f in out.rglob("*.safetensors"))
+    assert len(files) == sum(c["written"] for c in counts)
+    assert files == sorted(f.relative_to(cache_dir) for f in cache_dir.glob("val*/*.safetensors"))
+    for name in files:
+        torch.testing.assert_close(load_file(out / name), load_file(cache_dir / name), rtol=1e-5, atol=1e-6)
+
+
 def test_cached_batches_equal_frame_batches_encoded(setup):
     cfg, video_tokenizer, info, cache_dir, _, text = setup
     # one epoch: the cache holds epoch-0 clips (later epochs reuse them by design)
