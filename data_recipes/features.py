@@ -3,8 +3,10 @@
     divot-data features --out data/cache/demo -- experiment=demo data.root=data/synthetic
 
 Runs the frozen video tokenizer once over every train and validation sample (the clips
-the loader samples in epoch 0) and writes one safetensors file per sample. Train with
-``data.feature_cache=<out>`` to skip decoding and the tokenizer. Re-running resumes.
+the loader samples in epoch 0) and writes one safetensors file per sample, in the encode
+dtype (bf16 on a GPU). Train with ``data.feature_cache=<out>`` to skip decoding and the
+tokenizer (the run then builds no ViT). Re-running resumes. On N GPUs, run N commands
+with ``--shard I/N --device cuda:I`` into the same ``--out``.
 """
 
 from __future__ import annotations
@@ -35,12 +37,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="I/N",
+        help="build only the I-th of N shares of every source (0-based): run N at once, one per GPU "
+        "(--device cuda:I), into the same --out (default 0/1: everything)",
+    )
+    parser.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "fp32", "bf16"],
         help="auto: bf16 on GPU, fp32 on CPU (as training)",
     )
     parser.add_argument("overrides", nargs="*", help="config overrides, after --, e.g. experiment=demo")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, e.g. 3/8; got {text!r}")
+    return int(index), int(count)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             batch_clips=args.batch_clips,
             progress=bar.update,
             workers=args.workers,
+            shard=args.shard,
         )
     print(f"feature cache {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print(f"train with: data.feature_cache={args.out}")

@@ -3,7 +3,8 @@ them with the frozen video tokenizer in batches, write one file per sample.
 
 Decoding is the slow part, so ``workers`` dataloader processes can read in parallel:
 worker i reads the i-th share of every source (the loader's own split, so each sample is
-read exactly once) while this process encodes. A sample's clips depend only on its key
+read exactly once) while this process encodes; ``shard`` splits the same way across
+processes (one per GPU). A sample's clips depend only on its key
 and the seed, so the cache holds the same clips whatever the number of workers.
 
 Re-running continues an interrupted build: samples already written are skipped. A bad
@@ -50,15 +51,18 @@ def build_feature_cache(
     batch_clips: int = 32,
     progress: Callable[[int], None] | None = None,
     workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Counter:
     """Cache the features of every sample of ``cfg.data``'s sources; returns counts
     (``written``, ``already_cached`` and skip reasons). ``workers``: decoding processes
-    (0 decodes here)."""
+    (0 decodes here). ``shard=(i, n)``: only the i-th of n shares of every source (split
+    as the loader splits ranks), so n processes -- one per GPU -- fill one cache; a
+    source with no usable sample is then only reported by a build over all of it."""
     out = Path(out_dir)
     write_info(out, info)
     specs = _split_specs(data_cfg, info, tokenizer.frames_per_clip, splits)
     reads = torch.utils.data.DataLoader(
-        _Readers(specs, out),
+        _Readers(specs, out, shard),
         batch_size=None,
         num_workers=workers,
         prefetch_factor=4 if workers else None,
@@ -79,7 +83,8 @@ def build_feature_cache(
         if sum(c.shape[0] for *_, c in pending) >= batch_clips:
             counts["written"] += _flush(pending, tokenizer, out)
     counts["written"] += _flush(pending, tokenizer, out)
-    _check_every_source_usable(specs, usable, counts)
+    if shard[1] == 1:  # a shard may hold none of a small source's samples
+        _check_every_source_usable(specs, usable, counts)
     return counts
 
 
@@ -120,9 +125,9 @@ class _Readers(torch.utils.data.IterableDataset):
     """Reads and samples every not-yet-cached sample; in a dataloader worker, only that
     worker's share of each source."""
 
-    def __init__(self, specs: list[tuple[str, LoaderSpec]], out: Path):
+    def __init__(self, specs: list[tuple[str, LoaderSpec]], out: Path, shard: tuple[int, int]):
         super().__init__()
-        self.specs, self.out = specs, out
+        self.specs, self.out, self.shard = specs, out, shard
 
     def __iter__(self) -> Iterator[Read]:
         with picklable_errors():
@@ -130,7 +135,8 @@ class _Readers(torch.utils.data.IterableDataset):
 
     def _reads(self) -> Iterator[Read]:
         worker = torch.utils.data.get_worker_info()
-        consumer = Consumer(worker.id, worker.num_workers) if worker is not None else Consumer()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        consumer = Consumer.of(*self.shard, worker_id, num_workers)
         for split, spec in self.specs:
             for name, src in spec.sources.items():
                 group = cache_group(split, name)
@@ -151,7 +157,8 @@ def _flush(pending: list[tuple[str, str, torch.Tensor]], tokenizer, out: Path) -
     frames_bfchw = torch.cat([clips for *_, clips in pending]).to(
         tokenizer.device
     )  # (sum C, F, 3, S, S) uint8
-    feats_bnd = tokenizer.encode(uint8_to_model_pixels(frames_bfchw).to(tokenizer.dtype)).float().cpu()
+    # kept in the encode dtype (CacheInfo.encode_dtype): bf16 features as bf16, not fp32
+    feats_bnd = tokenizer.encode(uint8_to_model_pixels(frames_bfchw).to(tokenizer.dtype)).cpu()
     start = 0
     for group, key, clips in pending:
         write_sample(out, group, key, feats_bnd[start : start + clips.shape[0]])

@@ -4,7 +4,8 @@ then train from the features instead of decoding and encoding frames every step.
 Layout (one safetensors file per sample, keyed like the source sample):
 
     <cache>/cache.json                           what produced it (see ``CacheInfo``)
-    <cache>/<source>/<sanitised key>.safetensors   "feats": (C, N, D) of the sample's clips
+    <cache>/<source>/<sanitised key>.safetensors   "feats": (C, N, D) of the sample's clips,
+                                                 in the encode dtype (bf16 on a GPU)
 
 The clips cached are the ones the loader samples in epoch 0 (per-sample randomness is
 seeded by data seed, key and epoch), so training from the cache sees exactly the
@@ -12,7 +13,10 @@ features training from frames would see in its first epoch -- and the same clips
 in later epochs (the price of caching: no new temporal crops).
 
 A cache only fits the tokenizer and sampling settings that made it; ``check`` compares
-them and names every mismatch.
+them and names every mismatch. A run from a cache builds its tokenizer without the ViT
+(``VideoTokenizer.for_cached_features``), so the tokenizer is fingerprinted in two parts:
+config plus the weights after the ViT, which every run checks, and the ViT's weights,
+checked by runs that hold it.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 @dataclass(frozen=True)
 class CacheInfo:
     tokenizer_name: str
-    tokenizer_fingerprint: str  # config (paths excluded) + a signature of the weights
+    tokenizer_fingerprint: str  # config (paths excluded) + a signature of the weights after the ViT
     data_seed: int
     frames_per_window: int
     fps: float
@@ -44,23 +48,44 @@ class CacheInfo:
     image_size: int
     tokens_per_clip: int
     feature_dim: int
-    encode_dtype: str  # features differ between fp32 and bf16 encoding
+    encode_dtype: str  # features differ between fp32 and bf16 encoding; stored in it (older caches: fp32)
+    # the ViT's weights; None where the run does not build it (from a cache: not compared)
+    frame_encoder_fingerprint: str | None = None
 
 
 def tokenizer_fingerprint(tokenizer: torch.nn.Module, config: dict) -> str:
-    """Identifies a tokenizer by what determines its features: its config (without file
-    paths, which differ between machines) and its weights (sum and norm per tensor, cheap
-    even for a ViT-H on the GPU)."""
+    """Identifies a tokenizer by what determines its features, apart from its frame
+    encoder (``frame_encoder_fingerprint``): its config (without file paths, which differ
+    between machines) and its other weights."""
     digest = hashlib.sha256()
     digest.update(
         json.dumps({k: v for k, v in config.items() if not k.endswith("_path")}, sort_keys=True).encode()
     )
-    for name, tensor in sorted(tokenizer.state_dict().items()):
+    frame_encoder = tokenizer.frame_encoder
+    prefix = next((f"{name}." for name, m in tokenizer.named_modules() if m is frame_encoder), None)
+    _update_with_weights(
+        digest,
+        {k: v for k, v in tokenizer.state_dict().items() if prefix is None or not k.startswith(prefix)},
+    )
+    return digest.hexdigest()[:20]
+
+
+def frame_encoder_fingerprint(tokenizer: torch.nn.Module) -> str | None:
+    """A signature of the frame encoder's weights (Divot's ViT); None when it has none built."""
+    if tokenizer.frame_encoder is None:
+        return None
+    digest = hashlib.sha256()
+    _update_with_weights(digest, tokenizer.frame_encoder.state_dict())
+    return digest.hexdigest()[:20]
+
+
+def _update_with_weights(digest, state_dict: dict[str, torch.Tensor]) -> None:
+    """Sum and norm per tensor: cheap even for a ViT-H on the GPU."""
+    for name, tensor in sorted(state_dict.items()):
         values = tensor.detach().double()
         digest.update(
             f"{name}:{tuple(tensor.shape)}:{values.sum().item():.10e}:{values.norm().item():.10e}".encode()
         )
-    return digest.hexdigest()[:20]
 
 
 def sample_file(cache_dir: Path, source: str, key: str) -> Path:
@@ -79,23 +104,36 @@ class FeatureCache:
             raise FileNotFoundError(
                 f"{info_path} not found: not a feature cache (build one with `divot-data features`)"
             )
-        self.info = CacheInfo(**json.loads(info_path.read_text()))
+        fields = json.loads(info_path.read_text())
+        # caches written before the ViT was fingerprinted apart have a whole-tokenizer fingerprint
+        self._whole_fingerprint = "frame_encoder_fingerprint" not in fields
+        self.info = CacheInfo(**fields)
 
     def check(self, expected: CacheInfo) -> None:
-        """Raise ValueError naming every field where the cache differs from this run."""
+        """Raise ValueError naming every field where the cache differs from this run
+        (fields the run does not know, None, are not compared)."""
         got, want = asdict(self.info), asdict(expected)
-        diffs = [f"{k}: cache {got[k]!r} != run {want[k]!r}" for k in want if got[k] != want[k]]
+        diffs = [
+            f"{k}: cache {got[k]!r} != run {want[k]!r}"
+            for k in want
+            if want[k] is not None and got[k] != want[k]
+        ]
+        if self._whole_fingerprint and any(d.startswith("tokenizer_fingerprint") for d in diffs):
+            diffs.append(
+                "(this cache's fingerprint covers the ViT, as caches written before it was split: rebuild it)"
+            )
         if diffs:
             raise ValueError(f"feature cache {self.dir} was made for a different setup: " + "; ".join(diffs))
 
     def load(self, source: str, key: str) -> torch.Tensor:
-        """(C, N, D) float32 features of a sample; FileNotFoundError if not cached,
-        MediaError ``corrupt_cache_file`` if its file cannot be read."""
+        """(C, N, D) features of a sample, in the dtype stored (the encode dtype; the model
+        casts); FileNotFoundError if not cached, MediaError ``corrupt_cache_file`` if its
+        file cannot be read."""
         path = sample_file(self.dir, source, key)
         if not path.is_file():
             raise FileNotFoundError(f"no cached features for {source} {key} ({path})")
         try:
-            return load_file(path)["feats"].float()
+            return load_file(path)["feats"]
         except Exception as exc:  # safetensors raises its own error types on a damaged file
             raise MediaError("corrupt_cache_file", f"{path}: {type(exc).__name__}: {exc}") from exc
 
@@ -109,14 +147,16 @@ def write_sample(cache_dir: Path, source: str, key: str, feats_cnd: torch.Tensor
     path = sample_file(cache_dir, source, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({"feats": feats_cnd.detach().to("cpu", torch.float32).contiguous()}, str(tmp))
+    # in the dtype encoded: bf16 from a GPU build, half the bytes of fp32
+    save_file({"feats": feats_cnd.detach().to("cpu").contiguous()}, str(tmp))
     tmp.replace(path)  # never leave a half-written file under the final name
     return path
 
 
-def expected_info(tokenizer, tokenizer_config: dict, data_cfg: DataConfig) -> CacheInfo:
+def expected_info(tokenizer: torch.nn.Module, tokenizer_config: dict, data_cfg: DataConfig) -> CacheInfo:
     """What a cache must have been made with to serve this run (the tokenizer in the
-    dtype and with the weights the run encodes with)."""
+    dtype and with the weights the run encodes with; built ``for_cached_features``, its
+    ViT is not compared)."""
     return CacheInfo(
         tokenizer_name=str(tokenizer_config.get("name", type(tokenizer).__name__)),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer, tokenizer_config),
@@ -128,4 +168,5 @@ def expected_info(tokenizer, tokenizer_config: dict, data_cfg: DataConfig) -> Ca
         tokens_per_clip=int(tokenizer.num_tokens),
         feature_dim=int(tokenizer.feature_dim),
         encode_dtype=str(tokenizer.dtype).removeprefix("torch."),
+        frame_encoder_fingerprint=frame_encoder_fingerprint(tokenizer),
     )

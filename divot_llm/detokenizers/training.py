@@ -21,7 +21,6 @@ module, and owns optimiser, precision, checkpointing and logging.
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from divot_llm.detokenizers.base import VideoDetokenizer
@@ -105,11 +104,9 @@ class TokenizerDiffusionObjective(nn.Module):
 
     def encode(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
         """Tokenizer features with gradients through everything after the ViT."""
-        batch = frames_bfchw.shape[0]
-        frames_nchw = rearrange(frames_bfchw, "b f c h w -> (b f) c h w").to(self.tokenizer.dtype)
         with torch.no_grad():  # frozen ViT: no activations kept for backward
-            patches_npc = self.tokenizer.vit(frames_nchw)
-        return self.tokenizer.encoder(rearrange(patches_npc, "(b f) p c -> b f p c", b=batch))
+            patches_bfpc = self.tokenizer.frame_patches(frames_bfchw.to(self.tokenizer.dtype))
+        return self.tokenizer.encoder(patches_bfpc)
 
     def forward(self, video_bfchw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Diffusion loss of clips ``(B, F, 3, H, W)`` in [-1, 1], conditioned on the

@@ -156,12 +156,16 @@ def build_stage_model(
     )
 
 
-def build_models(cfg: DivotConfig, dtype: torch.dtype) -> tuple[DivotTextTokenizer, VideoTokenizer, DivotLLM]:
+def build_models(
+    cfg: DivotConfig, dtype: torch.dtype, cached_features: bool = False
+) -> tuple[DivotTextTokenizer, VideoTokenizer, DivotLLM]:
     """(text tokenizer, video tokenizer, model) of an LLM stage, built on the CPU from
-    ``train.seed`` (see the module docstring); the model starts from ``stage.init_from``."""
+    ``train.seed`` (see the module docstring); the model starts from ``stage.init_from``.
+    ``cached_features``: the run reads a feature cache, so the tokenizer is built without
+    its ViT (``VideoTokenizer.for_cached_features``; the same random values otherwise)."""
     seed_everything(cfg.train.seed)
     text_tokenizer = load_text_tokenizer(cfg.model.tokenizer_path)
-    video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
+    video_tokenizer = build_video_tokenizer(cfg.video_tokenizer, cached_features=cached_features)
     model = build_stage_model(cfg, video_tokenizer, init_from=cfg.stage.init_from, dtype=dtype)
     return text_tokenizer, video_tokenizer, model
 

@@ -347,17 +347,18 @@ def _check_counts(what: str, ids_mask: torch.Tensor | None, clip_mask_bc: torch.
 
 
 def _idle_head_term(head: ProjectionLayer, like: torch.Tensor) -> torch.Tensor | None:
-    """``0 x head(zeros).sum()`` when the head is trainable and autograd is on, else None.
+    """``0 x head(zeros).sum()`` when the head is trainable, else None.
 
-    A trainable head that a batch does not use must still be in the graph: DeepSpeed
-    (and DDP) gather and reduce every trainable parameter on every rank, so a rank that
-    skipped the head would leave the others waiting. The term is added where the real
-    call would be (input head: in ``embed``; output head: after the LM loss) and touches
-    the head only through its forward, so every rank issues the same ZeRO-3 gathers in
-    the same order (reading ``head.weight`` outside a forward triggers an extra gather).
-    Zeros (not the reference's randn) keep the RNG stream untouched.
+    A trainable head that a batch does not use must still be called: DeepSpeed (and DDP)
+    gather and reduce every trainable parameter on every rank, so a rank that skipped the
+    head would leave the others waiting. The term is added where the real call would be
+    (input head: in ``embed``; output head: after the LM loss) and touches the head only
+    through its forward, so every rank issues the same ZeRO-3 gathers in the same order
+    (reading ``head.weight`` outside a forward triggers an extra gather). Also under
+    ``no_grad`` (validation): ZeRO-3 gathers on every forward, graph or not; there the
+    term is a plain 0. Zeros (not the reference's randn) keep the RNG stream untouched.
     """
-    if not torch.is_grad_enabled() or not any(p.requires_grad for p in head.parameters()):
+    if not any(p.requires_grad for p in head.parameters()):
         return None
     dummy = torch.zeros(1, head.input_dim, dtype=like.dtype, device=like.device)
     return 0.0 * head(dummy).float().sum()

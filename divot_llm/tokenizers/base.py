@@ -96,6 +96,22 @@ class VideoTokenizer(PretrainedComponent):
     def from_config(cls: type[T], config: Any) -> T:
         """Build the tokenizer and load the weights the config points to."""
 
+    @classmethod
+    def for_cached_features(cls: type[T], config: Any) -> T:
+        """The tokenizer as a run from a feature cache needs it: the shape members and
+        the weights ``feature_cache.expected_info`` identifies it by; it need not encode.
+        A tokenizer with a separate frozen per-frame encoder (Divot's ViT, by far its
+        largest part) leaves that out -- neither read nor allocated; by default this is
+        the whole tokenizer."""
+        return cls.from_config(config)
+
+    @property
+    def frame_encoder(self) -> nn.Module | None:
+        """The separate per-frame image encoder (Divot's ViT) when built, else None. A
+        feature cache identifies it apart from the rest, which a run from the cache holds
+        (``feature_cache.tokenizer_fingerprint``)."""
+        return None
+
     # ---------------------------------------------------------------------- shapes
 
     @property
@@ -179,3 +195,16 @@ class VideoTokenizer(PretrainedComponent):
             raise ValueError(
                 f"expected {expected}, got dtype {frames.dtype} (uint8 frames need x / 127.5 - 1)"
             )
+
+
+def still_clips(frames_bf: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: which clips of ``frames (B, F, ...)`` (any dtype and device) have F
+    identical frames -- a still image sampled as a clip (``clip_sampling.image_clip``), or
+    a video shorter than one frame per slot -- so a per-frame encoder needs only one.
+
+    Compared one frame at a time against the first: the temporary is a frame's size."""
+    first = frames_bf[:, 0]
+    still_b = torch.ones(frames_bf.shape[0], dtype=torch.bool, device=frames_bf.device)
+    for index in range(1, frames_bf.shape[1]):
+        still_b &= (frames_bf[:, index] == first).flatten(1).all(dim=1)
+    return still_b

@@ -3,7 +3,8 @@
 Pipeline for B clips of F frames (real shapes in brackets):
 
 1. CLIP ViT (frozen, in-module preprocessing): patch tokens of the last block, CLS
-   dropped -> (B*F, P [256 = 16x16], C [1280]).
+   dropped -> (B*F, P [256 = 16x16], C [1280]); a still clip (F identical frames: an
+   image) runs the ViT on one frame, reused for all F (``frame_patches``).
 2. Temporal encoder across the F frames of each spatial position -> (B*P, F, hidden [1024]).
 3. Per-frame adaptive average pool of the patch grid to pool x pool [5x5], frame-major
    flatten, LayerNorm -> (B, F*pool^2 [125], hidden).
@@ -27,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from divot_llm.tokenizers.base import VideoTokenizer, config_value
+from divot_llm.tokenizers.base import VideoTokenizer, config_value, still_clips
 from divot_llm.tokenizers.clip_vision import (
     ClipVisionTower,
     clip_vision_config,
@@ -143,6 +144,7 @@ class DivotTokenizer(VideoTokenizer):
     Args:
         config: architecture (and, for ``from_config``, weight paths).
         vision_model: the CLIP vision tower; a randomly initialised one when None.
+        frame_encoder: False builds no ViT (``vit`` is None): for runs from a feature cache.
 
     Example:
         >>> tokenizer = build_video_tokenizer(cfg.video_tokenizer).to("cuda", torch.bfloat16)
@@ -151,27 +153,40 @@ class DivotTokenizer(VideoTokenizer):
 
     config_class = DivotTokenizerConfig
 
-    def __init__(self, config: DivotTokenizerConfig, vision_model: CLIPVisionModel | None = None) -> None:
+    def __init__(
+        self,
+        config: DivotTokenizerConfig,
+        vision_model: CLIPVisionModel | None = None,
+        *,
+        frame_encoder: bool = True,
+    ) -> None:
         super().__init__()
         check_config(config)
         self.config = config
-        if vision_model is None:
-            vision_model = load_clip_vision(None, vit_config(config))
-        self.vit = ClipVisionTower(vision_model)
+        if frame_encoder and vision_model is None:
+            vision_model = build_vit(None, config)
+        self.vit = ClipVisionTower(vision_model) if frame_encoder else None
         self.encoder = DivotVideoEncoder(config)
         self.freeze()
 
     @classmethod
-    def from_config(cls, config: DivotTokenizerConfig) -> DivotTokenizer:
+    def from_config(cls, config: DivotTokenizerConfig, frame_encoder: bool = True) -> DivotTokenizer:
         """Build from a config; ``vit_path`` and ``pretrained_path`` are loaded when set,
-        and random weights are used for whatever is null (tiny test/demo tokenizers)."""
-        tokenizer = cls(config, load_clip_vision(config.vit_path, vit_config(config)))
+        and random weights are used for whatever is null (tiny test/demo tokenizers).
+        ``frame_encoder=False``: no ViT (``vit_path`` is not read; ``for_cached_features``)."""
+        vision_model = build_vit(config.vit_path, config) if frame_encoder else None
+        tokenizer = cls(config, vision_model, frame_encoder=frame_encoder)
         if config.pretrained_path is not None:
             try:
                 tokenizer.encoder.load_release_state_dict(load_weights_file(config.pretrained_path))
             except RuntimeError as err:
                 raise ValueError(f"{config.pretrained_path} does not fit the tokenizer config: {err}") from err
         return tokenizer
+
+    @classmethod
+    def for_cached_features(cls, config: DivotTokenizerConfig) -> DivotTokenizer:
+        """Without the ViT: the encoder after it, loaded (or random-init) as ``from_config``."""
+        return cls.from_config(config, frame_encoder=False)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> DivotTokenizer:
@@ -184,16 +199,52 @@ class DivotTokenizer(VideoTokenizer):
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``tokenizer_config.json``, the encoder weights (release key names,
         safetensors) and the ViT as an HF folder under ``vit/``."""
+        vit = self._built_vit()
         path = self._save_config(path, pretrained_path=None, vit_path=None)
         save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items()}, path / ENCODER_WEIGHTS)
-        self.vit.model.save_pretrained(path / VIT_DIR)
+        vit.model.save_pretrained(path / VIT_DIR)
 
     frames_per_clip = config_value("frames_per_clip")
     num_tokens = config_value("num_tokens")
     feature_dim = config_value("feature_dim")
     input_size = config_value("input_size")
 
+    @property
+    def frame_encoder(self) -> ClipVisionTower | None:
+        return self.vit
+
+    def _built_vit(self) -> ClipVisionTower:
+        if self.vit is None:
+            raise RuntimeError(
+                "this Divot tokenizer was built without its ViT (for_cached_features: a run from a "
+                "feature cache): it cannot encode frames or be saved"
+            )
+        return self.vit
+
     def _encode(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
-        batch = frames_bfchw.shape[0]
-        patches_mpc = self.vit(rearrange(frames_bfchw, "b f c h w -> (b f) c h w"))
-        return self.encoder(rearrange(patches_mpc, "(b f) p c -> b f p c", b=batch))
+        return self.encoder(self.frame_patches(frames_bfchw))
+
+    def frame_patches(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
+        """ViT patch tokens of every frame: ``(B, F, 3, H, W)`` -> ``(B, F, P, C)``.
+
+        The ViT sees each frame on its own (frames meet only in the temporal encoder
+        after it), so a still clip -- F identical frames, as images are sampled -- runs it
+        on one frame whose tokens stand for all F: the same features for 1/F of the ViT.
+        """
+        vit = self._built_vit()
+        batch, frames = frames_bfchw.shape[:2]
+        encode_bf = torch.ones(batch, frames, dtype=torch.bool, device=frames_bfchw.device)
+        encode_bf[:, 1:] = ~still_clips(frames_bfchw)[:, None]  # a still: its first frame only
+        patches_mpc = vit(frames_bfchw[encode_bf])  # (M, P, C), M = video frames + one per still
+        row_bf = encode_bf.flatten().cumsum(0).view(batch, frames) - 1  # row of M of each encoded frame
+        row_bf = torch.where(encode_bf, row_bf, row_bf[:, :1])  # a still's frames: its first frame's row
+        return patches_mpc[row_bf]
+
+
+def build_vit(path: str | None, config: DivotTokenizerConfig) -> CLIPVisionModel:
+    """The CLIP ViT of ``config`` (``load_clip_vision``), initialised from a forked RNG:
+    the encoder built after it, and an LLM after the tokenizer, draw the same random
+    values whether or not the ViT is built (a run from a feature cache leaves it out, the
+    export rebuilds it: both must agree on every random-init frozen weight)."""
+    with torch.random.fork_rng(devices=[]):
+        return load_clip_vision(path, vit_config(config))

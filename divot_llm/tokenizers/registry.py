@@ -18,12 +18,14 @@ register_video_tokenizer_config = VIDEO_TOKENIZERS.register_config
 video_tokenizer_class = VIDEO_TOKENIZERS.get
 
 
-def build_video_tokenizer(config: Any) -> VideoTokenizer:
+def build_video_tokenizer(config: Any, cached_features: bool = False) -> VideoTokenizer:
     """Build the frozen tokenizer a ``video_tokenizer`` config describes, weights loaded.
 
     Args:
         config: ``cfg.video_tokenizer`` (an instance of the tokenizer's config dataclass)
             or a plain mapping of its fields. Its ``arch`` picks the implementation.
+        cached_features: build only what a run from a feature cache needs
+            (``VideoTokenizer.for_cached_features``: Divot without its ViT).
 
     Returns:
         The tokenizer, frozen, in fp32 on the CPU; move it with ``.to(device, dtype)``.
@@ -33,7 +35,7 @@ def build_video_tokenizer(config: Any) -> VideoTokenizer:
         ValueError: unknown ``arch``.
     """
     cls, resolved = VIDEO_TOKENIZERS.resolve(config)
-    return cls.from_config(resolved)
+    return cls.for_cached_features(resolved) if cached_features else cls.from_config(resolved)
 
 
 def load_video_tokenizer(path: str | os.PathLike) -> VideoTokenizer:

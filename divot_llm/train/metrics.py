@@ -7,7 +7,7 @@ of a row is its own ``b``: it attends only to itself):
     F_model = sum_b [ T_b * (4 * N_frozen + 6 * N_lora) + 12 * L * d * T_b^2 ]    LLM body
             + M * c_head * V * d                                               LM head
             + P_in * c_in * N_in + Q * c_out * N_out                           projections
-            + G * F_tok                                                        video tokenizer
+            + G_video * F_video + G_still * F_still                            video tokenizer
 
 * N_frozen / N_lora: matmul weights of the decoder layers that are frozen (forward 2N +
   input-gradient 2N) / trainable (+ weight-gradient 2N). Embedding lookups are not FLOPs.
@@ -18,9 +18,11 @@ of a row is its own ``b``: it attends only to itself):
 * Projections: P_in comprehension placeholders x the input projection (6N trained, 2N
   frozen: nothing upstream needs its gradient), Q query tokens x the output projection
   (6N trained, 4N frozen).
-* F_tok: forward FLOPs of the frozen video tokenizer for one clip (ViT included),
-  measured once with ``torch.utils.flop_counter`` -- so any tokenizer is counted right --
-  times the G real clips encoded (no backward: it is frozen, under no_grad).
+* F_video / F_still: forward FLOPs of the frozen video tokenizer for one clip (ViT
+  included) and for one still (F identical frames: the ViT runs on one), measured once
+  with ``torch.utils.flop_counter`` -- so any tokenizer is counted right -- times the real
+  clips the step encodes (no backward: it is frozen, under no_grad). A batch of cached
+  features encodes nothing and counts none.
 
 MFU = F_model / step time / (devices x peak). HFU adds what the hardware recomputes with
 activation checkpointing: one more forward of the recomputed fraction r of the decoder
@@ -40,6 +42,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from divot_llm.tokenizers import VideoTokenizer, still_clips
+
 # Dense (non-sparse) bf16 tensor-core peaks, FLOP/s, matched on the CUDA device name.
 GPU_BF16_PEAK = (
     ("H100 PCIe", 756e12),
@@ -52,6 +56,26 @@ GPU_BF16_PEAK = (
     ("A800", 312e12),
     ("L40S", 362e12),
 )
+
+
+@dataclass(frozen=True)
+class TokenizerFlops:
+    """Forward FLOPs of the frozen video tokenizer per clip of distinct frames and per
+    still clip (identical frames, which the tokenizer encodes once: ``DivotTokenizer.
+    frame_patches``); zero for a run from a feature cache, which encodes nothing."""
+
+    video: float = 0.0
+    still: float = 0.0
+
+    def batch_flops(self, batch: dict[str, torch.Tensor]) -> float:
+        """The tokenizer's FLOPs for a loader batch: its real clips when it brings
+        ``frames`` (G, F, 3, S, S) -- stills told apart as the tokenizer does -- and
+        none when it brings cached ``video_feats``."""
+        if "frames" not in batch:
+            return 0.0
+        frames_gf = batch["frames"]  # only the real clips (collate gathers them)
+        stills = float(still_clips(frames_gf).sum())
+        return (frames_gf.shape[0] - stills) * self.video + stills * self.still
 
 
 @dataclass(frozen=True)
@@ -69,11 +93,11 @@ class FlopModel:
     input_proj_trainable: bool
     output_proj: int
     output_proj_trainable: bool
-    tokenizer_flops_per_clip: float
+    tokenizer: TokenizerFlops
     recompute: float  # fraction of the decoder layers recomputed in backward (activation checkpointing)
 
     @classmethod
-    def from_model(cls, model, tokenizer_flops_per_clip: float, recompute: float) -> FlopModel:
+    def from_model(cls, model, tokenizer: TokenizerFlops, recompute: float) -> FlopModel:
         """Counts from a ``DivotLLM`` (real or on the meta device)."""
         config = model.causal_lm.config
         head = model.causal_lm.get_output_embeddings().weight
@@ -96,7 +120,7 @@ class FlopModel:
             input_proj_trainable=any(p.requires_grad for p in model.input_resampler.parameters()),
             output_proj=_matmul_params(model.output_resampler),
             output_proj_trainable=any(p.requires_grad for p in model.output_resampler.parameters()),
-            tokenizer_flops_per_clip=tokenizer_flops_per_clip,
+            tokenizer=tokenizer,
             recompute=recompute,
         )
 
@@ -112,8 +136,7 @@ class FlopModel:
         proj += (
             float(batch["ids_gen_mask"].sum()) * (6 if self.output_proj_trainable else 4) * self.output_proj
         )
-        clips = float((batch["embeds_cmp_mask"] | batch["embeds_gen_mask"]).sum())
-        model_flops = body + attention + head + proj + clips * self.tokenizer_flops_per_clip
+        model_flops = body + attention + head + proj + self.tokenizer.batch_flops(batch)
         hardware = model_flops
         if self.recompute:
             recomputed = float((tokens_b * 2 * (self.frozen_body + self.lora_body)).sum())
@@ -141,11 +164,17 @@ def _matmul_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.ndim == 2)
 
 
-def tokenizer_flops_per_clip(tokenizer, device: torch.device | str) -> float:
-    """Forward FLOPs of one clip through ``tokenizer``, counted by torch (matmuls,
-    convolutions, attention)."""
-    size = tokenizer.input_size
-    clip = torch.zeros(1, tokenizer.frames_per_clip, 3, size, size, device=device, dtype=tokenizer.dtype)
+def tokenizer_flops(tokenizer: VideoTokenizer, device: torch.device | str) -> TokenizerFlops:
+    """Forward FLOPs of one clip with distinct frames and of one still clip through
+    ``tokenizer``, counted by torch (matmuls, convolutions, attention)."""
+    frames, size = tokenizer.frames_per_clip, tokenizer.input_size
+    still = torch.zeros(1, frames, 3, size, size, device=device, dtype=tokenizer.dtype)
+    ramp = torch.linspace(-1, 1, frames, device=device, dtype=tokenizer.dtype)
+    video = still + ramp.view(1, frames, 1, 1, 1)  # every frame different
+    return TokenizerFlops(video=_forward_flops(tokenizer, video), still=_forward_flops(tokenizer, still))
+
+
+def _forward_flops(tokenizer: VideoTokenizer, clip: torch.Tensor) -> float:
     with FlopCounterMode(display=False) as counter:
         tokenizer.encode(clip)
     return float(counter.get_total_flops())

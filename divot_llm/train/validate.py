@@ -7,9 +7,11 @@ collective that all ranks must join in the same order:
 
 * every rank evaluates the same number of batches (the minimum over ranks:
   ``zero_safe_sums``, which also sums the results over ranks in one collective);
-* the LLM's forward runs with autograd *on* (the graph is dropped at once): ``DivotLLM`` then
-  adds its zero-weighted "idle head" terms, so a rank whose batch has no comprehension
-  (or no generation) clip still calls that projection, exactly like a training step;
+* the LLM's forward runs under ``no_grad`` (no autograd graph: in eval mode activation
+  checkpointing is off, and a graph would hold every layer's activations, ~90 GB at 7B),
+  and ``DivotLLM`` still calls a projection its batch does not use (its "idle head"
+  term), so a rank whose batch has no comprehension (or no generation) clip gathers
+  that projection's parameters exactly like the others;
 * the GMM parameters for the cosine are read off the output projection's forward with a
   hook instead of calling the head a second time.
 """
@@ -97,7 +99,7 @@ def validate(
 
     def batch_sums(_: int, inputs: dict) -> list[float]:
         hook.params = None
-        with torch.enable_grad():
+        with torch.no_grad():
             out = engine(**inputs)
         return _batch_sums(out, inputs, hook.params, model.gmm)
 

@@ -3,14 +3,16 @@ training batches from the cache give the same loss, mismatches are refused."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 
 import pytest
 import torch
 
 from divot_llm.config import apply_overrides, compose_config
 from divot_llm.data.cache_build import build_feature_cache
-from divot_llm.data.feature_cache import expected_info
+from divot_llm.data.feature_cache import FeatureCache, expected_info
 from divot_llm.data.loader import build_loader
 from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
 from divot_llm.model import build_divot_llm
@@ -82,6 +84,23 @@ def test_parallel_readers_write_the_same_cache_and_counts(setup, tmp_path):
         torch.testing.assert_close(load_file(cache_dir / name), load_file(tmp_path / "serial" / name))
 
 
+def test_shards_fill_one_cache_with_every_sample_once(setup, tmp_path):
+    """``--shard I/N``: N builds (one per GPU) into one folder hold the one-process build's files."""
+    from safetensors.torch import load_file
+
+    cfg, video_tokenizer, info, cache_dir, _, _ = setup
+    out = tmp_path / "sharded"
+    counts = [
+        build_feature_cache(cfg.data, video_tokenizer, info, out, splits=("val",), shard=(i, 2)) for i in range(2)
+    ]
+    assert all(c["written"] > 0 for c in counts)
+    files = sorted(f.relative_to(out) for f in out.rglob("*.safetensors"))
+    assert len(files) == sum(c["written"] for c in counts)
+    assert files == sorted(f.relative_to(cache_dir) for f in cache_dir.glob("val*/*.safetensors"))
+    for name in files:
+        torch.testing.assert_close(load_file(out / name), load_file(cache_dir / name), rtol=1e-5, atol=1e-6)
+
+
 def test_cached_batches_equal_frame_batches_encoded(setup):
     cfg, video_tokenizer, info, cache_dir, _, text = setup
     # one epoch: the cache holds epoch-0 clips (later epochs reuse them by design)
@@ -109,12 +128,18 @@ def test_cached_batches_equal_frame_batches_encoded(setup):
 
 
 def test_a_cache_from_another_tokenizer_or_sampling_is_refused(setup):
-    cfg, _, info, cache_dir, _, text = setup
+    cfg, video_tokenizer, info, cache_dir, _, text = setup
     torch.manual_seed(123)
     other = build_video_tokenizer(cfg.video_tokenizer)  # same config, other weights
     other_info = expected_info(other, dataclasses.asdict(cfg.video_tokenizer), cfg.data)
     with pytest.raises(ValueError, match="tokenizer_fingerprint"):
         loader(cfg, text, other_info, cache_dir)
+    other_vit = copy.deepcopy(video_tokenizer)  # same weights after the ViT, another ViT
+    next(other_vit.vit.parameters()).data.add_(0.01)
+    other_vit_info = expected_info(other_vit, dataclasses.asdict(cfg.video_tokenizer), cfg.data)
+    with pytest.raises(ValueError, match="frame_encoder_fingerprint") as refused:
+        loader(cfg, text, other_vit_info, cache_dir)
+    assert "tokenizer_fingerprint" not in str(refused.value)
     with pytest.raises(ValueError, match="data_seed"):
         loader(
             apply_overrides(cfg, ["data.seed=7"]),
@@ -124,6 +149,43 @@ def test_a_cache_from_another_tokenizer_or_sampling_is_refused(setup):
         )
     with pytest.raises(ValueError, match="cache_info"):
         loader(cfg, text, None, cache_dir)
+
+
+def test_a_bf16_cache_is_stored_in_bf16_and_fits_a_run_without_the_vit(setup, tmp_path):
+    """Encoded in bf16 (as on a GPU): stored and read back as bf16, half of fp32; a run
+    from the cache builds its tokenizer without the ViT and its expected info matches."""
+    from safetensors.torch import load_file
+
+    cfg, video_tokenizer, _, _, _, text = setup
+    tok_cfg = dataclasses.asdict(cfg.video_tokenizer)
+    encoder = copy.deepcopy(video_tokenizer).to(torch.bfloat16)
+    cache_dir = tmp_path / "bf16"
+    build_feature_cache(cfg.data, encoder, expected_info(encoder, tok_cfg, cfg.data), cache_dir, splits=("val",))
+    assert json.loads((cache_dir / "cache.json").read_text())["encode_dtype"] == "bfloat16"
+    files = list(cache_dir.rglob("*.safetensors"))
+    assert files and all(load_file(f)["feats"].dtype == torch.bfloat16 for f in files)
+
+    seed_everything(int(cfg.train.seed))  # as the trainer builds it
+    run_tokenizer = build_video_tokenizer(cfg.video_tokenizer, cached_features=True).to(torch.bfloat16)
+    assert run_tokenizer.frame_encoder is None
+    run_info = expected_info(run_tokenizer, tok_cfg, cfg.data)
+    cached_cfg = apply_overrides(cfg, [f"data.feature_cache={cache_dir}"])
+    vt = cached_cfg.video_tokenizer
+    val = build_loader(cached_cfg.data, text, vt.num_tokens, vt.frames_per_clip, vt.input_size, split="val",
+                       cache_info=run_info)  # fmt: skip
+    batch = next(iter(val))
+    assert batch["video_feats"].dtype == torch.bfloat16
+
+
+def test_a_cache_fingerprinted_whole_is_refused_with_a_hint(setup, tmp_path):
+    """Caches written before the ViT was fingerprinted apart: the message says to rebuild."""
+    _, _, info, _, _, _ = setup
+    fields = dataclasses.asdict(info)
+    del fields["frame_encoder_fingerprint"]
+    fields["tokenizer_fingerprint"] = "0" * 20
+    (tmp_path / "cache.json").write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match="covers the ViT.*rebuild it"):
+        FeatureCache(tmp_path).check(info)
 
 
 @pytest.mark.slow

@@ -54,3 +54,23 @@ def test_ranks_with_different_idle_heads_step_together(mistral_tokenizer_dir, st
         for name, p in model.named_parameters():
             if p.requires_grad:
                 torch.testing.assert_close(after[name], p - step.LR * grads[name], atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", ZERO_STAGES)
+def test_ranks_with_different_idle_heads_validate_together(mistral_tokenizer_dir, steps_after, zero_stage):
+    """Validation runs under no_grad, where ZeRO-3 still gathers each projection on every
+    rank that calls it: the run finishes, and its metrics are those of the stepped model
+    on the two ranks' batches (token-weighted LM loss, the generation batch's GMM NLL)."""
+    metrics = torch.load(step.val_file(str(steps_after), zero_stage), weights_only=True)
+    after = torch.load(step.after_file(str(steps_after), zero_stage), weights_only=True)
+    model = step.build()
+    assert not model.load_state_dict(after, strict=False).unexpected_keys  # the trained ones after the step
+    comp, gen = step.batches(str(mistral_tokenizer_dir), model.tokens_per_clip, model.feature_dim)
+    with torch.no_grad():
+        out_comp, out_gen = model(**comp), model(**gen)
+    tokens_comp, tokens_gen = ((b["labels"][:, 1:] != -100).sum().item() for b in (comp, gen))
+    lm = (out_comp.lm_loss * tokens_comp + out_gen.lm_loss * tokens_gen) / (tokens_comp + tokens_gen)
+    assert metrics["val/batches"] == 1 and metrics["val/samples"] == 2
+    assert metrics["val/lm_loss"] == pytest.approx(lm.item(), rel=1e-5)
+    assert metrics["val/gmm_nll"] == pytest.approx(out_gen.gmm_loss.item(), rel=1e-5)

@@ -3,7 +3,9 @@ rank 1 only a generation sample, so each rank leaves a different head idle.
 
 Run by ``test_distributed.py`` under ``torch.distributed.run``, once for every ZeRO stage
 named (one launch: the interpreter and process-group start-up are paid once); for each,
-rank 0 writes the trainable parameters after the step to ``<out>/after_zero<stage>.pt``.
+rank 0 writes the trainable parameters after the step to ``<out>/after_zero<stage>.pt``
+and the validation metrics of the stepped model (each rank its batch, under no_grad) to
+``<out>/val_zero<stage>.pt``.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/model/zero_two_rank_step.py \
         TOKENIZER_DIR OUT_DIR ZERO_STAGE [ZERO_STAGE ...]
@@ -49,6 +51,10 @@ def after_file(out_dir: str, zero_stage: int) -> str:
     return os.path.join(out_dir, f"after_zero{zero_stage}.pt")
 
 
+def val_file(out_dir: str, zero_stage: int) -> str:
+    return os.path.join(out_dir, f"val_zero{zero_stage}.pt")
+
+
 def main(tokenizer_dir: str, out_dir: str, zero_stages: list[int]) -> None:
     import deepspeed
     import deepspeed.ops
@@ -61,8 +67,11 @@ def main(tokenizer_dir: str, out_dir: str, zero_stages: list[int]) -> None:
 
 
 def step(tokenizer_dir: str, out_dir: str, zero_stage: int) -> None:
-    """A fresh model (same seed), one step under ``zero_stage``, its parameters saved."""
+    """A fresh model (same seed), one step under ``zero_stage``, its parameters saved;
+    then one validation batch per rank, its metrics saved."""
     import deepspeed
+
+    from divot_llm.train.validate import validate
 
     rank = int(os.environ["RANK"])
     model = build()
@@ -82,8 +91,11 @@ def step(tokenizer_dir: str, out_dir: str, zero_stage: int) -> None:
     params = [p for p in engine.module.parameters() if p.requires_grad]
     with deepspeed.zero.GatheredParameters(params, enabled=zero_stage == 3):
         after = {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
+    # Validation (no_grad) of the stepped model: each rank leaves the other head idle
+    metrics = validate(engine, engine.module, [batch], lambda b: b, max_batches=1, device=torch.device("cpu"))
     if rank == 0:
         torch.save(after, after_file(out_dir, zero_stage))
+        torch.save(metrics, val_file(out_dir, zero_stage))
     torch.distributed.barrier()
 
 

@@ -171,6 +171,41 @@ def test_frame_order_matters(tiny_tokenizer, tiny_config):
     assert (tiny_tokenizer.encode(clips) - tiny_tokenizer.encode(reversed_clips)).abs().max() > 1e-2
 
 
+def test_a_still_runs_the_vit_on_one_frame_and_gives_the_five_frame_features(tiny_tokenizer, tiny_config):
+    """An image sampled as a clip (5 identical frames) beside a video: the ViT sees the
+    video's 5 frames and the still's first only, and the features equal those of every
+    frame through the ViT (the ViT sees frames one by one)."""
+    still, video = tiny.random_clips(tiny_config, batch=2)
+    clips = torch.stack([still[:1].expand_as(still), video])
+    vit_frames: list[int] = []
+    hook = tiny_tokenizer.vit.register_forward_hook(lambda m, args, out: vit_frames.append(args[0].shape[0]))
+    feats = tiny_tokenizer.encode(clips)
+    hook.remove()
+    assert vit_frames == [1 + tiny_config.frames_per_clip]
+    with torch.no_grad():  # the 5-frame path, as the tokenizer ran before stills were told apart
+        patches_mpc = tiny_tokenizer.vit(clips.flatten(0, 1))
+        every_frame = tiny_tokenizer.encoder(patches_mpc.unflatten(0, clips.shape[:2]))
+    torch.testing.assert_close(feats, every_frame, atol=1e-5, rtol=1e-5)
+
+
+def test_built_for_cached_features_it_has_no_vit_and_the_same_other_weights(tiny_config):
+    torch.manual_seed(7)
+    whole = build_video_tokenizer(tiny_config)
+    after = torch.randn(3)  # the RNG stream after the whole build
+    torch.manual_seed(7)
+    no_vit = build_video_tokenizer(tiny_config, cached_features=True)
+    assert no_vit.vit is None and no_vit.frame_encoder is None
+    assert not any(name.startswith("vit.") for name in no_vit.state_dict())
+    own = {k: v for k, v in whole.state_dict().items() if not k.startswith("vit.")}
+    assert own.keys() == no_vit.state_dict().keys()
+    assert all(torch.equal(v, no_vit.state_dict()[k]) for k, v in own.items())
+    # whatever is built next (the LLM) draws what it would after the whole tokenizer
+    torch.testing.assert_close(torch.randn(3), after, rtol=0, atol=0)
+    assert (no_vit.num_tokens, no_vit.feature_dim) == (tiny_config.num_tokens, tiny_config.feature_dim)
+    with pytest.raises(RuntimeError, match="without its ViT"):
+        no_vit.encode(tiny.random_clips(tiny_config))
+
+
 def test_no_parameter_gets_a_gradient_in_a_training_step(tiny_tokenizer, tiny_config):
     class Student(nn.Module):
         """A trainable head over the tokenizer's features, the tokenizer as a submodule."""

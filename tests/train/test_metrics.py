@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from divot_llm.model import build_divot_llm
 from divot_llm.tokenizers import build_video_tokenizer
-from divot_llm.train.metrics import FlopModel, device_peak, tokenizer_flops_per_clip
+from divot_llm.train.metrics import FlopModel, TokenizerFlops, device_peak, tokenizer_flops
 from tests.train.conftest import hand_batches, tiny_cfg
 
 
@@ -34,7 +34,7 @@ def test_formula_matches_counted_flops_of_a_training_step(mistral_tokenizer_dir,
     batch = {k: v[:, :length] if v.dim() == 2 and v.shape[1] == width else v for k, v in batch.items()}
     with FlopCounterMode(display=False) as counter:
         model(**batch).total_loss.backward()
-    predicted, hardware = FlopModel.from_model(model, 0.0, recompute=False).batch_flops(batch)
+    predicted, hardware = FlopModel.from_model(model, TokenizerFlops(), recompute=False).batch_flops(batch)
     assert predicted == hardware
     assert predicted == pytest.approx(counter.get_total_flops(), rel=0.02)
 
@@ -43,20 +43,42 @@ def test_recompute_adds_one_body_forward(mistral_tokenizer_dir):
     cfg = tiny_cfg()
     model = build_divot_llm(cfg.model, tokens_per_clip=8, feature_dim=16)
     batch = hand_batches(mistral_tokenizer_dir, 8, 16, count=1)[0]
-    plain = FlopModel.from_model(model, 1e6, recompute=False)
-    model_flops, hardware = FlopModel.from_model(model, 1e6, recompute=True).batch_flops(batch)
+    plain = FlopModel.from_model(model, TokenizerFlops(), recompute=False)
+    model_flops, hardware = FlopModel.from_model(model, TokenizerFlops(), recompute=True).batch_flops(batch)
     assert model_flops == plain.batch_flops(batch)[0]
     tokens = (batch["attention_mask"] != 0).sum(dim=1).double()
     body = plain.frozen_body + plain.lora_body
     extra = float((tokens * 2 * body).sum() + (4 * plain.layers * plain.hidden * tokens**2).sum())
     assert hardware - model_flops == pytest.approx(extra)
-    # 3 clips (2 comprehension + 1 generation) at the given per-clip tokenizer cost
-    assert model_flops - FlopModel.from_model(model, 0.0, recompute=False).batch_flops(batch)[0] == 3e6
+
+
+def test_tokenizer_flops_count_the_clips_encoded_in_the_step(mistral_tokenizer_dir):
+    """A batch of cached features encodes nothing: MFU counts no tokenizer FLOPs. The same
+    batch from frames counts each real clip; a still counts less than a video."""
+    cfg = tiny_cfg()
+    model = build_divot_llm(cfg.model, tokens_per_clip=8, feature_dim=16)
+    cached = hand_batches(mistral_tokenizer_dir, 8, 16, count=1)[0]  # 3 real clips, 1 padded slot
+    counts = FlopModel.from_model(model, TokenizerFlops(video=5e6, still=1e6), recompute=False)
+    llm_only = FlopModel.from_model(model, TokenizerFlops(), recompute=False).batch_flops(cached)[0]
+    assert counts.batch_flops(cached)[0] == llm_only
+
+    real = int((cached["embeds_cmp_mask"] | cached["embeds_gen_mask"]).sum())
+    videos_gf = torch.randint(  # the loader's frames: only the real clips, (G, F, 3, S, S)
+        0, 256, (real, 5, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    stills_gf = videos_gf[:, :1].expand_as(videos_gf).clone()  # images: one frame 5 times
+    batch = {k: v for k, v in cached.items() if k != "video_feats"}
+    from_videos = counts.batch_flops({**batch, "frames": videos_gf})[0]
+    from_stills = counts.batch_flops({**batch, "frames": stills_gf})[0]
+    assert real == 3
+    assert from_videos - llm_only == 3 * 5e6  # padded clip slots are not encoded
+    assert from_stills - llm_only == 3 * 1e6
 
 
 def test_tokenizer_flops_are_counted_and_cpu_peak_is_labelled_as_measured():
     tokenizer = build_video_tokenizer(tiny_cfg().video_tokenizer)
-    assert tokenizer_flops_per_clip(tokenizer, "cpu") > 1e6
+    counted = tokenizer_flops(tokenizer, "cpu")
+    assert counted.video > counted.still > 1e6  # a still runs the ViT on one frame
     peak = device_peak(torch.device("cpu"), torch.float32, None)
     assert peak.flops > 1e8 and "measured" in peak.source
     assert device_peak(torch.device("cpu"), torch.float32, 312.0).flops == 312e12

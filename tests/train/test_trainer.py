@@ -11,6 +11,7 @@ import torch
 from divot_llm.config import ConfigError, compose_config
 from divot_llm.data.loader import build_loader
 from divot_llm.text import load_text_tokenizer
+from divot_llm.train.metrics import TokenizerFlops
 from divot_llm.train.trainer import NonFiniteLossError, Trainer
 from tests.train.conftest import RUN_OVERRIDES, BatchList, hand_batches, tiny_cfg
 
@@ -122,7 +123,19 @@ def test_training_from_the_feature_cache_gives_the_same_loss_as_from_frames(
         build_feature_cache(cfg.data, tok, info, tmp_path / "cache", splits=("train",))
     finally:
         trainer.cleanup()
-    loss_cache, inputs = _first_loss(
-        compose_config([*overrides, f"data.feature_cache={tmp_path / 'cache'}"]), tmp_path / "cached"
-    )
+    # from the cache: no ViT built (its expected info still matches), no tokenizer FLOPs, a step trains
+    cfg = compose_config([*overrides, f"data.feature_cache={tmp_path / 'cache'}"])
+    cfg.train.output_dir, cfg.train.max_steps, cfg.train.eval_at_start = str(tmp_path / "cached"), 1, False
+    trainer = Trainer(cfg)
+    trainer.setup()
+    try:
+        assert trainer.video_tokenizer.frame_encoder is None
+        assert not any("vit" in name for name, _ in trainer.video_tokenizer.named_parameters())
+        assert trainer.stage.flop_model.tokenizer == TokenizerFlops()
+        batch = next(iter(trainer.loader))
+        with torch.no_grad():
+            loss_cache = trainer.engine(**trainer.prepare(batch)).total_loss.item()
+        assert trainer.train() == "finished"
+    finally:
+        trainer.cleanup()
     assert loss_cache == pytest.approx(loss_frames, rel=1e-5, abs=1e-6)

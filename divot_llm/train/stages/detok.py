@@ -100,12 +100,14 @@ class DetokStage(Stage):
 
     def _count_flops_per_clip(self) -> float:
         """FLOPs of one clip's training step -- ``prepare``, forward and backward --
-        counted by torch on a zero clip (so exactly what autograd runs: frozen parts have
-        no backward; recomputation under gradient checkpointing is included). The RNG
-        and the gradients come out as they went in."""
+        counted by torch on a clip of distinct frames (so exactly what autograd runs:
+        frozen parts have no backward; recomputation under gradient checkpointing is
+        included; a still would run the ViT once). The RNG and the gradients come out as
+        they went in."""
         spec = self.example_spec
-        batch = {"video": torch.zeros(1, spec.num_frames, 3, spec.image_size, spec.image_size),
-                 "captions": [_FLOP_COUNT_CAPTION]}  # fmt: skip
+        ramp_f = torch.linspace(-1, 1, spec.num_frames)
+        video = ramp_f.view(1, -1, 1, 1, 1).expand(1, -1, 3, spec.image_size, spec.image_size)
+        batch = {"video": video, "captions": [_FLOP_COUNT_CAPTION]}
         with (
             torch.random.fork_rng(devices=rng_devices(self.device)),
             FlopCounterMode(display=False) as counter,

@@ -1,5 +1,6 @@
 """pretrain / sft_comp / sft_gen: the Divot LLM on token sequences; clips go through the
-frozen video tokenizer in ``prepare`` (or come as cached features)."""
+frozen video tokenizer in ``prepare`` (or come as cached features: then the tokenizer is
+built without its ViT)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from divot_llm.config import config_to_dict
 from divot_llm.config.paths import model_reads
 from divot_llm.config.schema import DivotConfig
 from divot_llm.data.clip_sampling import uint8_to_model_pixels
-from divot_llm.data.feature_cache import expected_info
+from divot_llm.data.feature_cache import CacheInfo, expected_info
 from divot_llm.data.loader import build_loader as build_llm_loader
 from divot_llm.model.build import build_models, recomputed_fraction
-from divot_llm.train.metrics import FlopModel, tokenizer_flops_per_clip
+from divot_llm.train.metrics import FlopModel, TokenizerFlops, tokenizer_flops
 from divot_llm.train.stages.base import Stage
 from divot_llm.train.validate import validate as validate_llm
 
@@ -36,13 +37,23 @@ class LLMStage(Stage):
         return [*model_reads(cfg), "data"]
 
     def build(self) -> nn.Module:
-        self.text_tokenizer, tokenizer, model = build_models(self.cfg, self.dtype)
+        cached = bool(self.cfg.data.feature_cache)
+        # From a feature cache nothing is encoded: the tokenizer comes without its ViT
+        # (neither read nor on the GPU), just its shapes and the weights that identify it.
+        self.text_tokenizer, tokenizer, model = build_models(self.cfg, self.dtype, cached_features=cached)
         self.video_tokenizer = tokenizer.to(self.device, self.frozen_dtype)
         self.module = model.to(self.device)
+        self.cache_info: CacheInfo | None = None
+        if cached:  # the loader checks the cache was made by this tokenizer
+            # fingerprinted on the device and in the dtype a cache build encodes with
+            tok_cfg = config_to_dict(self.cfg.video_tokenizer)
+            self.cache_info = expected_info(self.video_tokenizer, tok_cfg, self.cfg.data)
+            self.video_tokenizer.to("cpu")  # only its shape members are read from here on
+        tokenizer_work = TokenizerFlops() if cached else tokenizer_flops(self.video_tokenizer, self.device)
         # Counted before DeepSpeed wraps the model: under ZeRO-3 parameters are shards after.
         self.flop_model = FlopModel.from_model(
             self.module,
-            tokenizer_flops_per_clip(self.video_tokenizer, self.device),
+            tokenizer_work,
             recompute=recomputed_fraction(self.module),
         )
         return self.module
@@ -50,9 +61,7 @@ class LLMStage(Stage):
     def loader(self, split: str, rank: int, world_size: int, build_loader: Callable | None = None):
         build_loader = build_loader or build_llm_loader
         tok = self.video_tokenizer
-        extra = {}
-        if self.cfg.data.feature_cache:  # the loader checks the cache was made by this tokenizer
-            extra["cache_info"] = expected_info(tok, config_to_dict(self.cfg.video_tokenizer), self.cfg.data)
+        extra = {"cache_info": self.cache_info} if self.cache_info is not None else {}
         return build_loader(
             self.cfg.data,
             self.text_tokenizer,
