@@ -180,7 +180,9 @@ class DivotTokenizer(VideoTokenizer):
             try:
                 tokenizer.encoder.load_release_state_dict(load_weights_file(config.pretrained_path))
             except RuntimeError as err:
-                raise ValueError(f"{config.pretrained_path} does not fit the tokenizer config: {err}") from err
+                raise ValueError(
+                    f"{config.pretrained_path} does not fit the tokenizer config: {err}"
+                ) from err
         return tokenizer
 
     @classmethod

@@ -91,7 +91,8 @@ def test_shards_fill_one_cache_with_every_sample_once(setup, tmp_path):
     cfg, video_tokenizer, info, cache_dir, _, _ = setup
     out = tmp_path / "sharded"
     counts = [
-        build_feature_cache(cfg.data, video_tokenizer, info, out, splits=("val",), shard=(i, 2)) for i in range(2)
+        build_feature_cache(cfg.data, video_tokenizer, info, out, splits=("val",), shard=(i, 2))
+        for i in range(2)
     ]
     assert all(c["written"] > 0 for c in counts)
     files = sorted(f.relative_to(out) for f in out.rglob("*.safetensors"))
@@ -160,7 +161,9 @@ def test_a_bf16_cache_is_stored_in_bf16_and_fits_a_run_without_the_vit(setup, tm
     tok_cfg = dataclasses.asdict(cfg.video_tokenizer)
     encoder = copy.deepcopy(video_tokenizer).to(torch.bfloat16)
     cache_dir = tmp_path / "bf16"
-    build_feature_cache(cfg.data, encoder, expected_info(encoder, tok_cfg, cfg.data), cache_dir, splits=("val",))
+    build_feature_cache(
+        cfg.data, encoder, expected_info(encoder, tok_cfg, cfg.data), cache_dir, splits=("val",)
+    )
     assert json.loads((cache_dir / "cache.json").read_text())["encode_dtype"] == "bfloat16"
     files = list(cache_dir.rglob("*.safetensors"))
     assert files and all(load_file(f)["feats"].dtype == torch.bfloat16 for f in files)
@@ -224,7 +227,9 @@ def test_a_source_without_a_usable_sample_is_an_error_naming_it(setup, tmp_path)
     cfg, video_tokenizer, info, _, _, _ = setup  # video_comp alone: nothing to encode
     data = tmp_path / "data"
     shutil.copytree(cfg.data.root, data)
-    (data / "annotations" / "video_caption.jsonl").write_text('{"video": "videos/gone.mp4", "caption": "x"}\n')
+    (data / "annotations" / "video_caption.jsonl").write_text(
+        '{"video": "videos/gone.mp4", "caption": "x"}\n'
+    )
     data_cfg = compose_config([f"data.root={data}", "data.num_workers=0", "~data.sources.video_gen",
                                "~data.sources.image_comp", "~data.sources.image_gen"]).data  # fmt: skip
     with pytest.raises(DataError, match="train source video_comp has no usable sample.*missing_file 1"):

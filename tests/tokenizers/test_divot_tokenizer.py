@@ -136,20 +136,25 @@ def test_release_files_load_through_the_config(tiny_tokenizer, tiny_config, tmp_
     release = dict(tiny_tokenizer.encoder.state_dict())
     release["vit_model.model.visual.proj"] = torch.zeros(32, 16)
     torch.save(release, tmp_path / "Divot_tokenizer.bin")
-    torch.save(to_openclip_names(tiny_tokenizer.vit.model.state_dict()), tmp_path / "open_clip_pytorch_model.bin")
+    torch.save(
+        to_openclip_names(tiny_tokenizer.vit.model.state_dict()), tmp_path / "open_clip_pytorch_model.bin"
+    )
     config = dataclasses.replace(
         tiny_config,
         pretrained_path=str(tmp_path / "Divot_tokenizer.bin"),
         vit_path=str(tmp_path / "open_clip_pytorch_model.bin"),
     )
     clips = tiny.random_clips(tiny_config)
-    torch.testing.assert_close(build_video_tokenizer(config).encode(clips), tiny_tokenizer.encode(clips),
-                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        build_video_tokenizer(config).encode(clips), tiny_tokenizer.encode(clips), atol=1e-6, rtol=1e-6
+    )
 
 
 def test_release_file_for_another_shape_is_a_clear_error(tiny_tokenizer, tiny_config, tmp_path):
     torch.save(tiny_tokenizer.encoder.state_dict(), tmp_path / "Divot_tokenizer.bin")
-    config = dataclasses.replace(tiny_config, num_tokens=4, pretrained_path=str(tmp_path / "Divot_tokenizer.bin"))
+    config = dataclasses.replace(
+        tiny_config, num_tokens=4, pretrained_path=str(tmp_path / "Divot_tokenizer.bin")
+    )
     with pytest.raises(ValueError, match="(?s)does not fit the tokenizer config.*latents"):
         build_video_tokenizer(config)
 
