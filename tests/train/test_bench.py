@@ -12,8 +12,16 @@ from tests.train.conftest import run_env
 
 pytestmark = pytest.mark.slow
 
+BREAKDOWN_ROWS = (
+    "bare step",
+    "video tokenizer",
+    "LoRA, projections",
+    "DeepSpeed ZeRO-2 engine",
+    "trainer bookkeeping",
+)
 
-def test_bench_prints_throughput_mfu_and_overhead_ratio(train_data):
+
+def test_bench_prints_throughput_mfu_fair_ratio_and_breakdown(train_data):
     proc = helpers.run_command(
         [
             helpers.PYTHON,
@@ -31,5 +39,20 @@ def test_bench_prints_throughput_mfu_and_overhead_ratio(train_data):
     out = proc.stdout
     assert re.search(r"tokens/s: [\d,]+\s+samples/s: [\d.,]+", out), out
     assert re.search(r"MFU: [\d.]+% of .*measured CPU fp32 GEMM", out), out
-    ratio = re.search(r"framework overhead: ([\d.]+)x the bare step", out)
-    assert ratio and float(ratio.group(1)) > 0, out
+    bare_ms = float(re.search(r"like-for-like bare step: ([\d.]+) ms", out).group(1))
+    ratio = float(re.search(r"framework overhead: ([\d.]+)x the like-for-like bare step", out).group(1))
+
+    # The breakdown's parts add up to the total, and the ratio is total / bare step.
+    rows = {}
+    for line in out.splitlines():
+        row = re.match(r"\s+(.+?)\s+(-?[\d.]+)\s+(-?[\d.]+)%$", line)
+        if row:
+            rows[row.group(1)] = float(row.group(2))
+    total = rows.pop("total: our train_step")
+    assert len(rows) == len(BREAKDOWN_ROWS), out
+    for prefix in BREAKDOWN_ROWS:
+        assert any(name.startswith(prefix) for name in rows), (prefix, out)
+    assert sum(rows.values()) == pytest.approx(total, abs=0.3), out  # one decimal per row
+    assert rows["bare step (like-for-like)"] == bare_ms
+    assert ratio == pytest.approx(total / bare_ms, abs=0.01), out
+    assert bare_ms > 0 and rows["video tokenizer: frozen encode of the clips"] > 0, out
