@@ -43,7 +43,7 @@ from divot_llm.train.trainer import Trainer
 CHILD = textwrap.dedent(
     """
     import re, sys
-    from divot_llm.export.zero import zero_to_fp32
+    from divot_llm.export import zero_to_fp32
     import deepspeed.utils.zero_to_fp32, safetensors.torch, huggingface_hub
 
     def kib(field):
