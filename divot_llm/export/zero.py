@@ -10,16 +10,28 @@
 Before converting, the checkpoint is checked for completeness: a folder still named
 ``.tmp-step_*`` (a save that never finished), a missing model-states file or fewer
 optimizer partitions than the run had ranks are refused with a message saying which
-complete checkpoint to use instead. DeepSpeed's converter then reassembles the ZeRO-2 or
-ZeRO-3 fp32 partitions lazily and writes one shard at a time, so the model is never held
-twice in memory. Output is written to ``OUT.tmp`` and renamed when complete.
+complete checkpoint to use instead. Output is written to ``OUT.tmp`` and renamed when
+complete.
+
+ZeRO-1/2 checkpoints are converted here, streaming: each parameter's values are copied
+from the ranks' memory-mapped fp32 partitions (the optimizer files) straight into the
+safetensors file being written, and the partitions are re-mapped every
+``STREAM_CHUNK_BYTES`` (mapped pages count in the resident set once read), so the peak
+memory is about that chunk, whatever the model's size.
+DeepSpeed's own converter (``deepspeed.utils.zero_to_fp32``, used for ZeRO-3, whose
+lazy mode gathers one parameter at a time) first concatenates every rank's partition of
+a ZeRO-2 checkpoint: about twice the exported size at its peak (``tools/bench/export.py``
+measures both). Both write the same tensors, shards and index.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +53,13 @@ from divot_llm.train.checkpoint import (
 # What DeepSpeed's converter writes (with safe_serialization): one file, or shards + index.
 FP32_WEIGHTS = "model.safetensors"
 FP32_INDEX = "model.safetensors.index.json"
+# Partition bytes read through one mapping before it is dropped (its pages leave the resident set).
+STREAM_CHUNK_BYTES = 64 * 2**20
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -136,6 +155,7 @@ def zero_to_fp32(
     out_dir: str | os.PathLike,
     max_shard_size: str = "5GB",
     overwrite: bool = False,
+    streaming: bool = True,
 ) -> Path:
     """Consolidate a ZeRO checkpoint into fp32 safetensors shards under ``out_dir``.
 
@@ -143,29 +163,34 @@ def zero_to_fp32(
     checkpoint's parameters under the model's own names (our checkpoints hold the
     trainable ones: LoRA, projections, norms, embeddings), plus the run's ``config.yaml``
     when the checkpoint has one and ``export.json`` (source, tag, ZeRO stage, ranks, step).
+    ``streaming=False`` uses DeepSpeed's converter for ZeRO-1/2 too (see the module
+    docstring; the tests compare the two).
 
     Raises:
         CheckpointError: no complete checkpoint at ``checkpoint``.
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
-    from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
-
     ckpt = resolve_checkpoint(checkpoint)
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    # Frozen parameters are excluded: ours never stores them (the base model comes from
-    # its own files), and a foreign checkpoint's frozen base would dwarf the trained part.
-    convert_zero_checkpoint_to_fp32_state_dict(
-        str(ckpt.dir),
-        str(tmp),
-        max_shard_size=max_shard_size,
-        safe_serialization=True,
-        tag=ckpt.tag,
-        exclude_frozen_parameters=True,
-    )
+    if streaming and ckpt.zero_stage <= 2:
+        stream_zero2_to_fp32(ckpt.engine_dir, tmp, max_shard_size)
+    else:
+        from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
+
+        # Frozen parameters are excluded: ours never stores them (the base model comes from
+        # its own files), and a foreign checkpoint's frozen base would dwarf the trained part.
+        convert_zero_checkpoint_to_fp32_state_dict(
+            str(ckpt.dir),
+            str(tmp),
+            max_shard_size=max_shard_size,
+            safe_serialization=True,
+            tag=ckpt.tag,
+            exclude_frozen_parameters=True,
+        )
     if ckpt.config_file is not None:
         shutil.copyfile(ckpt.config_file, tmp / CONFIG_FILE)
     info = {
@@ -201,3 +226,180 @@ def is_fp32_export(path: str | os.PathLike) -> bool:
     return (path / EXPORT_INFO).is_file() and (
         (path / FP32_WEIGHTS).is_file() or (path / FP32_INDEX).is_file()
     )
+
+
+# ------------------------------------------------------------------ streaming ZeRO-1/2
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """Where one parameter lies in its group's flat fp32 vector (the ranks' partitions of
+    the group, concatenated in rank order)."""
+
+    group: int
+    start: int
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class _Partitions:
+    """Every rank's fp32 partition of every parameter group, memory-mapped from the
+    optimizer files and dropped again after ``STREAM_CHUNK_BYTES`` have been read."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        self._mapped: list[list[torch.Tensor]] | None = None  # [rank][group] (n,) fp32
+        self._read = 0
+
+    def ranks(self) -> list[list[torch.Tensor]]:
+        if self._mapped is None:
+            self._mapped = [_fp32_partitions(f) for f in self.files]
+        return self._mapped
+
+    def pieces(self, where: _Slice) -> Iterator[torch.Tensor]:
+        """One parameter's values in order, as 1-D pieces of at most a quarter chunk (a
+        parameter may span rank boundaries; a mapping is dropped between two pieces)."""
+        position, end = where.start, where.start + where.numel
+        most = STREAM_CHUNK_BYTES // 4 // 4  # fp32 values
+        while position < end:
+            base = 0
+            for groups in self.ranks():
+                part = groups[where.group]
+                if position < base + part.numel():
+                    break
+                base += part.numel()
+            count = min(end, base + part.numel(), position + most) - position
+            yield part[position - base : position - base + count]
+            position += count
+            self._read += count * 4
+            if self._read >= STREAM_CHUNK_BYTES:
+                part = groups = None  # a mapping closes with its last tensor
+                self._mapped, self._read = None, 0
+
+
+def _optimizer_state(path: Path) -> dict:
+    """A rank's ZeRO optimizer state, memory-mapped (nothing is read until used)."""
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT
+
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)[OPTIMIZER_STATE_DICT]
+
+
+def _fp32_partitions(path: Path) -> list[torch.Tensor]:
+    """A rank's fp32 partition of each parameter group, memory-mapped."""
+    from deepspeed.checkpoint.constants import SINGLE_PARTITION_OF_FP32_GROUPS
+
+    return _optimizer_state(path)[SINGLE_PARTITION_OF_FP32_GROUPS]
+
+
+def _zero2_layout(engine_dir: Path) -> tuple[dict[str, torch.Tensor | _Slice], list[Path]]:
+    """What the export holds, in DeepSpeed's converter's order -- the buffers (as tensors,
+    floating ones in fp32), then each group's trainable parameters (as slices), then
+    shared names -- and the ranks' optimizer files.
+
+    Raises:
+        CheckpointError: not a ZeRO-1/2 checkpoint, or partitions that do not add up.
+    """
+    from deepspeed.checkpoint.constants import (
+        BUFFER_NAMES,
+        PARAM_ALIGNMENT_PADDINGS,
+        PARAM_SHAPES,
+        PARTITION_COUNT,
+        ZERO_STAGE,
+    )
+    from deepspeed.utils.zero_to_fp32 import get_model_state_files, get_optim_files
+
+    files = [Path(f) for f in get_optim_files(str(engine_dir))]
+    first = _optimizer_state(files[0])
+    world = first[PARTITION_COUNT]
+    world = max(world) if isinstance(world, list) else world
+    if first[ZERO_STAGE] > 2 or world != len(files):
+        raise CheckpointError(
+            f"{engine_dir}: ZeRO stage {first[ZERO_STAGE]}, {world} partitions, {len(files)} files"
+        )
+    paddings = first.get(PARAM_ALIGNMENT_PADDINGS)
+    group_numels = [0] * len(_fp32_partitions(files[0]))
+    for path in files:
+        for g, part in enumerate(_fp32_partitions(path)):
+            group_numels[g] += part.numel()
+    del first
+
+    model = torch.load(
+        get_model_state_files(str(engine_dir))[0], map_location="cpu", mmap=True, weights_only=False
+    )
+    layout: dict[str, torch.Tensor | _Slice] = {
+        k: (v.float() if v.is_floating_point() else v).clone()
+        for k, v in model["module"].items()
+        if k in model[BUFFER_NAMES]
+    }
+    align = 2 * world  # ZeRO-2 pads each group's flat vector to a multiple of 2 x ranks
+    for g, shapes in enumerate(model[PARAM_SHAPES]):
+        offset = 0
+        for i, (name, shape) in enumerate(shapes.items()):
+            layout[name] = _Slice(g, offset, tuple(shape))
+            offset += layout[name].numel + (paddings[g][i] if paddings is not None else 0)
+        if math.ceil(offset / align) != math.ceil(group_numels[g] / align):
+            raise CheckpointError(
+                f"{engine_dir}: group {g} holds {group_numels[g]} values, its parameters {offset}"
+            )
+    for alias, source in model["shared_params"].items():
+        if source in layout:
+            layout[alias] = layout[source]
+    return layout, files
+
+
+def stream_zero2_to_fp32(engine_dir: Path, out_dir: Path, max_shard_size: str) -> None:
+    """Write a ZeRO-1/2 checkpoint's trained tensors as fp32 safetensors shards (+ index),
+    the same files as DeepSpeed's converter gives, one parameter at a time (module
+    docstring)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    layout, files = _zero2_layout(engine_dir)
+    # Sharding by sizes alone: empty tensors are never written to, so they take no memory.
+    empty: dict[int, torch.Tensor] = {}
+    sized = {
+        name: empty.setdefault(id(where), torch.empty(where.shape) if isinstance(where, _Slice) else where)
+        for name, where in layout.items()
+    }
+    split = split_torch_state_dict_into_shards(
+        sized,
+        filename_pattern=FP32_WEIGHTS.replace(".safetensors", "{suffix}.safetensors"),
+        max_shard_size=max_shard_size,
+    )
+    del sized, empty
+    out_dir.mkdir(parents=True)
+    partitions = _Partitions(files)
+    for shard, names in split.filename_to_tensors.items():
+        _write_safetensors(out_dir / shard, {n: layout[n] for n in names}, partitions)
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (out_dir / FP32_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _write_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor | _Slice], partitions: _Partitions
+) -> None:
+    """A safetensors file (header, then each tensor's bytes) written as it is read: the
+    bytes ``safetensors.torch.save_file`` writes when the tensors share one dtype (it
+    orders them by dtype, then name)."""
+    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}  # first, as safetensors writes it
+    offset = 0
+    for name, where in sorted(tensors.items()):
+        dtype = torch.float32 if isinstance(where, _Slice) else where.dtype
+        size = math.prod(where.shape) * dtype.itemsize
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(where.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for _, where in sorted(tensors.items()):
+            pieces = partitions.pieces(where) if isinstance(where, _Slice) else [where]
+            for piece in pieces:
+                f.write(memoryview(piece.contiguous().reshape(-1).view(torch.uint8).numpy()))

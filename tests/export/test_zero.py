@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from divot_llm.cli.export import main as export_main
-from divot_llm.export import read_fp32_export
+from divot_llm.export import read_fp32_export, zero, zero_to_fp32
 from tests.helpers import run_entry_point as cli
 from tests.helpers import run_main
 
@@ -49,6 +49,30 @@ def test_shards_and_every_way_to_name_the_checkpoint(zero2_run, tmp_path, capsys
         state = read_fp32_export(tmp_path / f"out{i}")
         reference = reference or state
         assert all(torch.equal(state[k], reference[k]) for k in reference)
+
+
+@pytest.mark.parametrize(("max_shard_size", "chunk"), [("5GB", zero.STREAM_CHUNK_BYTES), ("200KB", 2**20)])
+def test_streaming_zero2_export_equals_deepspeeds_converter(
+    zero2_run, tmp_path, monkeypatch, max_shard_size, chunk
+):
+    """The same files, byte for byte, as DeepSpeed's converter writes; also when the
+    partitions are re-mapped within a tensor (a 1 MiB chunk: 256 KiB pieces)."""
+    monkeypatch.setattr(zero, "STREAM_CHUNK_BYTES", chunk)
+    outs = {}
+    for streaming in (True, False):
+        outs[streaming] = zero_to_fp32(
+            zero2_run, tmp_path / f"{streaming}", max_shard_size, streaming=streaming
+        )
+    ours, theirs = outs[True], outs[False]
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
+    if max_shard_size == "200KB":
+        assert len(list(ours.glob("model-*.safetensors"))) > 1
+        assert (ours / "model.safetensors.index.json").read_text() == (
+            theirs / "model.safetensors.index.json"
+        ).read_text()
+    for shard in ours.glob("*.safetensors"):  # fp32 only: the same bytes as safetensors writes
+        assert shard.read_bytes() == (theirs / shard.name).read_bytes(), shard.name
+    assert any(k.startswith("output_resampler") for k in read_fp32_export(ours))
 
 
 def test_half_written_and_incomplete_checkpoints_are_refused(zero2_run, tmp_path, capsys):
