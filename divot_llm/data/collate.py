@@ -74,12 +74,6 @@ def pack_rows(lengths: list[int], pack_length: int) -> list[list[int]]:
     return rows
 
 
-def packed_tokens(lengths: list[int], pack_length: int) -> int:
-    """A batch's size in tokens once packed: rows x the longest row (what ``pack`` gives)."""
-    rows = pack_rows(lengths, pack_length)
-    return len(rows) * max(sum(lengths[i] for i in row) for row in rows)
-
-
 def pack(examples: list[dict], pad_id: int, pack_length: int) -> dict:
     """Sequence packing: several examples per row, each a segment that attends only to
     itself (``segment_ids``, 1-based, 0 = padding) with positions restarting at 0

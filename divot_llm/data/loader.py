@@ -26,7 +26,6 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +34,7 @@ import torch
 
 from divot_llm.config.schema import DataConfig, MixMode, SourceConfig, SourceKind, Task
 from divot_llm.data.clip_sampling import clip_positions, image_clip, sample_video_clips
-from divot_llm.data.collate import collate, pack, packed_tokens
+from divot_llm.data.collate import collate, pack
 from divot_llm.data.errors import MediaError
 from divot_llm.data.feature_cache import CacheInfo, FeatureCache
 from divot_llm.data.mixing import BatchSchedule, Mixer, MixSource, padded_tokens
@@ -253,10 +252,10 @@ def build_mixer(
         sources.append(MixSource(name, stream, src.weight, src.batch_size))
     # examples of another kind have no tokens to balance batches by
     extra = {} if spec.example_kind is None else {"length_of": lambda example: 1}
-    # the budget counts a batch's tokens as collated: packed rows when packing
-    tokens_of = (
-        padded_tokens if spec.pack_length is None else partial(packed_tokens, pack_length=spec.pack_length)
-    )
+    # the budget counts a batch's tokens as the model works on them: padded, examples x
+    # longest; packed, the real tokens (each sample attends only to itself, padding-free
+    # with block masks) -- so ranks of a step carry similar work (tools/bench/balance.py)
+    tokens_of = padded_tokens if spec.pack_length is None else sum
     return Mixer(
         sources,
         seed=stable_seed(spec.seed, "mix", consumer.index, consumer.count),
@@ -456,7 +455,7 @@ def loader_spec(
         mixing=data_cfg.mixing,
         batch_size=data_cfg.batch_size,
         tokens_per_batch=data_cfg.tokens_per_batch,
-        pack_length=_pack_length(data_cfg, sources),
+        pack_length=pack_length_of(data_cfg, sources),
         tokens_per_clip=tokens_per_clip,
         frames_per_clip=frames_per_clip,
         image_size=image_size,
@@ -508,7 +507,12 @@ def build_loader(
     return DivotLoader(spec, tokenizer, rank, world_size, workers, stateful=stateful, pin_memory=pin_memory)
 
 
-def _pack_length(data_cfg: DataConfig, sources: dict[str, SourceConfig]) -> int | None:
+def pack_length_of(data_cfg: DataConfig, sources: dict[str, SourceConfig]) -> int | None:
+    """The packed row length of ``sources`` (None: no packing).
+
+    Raises:
+        ValueError: ``data.pack_length`` is shorter than a source's ``max_length``.
+    """
     if not data_cfg.packing:
         return None
     longest = max(src.max_length for src in sources.values())

@@ -5,7 +5,7 @@ Two modes:
 * ``sample`` (default): every example picks its source with probability proportional to
   the source weights, so one batch mixes tasks (the model computes per-sample losses). A
   batch closes at ``batch_size`` examples, or -- with a token budget -- as soon as its
-  size in tokens (``tokens_of``: padded, examples x longest; packed rows when packing)
+  size in tokens (``tokens_of``: padded, examples x longest; real tokens when packing)
   reaches ``tokens_per_batch``.
 * ``batch``: the reference behaviour; each batch takes one source, picked by weight, and
   up to that source's own ``batch_size`` examples (a token budget can close it earlier).

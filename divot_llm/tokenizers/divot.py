@@ -236,6 +236,8 @@ class DivotTokenizer(VideoTokenizer):
         vit = self._built_vit()
         batch, frames = frames_bfchw.shape[:2]
         encode_bf = torch.ones(batch, frames, dtype=torch.bool, device=frames_bfchw.device)
+        if frames_bfchw.is_meta:  # no values to compare (FLOP counting, planning): every frame
+            return vit(frames_bfchw.flatten(0, 1)).unflatten(0, (batch, frames))
         encode_bf[:, 1:] = ~still_clips(frames_bfchw)[:, None]  # a still: its first frame only
         patches_mpc = vit(frames_bfchw[encode_bf])  # (M, P, C), M = video frames + one per still
         row_bf = encode_bf.flatten().cumsum(0).view(batch, frames) - 1  # row of M of each encoded frame

@@ -76,11 +76,13 @@ def test_balance_model_prints_busy_fractions_before_and_after(capsys):
     balance = _load_tool("balance")
     assert balance.main("--experiment demo --steps 40 --pool 100 --ranks 8 64".split()) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r"^\s+(\d+)\s+((?:[\d.]+% \([\d.]+\)\s+){5})([\d.]+)x$", out, re.M)
+    modes = len(balance.MODES)
+    rows = re.findall(rf"^\s+(\d+)\s+((?:[\d.]+% \([\d.]+\)\s+){{{modes}}})([\d.]+)x$", out, re.M)
     assert [int(r[0]) for r in rows] == [8, 64], out
     for _, cells, gain in rows:
         busy = [float(b) / 100 for b in re.findall(r"([\d.]+)%", cells)]
-        before, same_source, after = busy[0], busy[1], busy[-1]
+        assert len(busy) == modes, out
+        before, same_source, after = busy[0], busy[1], busy[-1]  # after: as configured
         assert all(0 < b <= 1 for b in busy), out
         assert after > before and same_source > before, out
         assert float(gain) == pytest.approx(after / before, abs=0.01), out

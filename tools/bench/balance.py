@@ -10,14 +10,19 @@ work: the share of GPU time spent computing rather than waiting). Compared:
                        on its own (by weight) and takes that source's ``batch_size`` samples
     same source        every rank draws the same source for a step (from the shared seed
                        and the step), still ``batch_size`` samples
+    same source packed the same batches packed without padding: the 7B configs as shipped
+                       (``data.packing``, no ``data.tokens_per_batch``)
     budget BxL         same source; each rank's batch closes by a token budget with
                        ``data.tokens_per_batch``'s rule: once batch size x longest sample
                        >= the budget; padded
     budget sum         same source; samples are taken while their real tokens fit the
                        budget; padded
     budget sum packed  the same batches packed without padding (``data.packing`` with
-                       per-sample block masks): each sample costs its own length -- the
-                       "after" of the last column
+                       per-sample block masks): each sample costs its own length
+    as configured      what the experiment's data config does (the "after" of the last
+                       column): same source, up to ``batch_size`` samples closed by
+                       ``data.tokens_per_batch`` as the mixer measures it (packed rows x
+                       longest row when packing), packed or padded as configured
 
 A source's budget is its ``batch_size`` x its mean sample length, so budget batches hold
 about as many samples as today's (the mean is printed next to each busy fraction).
@@ -50,15 +55,19 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from divot_llm.config import compose_config
-from divot_llm.config.schema import DivotConfig, SourceConfig
+from divot_llm.config.schema import DivotConfig, SourceConfig, SourceKind
 from divot_llm.data.clip_sampling import plan_windows
+from divot_llm.data.loader import pack_length_of
+from divot_llm.data.mixing import padded_tokens
 from divot_llm.data.sequences import SequenceBuilder, sequence_example
 from divot_llm.model import build_stage_model
+from divot_llm.model.build import checkpointed_layers
 from divot_llm.text import load_text_tokenizer
 from divot_llm.tokenizers import build_video_tokenizer
-from divot_llm.train.metrics import FlopModel, tokenizer_flops_per_clip
+from divot_llm.train.metrics import FlopModel, TokenizerFlops, tokenizer_flops
 
 # Build on the meta device: no weights are read, so the weight paths are dropped.
 META_OVERRIDES = (
@@ -70,7 +79,15 @@ META_OVERRIDES = (
     "data.root=.",
 )
 VIDEO_FPS = 30.0
-MODES = ("before", "same source", "budget BxL", "budget sum", "budget sum packed")
+MODES = (
+    "before",
+    "same source",
+    "same source packed",
+    "budget BxL",
+    "budget sum",
+    "budget sum packed",
+    "as configured",
+)
 
 
 @dataclass
@@ -84,6 +101,7 @@ class SourcePool:
     tokens: np.ndarray  # (P,) int
     fixed: np.ndarray  # (P,) float, FLOPs
     budget: float  # token budget of "after" batches
+    configured: tuple[int | None, int | None]  # the config's (data.tokens_per_batch, pack length)
 
 
 def meta_flop_model(cfg: DivotConfig) -> FlopModel:
@@ -92,8 +110,26 @@ def meta_flop_model(cfg: DivotConfig) -> FlopModel:
     with torch.device("meta"):
         tokenizer = build_video_tokenizer(tok_cfg)
     model = build_stage_model(cfg, tokenizer, init_from=None, device="meta")
-    per_clip = tokenizer_flops_per_clip(tokenizer, "meta")
-    return FlopModel.from_model(model, per_clip, recompute=cfg.model.llm.gradient_checkpointing)
+    recompute = checkpointed_layers(cfg.model.llm.checkpoint_every, cfg.model.llm.num_hidden_layers)
+    return FlopModel.from_model(
+        model, meta_tokenizer_flops(tokenizer), recompute=recompute / cfg.model.llm.num_hidden_layers
+    )
+
+
+def meta_tokenizer_flops(tokenizer) -> TokenizerFlops:
+    """The tokenizer's FLOPs per video clip and per still. On the meta device frames have
+    no values, so the tokenizer cannot tell a still and counts it as a video: a still is
+    the video minus the ViT of the F - 1 frames it skips (the Divot tokenizer's
+    ``frame_patches`` runs the ViT on each frame alone)."""
+    counted = tokenizer_flops(tokenizer, "meta")
+    size = tokenizer.input_size
+    one_frame = torch.zeros(1, 1, 3, size, size, device="meta", dtype=tokenizer.dtype)
+    with FlopCounterMode(display=False) as counter:
+        tokenizer.frame_patches(one_frame)
+    vit_frame = float(counter.get_total_flops())
+    return TokenizerFlops(
+        video=counted.video, still=counted.video - (tokenizer.frames_per_clip - 1) * vit_frame
+    )
 
 
 def one_sample_batch(example: dict) -> dict[str, torch.Tensor]:
@@ -134,7 +170,14 @@ def clip_counts(source: SourceConfig, count: int, args, rng: np.random.Generator
 
 
 def source_pool(
-    name: str, source: SourceConfig, builder: SequenceBuilder, flops: FlopModel, body: np.ndarray, args, rng
+    name: str,
+    source: SourceConfig,
+    builder: SequenceBuilder,
+    flops: FlopModel,
+    body: np.ndarray,
+    args,
+    rng,
+    configured: tuple[int | None, int | None] = (None, None),
 ) -> SourcePool:
     media_kind = "video" if source.num_clips > 1 else "image"  # one clip: the same tokens either way
     clips = clip_counts(source, args.pool, args, rng)
@@ -149,15 +192,21 @@ def source_pool(
             )
             example = sequence_example(seq, source.task.value, "video_feats", torch.zeros(c, 1, 1), name, "")
             length = len(seq.input_ids)
-            cache[key] = (length, flops.batch_flops(one_sample_batch(example))[1] - body[length])
+            # the batch has no frames, so batch_flops counts no tokenizer: add its c clips
+            # (jsonl sources are videos, shards images, which the ViT encodes once per still)
+            per_clip = flops.tokenizer.video if source.kind is SourceKind.jsonl else flops.tokenizer.still
+            fixed_flops = flops.batch_flops(one_sample_batch(example))[1] - body[length] + c * per_clip
+            cache[key] = (length, fixed_flops)
         tokens[i], fixed[i] = cache[key]
     budget = source.batch_size * float(tokens.mean())
-    return SourcePool(name, source.weight, source.batch_size, tokens, fixed, budget)
+    return SourcePool(name, source.weight, source.batch_size, tokens, fixed, budget, configured)
 
 
 def batch_work(pool: SourcePool, body: np.ndarray, mode: str, rng: np.random.Generator) -> tuple[float, int]:
     """(FLOPs, samples) of one rank's batch from ``pool`` under ``mode`` (see MODES)."""
     picks = rng.integers(len(pool.tokens), size=pool.batch_size)
+    if mode == "as configured":
+        return configured_batch_work(pool, body, picks)
     if mode.startswith("budget"):
         picks = rng.integers(len(pool.tokens), size=8 * pool.batch_size)  # more than any batch takes
         tokens = pool.tokens[picks]
@@ -171,6 +220,24 @@ def batch_work(pool: SourcePool, body: np.ndarray, mode: str, rng: np.random.Gen
         return float(pool.fixed[picks].sum() + body[pool.tokens[picks]].sum()), len(picks)
     longest = int(pool.tokens[picks].max())
     return float(pool.fixed[picks].sum() + len(picks) * body[longest]), len(picks)
+
+
+def configured_batch_work(pool: SourcePool, body: np.ndarray, picks: np.ndarray) -> tuple[float, int]:
+    """(FLOPs, samples) of a batch the loader closes as configured: up to ``batch_size``
+    samples, closed once ``data.tokens_per_batch`` is reached by the mixer's own measure
+    (``packed_tokens`` when packing, else examples x longest); packed samples each cost
+    their own length, padded ones the longest."""
+    budget, pack_length = pool.configured
+    lengths: list[int] = []
+    for pick in picks:
+        lengths.append(int(pool.tokens[pick]))
+        size = sum(lengths) if pack_length else padded_tokens(lengths)
+        if budget is not None and size >= budget:
+            break
+    taken = picks[: len(lengths)]
+    if pack_length:
+        return float(pool.fixed[taken].sum() + body[pool.tokens[taken]].sum()), len(taken)
+    return float(pool.fixed[taken].sum() + len(taken) * body[max(lengths)]), len(taken)
 
 
 def busy_fraction(
@@ -215,9 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     builder = SequenceBuilder(load_text_tokenizer(cfg.model.tokenizer_path), cfg.video_tokenizer.num_tokens)
     body = body_flops(flops, max(s.max_length for s in cfg.data.sources.values()))
     rng = np.random.default_rng(args.seed)
-    pools = [source_pool(n, s, builder, flops, body, args, rng) for n, s in cfg.data.sources.items()]
+    pack_length = pack_length_of(cfg.data, cfg.data.sources)
+    configured = (cfg.data.tokens_per_batch, pack_length)
+    pools = [
+        source_pool(n, s, builder, flops, body, args, rng, configured) for n, s in cfg.data.sources.items()
+    ]
 
-    print(f"{args.experiment}: {flops.tokenizer_flops_per_clip / 1e12:.3g} TFLOP per clip (video tokenizer)")
+    print(
+        f"{args.experiment}: video tokenizer {flops.tokenizer.video / 1e12:.3g} TFLOP per video clip, "
+        f"{flops.tokenizer.still / 1e12:.3g} per still"
+    )
     print(
         f"  {'source':<14} {'weight':>6} {'batch':>5} {'tokens/sample':>13} {'TFLOP/batch':>11}  (means, unpadded)"
     )
@@ -235,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         results = [busy_fraction(pools, body, ranks, args.steps, m, args.seed + ranks) for m in MODES]
         cells = "  ".join(f"{f'{busy:.1%} ({n:.1f})':>18}" for busy, n in results)
         print(f"  {ranks:>5}  {cells}  {results[-1][0] / results[0][0]:11.2f}x")
+    print(
+        f"as configured: data.tokens_per_batch={cfg.data.tokens_per_batch}, "
+        f"packing {'rows of ' + str(pack_length) if pack_length else 'off'}"
+    )
     return 0
 
 

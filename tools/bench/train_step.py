@@ -40,6 +40,7 @@ from torch import nn
 
 from divot_llm.config import DivotConfig, compose_config
 from divot_llm.model import build_stage_model
+from divot_llm.model.build import enable_recompute
 from divot_llm.train import distributed
 from divot_llm.train.engine import build_optimizer
 from divot_llm.train.fixed_batches import FixedBatches
@@ -142,8 +143,7 @@ def bare_mistral_step(trainer: Trainer, batches: list[dict]) -> Callable[[], Non
 
     cfg = trainer.cfg
     model = MistralForCausalLM(trainer.model.causal_lm.config).to(trainer.device, trainer.dtype).train()
-    if cfg.model.llm.gradient_checkpointing:  # ours recomputes: so does the baseline
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_recompute(model, cfg.model.llm.checkpoint_every)  # ours recomputes: so does the baseline
     mirrored_trainable(model, trainer.model.causal_lm)
     optimizer = build_optimizer(model, cfg, trainer.device)
     next_batch = cycle(batches)
