@@ -7,6 +7,7 @@ package data, models are random and tiny.
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import os
 import shutil
 import socket
@@ -15,6 +16,18 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool(relative: str):
+    """A script under the repository (``tools/bench/data.py``) imported as a module, so a
+    test calls its functions and ``main`` in-process."""
+    path = REPO_ROOT / relative
+    spec = importlib.util.spec_from_file_location(f"tool_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
 
 # Mistral-7B v0.1's tokenizer.model, shipped inside mistral-common (32000 pieces).
 MISTRAL_V1_TOKENIZER = "tokenizer.model.v1"

@@ -3,9 +3,7 @@ run prints both throughputs. Speed itself is never asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 
 import numpy as np
 import torch
@@ -19,16 +17,8 @@ ROW = re.compile(
 )
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_data", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_baseline_and_pipeline_load_identical_clips():
-    bench = _load_bench()
+    bench = helpers.load_tool("tools/bench/data.py")
     # 12 s: consecutive 2-s clips; 41 s: one clip per segment (the pipeline seeks)
     for duration_s, comprehension_clips in ((12, 6), (41, 20)):
         data = bench.make_video(height=64, duration_s=duration_s, fps=8, seed=0)
@@ -56,7 +46,7 @@ def test_quick_run_prints_pipeline_and_baseline_figures():
 
 
 def test_floor_report_times_full_and_reference_only_decoding():
-    bench = _load_bench()
+    bench = helpers.load_tool("tools/bench/data.py")
     data = bench.make_video(height=64, duration_s=3, fps=8, seed=0)
     line = bench.floor_report("64p 3s", data, baseline_s=1.0, pipeline_s=0.5, rounds=1)
     match = re.fullmatch(
@@ -70,11 +60,13 @@ def test_floor_report_times_full_and_reference_only_decoding():
 
 
 def test_bpp_sets_the_bitrate_of_the_synthetic_videos():
-    bench = _load_bench()
+    bench = helpers.load_tool("tools/bench/data.py")
     width = round(64 * 16 / 9 / 2) * 2
     # (bitrates a 64p video can have: at 0.1 bpp x264's coarsest quantiser still overshoots)
     for bpp in (0.3, 1.0):
-        video = bench.bench_video("v", "g", bench.make_video(height=64, duration_s=30, fps=8, seed=0, bpp=bpp))
+        video = bench.bench_video(
+            "v", "g", bench.make_video(height=64, duration_s=30, fps=8, seed=0, bpp=bpp)
+        )
         assert video.duration_s == 30
         # x264's rate control keeps the average within a few percent (container overhead included)
         assert abs(video.bits_per_pixel - bpp) < 0.08 * bpp, video.bits_per_pixel
@@ -83,7 +75,7 @@ def test_bpp_sets_the_bitrate_of_the_synthetic_videos():
 
 
 def test_a_sweep_judges_each_bitrate_on_its_30_s_videos(capsys):
-    bench = _load_bench()
+    bench = helpers.load_tool("tools/bench/data.py")
     argv = "--heights 64 --durations 2 30 --fps 8 --repeats 1 --rounds 1 --all-cores --bpp 0.3 1".split()
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
@@ -108,7 +100,7 @@ def test_a_sweep_judges_each_bitrate_on_its_30_s_videos(capsys):
 
 
 def test_given_video_files_are_benchmarked_and_unreadable_ones_skipped(tmp_path, capsys):
-    bench = _load_bench()
+    bench = helpers.load_tool("tools/bench/data.py")
     data = bench.make_video(height=64, duration_s=3, fps=8, seed=0)
     (tmp_path / "clip.mp4").write_bytes(data)
     (tmp_path / "junk.mp4").write_bytes(b"not a video at all")
@@ -135,7 +127,7 @@ def test_given_video_files_are_benchmarked_and_unreadable_ones_skipped(tmp_path,
 
 
 def test_each_clip_choice_counts_its_best_call_and_both_contenders_get_the_same_choices(monkeypatch):
-    bench = _load_bench()
+    bench = helpers.load_tool("tools/bench/data.py")
     clock = [0.0]
     # seconds each call takes, in call order: choice 0 rounds 0-1, then choice 1 rounds 0-1
     durations = {"pipeline": [3.0, 1.0, 2.0, 5.0], "baseline": [10.0, 30.0, 20.0, 8.0]}

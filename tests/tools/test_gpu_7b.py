@@ -4,10 +4,8 @@ the JSON summary. Speed is reported, never asserted (tools/README.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 
 import pytest
 
@@ -15,7 +13,6 @@ from tests import helpers
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = helpers.REPO_ROOT / "tools" / "bench" / "gpu_7b.py"
 NUMBER = r"[\d.,]+"
 CASE_LINE = re.compile(
     rf"^case (\w+)/(frames|cache): {NUMBER} x {NUMBER} tokens, {NUMBER} clips/sample \| step {NUMBER} ms \| "
@@ -25,17 +22,9 @@ CASE_LINE = re.compile(
 )
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_gpu_7b", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tiny_mode_prints_every_case_with_numbers(ds_process_group, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OUT", str(tmp_path))
-    script = _load_script()
+    script = helpers.load_tool("tools/bench/gpu_7b.py")
     assert script.main(["--tiny", "--workdir", str(tmp_path / "work")]) == 0
     out = capsys.readouterr().out
     cases = {(m[1], m[2]): m[3] for m in CASE_LINE.finditer(out)}

@@ -3,25 +3,13 @@ GPU machine, and the package lists it reads. (Downloading needs network: not tes
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import zipfile
 
 from tests import helpers
 
-SCRIPT = helpers.REPO_ROOT / "tools" / "bench" / "gpu_prep.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_gpu_prep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_requirements_are_evaluated_for_the_target_not_this_machine(tmp_path):
-    prep = _load_script()
+    prep = helpers.load_tool("tools/bench/gpu_prep.py")
     wheel = tmp_path / "demo-1.0-py3-none-any.whl"
     requires = [
         "hjson",
@@ -44,7 +32,7 @@ def test_requirements_are_evaluated_for_the_target_not_this_machine(tmp_path):
 
 
 def test_package_lists_and_pins_are_read_by_canonical_name(tmp_path):
-    prep = _load_script()
+    prep = helpers.load_tool("tools/bench/gpu_prep.py")
     listed = tmp_path / "have.txt"
     listed.write_text(
         "# the image\nTyping_Extensions\nhuggingface-hub==1.33.0\npydantic_core>=2  # pinned\n\n"

@@ -3,9 +3,7 @@ is reported, never asserted: see tools/README.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 
 import pytest
 
@@ -60,20 +58,10 @@ def test_bench_prints_throughput_mfu_fair_ratio_and_breakdown(train_data):
     assert bare_ms > 0 and rows["video tokenizer: frozen encode of the clips"] > 0, out
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"bench_{name}", helpers.REPO_ROOT / "tools" / "bench" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_balance_model_prints_busy_fractions_before_and_after(capsys):
     """The FLOP model of rank balance (tools/bench/balance.py) on the demo mix: a step
     that draws one source for all ranks keeps them busier than independent draws."""
-    balance = _load_tool("balance")
+    balance = helpers.load_tool("tools/bench/balance.py")
     assert balance.main("--experiment demo --steps 40 --pool 100 --ranks 8 64".split()) == 0
     out = capsys.readouterr().out
     modes = len(balance.MODES)
