@@ -164,7 +164,7 @@ class DivotTokenizer(VideoTokenizer):
         check_config(config)
         self.config = config
         if frame_encoder and vision_model is None:
-            vision_model = build_vit(None, config)
+            vision_model = load_clip_vision(None, vit_config(config))
         self.vit = ClipVisionTower(vision_model) if frame_encoder else None
         self.encoder = DivotVideoEncoder(config)
         self.freeze()
@@ -173,9 +173,15 @@ class DivotTokenizer(VideoTokenizer):
     def from_config(cls, config: DivotTokenizerConfig, frame_encoder: bool = True) -> DivotTokenizer:
         """Build from a config; ``vit_path`` and ``pretrained_path`` are loaded when set,
         and random weights are used for whatever is null (tiny test/demo tokenizers).
-        ``frame_encoder=False``: no ViT (``vit_path`` is not read; ``for_cached_features``)."""
-        vision_model = build_vit(config.vit_path, config) if frame_encoder else None
-        tokenizer = cls(config, vision_model, frame_encoder=frame_encoder)
+        ``frame_encoder=False``: no ViT (``vit_path`` is not read; ``for_cached_features``).
+        A random-init ViT (``vit_path`` null: tiny test/demo tokenizers) is drawn even then
+        and dropped: the encoder after it, and an LLM built after the tokenizer, take the
+        same random values with or without the ViT (a run from a feature cache leaves it
+        out, the export rebuilds it: both must agree on every random-init frozen weight)."""
+        vision_model = None
+        if frame_encoder or config.vit_path is None:
+            vision_model = load_clip_vision(config.vit_path, vit_config(config))
+        tokenizer = cls(config, vision_model if frame_encoder else None, frame_encoder=frame_encoder)
         if config.pretrained_path is not None:
             try:
                 tokenizer.encoder.load_release_state_dict(load_weights_file(config.pretrained_path))
@@ -243,12 +249,3 @@ class DivotTokenizer(VideoTokenizer):
         row_bf = encode_bf.flatten().cumsum(0).view(batch, frames) - 1  # row of M of each encoded frame
         row_bf = torch.where(encode_bf, row_bf, row_bf[:, :1])  # a still's frames: its first frame's row
         return patches_mpc[row_bf]
-
-
-def build_vit(path: str | None, config: DivotTokenizerConfig) -> CLIPVisionModel:
-    """The CLIP ViT of ``config`` (``load_clip_vision``), initialised from a forked RNG:
-    the encoder built after it, and an LLM after the tokenizer, draw the same random
-    values whether or not the ViT is built (a run from a feature cache leaves it out, the
-    export rebuilds it: both must agree on every random-init frozen weight)."""
-    with torch.random.fork_rng(devices=[]):
-        return load_clip_vision(path, vit_config(config))
