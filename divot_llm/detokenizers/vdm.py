@@ -130,7 +130,7 @@ class Unet3D(nn.Module):
         emb_dim = time_dim + (cond_dim or 0)
 
         widths = [init_dim, *(dim * m for m in dim_mults)]
-        pairs = list(zip(widths[:-1], widths[1:]))
+        pairs = list(zip(widths[:-1], widths[1:], strict=True))
 
         def spatial_attn(width: int) -> nn.Module:
             if not use_sparse_linear_attn:

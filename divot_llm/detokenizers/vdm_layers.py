@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-
 ROTARY_MAX_DIM = 32  # the seed rotates at most 32 features of each temporal-attention head
 REL_POS_BUCKETS = 32
 REL_POS_MAX_DISTANCE = 32
