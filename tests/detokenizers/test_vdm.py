@@ -1,0 +1,169 @@
+"""Our Unet3D + GaussianDiffusion against video-diffusion-pytorch 0.7.0's own outputs.
+
+The fixtures in tests/fixtures/vdm/ were written from the seed package by
+tools/vdm_fixtures.py (tiny.json records every call behind every tensor); the package is
+never imported here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from divot_llm.detokenizers.vdm import GaussianDiffusion, build_vdm, load_seed_checkpoint
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vdm"
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return json.loads((FIXTURES / "tiny.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def checkpoint() -> dict:
+    return load_seed_checkpoint(FIXTURES / "tiny_checkpoint.pt")
+
+
+@pytest.fixture(scope="module")
+def io() -> dict[str, torch.Tensor]:
+    return load_file(FIXTURES / "tiny_io.safetensors")
+
+
+@pytest.fixture(scope="module")
+def diffusion(spec, checkpoint) -> GaussianDiffusion:
+    """The tiny model with the checkpoint's ``model`` weights, in eval mode (as the fixtures)."""
+    model = build_vdm(spec["unet"], spec["diffusion"])
+    model.load_state_dict(checkpoint["model"], strict=True)
+    return model.eval()
+
+
+def test_readme_config_state_dict_table_is_the_seeds(spec):
+    """dim=64, (1, 2, 4, 8), 5 frames of 32²: every key and shape of the seed's state dict,
+    the schedule buffers and the rotary ``freqs`` copies (one per temporal attention: init,
+    4 down, mid, 4 up) included."""
+    readme = spec["readme_config"]
+    with torch.device("meta"):
+        model = build_vdm(readme["unet"], readme["diffusion"])
+    table = {name: list(t.shape) for name, t in model.state_dict().items()}
+    assert table == spec["readme_keys"]
+    assert len(table) == spec["readme_state_dict_entries"] == 274
+    assert sum(name.endswith("rotary_emb.freqs") for name in table) == 10
+
+
+def test_seed_checkpoint_model_and_ema_load_strictly(spec, checkpoint):
+    model = build_vdm(spec["unet"], spec["diffusion"])
+    assert checkpoint["step"] == spec["checkpoint_step"]
+    differing = [
+        k for k in checkpoint["model"] if not torch.equal(checkpoint["model"][k], checkpoint["ema"][k])
+    ]
+    assert differing, "the fixture's ema must differ from model for this test to mean anything"
+    for name in ("model", "ema"):
+        model.load_state_dict(checkpoint[name], strict=True)
+        loaded = model.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in checkpoint[name].items()), name
+
+
+def test_load_seed_checkpoint_rejects_other_layouts(tmp_path, diffusion):
+    bare = tmp_path / "bare.pt"
+    torch.save(diffusion.state_dict(), bare)  # a bare state dict, not a Trainer checkpoint
+    with pytest.raises(ValueError, match="not a video-diffusion-pytorch Trainer checkpoint"):
+        load_seed_checkpoint(bare)
+
+
+def _assert_close(name: str, ours: torch.Tensor, io: dict, spec: dict) -> None:
+    tol = spec["tolerance"].get(name, spec["tolerance"]["default"])
+    expected = io[name]
+    assert ours.shape == expected.shape, name
+    err = (ours - expected).abs().max().item()
+    assert err <= tol, f"{name}: max |ours - seed| = {err:.3g} > {tol}"
+
+
+@torch.no_grad()
+def test_loss_denoising_and_one_step_match_the_seed(diffusion, io, spec):
+    video, cond, noise, t = io["video"], io["cond"], io["noise"], io["t"]
+    x_start = video * 2 - 1
+    x_noisy = diffusion.q_sample(x_start, t, noise)
+    _assert_close("x_noisy", x_noisy, io, spec)
+    _assert_close("denoised", diffusion.denoise_fn(x_noisy, t, cond=cond), io, spec)
+    mixed = torch.tensor([True, False])  # sample 0 attends to its own frame only
+    _assert_close(
+        "denoised_focus_mixed",
+        diffusion.denoise_fn(x_noisy, t, cond=cond, focus_present_mask=mixed),
+        io,
+        spec,
+    )
+    _assert_close("loss", diffusion.p_losses(x_start, t, cond=cond, noise=noise), io, spec)
+    focus = torch.ones(2, dtype=torch.bool)
+    _assert_close(
+        "loss_focus",
+        diffusion.p_losses(x_start, t, cond=cond, noise=noise, focus_present_mask=focus),
+        io,
+        spec,
+    )
+    torch.manual_seed(spec["sample_seed"])  # forward draws t, then the noise
+    _assert_close("loss_forward", diffusion(video, cond=cond), io, spec)
+    mean, _, log_var = diffusion.p_mean_variance(
+        x=x_noisy, t=t, clip_denoised=True, cond=cond, cond_scale=1.0
+    )
+    _assert_close("step_mean", mean, io, spec)
+    _assert_close("step_log_var", log_var, io, spec)
+    mean_cfg = diffusion.p_mean_variance(x=x_noisy, t=t, clip_denoised=True, cond=cond, cond_scale=2.0)[0]
+    _assert_close("step_mean_cfg", mean_cfg, io, spec)
+
+
+@pytest.mark.parametrize(("name", "cond_scale"), [("sample", 2.0), ("sample_scale1", 1.0)])
+def test_ancestral_sampling_matches_the_seed(diffusion, io, spec, name, cond_scale):
+    """Full 8-step sampling from the same global RNG state: same draws in the same order."""
+    torch.manual_seed(spec["sample_seed"])
+    video = diffusion.sample(cond=io["cond"], cond_scale=cond_scale, batch_size=2)
+    assert video.shape == (2, 3, 4, 16, 16)
+    assert video.min() >= 0 and video.max() <= 1  # x0 is clipped to [-1, 1] at every step
+    _assert_close(name, video, io, spec)
+
+
+@torch.no_grad()
+def test_dropout_and_focus_probabilities_mean_what_they_say(diffusion, io):
+    """null_cond_prob=1 is the learned null condition; prob_focus_present=1 is the all-True mask."""
+    x, t, cond = io["x_noisy"], io["t"], io["cond"]
+    unet = diffusion.denoise_fn
+    null_cond = unet.null_cond_emb.expand_as(cond)
+    torch.testing.assert_close(
+        unet(x, t, cond=cond, null_cond_prob=1.0), unet(x, t, cond=null_cond), rtol=0, atol=0
+    )
+    assert not torch.allclose(unet(x, t, cond=cond), unet(x, t, cond=null_cond))
+    focus = torch.ones(2, dtype=torch.bool)
+    torch.testing.assert_close(
+        unet(x, t, cond=cond, prob_focus_present=1.0),
+        unet(x, t, cond=cond, focus_present_mask=focus),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_wrong_video_shapes_raise_clear_errors(diffusion, io):
+    video, cond = io["video"], io["cond"]
+    with pytest.raises(ValueError, match=r"F=4"):
+        diffusion(video[:, :, :3], cond=cond)  # 3 frames, the model is built for 4
+    with pytest.raises(ValueError, match=r"H=16"):
+        diffusion(torch.nn.functional.pad(video, (0, 8, 0, 8)), cond=cond)  # 24² for 16²
+    with pytest.raises(ValueError, match="divisible by 2"):
+        diffusion.denoise_fn(torch.zeros(2, 3, 4, 15, 15), io["t"], cond=cond)  # one halving
+    with pytest.raises(ValueError, match="pass cond"):
+        diffusion.denoise_fn(io["x_noisy"], io["t"])
+
+
+def test_linear_and_cosine_schedules(spec):
+    linear = build_vdm(spec["unet"], {**spec["diffusion"], "timesteps": 1000, "beta_schedule": "linear"})
+    assert linear.betas[0].item() == pytest.approx(1e-4) and linear.betas[-1].item() == pytest.approx(0.02)
+    for model in (linear, build_vdm(spec["unet"], spec["diffusion"])):
+        abar = model.alphas_cumprod
+        assert (abar[1:] < abar[:-1]).all() and abar[0] < 1 and abar[-1] < 0.01
+    with pytest.raises(ValueError, match="beta_schedule"):
+        build_vdm(spec["unet"], {**spec["diffusion"], "beta_schedule": "quadratic"})
+    with pytest.raises(TypeError, match="unknown arguments"):
+        build_vdm({**spec["unet"], "resnet_groups": 8}, spec["diffusion"])
