@@ -1,0 +1,243 @@
+"""Arch ``vdm``: a pixel-space de-tokenizer from our video-diffusion-pytorch ``Unet3D`` +
+``GaussianDiffusion`` (``vdm.py``), conditioned on the video tokenizer's features.
+
+Pipeline for B feature sets:
+
+1. ``image_proj_model`` (``TokenPooling``): ``(B, N, D)`` -> ``(B, cond_dim)``, one learned
+   query attending over the N tokens (or their mean, ``pooling: mean``), then a linear map.
+   This is the seed-compatible conditioning: ``Unet3D`` concatenates one vector to its time
+   embedding.
+2. Ancestral sampling of ``(B, 3, F, H, W)`` in [-1, 1] over ``steps`` evenly spaced
+   timesteps (all of them: the seed's DDPM chain), guided against the UNet's learned
+   ``null_cond_emb``; returned as ``(B, F, 3, H, W)`` (the interface's layout).
+
+Null features: the unconditional input of this arch is the UNet's learned null embedding
+(the seed's classifier-free guidance), which replaces the *pooled* vector of dropped clips.
+Divot's zero-clip features are therefore not needed: ``set_null_features`` still stores
+them (the stages call it) but guidance never reads them and they are not saved.
+
+Training (``loss``): the clip is noised at a random timestep and the UNet regresses the
+noise (L1 or L2, ``loss_type``), conditioned on the pooled features or, with probability
+``cond_drop_prob``, on the null embedding.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from divot_llm.detokenizers.base import VideoDetokenizer, zero_clip_features
+from divot_llm.detokenizers.registry import register_video_detokenizer
+from divot_llm.detokenizers.vdm import GaussianDiffusion, Unet3D
+from divot_llm.detokenizers.vdm_config import VdmDetokenizerConfig
+from divot_llm.tokenizers.base import VideoTokenizer, config_value
+
+WEIGHTS_FILE = "detokenizer.safetensors"  # save_pretrained layout (+ VideoDetokenizer.config_file)
+
+
+class TokenPooling(nn.Module):
+    """``(B, N, D)`` feature tokens -> ``(B, cond_dim)``: attention pooling with one learned
+    query (``attention``) or the token mean (``mean``), then LayerNorm + Linear."""
+
+    def __init__(self, feature_dim: int, cond_dim: int, mode: str, heads: int) -> None:
+        super().__init__()
+        if mode not in ("attention", "mean"):
+            raise ValueError(f"pooling must be 'attention' or 'mean', got {mode!r}")
+        if mode == "attention" and feature_dim % heads:
+            raise ValueError(f"pooling_heads={heads} must divide feature_dim={feature_dim}")
+        self.mode = mode
+        if mode == "attention":
+            self.query = nn.Parameter(torch.randn(1, 1, feature_dim) * feature_dim**-0.5)
+            self.attn = nn.MultiheadAttention(feature_dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(feature_dim)
+        self.proj = nn.Linear(feature_dim, cond_dim)
+
+    def forward(self, feats_bnd: torch.Tensor) -> torch.Tensor:
+        if self.mode == "attention":
+            query_b1d = self.query.expand(feats_bnd.shape[0], -1, -1)
+            pooled_bd = self.attn(query_b1d, feats_bnd, feats_bnd, need_weights=False)[0][:, 0]
+        else:
+            pooled_bd = feats_bnd.mean(dim=1)
+        return self.proj(self.norm(pooled_bd))
+
+
+def spaced_timesteps(timesteps: int, steps: int) -> list[int]:
+    """``steps`` distinct timesteps from ``timesteps - 1`` down to 0, evenly spaced
+    (every timestep when ``steps >= timesteps``)."""
+    if steps >= timesteps:
+        return list(range(timesteps - 1, -1, -1))
+    spaced = torch.linspace(timesteps - 1, 0, steps).round().long().tolist()
+    return sorted(set(spaced), reverse=True)
+
+
+@register_video_detokenizer("vdm")
+class VdmDetokenizer(VideoDetokenizer):
+    """Video diffusion (Ho et al.) in pixel space as a Divot de-tokenizer.
+
+    Args:
+        config: architecture, schedule and sampler settings (weights are loaded by
+            ``from_config``).
+
+    Example:
+        >>> detok = build_video_detokenizer(compose_config(["detokenizer=vdm_tiny"]).detokenizer)
+        >>> video_bfchw = detok.decode(feats_bnd, steps=50, seed=0)  # (B, 8, 3, 16, 16) in [-1, 1]
+    """
+
+    config_class = VdmDetokenizerConfig
+
+    def __init__(self, config: VdmDetokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        unet = Unet3D(
+            dim=config.dim,
+            cond_dim=config.cond_dim,
+            dim_mults=tuple(config.dim_mults),
+            channels=3,
+            attn_heads=config.attn_heads,
+            attn_dim_head=config.attn_dim_head,
+            init_kernel_size=config.init_kernel_size,
+            use_sparse_linear_attn=config.use_sparse_linear_attn,
+        )
+        stride = 2 ** (len(config.dim_mults) - 1)
+        if config.image_size % stride:
+            raise ValueError(f"image_size={config.image_size} must be divisible by {stride} (dim_mults)")
+        # ``diffusion_model`` / ``image_proj_model``: the names the detok stages' trainable
+        # switches (set_trainable) use for every de-tokenizer
+        self.diffusion_model = GaussianDiffusion(
+            unet,
+            image_size=config.image_size,
+            num_frames=config.num_frames,
+            channels=3,
+            timesteps=config.timesteps,
+            loss_type=config.loss_type,
+            beta_schedule=config.beta_schedule,
+        )
+        self.image_proj_model = TokenPooling(
+            config.feature_dim, config.cond_dim, config.pooling, config.pooling_heads
+        )
+        self.null_features = None  # stored by set_null_features, unused (see the module doc)
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_config(cls, config: VdmDetokenizerConfig, tokenizer: VideoTokenizer | None = None) -> VdmDetokenizer:
+        """Build from a config, loading ``pretrained_path`` (a ``save_pretrained`` weights
+        file) strictly when set.
+
+        Raises:
+            ValueError: a weights file that does not fit the config.
+        """
+        detok = cls(config)
+        if config.pretrained_path is not None:
+            try:
+                detok.load_state_dict(load_file(config.pretrained_path), strict=True)
+            except RuntimeError as err:
+                raise ValueError(f"{config.pretrained_path} does not fit the de-tokenizer config: {err}") from err
+        if tokenizer is not None:
+            detok.set_null_features(zero_clip_features(tokenizer))
+        return detok
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> VdmDetokenizer:
+        """Load a folder written by ``save_pretrained``."""
+        return cls.from_config(cls._saved_config(path, pretrained_path=str(Path(path) / WEIGHTS_FILE)))
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``detokenizer_config.json`` and the state dict (safetensors; the
+        ``diffusion_model.*`` part is a seed ``GaussianDiffusion`` state dict)."""
+        path = self._save_config(path, pretrained_path=None)
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, path / WEIGHTS_FILE)
+
+    # ---------------------------------------------------------------------- shapes
+
+    num_frames = config_value("num_frames")
+    image_size = config_value("image_size")
+    feature_dim = config_value("feature_dim")
+    fps = config_value("fps")
+
+    def set_trainable(self, diffusion_model: bool = True, image_proj_model: bool = True) -> None:
+        """Choose what trains: the UNet (with its null embedding) and/or the pooling."""
+        self.diffusion_model.requires_grad_(diffusion_model)
+        self.image_proj_model.requires_grad_(image_proj_model)
+
+    # -------------------------------------------------------------------- sampling
+
+    def _decode(
+        self,
+        features_bnd: torch.Tensor,
+        steps: int | None,
+        guidance: float | None,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        steps = self.config.sample_steps if steps is None else steps
+        guidance = self.config.guidance_scale if guidance is None else guidance
+        diffusion, unet = self.diffusion_model, self.diffusion_model.denoise_fn
+        cond_bc = self.image_proj_model(features_bnd)
+        batch = features_bnd.shape[0]
+        shape = (batch, 3, self.num_frames, self.image_size, self.image_size)
+
+        def randn() -> torch.Tensor:
+            return torch.randn(shape, generator=generator).to(self.device, self.dtype)
+
+        abar_t = diffusion.alphas_cumprod
+        x = randn()
+        timesteps = spaced_timesteps(diffusion.num_timesteps, steps)
+        for index, t in enumerate(timesteps):
+            t_b = torch.full((batch,), t, device=self.device, dtype=torch.long)
+            eps = unet.forward_with_cond_scale(x, t_b, cond=cond_bc, cond_scale=guidance)
+            x0 = diffusion.predict_start_from_noise(x, t_b, eps).clamp(-1, 1)
+            # q(x_prev | x_t, x0) between the two spaced steps: with every timestep these
+            # are GaussianDiffusion's posterior buffers
+            abar_prev = abar_t[timesteps[index + 1]] if index + 1 < len(timesteps) else abar_t.new_tensor(1.0)
+            beta = 1 - abar_t[t] / abar_prev
+            mean = (beta * abar_prev.sqrt() * x0 + (1 - abar_prev) * (1 - beta).sqrt() * x) / (1 - abar_t[t])
+            noise = randn()  # drawn at the last step too (zero weight): the stream does not depend on it
+            x = mean + (beta * (1 - abar_prev) / (1 - abar_t[t])).sqrt() * noise
+        return rearrange(x, "b c f h w -> b f c h w")
+
+    # -------------------------------------------------------------------- training
+
+    def loss(
+        self,
+        video: torch.Tensor,
+        features: torch.Tensor,
+        cond_drop_prob: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Noise-prediction loss on the pixels (see ``VideoDetokenizer.loss``).
+
+        Raises:
+            ValueError: bad feature shape, or clip size/length other than the config's.
+        """
+        self._check_features(features)
+        expected = (self.num_frames, 3, self.image_size, self.image_size)
+        if video.ndim != 5 or tuple(video.shape[1:]) != expected:
+            raise ValueError(f"expected clips (B, {', '.join(map(str, expected))}), got {tuple(video.shape)}")
+        batch, device = video.shape[0], self.device
+        p_drop = self.config.cond_drop_prob if cond_drop_prob is None else cond_drop_prob
+
+        def draw(fn, *args, **kwargs) -> torch.Tensor:  # CPU draws when a generator is given
+            if generator is None:
+                return fn(*args, device=device, **kwargs)
+            return fn(*args, generator=generator, **kwargs).to(device)
+
+        x_start = rearrange(video.to(device=device, dtype=self.dtype), "b f c h w -> b c f h w")
+        unet = self.diffusion_model.denoise_fn
+        cond_bc = self.image_proj_model(features.to(device=device, dtype=self.dtype))
+        # dropout drawn here rather than by the UNet (null_cond_prob), so a generator fixes it
+        drop_b = draw(torch.rand, batch) < p_drop
+        cond_bc = torch.where(drop_b[:, None], unet.null_cond_emb.to(cond_bc.dtype), cond_bc)
+        focus_b = draw(torch.rand, batch) < self.config.prob_focus_present
+        t_b = draw(torch.randint, 0, self.diffusion_model.num_timesteps, (batch,))
+        noise = draw(torch.randn, x_start.shape).to(x_start.dtype)
+        return self.diffusion_model.p_losses(
+            x_start, t_b, cond=cond_bc, noise=noise, null_cond_prob=0.0, focus_present_mask=focus_b
+        ).float()
+
+    def extra_repr(self) -> str:
+        return f"name={self.config.name!r}, frames={self.num_frames}, size={self.image_size}"
