@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from divot_llm.detokenizers.base import VideoDetokenizer, zero_clip_features
@@ -125,7 +125,9 @@ class VdmDetokenizer(VideoDetokenizer):
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def from_config(cls, config: VdmDetokenizerConfig, tokenizer: VideoTokenizer | None = None) -> VdmDetokenizer:
+    def from_config(
+        cls, config: VdmDetokenizerConfig, tokenizer: VideoTokenizer | None = None
+    ) -> VdmDetokenizer:
         """Build from a config, loading ``pretrained_path`` (a ``save_pretrained`` weights
         file) strictly when set.
 
@@ -135,9 +137,11 @@ class VdmDetokenizer(VideoDetokenizer):
         detok = cls(config)
         if config.pretrained_path is not None:
             try:
-                detok.load_state_dict(load_file(config.pretrained_path), strict=True)
+                load_model(detok, config.pretrained_path, strict=True)
             except RuntimeError as err:
-                raise ValueError(f"{config.pretrained_path} does not fit the de-tokenizer config: {err}") from err
+                raise ValueError(
+                    f"{config.pretrained_path} does not fit the de-tokenizer config: {err}"
+                ) from err
         if tokenizer is not None:
             detok.set_null_features(zero_clip_features(tokenizer))
         return detok
@@ -149,9 +153,10 @@ class VdmDetokenizer(VideoDetokenizer):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``detokenizer_config.json`` and the state dict (safetensors; the
-        ``diffusion_model.*`` part is a seed ``GaussianDiffusion`` state dict)."""
+        ``diffusion_model.*`` part is a seed ``GaussianDiffusion`` state dict). ``save_model``
+        because every temporal attention shares one rotary embedding buffer."""
         path = self._save_config(path, pretrained_path=None)
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, path / WEIGHTS_FILE)
+        save_model(self, str(path / WEIGHTS_FILE))
 
     # ---------------------------------------------------------------------- shapes
 
