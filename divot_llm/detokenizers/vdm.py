@@ -361,7 +361,3 @@ def load_seed_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             )
     return data
 
-
-# The registry imports ``<arch>.py`` for arch ``vdm``: this module. The de-tokenizer wrapping
-# the model lives in its own module (imported last: it imports this one's names).
-import divot_llm.detokenizers.vdm_detokenizer  # noqa: E402, F401  registers arch "vdm"

@@ -1,4 +1,4 @@
-"""Arch ``vdm``: a pixel-space de-tokenizer from our video-diffusion-pytorch ``Unet3D`` +
+"""Arch ``vdm_detokenizer``: a pixel-space de-tokenizer from our video-diffusion-pytorch ``Unet3D`` +
 ``GaussianDiffusion`` (``vdm.py``), conditioned on the video tokenizer's features.
 
 Pipeline for B feature sets:
@@ -34,7 +34,7 @@ from torch import nn
 from divot_llm.detokenizers.base import VideoDetokenizer, zero_clip_features
 from divot_llm.detokenizers.registry import register_video_detokenizer
 from divot_llm.detokenizers.vdm import GaussianDiffusion, Unet3D
-from divot_llm.detokenizers.vdm_config import VdmDetokenizerConfig
+from divot_llm.detokenizers.vdm_detokenizer_config import VdmDetokenizerConfig
 from divot_llm.tokenizers.base import VideoTokenizer, config_value
 
 WEIGHTS_FILE = "detokenizer.safetensors"  # save_pretrained layout (+ VideoDetokenizer.config_file)
@@ -75,7 +75,7 @@ def spaced_timesteps(timesteps: int, steps: int) -> list[int]:
     return sorted(set(spaced), reverse=True)
 
 
-@register_video_detokenizer("vdm")
+@register_video_detokenizer("vdm_detokenizer")
 class VdmDetokenizer(VideoDetokenizer):
     """Video diffusion (Ho et al.) in pixel space as a Divot de-tokenizer.
 

@@ -1,4 +1,4 @@
-"""The VDM de-tokenizer (arch ``vdm``) on the tiny config: the loss trains every part,
+"""The VDM de-tokenizer (arch ``vdm_detokenizer``) on the tiny config: the loss trains every part,
 decoding is the seed's ancestral chain, and saved folders load back exactly."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from einops import rearrange
 from divot_llm.config import compose_config
 from divot_llm.detokenizers import build_video_detokenizer, zero_clip_features
 from divot_llm.detokenizers.registry import load_video_detokenizer
-from divot_llm.detokenizers.vdm_config import VdmDetokenizerConfig
 from divot_llm.detokenizers.vdm_detokenizer import VdmDetokenizer, spaced_timesteps
+from divot_llm.detokenizers.vdm_detokenizer_config import VdmDetokenizerConfig
 
 
 @pytest.fixture(scope="module")

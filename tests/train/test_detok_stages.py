@@ -241,7 +241,7 @@ def test_detok_stage_trains_the_vdm_detokenizer(ds_process_group, train_data, tm
     trainable = {n.split(".")[0] for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable == {"diffusion_model", "image_proj_model"}
     out = detok_checkpoint_to_pretrained(tmp_path, tmp_path / "export")
-    detok = video_detokenizer_class("vdm").from_pretrained(out / DETOKENIZER_DIR)
+    detok = video_detokenizer_class("vdm_detokenizer").from_pretrained(out / DETOKENIZER_DIR)
     feats = tokenizer_features(trainer.video_tokenizer, torch.zeros(1, 8, 3, 16, 16))
     torch.testing.assert_close(
         detok.decode(feats, steps=2, seed=0), trainer.model.decode(feats, steps=2, seed=0)

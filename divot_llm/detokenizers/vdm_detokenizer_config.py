@@ -1,8 +1,8 @@
 """The VDM de-tokenizer's config (``conf/detokenizer/vdm_*.yaml`` merge onto it).
 
 Apart from ``vdm_detokenizer.py`` so that composing a config does not import the model: the
-schema registers here, the class in ``vdm_detokenizer.py`` (imported by ``vdm.py``, the
-module the registry imports for arch ``vdm``).
+schema registers here, the class in ``vdm_detokenizer.py``. (The arch is named after its
+module, as the registry expects: ``vdm.py`` is the diffusion model itself.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from divot_llm.config.schema import PathKind, checked
 from divot_llm.detokenizers.registry import register_video_detokenizer_config
 
 
-@register_video_detokenizer_config("vdm")
+@register_video_detokenizer_config("vdm_detokenizer")
 @dataclasses.dataclass
 class VdmDetokenizerConfig:
     """Pixel-space video diffusion de-tokenizer: the tokenizer's ``(N, D)`` features, pooled
@@ -24,7 +24,7 @@ class VdmDetokenizerConfig:
     Unet/diffusion fields carry the seed's names."""
 
     name: str = "vdm"
-    arch: str = "vdm"  # implementation: divot_llm/detokenizers/vdm.py (registry key)
+    arch: str = "vdm_detokenizer"  # implementation: divot_llm/detokenizers/<arch>.py (registry key)
     # a save_pretrained weights file (detokenizer.safetensors); null = random init
     pretrained_path: str | None = checked(MISSING, path=PathKind.file)
     feature_dim: int = checked(16, ge=1)  # D of the tokenizer features it decodes
