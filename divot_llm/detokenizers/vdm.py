@@ -360,4 +360,3 @@ def load_seed_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path}: '{name}' is not a GaussianDiffusion state dict (no 'denoise_fn.*' keys)"
             )
     return data
-

@@ -6,7 +6,8 @@ Pipeline for B feature sets:
 1. ``image_proj_model`` (``TokenPooling``): ``(B, N, D)`` -> ``(B, cond_dim)``, one learned
    query attending over the N tokens (or their mean, ``pooling: mean``), then a linear map.
    This is the seed-compatible conditioning: ``Unet3D`` concatenates one vector to its time
-   embedding.
+   embedding. With ``cross_attention``, the UNet also attends to the N tokens themselves
+   (``Unet3D(context_dim=D)``), dropped clips to its learned ``null_context`` token.
 2. Ancestral sampling of ``(B, 3, F, H, W)`` in [-1, 1] over ``steps`` evenly spaced
    timesteps (all of them: the seed's DDPM chain), guided against the UNet's learned
    ``null_cond_emb``; returned as ``(B, F, 3, H, W)`` (the interface's layout).
@@ -102,6 +103,7 @@ class VdmDetokenizer(VideoDetokenizer):
             attn_dim_head=config.attn_dim_head,
             init_kernel_size=config.init_kernel_size,
             use_sparse_linear_attn=config.use_sparse_linear_attn,
+            context_dim=config.feature_dim if config.cross_attention else None,
         )
         stride = 2 ** (len(config.dim_mults) - 1)
         if config.image_size % stride:
@@ -183,6 +185,7 @@ class VdmDetokenizer(VideoDetokenizer):
         guidance = self.config.guidance_scale if guidance is None else guidance
         diffusion, unet = self.diffusion_model, self.diffusion_model.denoise_fn
         cond_bc = self.image_proj_model(features_bnd)
+        memory = {"context": features_bnd} if self.config.cross_attention else {}
         batch = features_bnd.shape[0]
         shape = (batch, 3, self.num_frames, self.image_size, self.image_size)
 
@@ -194,7 +197,7 @@ class VdmDetokenizer(VideoDetokenizer):
         timesteps = spaced_timesteps(diffusion.num_timesteps, steps)
         for index, t in enumerate(timesteps):
             t_b = torch.full((batch,), t, device=self.device, dtype=torch.long)
-            eps = unet.forward_with_cond_scale(x, t_b, cond=cond_bc, cond_scale=guidance)
+            eps = unet.forward_with_cond_scale(x, t_b, cond=cond_bc, cond_scale=guidance, **memory)
             x0 = diffusion.predict_start_from_noise(x, t_b, eps).clamp(-1, 1)
             # q(x_prev | x_t, x0) between the two spaced steps: with every timestep these
             # are GaussianDiffusion's posterior buffers
@@ -233,15 +236,21 @@ class VdmDetokenizer(VideoDetokenizer):
 
         x_start = rearrange(video.to(device=device, dtype=self.dtype), "b f c h w -> b c f h w")
         unet = self.diffusion_model.denoise_fn
-        cond_bc = self.image_proj_model(features.to(device=device, dtype=self.dtype))
+        features = features.to(device=device, dtype=self.dtype)
+        cond_bc = self.image_proj_model(features)
         # dropout drawn here rather than by the UNet (null_cond_prob), so a generator fixes it
         drop_b = draw(torch.rand, batch) < p_drop
         cond_bc = torch.where(drop_b[:, None], unet.null_cond_emb.to(cond_bc.dtype), cond_bc)
+        memory = {}
+        if self.config.cross_attention:
+            memory["context"] = torch.where(
+                drop_b[:, None, None], unet.null_context.to(features.dtype), features
+            )
         focus_b = draw(torch.rand, batch) < self.config.prob_focus_present
         t_b = draw(torch.randint, 0, self.diffusion_model.num_timesteps, (batch,))
         noise = draw(torch.randn, x_start.shape).to(x_start.dtype)
         return self.diffusion_model.p_losses(
-            x_start, t_b, cond=cond_bc, noise=noise, null_cond_prob=0.0, focus_present_mask=focus_b
+            x_start, t_b, cond=cond_bc, noise=noise, null_cond_prob=0.0, focus_present_mask=focus_b, **memory
         ).float()
 
     def extra_repr(self) -> str:

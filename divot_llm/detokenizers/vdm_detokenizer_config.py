@@ -35,6 +35,9 @@ class VdmDetokenizerConfig:
     # tokens) | "mean" (mean over tokens, then a linear map)
     pooling: str = checked("attention", choices=("attention", "mean"))
     pooling_heads: int = checked(2, ge=1)  # attention pooling heads; must divide feature_dim
+    # also let the UNet attend to the N tokens themselves (a cross-attention after every
+    # spatial attention; not in the seed's state dicts), the pooled vector still conditioning
+    cross_attention: bool = False
     # Unet3D
     dim: int = checked(16, ge=1)
     dim_mults: list[int] = checked(default_factory=lambda: [1, 2], ge=1)

@@ -304,3 +304,34 @@ def downsample(dim: int) -> nn.Conv3d:
 def upsample(dim: int) -> nn.ConvTranspose3d:
     """Double H and W, keep the frames."""
     return nn.ConvTranspose3d(dim, dim, (1, 4, 4), (1, 2, 2), (0, 1, 1))
+
+
+class TokenCrossAttention(nn.Module):
+    """Every position of a ``(B, C, F, H, W)`` clip attends to memory tokens ``(B, N, D_ctx)``
+    (the seed's TODO: conditioning tokens as attention memory; not in its state dicts).
+
+    Pre-norm residual; the output projection starts at zero, so a fresh block is the
+    identity and the UNet starts as the pooled-vector model.
+    """
+
+    def __init__(self, dim: int, context_dim: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.context_norm = nn.LayerNorm(context_dim)
+        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, dim)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def forward(self, x: torch.Tensor, context_bnd: torch.Tensor) -> torch.Tensor:
+        _, _, frames, height, _ = x.shape
+        # one sequence per clip: the memory is the same for every frame
+        x_blc = rearrange(x, "b c f h w -> b (f h w) c")
+        q = self.to_q(self.norm(x_blc))
+        k, v = self.to_kv(self.context_norm(context_bnd)).chunk(2, dim=-1)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        out_blc = self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        return x + rearrange(out_blc, "b (f h w) c -> b c f h w", f=frames, h=height)

@@ -21,6 +21,7 @@ from divot_llm.detokenizers.vdm_layers import (
     ResnetBlock,
     RotaryEmbedding,
     SpatialLinearAttention,
+    TokenCrossAttention,
     downsample,
     norm_residual,
     temporal_attention,
@@ -79,6 +80,7 @@ class Unet3D(nn.Module):
         init_kernel_size: int = 7,
         use_sparse_linear_attn: bool = True,
         block_type: str = "resnet",
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         if block_type != "resnet":
@@ -143,6 +145,22 @@ class Unet3D(nn.Module):
         self.mid_temporal_attn = time_attn(mid)
         self.mid_block2 = ResnetBlock(mid, mid, emb_dim)
 
+        # Our addition (None: the seed's model and state dict): after every spatial attention,
+        # cross-attention to memory tokens ``context`` (B, N, context_dim); dropped samples
+        # (null_cond_prob) attend to the learned ``null_context`` token instead.
+        self.has_context = context_dim is not None
+        if self.has_context:
+            if not self.has_cond:
+                raise ValueError("context_dim needs cond_dim: the dropped samples' null input is shared")
+
+            def cross(width: int) -> TokenCrossAttention:
+                return TokenCrossAttention(width, context_dim, attn_heads, attn_dim_head)
+
+            self.null_context = nn.Parameter(torch.randn(1, 1, context_dim))
+            self.down_cross_attn = nn.ModuleList(cross(w_out) for _, w_out in pairs)
+            self.mid_cross_attn = cross(mid)
+            self.up_cross_attn = nn.ModuleList(cross(w_in) for w_in, _ in reversed(pairs))
+
         self.ups = nn.ModuleList()
         for level, (w_in, w_out) in enumerate(reversed(pairs)):
             last = level == len(pairs) - 1
@@ -171,10 +189,14 @@ class Unet3D(nn.Module):
         null_cond_prob: float = 0.0,
         focus_present_mask: torch.Tensor | None = None,
         prob_focus_present: float = 0.0,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Noise prediction for ``x`` ``(B, C, F, H, W)`` at integer steps ``time`` ``(B,)``."""
+        """Noise prediction for ``x`` ``(B, C, F, H, W)`` at integer steps ``time`` ``(B,)``;
+        ``context`` ``(B, N, context_dim)`` when built with ``context_dim``."""
         if self.has_cond and cond is None:
             raise ValueError("this Unet3D has cond_dim set: pass cond (B, cond_dim)")
+        if self.has_context and context is None:
+            raise ValueError("this Unet3D has context_dim set: pass context (B, N, context_dim)")
         if isinstance(cond, (list, tuple)):
             raise TypeError("cond must be a tensor: embed text with the configured text encoder first")
         stride = 2 ** (self.levels - 1)
@@ -197,21 +219,31 @@ class Unet3D(nn.Module):
             dropped_b = bernoulli_mask(batch, null_cond_prob, device)
             cond = torch.where(dropped_b[:, None], self.null_cond_emb, cond)
             emb_be = torch.cat((emb_be, cond), dim=-1)
+        if self.has_context:
+            context = torch.where(dropped_b[:, None, None], self.null_context.to(context.dtype), context)
+        down_cross = self.down_cross_attn if self.has_context else [None] * len(self.downs)
+        up_cross = self.up_cross_attn if self.has_context else [None] * len(self.ups)
 
         skips = []
-        for block1, block2, spatial, temporal, down in self.downs:
+        for (block1, block2, spatial, temporal, down), cross in zip(self.downs, down_cross, strict=True):
             x = spatial(block2(block1(x, emb_be), emb_be))
+            if cross is not None:
+                x = cross(x, context)
             x = temporal(x, pos_bias=bias_hff, focus_present_mask=focus_present_mask)
             skips.append(x)
             x = down(x)
 
         x = self.mid_spatial_attn(self.mid_block1(x, emb_be))
+        if self.has_context:
+            x = self.mid_cross_attn(x, context)
         x = self.mid_temporal_attn(x, pos_bias=bias_hff, focus_present_mask=focus_present_mask)
         x = self.mid_block2(x, emb_be)
 
-        for block1, block2, spatial, temporal, up in self.ups:
+        for (block1, block2, spatial, temporal, up), cross in zip(self.ups, up_cross, strict=True):
             x = torch.cat((x, skips.pop()), dim=1)
             x = spatial(block2(block1(x, emb_be), emb_be))
+            if cross is not None:
+                x = cross(x, context)
             x = temporal(x, pos_bias=bias_hff, focus_present_mask=focus_present_mask)
             x = up(x)
 

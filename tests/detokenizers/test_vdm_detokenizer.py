@@ -124,3 +124,38 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(detok):
     with torch.no_grad():
         after = fixed_loss().item()
     assert after < 0.8 * before, (before, after)
+
+
+def test_cross_attention_reads_every_token(vdm_config, tmp_path):
+    # mean pooling: a change of tokens that keeps their mean keeps the pooled vector
+    detok = build_video_detokenizer(dataclasses.replace(vdm_config, cross_attention=True, pooling="mean"))
+    unet = detok.diffusion_model.denoise_fn
+    video, features = clips_and_features(detok)
+    loss = detok(video, features, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    # the zero-initialised output projections are what the first step trains
+    for block in (*unet.down_cross_attn, unet.mid_cross_attn, *unet.up_cross_attn):
+        assert block.to_out.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for block in (*unet.down_cross_attn, unet.mid_cross_attn, *unet.up_cross_attn):
+            for linear in (block.to_q, block.to_kv, block.to_out):  # as if trained: sharp attention
+                linear.weight.normal_(std=0.5)
+    # a change to tokens reaches the noise prediction even with the pooled vector held fixed
+    shift_d = torch.randn(features.shape[-1], generator=torch.Generator().manual_seed(1))
+    shifted = features.clone()
+    shifted[:, 0] += shift_d
+    shifted[:, 1] -= shift_d
+    with torch.no_grad():
+        cond = detok.image_proj_model(features)
+        torch.testing.assert_close(detok.image_proj_model(shifted), cond)
+        x_t = rearrange(video, "b f c h w -> b c f h w")
+        t_b = torch.tensor([500, 500])
+        eps = unet(x_t, t_b, cond=cond, context=features)
+        assert (unet(x_t, t_b, cond=cond, context=shifted) - eps).abs().max() > 1e-2
+    video_a = detok.decode(features, steps=2, seed=0)
+    # dropped clips attend to the learned null token
+    detok.zero_grad()
+    detok(video, features, cond_drop_prob=1.0).backward()
+    assert unet.null_context.grad.abs().sum() > 0 and unet.null_cond_emb.grad.abs().sum() > 0
+    detok.save_pretrained(tmp_path)
+    assert torch.equal(load_video_detokenizer(tmp_path).decode(features, steps=2, seed=0), video_a)
