@@ -25,18 +25,31 @@ Choices, and why:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from diffusers import DDIMScheduler
+from torch import nn
 
-if TYPE_CHECKING:
-    from divot_llm.detokenizers.vdm import GaussianDiffusion
-
-__all__ = ["ddim_scheduler", "sample_ddim"]
+__all__ = ["DiffusionLike", "ddim_scheduler", "sample_ddim"]
 
 
-def ddim_scheduler(diffusion: GaussianDiffusion, steps: int) -> DDIMScheduler:
+class DiffusionLike(Protocol):
+    """What DDIM reads of a ``GaussianDiffusion`` (ours or the seed's). A protocol, not an
+    import of ``vdm``: ``GaussianDiffusion.sample_ddim`` calls into this module."""
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    num_timesteps: int
+    channels: int
+    num_frames: int
+    image_size: int
+    use_dynamic_thres: bool
+    dynamic_thres_percentile: float
+    denoise_fn: nn.Module
+
+
+def ddim_scheduler(diffusion: DiffusionLike, steps: int) -> DDIMScheduler:
     """A ``DDIMScheduler`` over ``diffusion``'s schedule with ``steps`` inference steps set."""
     if not 1 <= steps <= diffusion.num_timesteps:
         raise ValueError(
@@ -64,7 +77,7 @@ def ddim_scheduler(diffusion: GaussianDiffusion, steps: int) -> DDIMScheduler:
 
 @torch.inference_mode()
 def sample_ddim(
-    diffusion: GaussianDiffusion,
+    diffusion: DiffusionLike,
     cond: torch.Tensor | None = None,
     cond_scale: float = 1.0,
     batch_size: int = 16,
