@@ -15,9 +15,11 @@ When the seed package is importable (``--seed-path``, e.g. the scratch install o
 covers its module-level imports) the same measurements run on it, interleaved with ours,
 with the same kwargs, the same weights (ours loaded into it strictly), the same inputs and
 RNG state -- the first training loss must agree, which the output shows -- and the ratio
-ours/seed is printed. Absolute CPU numbers mean little; the ratio is the number to read.
+ours/seed is printed. Absolute CPU numbers mean little; the ratio is the number to read. On a
+loaded machine pass ``--threads 1``: there, two intra-op threads wait on each other and one
+UNet call swings between 2 and 6 s where one thread takes 0.6 s steadily.
 
-    python tools/bench/vdm.py --seed-path /work/scratch/vdm_pkgs          # tiny and README configs
+    python tools/bench/vdm.py --seed-path /work/scratch/vdm_pkgs --threads 1 --ancestral-steps 3
     python tools/bench/vdm.py --quick --configs tiny                        # seconds; CI's smoke run
 """
 
@@ -159,14 +161,15 @@ def bench_config(name: str, args: argparse.Namespace, seed: types.ModuleType | N
             flush=True,
         )
 
-    def timed(fn_of: Callable[[Subject], Callable[[], object]]) -> dict[str, float]:
+    def timed(fn_of: Callable[[Subject], Callable[[], object]], only: str | None = None) -> dict[str, float]:
         # interleaved: each repeat times ours then the seed, so load on the machine hits both
-        results = {who: math.inf for who in subjects}
+        chosen = {who: s for who, s in subjects.items() if only in (None, who)}
+        results = dict.fromkeys(chosen, math.inf)
         for _ in range(args.warmup):
-            for subject in subjects.values():
+            for subject in chosen.values():
                 fn_of(subject)()
         for _ in range(args.repeats):
-            for who, subject in subjects.items():
+            for who, subject in chosen.items():
                 results[who] = min(results[who], best_s(fn_of(subject), 1, 0))
         return results
 
@@ -182,7 +185,8 @@ def bench_config(name: str, args: argparse.Namespace, seed: types.ModuleType | N
     row(f"ancestral {total} steps ({how})", full["ours"], full.get("seed"))
 
     ddim_steps = min(args.ddim_steps, total)
-    ddim_s = best_s(lambda: subjects["ours"].ddim(ddim_steps), args.repeats, args.warmup)
+    ddim_s = timed(lambda s: lambda: s.ddim(ddim_steps), only="ours")["ours"]
+    row(f"DDIM step (best of {ddim_steps}-step loops, ours)", ddim_s / ddim_steps, None)
     row(f"DDIM {ddim_steps} steps (ours; the seed has none)", ddim_s, None)
     baseline = full.get("seed", full["ours"])
     who = "the seed's" if "seed" in full else "our"
@@ -210,16 +214,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-seed", action="store_true", help="time ours only")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads; 1 on a loaded machine, where 2+ threads stall on each other",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="1 repeat, no warm-up, 2 ancestral steps, 4 DDIM steps"
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup, args.ancestral_steps, args.ddim_steps = 1, 0, 2, 4
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads_before)  # main() also runs in-process (the tests)
+
+
+def run(args: argparse.Namespace) -> int:
     seed = None if args.no_seed else import_seed(args.seed_path)
     seed_name = f"{FIXTURES.PACKAGE} {importlib.metadata.version(FIXTURES.PACKAGE)}" if seed else "not run"
     print(
-        f"vdm bench: {'CUDA' if torch.cuda.is_available() else 'CPU'} (timed on CPU), "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, best of {args.repeats}; "
+        f"vdm bench: CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, best of {args.repeats}; "
         f"seed: {seed_name}",
         flush=True,
     )
