@@ -230,6 +230,31 @@ class GaussianDiffusion(nn.Module):
         return self.p_sample_loop(shape, cond=cond, cond_scale=cond_scale)
 
     @torch.inference_mode()
+    def sample_ddim(
+        self,
+        cond: torch.Tensor | None = None,
+        cond_scale: float = 1.0,
+        batch_size: int = 16,
+        steps: int = 50,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``sample`` in ``steps`` DDIM steps (diffusers' scheduler on this schedule; see
+        ``vdm_ddim``); [0, 1]."""
+        # imported here: diffusers is slow to import and only sampling needs it
+        from divot_llm.detokenizers.vdm_ddim import sample_ddim
+
+        return sample_ddim(
+            self,
+            cond,
+            cond_scale=cond_scale,
+            batch_size=batch_size,
+            steps=steps,
+            eta=eta,
+            generator=generator,
+        )
+
+    @torch.inference_mode()
     def interpolate(
         self,
         x1: torch.Tensor,

@@ -167,3 +167,57 @@ def test_linear_and_cosine_schedules(spec):
         build_vdm(spec["unet"], {**spec["diffusion"], "beta_schedule": "quadratic"})
     with pytest.raises(TypeError, match="unknown arguments"):
         build_vdm({**spec["unet"], "resnet_groups": 8}, spec["diffusion"])
+
+
+# ------------------------------------------------------------------ DDIM (vdm_ddim.py)
+
+
+def test_ddim_eta1_over_every_step_is_the_seeds_ancestral_sampling(diffusion, io, spec):
+    """With eta = 1 and steps == timesteps, DDIM's variance is the posterior variance and its
+    mean (noise re-derived from the clipped x0) the posterior mean: the seed's own sample,
+    noise draw for draw from the same global seed."""
+    torch.manual_seed(spec["sample_seed"])
+    video = diffusion.sample_ddim(cond=io["cond"], cond_scale=2.0, steps=diffusion.num_timesteps, eta=1.0)
+    torch.testing.assert_close(video, io["sample"], rtol=0, atol=1e-4)
+
+
+def test_ddim_eta0_in_fewer_steps_is_the_ddim_update(diffusion, io):
+    """eta = 0, 4 of 8 steps: the trailing steps 7, 5, 3, 1, each the deterministic DDIM
+    update written out by hand, the last one onto alpha_cumprod = 1 (the clipped x0)."""
+    from divot_llm.detokenizers.vdm_ddim import ddim_scheduler
+
+    assert ddim_scheduler(diffusion, 4).timesteps.tolist() == [7, 5, 3, 1]
+    cond = io["cond"]
+    video = diffusion.sample_ddim(
+        cond=cond, cond_scale=2.0, steps=4, generator=torch.Generator().manual_seed(0)
+    )
+
+    abar = diffusion.alphas_cumprod
+    x = torch.randn(video.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t, t_prev in [(7, 5), (5, 3), (3, 1), (1, None)]:
+            t_b = torch.full((x.shape[0],), t, dtype=torch.long)
+            eps = diffusion.denoise_fn.forward_with_cond_scale(x, t_b, cond=cond, cond_scale=2.0)
+            x0 = ((x - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()).clamp(-1, 1)
+            eps = (x - abar[t].sqrt() * x0) / (1 - abar[t]).sqrt()
+            a_prev = abar[t_prev] if t_prev is not None else torch.tensor(1.0)
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    torch.testing.assert_close(video, (x + 1) * 0.5, rtol=0, atol=1e-5)
+    assert video.min() >= 0 and video.max() <= 1
+
+
+def test_ddim_scheduler_runs_on_the_models_own_schedule():
+    """README config (1000 cosine steps): the scheduler's alphas_cumprod are the model's buffer
+    bit for bit (diffusers' own float32 cumprod drifts by ~2e-4 relative at the tail), and 50
+    steps start at the last timestep."""
+    from divot_llm.detokenizers.vdm_ddim import ddim_scheduler
+
+    with torch.device("meta"):
+        meta_model = build_vdm({"dim": 8, "dim_mults": [1]}, {"image_size": 8, "num_frames": 2})
+    model = GaussianDiffusion(meta_model.denoise_fn, image_size=8, num_frames=2, timesteps=1000)
+    scheduler = ddim_scheduler(model, 50)
+    assert torch.equal(scheduler.alphas_cumprod, model.alphas_cumprod)
+    assert torch.equal(scheduler.betas, model.betas)
+    assert scheduler.timesteps.tolist() == list(range(999, 0, -20))
+    with pytest.raises(ValueError, match="DDIM steps must be in"):
+        ddim_scheduler(model, 1001)
