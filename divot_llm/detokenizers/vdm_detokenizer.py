@@ -24,6 +24,7 @@ noise (L1 or L2, ``loss_type``), conditioned on the pooled features or, with pro
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -34,11 +35,15 @@ from torch import nn
 
 from divot_llm.detokenizers.base import VideoDetokenizer, zero_clip_features
 from divot_llm.detokenizers.registry import register_video_detokenizer
-from divot_llm.detokenizers.vdm import GaussianDiffusion, Unet3D
+from divot_llm.detokenizers.vdm import GaussianDiffusion, Unet3D, load_seed_checkpoint
 from divot_llm.detokenizers.vdm_detokenizer_config import VdmDetokenizerConfig
 from divot_llm.tokenizers.base import VideoTokenizer, config_value
 
 WEIGHTS_FILE = "detokenizer.safetensors"  # save_pretrained layout (+ VideoDetokenizer.config_file)
+# Unet3D parts that only exist with cross_attention: never in a seed checkpoint
+CROSS_ATTENTION_PARTS = frozenset({"null_context", "down_cross_attn", "mid_cross_attn", "up_cross_attn"})
+
+log = logging.getLogger(__name__)
 
 
 class TokenPooling(nn.Module):
@@ -130,14 +135,17 @@ class VdmDetokenizer(VideoDetokenizer):
     def from_config(
         cls, config: VdmDetokenizerConfig, tokenizer: VideoTokenizer | None = None
     ) -> VdmDetokenizer:
-        """Build from a config, loading ``pretrained_path`` (a ``save_pretrained`` weights
-        file) strictly when set.
+        """Build from a config, loading ``pretrained_path`` strictly when set: a
+        ``save_pretrained`` weights file (``.safetensors``) or a seed Trainer checkpoint
+        (``load_seed_checkpoint``; see ``load_seed_weights``).
 
         Raises:
             ValueError: a weights file that does not fit the config.
         """
         detok = cls(config)
-        if config.pretrained_path is not None:
+        if config.pretrained_path is not None and Path(config.pretrained_path).suffix != ".safetensors":
+            detok.load_seed_weights(config.pretrained_path, config.pretrained_weights)
+        elif config.pretrained_path is not None:
             try:
                 load_model(detok, config.pretrained_path, strict=True)
             except RuntimeError as err:
@@ -147,6 +155,48 @@ class VdmDetokenizer(VideoDetokenizer):
         if tokenizer is not None:
             detok.set_null_features(zero_clip_features(tokenizer))
         return detok
+
+    def load_seed_weights(self, path: str | os.PathLike, which: str = "ema") -> None:
+        """Load the ``which`` (``ema`` | ``model``) ``GaussianDiffusion`` state of a seed
+        video-diffusion-pytorch Trainer checkpoint into ``diffusion_model``, strictly (with
+        ``cross_attention``, its zero-initialised blocks stay as built). The pooling is not in
+        a seed checkpoint and stays randomly initialised.
+
+        Raises:
+            ValueError: not a seed checkpoint, or a UNet/schedule that does not fit the config
+                (the message names the missing, unexpected and mismatched keys).
+        """
+        state = load_seed_checkpoint(path)[which]
+        own = {
+            name: tensor
+            for name, tensor in self.diffusion_model.state_dict().items()
+            if name.removeprefix("denoise_fn.").split(".")[0] not in CROSS_ATTENTION_PARTS
+        }
+        missing = sorted(own.keys() - state.keys())
+        unexpected = sorted(state.keys() - own.keys())
+        mismatched = [
+            f"{name}: checkpoint {tuple(state[name].shape)}, config {tuple(own[name].shape)}"
+            for name in sorted(own.keys() & state.keys())
+            if state[name].shape != own[name].shape
+        ]
+        if missing or unexpected or mismatched:
+            problems = {"missing": missing, "unexpected": unexpected, "shape mismatch": mismatched}
+            detail = "; ".join(
+                f"{kind} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                for kind, keys in problems.items()
+                if keys
+            )
+            raise ValueError(
+                f"{path} ['{which}'] does not fit the de-tokenizer's UNet/diffusion config: {detail}"
+            )
+        # strict over the seed's keys: every one of them was checked present above
+        self.diffusion_model.load_state_dict(state, strict=not self.config.cross_attention)
+        log.info(
+            "loaded the '%s' weights of seed checkpoint %s into diffusion_model; image_proj_model "
+            "(the feature pooling) is not in it and stays randomly initialised",
+            which,
+            path,
+        )
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> VdmDetokenizer:

@@ -25,8 +25,13 @@ class VdmDetokenizerConfig:
 
     name: str = "vdm"
     arch: str = "vdm_detokenizer"  # implementation: divot_llm/detokenizers/<arch>.py (registry key)
-    # a save_pretrained weights file (detokenizer.safetensors); null = random init
+    # a save_pretrained weights file (detokenizer.safetensors), or a seed video-diffusion-pytorch
+    # Trainer checkpoint (any other suffix, e.g. model-10.pt: its UNet + schedule, the pooling
+    # random-init); null = random init
     pretrained_path: str | None = checked(MISSING, path=PathKind.file)
+    # which state of a seed Trainer checkpoint to load: "ema" (the averaged weights the seed
+    # samples with) | "model" (the raw training weights)
+    pretrained_weights: str = checked("ema", choices=("ema", "model"))
     feature_dim: int = checked(16, ge=1)  # D of the tokenizer features it decodes
     num_frames: int = checked(8, ge=1)  # output frames per clip
     fps: int = checked(8, ge=1)  # playback rate of the decoded clip

@@ -4,6 +4,9 @@ decoding is the seed's ancestral chain, and saved folders load back exactly."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from einops import rearrange
 from divot_llm.config import compose_config
 from divot_llm.detokenizers import build_video_detokenizer, zero_clip_features
 from divot_llm.detokenizers.registry import load_video_detokenizer
+from divot_llm.detokenizers.vdm import load_seed_checkpoint
 from divot_llm.detokenizers.vdm_detokenizer import VdmDetokenizer, spaced_timesteps
 from divot_llm.detokenizers.vdm_detokenizer_config import VdmDetokenizerConfig
 
@@ -159,3 +163,51 @@ def test_cross_attention_reads_every_token(vdm_config, tmp_path):
     assert unet.null_context.grad.abs().sum() > 0 and unet.null_cond_emb.grad.abs().sum() > 0
     detok.save_pretrained(tmp_path)
     assert torch.equal(load_video_detokenizer(tmp_path).decode(features, steps=2, seed=0), video_a)
+
+
+SEED_CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / "vdm" / "tiny_checkpoint.pt"
+
+
+def seed_checkpoint_config(vdm_config: VdmDetokenizerConfig, **changes) -> VdmDetokenizerConfig:
+    """vdm_tiny changed to tests/fixtures/vdm/tiny.json's unet/diffusion kwargs."""
+    spec = json.loads((SEED_CHECKPOINT.parent / "tiny.json").read_text())
+    unet, diffusion = spec["unet"], spec["diffusion"]
+    fields = {
+        **{k: unet[k] for k in ("dim", "dim_mults", "cond_dim", "attn_heads", "attn_dim_head")},
+        **{k: diffusion[k] for k in ("image_size", "num_frames", "timesteps", "loss_type")},
+    }
+    return dataclasses.replace(vdm_config, pretrained_path=str(SEED_CHECKPOINT), **{**fields, **changes})
+
+
+@pytest.mark.parametrize("which", ["ema", "model"])
+def test_a_seed_trainer_checkpoint_loads_strictly(vdm_config, which, caplog):
+    config = seed_checkpoint_config(vdm_config, pretrained_weights=which)
+    with caplog.at_level(logging.INFO, logger="divot_llm.detokenizers.vdm_detokenizer"):
+        detok = build_video_detokenizer(config)
+    assert "stays randomly initialised" in caplog.text
+    seed_state = load_seed_checkpoint(SEED_CHECKPOINT)[which]
+    loaded = detok.diffusion_model.state_dict()
+    assert loaded.keys() == seed_state.keys()
+    for name, tensor in seed_state.items():
+        assert torch.equal(loaded[name], tensor), name
+    # the pooled features condition the loaded UNet
+    video = detok.decode(torch.randn(2, 8, config.feature_dim), steps=2, seed=0)
+    assert video.shape == (2, 4, 3, 16, 16)
+
+
+def test_a_seed_checkpoint_starts_the_cross_attention_model(vdm_config):
+    # the zero-initialised cross-attention blocks are not in the seed's state dict
+    detok = build_video_detokenizer(seed_checkpoint_config(vdm_config, cross_attention=True))
+    seed_state = load_seed_checkpoint(SEED_CHECKPOINT)["ema"]
+    loaded = detok.diffusion_model.state_dict()
+    assert loaded.keys() > seed_state.keys()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in seed_state.items())
+
+
+def test_a_seed_checkpoint_of_another_shape_names_the_keys(vdm_config):
+    with pytest.raises(
+        ValueError, match=r"shape mismatch .*denoise_fn\.null_cond_emb: checkpoint \(1, 8\), config \(1, 16\)"
+    ):
+        build_video_detokenizer(seed_checkpoint_config(vdm_config, cond_dim=16))
+    with pytest.raises(ValueError, match=r"missing .*denoise_fn\.downs\.2"):
+        build_video_detokenizer(seed_checkpoint_config(vdm_config, dim_mults=[1, 2, 2]))
