@@ -238,9 +238,10 @@ class GaussianDiffusion(nn.Module):
         steps: int = 50,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``sample`` in ``steps`` DDIM steps (diffusers' scheduler on this schedule; see
-        ``vdm_ddim``); [0, 1]."""
+        ``vdm_ddim``); [0, 1]. ``context``: the UNet's cross-attention tokens, if it has any."""
         # imported here: diffusers is slow to import and only sampling needs it
         from divot_llm.detokenizers.vdm_ddim import sample_ddim
 
@@ -252,6 +253,7 @@ class GaussianDiffusion(nn.Module):
             steps=steps,
             eta=eta,
             generator=generator,
+            context=context,
         )
 
     @torch.inference_mode()

@@ -84,11 +84,15 @@ def sample_ddim(
     steps: int = 50,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(B, C, F, H, W)`` videos in [0, 1] after ``steps`` DDIM steps from pure noise.
 
     ``eta=0`` is deterministic given ``x_T``; ``eta=1`` with ``steps == timesteps`` is ancestral
-    sampling. B is ``cond``'s batch when given, as in ``GaussianDiffusion.sample``."""
+    sampling. B is ``cond``'s batch when given, as in ``GaussianDiffusion.sample``. Noise is
+    drawn on ``generator``'s device (the model's without one) and moved to the model's, so a
+    CPU generator gives the same sample on any device. ``context``: ``(B, N, D)`` tokens for a
+    ``Unet3D`` built with ``context_dim``."""
     if isinstance(cond, (list, tuple)):
         raise TypeError("cond must be a tensor: embed text with the configured text encoder first")
     if eta < 0:
@@ -103,13 +107,20 @@ def sample_ddim(
         diffusion.image_size,
         diffusion.image_size,
     )
-    x_bcfhw = torch.randn(shape_bcfhw, generator=generator, device=device)
+    draw_device = generator.device if generator is not None else device
+    memory = {} if context is None else {"context": context}
+
+    def randn() -> torch.Tensor:
+        draw = torch.randn(shape_bcfhw, generator=generator, device=draw_device)
+        return draw.to(device=device, dtype=diffusion.betas.dtype)
+
+    x_bcfhw = randn()
     for step in scheduler.timesteps.tolist():
         t_b = torch.full((batch,), step, device=device, dtype=torch.long)
         eps_bcfhw = diffusion.denoise_fn.forward_with_cond_scale(
-            x_bcfhw, t_b, cond=cond, cond_scale=cond_scale
+            x_bcfhw, t_b, cond=cond, cond_scale=cond_scale, **memory
         )
-        noise = torch.randn(shape_bcfhw, generator=generator, device=device) if eta > 0 else None
+        noise = randn() if eta > 0 else None
         x_bcfhw = scheduler.step(
             eps_bcfhw, step, x_bcfhw, eta=eta, use_clipped_model_output=True, variance_noise=noise
         ).prev_sample

@@ -8,9 +8,11 @@ Pipeline for B feature sets:
    This is the seed-compatible conditioning: ``Unet3D`` concatenates one vector to its time
    embedding. With ``cross_attention``, the UNet also attends to the N tokens themselves
    (``Unet3D(context_dim=D)``), dropped clips to its learned ``null_context`` token.
-2. Ancestral sampling of ``(B, 3, F, H, W)`` in [-1, 1] over ``steps`` evenly spaced
-   timesteps (all of them: the seed's DDPM chain), guided against the UNet's learned
-   ``null_cond_emb``; returned as ``(B, F, 3, H, W)`` (the interface's layout).
+2. Ancestral sampling (``sampler: ancestral``) of ``(B, 3, F, H, W)`` in [-1, 1] over
+   ``steps`` evenly spaced timesteps (all of them: the seed's DDPM chain), or DDIM
+   (``sampler: ddim``, ``GaussianDiffusion.sample_ddim``, noise share ``ddim_eta``), guided
+   against the UNet's learned ``null_cond_emb``; returned as ``(B, F, 3, H, W)`` (the
+   interface's layout).
 
 Null features: the unconditional input of this arch is the UNet's learned null embedding
 (the seed's classifier-free guidance), which replaces the *pooled* vector of dropped clips.
@@ -237,6 +239,16 @@ class VdmDetokenizer(VideoDetokenizer):
         cond_bc = self.image_proj_model(features_bnd)
         memory = {"context": features_bnd} if self.config.cross_attention else {}
         batch = features_bnd.shape[0]
+        if self.config.sampler == "ddim":
+            video_bcfhw = diffusion.sample_ddim(
+                cond=cond_bc,
+                cond_scale=guidance,
+                steps=min(steps, diffusion.num_timesteps),  # as spaced_timesteps: all of them at most
+                eta=self.config.ddim_eta,
+                generator=generator,
+                **memory,
+            )
+            return rearrange(video_bcfhw * 2 - 1, "b c f h w -> b f c h w").clamp(-1, 1)
         shape = (batch, 3, self.num_frames, self.image_size, self.image_size)
 
         def randn() -> torch.Tensor:

@@ -55,9 +55,15 @@ class VdmDetokenizerConfig:
     timesteps: int = checked(1000, ge=1)
     beta_schedule: str = checked("cosine", choices=("cosine", "linear"))
     loss_type: str = checked("l2", choices=("l1", "l2"))
-    # sampling: ancestral steps (an evenly spaced subset of the timesteps; = timesteps is
-    # the seed's full DDPM chain) and the classifier-free guidance scale (the seed's cond_scale)
+    # sampling: sampler steps (an evenly spaced subset of the timesteps, all of them when
+    # >= timesteps; = timesteps is the seed's full DDPM chain) and the classifier-free guidance scale (the seed's cond_scale)
     sample_steps: int = checked(50, ge=1)
+    # decode's sampler: "ancestral" (the seed's DDPM posterior over the spaced steps) | "ddim"
+    # (GaussianDiffusion.sample_ddim, diffusers' DDIMScheduler on the same schedule; good
+    # clips in far fewer steps), with DDIM's noise share ddim_eta (0 = deterministic given
+    # x_T; 1 with every timestep = ancestral)
+    sampler: str = checked("ancestral", choices=("ancestral", "ddim"))
+    ddim_eta: float = checked(0.0, ge=0)
     guidance_scale: float = checked(2.0, ge=0)
     # training: clips conditioned on the learned null embedding (the seed's null_cond_prob)
     # and clips whose temporal attention sees only their own frame (prob_focus_present)

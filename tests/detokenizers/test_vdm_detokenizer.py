@@ -211,3 +211,33 @@ def test_a_seed_checkpoint_of_another_shape_names_the_keys(vdm_config):
         build_video_detokenizer(seed_checkpoint_config(vdm_config, cond_dim=16))
     with pytest.raises(ValueError, match=r"missing .*denoise_fn\.downs\.2"):
         build_video_detokenizer(seed_checkpoint_config(vdm_config, dim_mults=[1, 2, 2]))
+
+
+def test_ddim_decode_is_gaussian_diffusions_ddim_sampler(vdm_config):
+    assert vdm_config.sampler == "ancestral"  # the default (its chain: the seed-chain test above)
+    detok = build_video_detokenizer(dataclasses.replace(vdm_config, sampler="ddim", ddim_eta=0.5))
+    _, features = clips_and_features(detok)
+    video = detok.decode(features, steps=3, guidance=2.0, seed=4)
+    cfg = detok.config
+    assert video.shape == (2, cfg.num_frames, 3, cfg.image_size, cfg.image_size)
+    assert video.min() >= -1 and video.max() <= 1 and video.std() > 0.01
+    with torch.no_grad():
+        cond = detok.image_proj_model(features)
+        ddim = detok.diffusion_model.sample_ddim(
+            cond=cond, cond_scale=2.0, steps=3, eta=0.5, generator=torch.Generator().manual_seed(4)
+        )
+    torch.testing.assert_close(video, rearrange(ddim * 2 - 1, "b c f h w -> b f c h w"))
+    # not the ancestral chain from the same noise
+    ancestral = build_video_detokenizer(vdm_config)
+    ancestral.load_state_dict(detok.state_dict())
+    assert not torch.allclose(ancestral.decode(features, steps=3, guidance=2.0, seed=4), video)
+    # the tokens reach a cross-attention UNet through DDIM too
+    cross = build_video_detokenizer(dataclasses.replace(detok.config, cross_attention=True, pooling="mean"))
+    with torch.no_grad():
+        for block in cross.diffusion_model.denoise_fn.up_cross_attn:
+            block.to_out.weight.normal_(std=0.5)
+    shift_d = torch.randn(features.shape[-1])
+    shifted = features.clone()
+    shifted[:, 0] += shift_d
+    shifted[:, 1] -= shift_d  # the same mean-pooled vector
+    assert not torch.allclose(cross.decode(shifted, steps=2, seed=0), cross.decode(features, steps=2, seed=0))
