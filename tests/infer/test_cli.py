@@ -160,3 +160,26 @@ def test_generate_and_reconstruct_skip_a_bad_input_and_do_the_rest(
     assert code == 3 and f"divot-infer: skipped {cut} (corrupt_video): " in err
     assert f"{synthetic_video}: PSNR " in out
     assert [p.name[:4] for p in (tmp_path / "rec").glob("*.mp4")] == ["001_"]
+
+
+def test_reconstruct_through_a_saved_vdm_detokenizer(tiny_release, models, synthetic_video, tmp_path, capsys):
+    # the pixel-space video-diffusion de-tokenizer (detokenizer=vdm_tiny) as stage=detok saves it
+    torch.manual_seed(5)
+    detok = build_video_detokenizer(
+        compose_config(["detokenizer=vdm_tiny"]).detokenizer, tokenizer=models.video_tokenizer
+    )
+    detok.save_pretrained(tmp_path / "vdm")
+    _, out, _ = run_main(infer_main, "reconstruct", "--release", str(tiny_release), str(synthetic_video),
+                         "--detokenizer", str(tmp_path / "vdm"), "--steps", "2", "--out", str(tmp_path / "rec"),
+                         capsys=capsys)  # fmt: skip
+    from divot_llm.detokenizers.registry import load_video_detokenizer
+
+    expected = reconstruct(
+        synthetic_video, models.video_tokenizer, load_video_detokenizer(tmp_path / "vdm"), steps=2, seed=42
+    )
+    psnr = float(re.search(r"PSNR ([\d.]+) dB", out).group(1))
+    assert psnr == pytest.approx(expected.psnr, abs=0.01)
+    with av.open(str(next((tmp_path / "rec").glob("000_*.mp4")))) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 8 and frames[0].shape == (16, 16, 3)  # vdm_tiny's clip
+    assert next((tmp_path / "rec").glob("*_strip.png")).stat().st_size > 0
