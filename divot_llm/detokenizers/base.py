@@ -14,6 +14,7 @@ not need the tokenizer.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -169,6 +170,17 @@ class VideoDetokenizer(PretrainedComponent):
         """The training loss (``loss``), so a training engine can wrap the module directly."""
         return self.loss(video, features, **kwargs)
 
+    def _check_clips(self, video: torch.Tensor, features: torch.Tensor) -> None:
+        """``loss``'s inputs: clips of the configured length and size, and their features.
+
+        Raises:
+            ValueError: bad feature shape, or clip size/length other than the config's.
+        """
+        self._check_features(features)
+        expected = (self.num_frames, 3, self.image_size, self.image_size)
+        if video.ndim != 5 or tuple(video.shape[1:]) != expected:
+            raise ValueError(f"expected clips (B, {', '.join(map(str, expected))}), got {tuple(video.shape)}")
+
     def _check_features(self, features: torch.Tensor) -> None:
         expected = f"(B, N, D={self.feature_dim}) floating-point features"
         if not isinstance(features, torch.Tensor) or not features.is_floating_point():
@@ -177,6 +189,19 @@ class VideoDetokenizer(PretrainedComponent):
             )
         if features.ndim != 3 or features.shape[-1] != self.feature_dim:
             raise ValueError(f"expected {expected}, got shape {tuple(features.shape)}")
+
+
+def random_draw(generator: torch.Generator | None, device: torch.device) -> Callable[..., torch.Tensor]:
+    """``draw(torch.randn, shape)``: a tensor on ``device``, drawn on the CPU from
+    ``generator`` when one is given (the same values on any device: seeded validation
+    losses), else on ``device`` from its default generator."""
+
+    def draw(fn: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        if generator is None:
+            return fn(*args, device=device, **kwargs)
+        return fn(*args, generator=generator, **kwargs).to(device)
+
+    return draw
 
 
 def zero_clip_features(tokenizer: VideoTokenizer) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import save_file
 
-from divot_llm.detokenizers.base import VideoDetokenizer, zero_clip_features
+from divot_llm.detokenizers.base import VideoDetokenizer, random_draw, zero_clip_features
 from divot_llm.detokenizers.dynamicrafter_config import DynamiCrafterConfig
 from divot_llm.detokenizers.registry import register_video_detokenizer
 from divot_llm.detokenizers.sampler import ddim_sample, guided_prediction, make_scheduler
@@ -360,17 +360,10 @@ class DynamiCrafterDetokenizer(VideoDetokenizer):
         Raises:
             ValueError: bad feature shape, or clip size/length other than the config's.
         """
-        self._check_features(features)
-        expected = (self.num_frames, 3, self.image_size, self.image_size)
-        if video.ndim != 5 or tuple(video.shape[1:]) != expected:
-            raise ValueError(f"expected clips (B, {', '.join(map(str, expected))}), got {tuple(video.shape)}")
+        self._check_clips(video, features)
         batch, device = video.shape[0], self.device
         p_drop = self.config.cond_drop_prob if cond_drop_prob is None else cond_drop_prob
-
-        def draw(fn, *args, **kwargs) -> torch.Tensor:  # CPU draws when a generator is given
-            if generator is None:
-                return fn(*args, device=device, **kwargs)
-            return fn(*args, generator=generator, **kwargs).to(device)
+        draw = random_draw(generator, device)
 
         latents = self.encode_latents(video.to(device), generator)
         features = features.to(device=device, dtype=self.dtype)

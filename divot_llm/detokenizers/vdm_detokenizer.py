@@ -35,7 +35,7 @@ from einops import rearrange
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from divot_llm.detokenizers.base import VideoDetokenizer, zero_clip_features
+from divot_llm.detokenizers.base import VideoDetokenizer, random_draw, zero_clip_features
 from divot_llm.detokenizers.registry import register_video_detokenizer
 from divot_llm.detokenizers.vdm import GaussianDiffusion, Unet3D, load_seed_checkpoint
 from divot_llm.detokenizers.vdm_detokenizer_config import VdmDetokenizerConfig
@@ -284,17 +284,10 @@ class VdmDetokenizer(VideoDetokenizer):
         Raises:
             ValueError: bad feature shape, or clip size/length other than the config's.
         """
-        self._check_features(features)
-        expected = (self.num_frames, 3, self.image_size, self.image_size)
-        if video.ndim != 5 or tuple(video.shape[1:]) != expected:
-            raise ValueError(f"expected clips (B, {', '.join(map(str, expected))}), got {tuple(video.shape)}")
+        self._check_clips(video, features)
         batch, device = video.shape[0], self.device
         p_drop = self.config.cond_drop_prob if cond_drop_prob is None else cond_drop_prob
-
-        def draw(fn, *args, **kwargs) -> torch.Tensor:  # CPU draws when a generator is given
-            if generator is None:
-                return fn(*args, device=device, **kwargs)
-            return fn(*args, generator=generator, **kwargs).to(device)
+        draw = random_draw(generator, device)
 
         x_start = rearrange(video.to(device=device, dtype=self.dtype), "b f c h w -> b c f h w")
         unet = self.diffusion_model.denoise_fn
