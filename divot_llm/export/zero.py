@@ -280,11 +280,23 @@ class _Partitions:
                 self._mapped, self._read = None, 0
 
 
+def load_deepspeed_file(path: Path) -> dict:
+    """A DeepSpeed checkpoint file, memory-mapped, with ``weights_only=True``: only tensors,
+    plain containers and the few DeepSpeed classes its files hold are unpickled (a
+    downloaded checkpoint cannot run code)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+
 def _optimizer_state(path: Path) -> dict:
     """A rank's ZeRO optimizer state, memory-mapped (nothing is read until used)."""
     from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT
 
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)[OPTIMIZER_STATE_DICT]
+    return load_deepspeed_file(path)[OPTIMIZER_STATE_DICT]
 
 
 def _fp32_partitions(path: Path) -> list[torch.Tensor]:
@@ -326,9 +338,7 @@ def _zero2_layout(engine_dir: Path) -> tuple[dict[str, torch.Tensor | _Slice], l
             group_numels[g] += part.numel()
     del first
 
-    model = torch.load(
-        get_model_state_files(str(engine_dir))[0], map_location="cpu", mmap=True, weights_only=False
-    )
+    model = load_deepspeed_file(Path(get_model_state_files(str(engine_dir))[0]))
     layout: dict[str, torch.Tensor | _Slice] = {
         k: (v.float() if v.is_floating_point() else v).clone()
         for k, v in model["module"].items()
