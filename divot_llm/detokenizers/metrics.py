@@ -68,6 +68,17 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ssim_map.flatten(1).mean(dim=1).view(batch, -1).mean(dim=1)
 
 
+def mean_colour_guess(clips_bfchw: torch.Tensor) -> torch.Tensor:
+    """Each clip filled with its own mean colour (over frames and pixels): the flat guess a
+    reconstruction has to beat to show it learned more than the palette."""
+    return clips_bfchw.float().mean(dim=(1, 3, 4), keepdim=True).expand_as(clips_bfchw)
+
+
 def reconstruction_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Mean PSNR and SSIM over a batch of clips, for logs and validation."""
-    return {"psnr": psnr(pred, target).mean().item(), "ssim": ssim(pred, target).mean().item()}
+    """Mean PSNR and SSIM over a batch of clips, and the PSNR of the mean-colour guess
+    (``psnr_mean_colour``), for logs and validation."""
+    return {
+        "psnr": psnr(pred, target).mean().item(),
+        "ssim": ssim(pred, target).mean().item(),
+        "psnr_mean_colour": psnr(mean_colour_guess(target), target).mean().item(),
+    }

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from divot_llm.detokenizers.metrics import psnr, reconstruction_metrics, ssim
+from divot_llm.detokenizers.metrics import mean_colour_guess, psnr, reconstruction_metrics, ssim
 
 
 def clips(seed: int, shape=(2, 3, 3, 14, 13)) -> torch.Tensor:
@@ -61,4 +62,16 @@ def test_ssim_matches_the_definition():
     np.testing.assert_allclose(ssim(a, b).numpy(), expected, rtol=1e-4)
     torch.testing.assert_close(ssim(a, a), torch.ones(2))
     metrics = reconstruction_metrics(b, a)
-    assert set(metrics) == {"psnr", "ssim"} and 0 < metrics["ssim"] < 1
+    assert set(metrics) == {"psnr", "ssim", "psnr_mean_colour"} and 0 < metrics["ssim"] < 1
+
+
+def test_mean_colour_guess_is_each_clips_flat_mean():
+    # Half black, half white: the guess is mid-grey everywhere, off by 0.5 on every [0, 1]
+    # pixel, so its PSNR is 10 log10(1 / 0.25) = 6.02 dB whatever the prediction.
+    clips = torch.ones(2, 3, 3, 16, 16)
+    clips[:, :, :, :8] = -1
+    clips[1] *= 0.5  # the second clip: -0.5 / 0.5, i.e. 0.25 / 0.75 in [0, 1], guess 0.5
+    torch.testing.assert_close(mean_colour_guess(clips), torch.zeros_like(clips))
+    metrics = reconstruction_metrics(torch.rand_like(clips), clips)
+    expected = (10 * math.log10(1 / 0.25) + 10 * math.log10(1 / 0.0625)) / 2
+    assert metrics["psnr_mean_colour"] == pytest.approx(expected, rel=1e-5)

@@ -122,11 +122,13 @@ class DetokStage(Stage):
     def validate(self, engine, val_loader, max_batches: int) -> dict[str, float] | None:
         """Diffusion loss (fixed noise and timesteps) and PSNR/SSIM of reconstructions
         from the tokenizer's features (``stage.recon_clips`` per rank, fixed sampler seed),
-        averaged over all ranks. LPIPS is not computed (no pretrained VGG offline)."""
+        next to the PSNR of each clip's mean colour (the flat guess to beat), averaged over
+        all ranks. LPIPS is not computed (no pretrained VGG offline)."""
         recon_left = self.cfg.stage.recon_clips
+        quality = ("psnr", "ssim", "psnr_mean_colour")
 
         def batch_sums(index: int, batch: dict) -> list[float]:
-            """loss sum, clips, PSNR sum, SSIM sum, decoded clips"""
+            """loss sum, clips, decoded clips, then a sum over decoded clips per ``quality``"""
             nonlocal recon_left
             seed = VAL_SEED + index
             inputs = self.prepare(batch, seed=seed)
@@ -136,27 +138,26 @@ class DetokStage(Stage):
             clips = video.shape[0]
             take = min(recon_left, clips)
             recon_left -= take
-            psnr, ssim = self._reconstruction_quality(video[:take], seed) if take else (0.0, 0.0)
-            return [float(loss) * clips, float(clips), psnr * take, ssim * take, float(take)]
+            scores = self._reconstruction_quality(video[:take], seed) if take else {}
+            return [float(loss) * clips, float(clips), float(take)] + [scores.get(q, 0.0) * take for q in quality]
 
         result = zero_safe_sums(
             engine, val_loader, max_batches, self.device, batch_sums, self.before_validation
         )
         if result is None:
             return None
-        (loss_sum, clips, psnr_sum, ssim_sum, decoded), count = result
+        (loss_sum, clips, decoded, *quality_sums), count = result
         metrics = {"val/loss": loss_sum / clips, "val/samples": clips, "val/batches": float(count)}
         if decoded:
-            metrics.update({"val/psnr": psnr_sum / decoded, "val/ssim": ssim_sum / decoded})
+            metrics.update({f"val/{q}": total / decoded for q, total in zip(quality, quality_sums, strict=True)})
         return metrics
 
-    def _reconstruction_quality(self, video_bfchw: torch.Tensor, seed: int) -> tuple[float, float]:
-        """(PSNR, SSIM) of the clips decoded from their ``reconstruction_features``."""
+    def _reconstruction_quality(self, video_bfchw: torch.Tensor, seed: int) -> dict[str, float]:
+        """``reconstruction_metrics`` of the clips decoded from their ``reconstruction_features``."""
         recon = self.detokenizer.decode(
             self.reconstruction_features(video_bfchw), steps=self.cfg.stage.recon_steps, seed=seed
         )
-        metrics = reconstruction_metrics(recon, video_bfchw)
-        return metrics["psnr"], metrics["ssim"]
+        return reconstruction_metrics(recon, video_bfchw)
 
     def before_validation(self) -> None:
         """Anything to bring up to date before decoding (collective when it runs a module)."""
