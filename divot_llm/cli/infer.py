@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--media", choices=("video", "image"), default="video")
     gen.add_argument("--template", choices=("auto", "instruct", "caption"), default="auto",
                      help="prompt form: instruct (SFT-gen), caption (pretrain); auto from the release's stage")  # fmt: skip
+    gen.add_argument("--jsonl", metavar="FILE", help="also write {caption, features, video, strip} lines")
 
     rec = commands.add_parser("reconstruct", help="video -> tokenizer -> de-tokenizer -> video, PSNR/SSIM")
     _add_model_args(rec)
@@ -254,7 +255,7 @@ def _generate(args, models) -> int:
     from safetensors.torch import save_file
 
     from divot_llm.infer import generate_features_for_captions
-    from divot_llm.infer.media_out import slug, write_mp4
+    from divot_llm.infer.media_out import frame_strip, slug, write_mp4
 
     skipped = SkippedInputs(len(args.captions))
     captions = _encodable_captions(args.captions, skipped)
@@ -268,20 +269,25 @@ def _generate(args, models) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     detok = models.detokenizer
-    for row, (index, caption) in enumerate(captions):
-        name = f"{index:03d}_{slug(caption)}"
-        feats = feats_bnd[row : row + 1].float().cpu()
-        save_file(
-            {"features": feats[0].contiguous()}, out / f"{name}.safetensors", metadata={"caption": caption}
-        )
-        if detok is None:
-            print(f"{caption!r}: features {tuple(feats.shape[1:])} -> {out / name}.safetensors")
-            continue
-        video = detok.decode(feats, steps=args.steps, guidance=args.guidance, seed=args.seed + index)[0]
-        path = write_mp4(out / f"{name}.mp4", video, detok.fps)
-        print(
-            f"{caption!r}: {path} ({video.shape[0]} frames at {detok.fps} fps), features in {name}.safetensors"
-        )
+    with _jsonl_lines(args.jsonl) as write_record:
+        for row, (index, caption) in enumerate(captions):
+            name = f"{index:03d}_{slug(caption)}"
+            feats = feats_bnd[row : row + 1].float().cpu()
+            record = {"caption": caption, "features": str(out / f"{name}.safetensors")}
+            save_file({"features": feats[0].contiguous()}, record["features"], metadata={"caption": caption})
+            if detok is None:
+                print(f"{caption!r}: features {tuple(feats.shape[1:])} -> {record['features']}")
+                write_record(record)
+                continue
+            video = detok.decode(feats, steps=args.steps, guidance=args.guidance, seed=args.seed + index)[0]
+            record["video"] = str(write_mp4(out / f"{name}.mp4", video, detok.fps))
+            record["strip"] = str(out / f"{name}_strip.png")
+            frame_strip([video]).save(record["strip"])
+            write_record(record)
+            print(
+                f"{caption!r}: {record['video']} ({video.shape[0]} frames at {detok.fps} fps), "
+                f"{name}_strip.png, features in {name}.safetensors"
+            )
     if detok is None:
         print(
             "no de-tokenizer with weights is configured, so only the features were saved; pass "

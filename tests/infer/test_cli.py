@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import av
 import pytest
@@ -110,9 +111,14 @@ def test_generate_without_a_detokenizer_saves_the_features(tiny_release, models,
 
 def test_generate_with_a_detokenizer_writes_playable_videos(tiny_release, detok_dir, tmp_path, capsys):
     run_main(infer_main, "generate", "--release", str(tiny_release), CAPTION, "a green square",
-             "--out", str(tmp_path), "--detokenizer", str(detok_dir), "--steps", "2", capsys=capsys)  # fmt: skip
+             "--out", str(tmp_path), "--detokenizer", str(detok_dir), "--steps", "2",
+             "--jsonl", str(tmp_path / "generated.jsonl"), capsys=capsys)  # fmt: skip
     videos = sorted(tmp_path.glob("*.mp4"))
     assert [v.name[:3] for v in videos] == ["000", "001"]
+    records = [json.loads(line) for line in (tmp_path / "generated.jsonl").read_text().splitlines()]
+    assert [r["caption"] for r in records] == [CAPTION, "a green square"]
+    assert [Path(r["video"]) for r in records] == videos
+    assert Image.open(records[1]["strip"]).size == (8 * 16 + 7 * 2, 16)  # 8 frames in one row
     with av.open(str(videos[0])) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         assert float(container.streams.video[0].average_rate) == 8
