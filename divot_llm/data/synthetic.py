@@ -16,6 +16,7 @@ in the formats the pipeline reads (divot-reference.md §7.2):
     <out>/annotations/video_qa.jsonl       {"video", "question", "answer"} | {"video", "questions", "answers"}
     <out>/annotations/image_qa.jsonl       {"image", "questions", "answers"} | {"image", "data": [q, a, ...]}
     <out>/annotations/val_video_qa.jsonl   held-out val videos: the shape-colour question + answer
+    <out>/annotations/val_video_caption.jsonl  held-out val videos: {"video", "caption"} (first template)
     <out>/manifest.json
 
 Everything is a pure function of the seed: each sample draws from its own generator
@@ -31,6 +32,7 @@ import itertools
 import json
 import math
 import multiprocessing
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -339,7 +341,7 @@ def _write_dataset(
     pool_map: Callable,
 ) -> dict:
     tick = progress or (lambda n: None)
-    caption_lines, video_qa_lines, image_qa_lines, val_qa_lines = [], [], [], []
+    caption_lines, video_qa_lines, image_qa_lines, val_qa_lines, val_caption_lines = [], [], [], [], []
     qa_rng = np.random.default_rng([seed, 99])
     totals = {"train_videos": 0, "val_videos": 0, "images": 0, "codecs": {}}
 
@@ -371,6 +373,8 @@ def _write_dataset(
                     val_qa_lines.append(
                         {"video": f"videos/{media.name}", "question": question, "answer": answer}
                     )
+                    # ... and the caption every generator is asked to draw (demo, t2v samples)
+                    val_caption_lines.append({"video": f"videos/{media.name}", "caption": spec.scene.caption(0)})
                 if split == "train":
                     caption = spec.scene.captions() if index % 3 == 0 else spec.scene.caption(0)
                     caption_lines.append({"video": f"videos/{media.name}", "caption": caption})
@@ -393,6 +397,7 @@ def _write_dataset(
     _write_jsonl(out / "annotations" / "video_qa.jsonl", video_qa_lines)
     _write_jsonl(out / "annotations" / "image_qa.jsonl", image_qa_lines)
     _write_jsonl(out / "annotations" / "val_video_qa.jsonl", val_qa_lines)
+    _write_jsonl(out / "annotations" / "val_video_caption.jsonl", val_caption_lines)
     manifest = {"generator": "divot_llm.data.synthetic", "version": 1, "seed": seed, **totals}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -515,9 +520,16 @@ def read_scene_from_frames(frames_thw3: np.ndarray, max_frames: int = 48) -> dic
     }
 
 
+def caption_colors(caption: str) -> tuple[str | None, str | None]:
+    """(shape colour, background colour) a caption asks for, whatever its template: the
+    colour right before a shape name, and the colour right before "background"."""
+    colors = "|".join(COLORS)
+    shape = re.search(rf"\b({colors}) (?:{'|'.join(SHAPES)})\b", caption.lower())
+    background = re.search(rf"\b({colors}) background\b", caption.lower())
+    return (shape.group(1) if shape else None, background.group(1) if background else None)
+
+
 def named_color(text: str) -> str | None:
     """The first palette colour named in ``text`` (an answer or caption), or None."""
-    import re
-
     found = re.search(r"\b(" + "|".join(COLORS) + r")\b", text.lower())
     return found.group(1) if found else None
