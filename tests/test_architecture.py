@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "launch_guard": set(),
     "config": {*BOTTOM},
     "registry": {*BOTTOM, "config"},
-    "text": {*BOTTOM},
+    "text": {*BOTTOM, "config"},  # encoders.py reads stage.text_encoder
     "data": {*BOTTOM, "config", "text"},
     "tokenizers": {*BOTTOM, "config", "registry"},
     "detokenizers": {*BOTTOM, "config", "registry", "tokenizers"},

@@ -227,6 +227,23 @@ class DataConfig:
 
 # ------------------------------------------------------------------ stage / optim
 
+# stage.text_encoder.kind: see divot_llm/text/encoders.py
+TEXT_ENCODER_KINDS = ("bert", "clip", "llm_mean")
+
+
+@dataclass
+class TextEncoderConfig:
+    """The frozen text encoder that turns a caption into one conditioning vector (t2v)."""
+
+    # bert: last hidden states mean-pooled without [CLS] (the seed's use_bert_text_cond);
+    # clip: the CLIP text tower's pooled (EOS) output; llm_mean: the LLM's input embeddings
+    # of the caption's tokens, mean-pooled
+    kind: str = checked("llm_mean", choices=TEXT_ENCODER_KINDS)
+    # local HF folder (BERT / CLIP text model + tokenizer, or a causal LM whose input
+    # embeddings are read); null = model.llm.path (llm_mean only)
+    path: str | None = checked(None, path=PathKind.hf_model)
+    max_length: int = checked(77, ge=1)  # caption tokens kept (longer captions are cut)
+
 
 @dataclass
 class EmaConfig:
@@ -264,6 +281,7 @@ class StageConfig:
     instruct_prompt: bool = False  # detok_adapt: SFT-gen prompt ([INST] ...) instead of the bare caption
     recon_clips: int = checked(2, ge=0)  # validation: clips per rank decoded for PSNR/SSIM (0: loss only)
     recon_steps: int | None = checked(None, ge=1)  # validation sampler steps; null = detokenizer.ddim_steps
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # t2v conditioning
 
 
 @dataclass
