@@ -26,9 +26,7 @@ def gaussian_kernel1d(size: int, sigma: float, dtype: torch.dtype, device: torch
     return taps / taps.sum()
 
 
-def gaussian_blur(
-    x_bchw: torch.Tensor, kernel_hw: tuple[int, int], sigma_hw: tuple[float, float]
-) -> torch.Tensor:
+def gaussian_blur(x_bchw: torch.Tensor, kernel_hw: tuple[int, int], sigma_hw: tuple[float, float]) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding, shape preserved."""
     for dim, size, sigma in zip((2, 3), kernel_hw, sigma_hw, strict=True):  # along H, then W
         taps = gaussian_kernel1d(size, sigma, torch.float64, torch.device("cpu")).tolist()
