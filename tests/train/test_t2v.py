@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from divot_llm.cli.infer import main as infer_main
 from divot_llm.config import compose_config
 from divot_llm.data.video_codec import decode_video
-from divot_llm.detokenizers import load_video_detokenizer
+from divot_llm.detokenizers.registry import load_video_detokenizer
 from divot_llm.export.detokenizer import detok_checkpoint_to_pretrained
 from divot_llm.layout import DETOKENIZER_DIR, EMA_FILE
 from divot_llm.train import checkpoint
@@ -23,7 +23,7 @@ from divot_llm.train.trainer import FINISHED, INTERRUPTED
 from tests.helpers import run_main
 from tests.train.conftest import read_metrics, run_trainer, sigterm_at
 
-STEPS, ACCUM = 8, 2
+STEPS, ACCUM = 6, 2
 PROMPTS = ("a red circle moving left on a blue background", "a green square on a white background")
 
 
@@ -38,13 +38,13 @@ def t2v_cfg(data_root, llm_dir, out, *overrides):
             "data.batch_size=1",  # x 2 micro-batches: the EMA must move once per optimizer step
             f"train.grad_accum_steps={ACCUM}",
             f"train.max_steps={STEPS}",
-            "train.save_every=4",
+            "train.save_every=3",
             "train.log_every=1",
             f"train.eval_every={STEPS}",
             "train.max_eval_batches=2",
-            "train.sample_every=4",
+            "train.sample_every=3",
             f"train.sample_prompts=[{','.join(repr(p) for p in PROMPTS)}]",
-            "train.sample_steps=2",
+            "train.sample_steps=1",
             "train.progress_bar=false",
             "optim.lr=3e-3",
             "optim.warmup_steps=2",
@@ -67,12 +67,12 @@ def test_t2v_learns_samples_and_exports_into_divot_infer(t2v_run, tmp_path, caps
     out, trainer = t2v_run
     val = read_metrics(out, kind="val")
     assert sorted(val) == [0, STEPS]
-    assert val[STEPS]["val/loss"] < 0.85 * val[0]["val/loss"], (val[0], val[STEPS])
+    assert val[STEPS]["val/loss"] < 0.9 * val[0]["val/loss"], (val[0], val[STEPS])
     assert "val/psnr" not in val[STEPS]  # a caption names no exact clip to rebuild
     trainable = {n.split(".")[0] for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable == {"diffusion_model"}  # pooling none: the text vector goes in as is
 
-    for step in (4, STEPS):  # train.sample_every=4
+    for step in (3, STEPS):  # train.sample_every=3
         folder = samples_dir(out, step)
         gifs = sorted(folder.glob("*.gif"))
         assert [g.name[:3] for g in gifs] == ["00_", "01_"]
@@ -84,7 +84,7 @@ def test_t2v_learns_samples_and_exports_into_divot_infer(t2v_run, tmp_path, caps
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
-    assert [e.step for e in events.Images("samples/grid")] == [4, STEPS]
+    assert [e.step for e in events.Images("samples/grid")] == [3, STEPS]
 
     # the checkpoint's EMA is the live one; it moved away from the trained weights
     final = out / "checkpoints" / checkpoint.step_dir_name(STEPS)
@@ -111,19 +111,22 @@ def test_t2v_learns_samples_and_exports_into_divot_infer(t2v_run, tmp_path, caps
     assert (tmp_path / "one_strip.png").is_file()
     _, stdout, _ = run_main(infer_main, "t2v", *PROMPTS, *common, "--out", str(mp4), capsys=capsys)
     for index in (0, 1):
-        frames = decode_video((tmp_path / f"two_{index:03d}.mp4").read_bytes())
-        assert frames.shape == (8, 16, 16, 3), frames.shape
+        decoded = decode_video((tmp_path / f"two_{index:03d}.mp4").read_bytes())
+        assert decoded.frames.shape == (8, 16, 16, 3) and decoded.codec == "h264", decoded.frames.shape
         assert (tmp_path / f"two_{index:03d}_strip.png").is_file()
     assert stdout.count("8 frames at 8 fps") == 2
 
 
 def test_t2v_resumes_exactly_with_its_ema(t2v_run, train_data, tiny_mistral_dir, tmp_path):
+    """Without validation or sampling this time: the reference's (sampling after steps 3
+    and 6) must not have changed its training either."""
     reference, _ = t2v_run
-    cfg = t2v_cfg(train_data, tiny_mistral_dir, tmp_path)
-    status, first = run_trainer(cfg, build_loader=sigterm_at(2 * ACCUM + 1))  # in step 3
-    assert status == INTERRUPTED and first.step == 3
-    status, second = run_trainer(t2v_cfg(train_data, tiny_mistral_dir, tmp_path))  # train.resume=auto
-    assert status == FINISHED and second.resumed_from == tmp_path / "checkpoints" / "step_00000003"
+    quiet = ("train.sample_every=0", "train.eval_every=0", "train.eval_at_start=false")
+    cfg = t2v_cfg(train_data, tiny_mistral_dir, tmp_path, *quiet)
+    status, first = run_trainer(cfg, build_loader=sigterm_at(ACCUM + 1))  # during step 2
+    assert status == INTERRUPTED and first.step == 2
+    status, second = run_trainer(t2v_cfg(train_data, tiny_mistral_dir, tmp_path, *quiet))  # train.resume=auto
+    assert status == FINISHED and second.resumed_from == tmp_path / "checkpoints" / "step_00000002"
     ref, resumed = read_metrics(reference), read_metrics(tmp_path)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
@@ -133,4 +136,4 @@ def test_t2v_resumes_exactly_with_its_ema(t2v_run, train_data, tiny_mistral_dir,
     ema_resumed = load_file(tmp_path / "checkpoints" / final / EMA_FILE)
     for name, tensor in ema_ref.items():
         torch.testing.assert_close(ema_resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
-    assert (samples_dir(tmp_path, STEPS) / GRID_FILE).is_file()
+    assert not (tmp_path / "samples").exists()
