@@ -94,6 +94,7 @@ class Task(str, Enum):
 class SourceKind(str, Enum):
     webdataset = "webdataset"  # tar shards: <key>.mp4|webm|gif|jpg|png + <key>.txt|json
     jsonl = "jsonl"  # one JSON object per line, media paths relative to media_root
+    folder = "folder"  # folders of <name>.gif|mp4|...|jpg|png, each with a <name>.txt caption
 
 
 class MixMode(str, Enum):
@@ -187,7 +188,7 @@ class ModelConfig:
 class SourceConfig:
     kind: SourceKind = MISSING
     task: Task = MISSING
-    paths: list[str] = MISSING  # shard / jsonl paths or globs, relative to data.root
+    paths: list[str] = MISSING  # shard / jsonl paths or globs (folder kind: folders), under data.root
     media_root: str | None = None  # jsonl media folder, relative to data.root
     weight: float = checked(1.0, gt=0)  # mixing weight (normalised across sources)
     batch_size: int = checked(8, ge=1)  # used by "batch" mixing

@@ -42,6 +42,7 @@ from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder, seque
 from divot_llm.data.sources import (
     Consumer,
     DataError,
+    FolderSource,
     JsonlSource,
     RawSample,
     Source,
@@ -209,11 +210,13 @@ def cache_group(split: str, source: str) -> str:
 
 def open_source(spec: LoaderSpec, name: str, src: SourceConfig, consumer: Consumer, infinite: bool) -> Source:
     """The raw-sample reader of one configured source (records checked against its task)."""
-    files = expand_paths(spec.root, src.paths, name)
+    files = expand_paths(spec.root, src.paths, name, folders=src.kind is SourceKind.folder)
     checks = {"task": src.task.value, "max_skip_fraction": spec.max_skip_fraction}
     if src.kind is SourceKind.jsonl:
         media_root = safe_join(spec.root, src.media_root or ".")
         return JsonlSource(name, files, media_root, spec.seed, consumer, infinite, **checks)
+    if src.kind is SourceKind.folder:
+        return FolderSource(name, files, spec.root, spec.seed, consumer, infinite, **checks)
     return TarSource(name, files, spec.seed, consumer, infinite, **checks)
 
 
@@ -468,7 +471,7 @@ def loader_spec(
         max_skip_fraction=data_cfg.max_skip_fraction,
     )
     for name, source in spec.sources.items():  # fail at start-up, naming the source, not in a worker
-        expand_paths(spec.root, source.paths, name)
+        expand_paths(spec.root, source.paths, name, folders=source.kind is SourceKind.folder)
     return spec
 
 

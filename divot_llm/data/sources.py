@@ -1,4 +1,4 @@
-"""Raw samples from webdataset tar shards and jsonl files.
+"""Raw samples from webdataset tar shards, jsonl files and folders of captioned media.
 
 Each source yields ``RawSample``s (media bytes or path + normalised text) in an order
 that is a pure function of (seed, epoch, consumer), where a consumer is one dataloader
@@ -6,7 +6,8 @@ worker of one rank. Within an epoch the consumers partition the source: no sampl
 read twice or skipped. The position in that order is the source's whole state, so a
 resumed run continues exactly where it stopped without re-reading what it trained on.
 
-Ordering: jsonl lines are shuffled globally (every line is indexed by byte offset). Tar
+Ordering: jsonl lines and folder files are shuffled globally (every line is indexed by
+byte offset, every media file of a folder listed up front). Tar
 shards are shuffled, dealt to consumers shard by shard (or sample by sample when there
 are fewer shards than consumers), and the samples inside each shard are shuffled too;
 tar members are read by offset, so shards must be local files (or a mounted store).
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 # readers take, and what the data recipes (data_recipes/) accept and copy into shards.
 VIDEO_EXTS = ("mp4", "webm", "gif", "mkv", "avi", "mov")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+MEDIA_EXTS = frozenset(VIDEO_EXTS + IMAGE_EXTS)
+CAPTION_SUFFIX = ".txt"  # a folder source's caption file: <name>.txt beside <name>.<ext>
 _MEDIA_MARKERS = ("<video>", "<image>")  # Video-LLaVA puts these in the first question
 
 # The text each task trains on (data/sequences.py): a caption, or question/answer turns.
@@ -147,17 +150,20 @@ def resolve_media(root: Path, relative: str) -> Path:
     return path
 
 
-def expand_paths(root: Path, patterns: list[str], source: str) -> list[Path]:
-    """Regular files matching the source's globs, all inside ``root``; none matching is
-    an error (folders and special files that a glob matches are left out)."""
+def expand_paths(root: Path, patterns: list[str], source: str, folders: bool = False) -> list[Path]:
+    """Regular files (``folders``: folders) matching the source's globs, all inside
+    ``root``; none matching is an error (what a glob matches of the other kind, and
+    special files, are left out)."""
+    wanted = os.path.isdir if folders else os.path.isfile
     files: list[Path] = []
     for pattern in patterns:
         if os.path.isabs(pattern) or ".." in Path(pattern).parts:
             raise DataError(f"source {source}: path {pattern!r} must be relative to data.root without '..'")
         matched = sorted(glob.glob(str(root / pattern), recursive=True))
-        files.extend(safe_join(root, os.path.relpath(m, root)) for m in matched if os.path.isfile(m))
+        files.extend(safe_join(root, os.path.relpath(m, root)) for m in matched if wanted(m))
     if not files:
-        raise DataError(f"source {source}: no file matches {patterns} under {root}")
+        what = "folder" if folders else "file"
+        raise DataError(f"source {source}: no {what} matches {patterns} under {root}")
     return files
 
 
@@ -457,7 +463,20 @@ class Source:
         raise NotImplementedError
 
 
-class JsonlSource(Source):
+class IndexedSource(Source):
+    """Base of the sources whose records are all indexed up front (jsonl lines, folder
+    files): shuffled globally per epoch and dealt to the readers one by one."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _refs(self, epoch, reader, salt=()):
+        order = np.random.default_rng(stable_seed(self.seed, self.name, epoch, *salt)).permutation(len(self))
+        for row in order[reader.index :: reader.count]:
+            yield int(row)
+
+
+class JsonlSource(IndexedSource):
     """Lines of jsonl files; media paths are relative to ``media_root``."""
 
     def __init__(self, name, files: list[Path], media_root: Path, seed=0, consumer=Consumer(), infinite=True,
@@ -487,13 +506,6 @@ class JsonlSource(Source):
     def __len__(self) -> int:
         return len(self._offsets)
 
-    def _refs(self, epoch, reader, salt=()):
-        order = np.random.default_rng(stable_seed(self.seed, self.name, epoch, *salt)).permutation(
-            len(self._offsets)
-        )
-        for row in order[reader.index :: reader.count]:
-            yield int(row)
-
     def _where(self, row: int) -> str:
         f, number, _ = (int(x) for x in self._offsets[row])
         return escape_undecodable(f"{self.files[f]}:{number}" if number else str(self.files[f]))
@@ -521,6 +533,73 @@ class JsonlSource(Source):
         check_task_text(self.task, captions, turns)
         path = resolve_media(self.media_root, relative)
         return RawSample(self.name, key, kind, path, captions, turns)
+
+
+class FolderSource(IndexedSource):
+    """Video and image files below folders, each captioned by the ``<name>.txt`` beside it
+    (one caption per non-empty line): the seed's layout, a folder of gifs. Keys are the
+    files' paths relative to ``root``; a file without its ``.txt`` is skipped
+    (``missing_caption``). Folders are searched recursively; folder symlinks are not
+    followed, and a file or caption symlinked out of ``root`` is skipped (``unsafe_path``).
+
+    Raises:
+        DataError: ``task`` trains on question/answer turns, which a folder has not.
+    """
+
+    def __init__(self, name, folders: list[Path], root: Path, seed=0, consumer=Consumer(), infinite=True,
+                 task: str | None = None, max_skip_fraction: float | None = None):  # fmt: skip
+        super().__init__(name, seed, consumer, infinite, task, max_skip_fraction)
+        if task is not None and TASK_TEXT[task] != "captions":
+            raise DataError(
+                f"source {name}: a folder source has captions (<name>{CAPTION_SUFFIX}) but no question/answer "
+                f"turns, which task {task} trains on"
+            )
+        self.root = root.resolve()
+        self.files = _media_files(self.root, folders)  # paths relative to root, sorted
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _where(self, row: int) -> str:
+        return escape_undecodable(str(self.root / self.files[row]))
+
+    def _read(self, row: int) -> RawSample:
+        relative = self.files[row]
+        path = resolve_media(self.root, relative)
+        kind = "video" if _extension(relative) in VIDEO_EXTS else "image"
+        captions = self._captions(str(Path(relative).with_suffix(CAPTION_SUFFIX)))
+        check_task_text(self.task, captions, [])
+        return RawSample(self.name, escape_undecodable(relative), kind, path, captions)
+
+    def _captions(self, relative: str) -> list[str]:
+        try:
+            text_path = resolve_media(self.root, relative)
+        except RecordError as exc:
+            if exc.reason != "missing_file":
+                raise
+            raise RecordError("missing_caption", escape_undecodable(relative)) from exc
+        try:
+            text = text_path.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise RecordError("unreadable_file", str(exc)) from exc
+        except UnicodeDecodeError as exc:
+            raise RecordError("bad_text", f"{escape_undecodable(relative)} is not UTF-8: {exc}") from exc
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _extension(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lower() if "." in os.path.basename(name) else ""
+
+
+def _media_files(root: Path, folders: list[Path]) -> list[str]:
+    """Paths relative to ``root`` of the video and image files below ``folders``, each once."""
+    found: set[str] = set()
+    for folder in folders:
+        for parent, _, names in os.walk(folder):  # os.walk does not enter folder symlinks
+            found.update(
+                os.path.relpath(os.path.join(parent, n), root) for n in names if _extension(n) in MEDIA_EXTS
+            )
+    return sorted(found)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Text side: the Mistral tokenizer with Divot's special tokens, prompt templates."""
+"""Text side: the Mistral tokenizer with Divot's special tokens, prompt templates (the frozen
+text encoders of text-to-video are in ``divot_llm.text.encoders``, not imported here: they
+bring transformers)."""
 
 from divot_llm.text.special_tokens import (
     DIVOT_ADDED_TOKENS,

@@ -66,7 +66,9 @@ class FrozenTextEncoder(nn.Module):
             raise TypeError("captions must be a list of strings")
         if not captions:
             return torch.zeros(0, self.dim, device=self.device)
-        return self._encode(list(captions)).float()
+        # float32 whatever the caller's autocast (a bf16 training step): the vectors are data
+        with torch.autocast(self.device.type, enabled=False):
+            return self._encode(list(captions)).float()
 
     def _encode(self, captions: list[str]) -> torch.Tensor:
         raise NotImplementedError

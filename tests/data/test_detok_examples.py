@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from divot_llm.config import compose_config
 from divot_llm.data.clip_sampling import to_model_pixels
@@ -123,3 +124,50 @@ def test_bad_videos_are_skipped_and_counted(root, tmp_path):
     assert batch["captions"] == ["a clip", "a clip"]  # only the good video, twice (two epochs)
     counts = loader.skip_counts()
     assert counts["corrupt_video"] >= 1 and counts["missing_file"] >= 1
+
+
+def write_gif(path, colours: list[tuple[int, int, int]], width: int, height: int, frame_ms: int) -> None:
+    """A gif of solid-colour frames (exact in its palette), written by PIL."""
+    frames = [Image.fromarray(np.full((height, width, 3), colour, np.uint8)) for colour in colours]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+
+
+def test_a_folder_of_captioned_gifs_of_any_length_and_shape_feeds_the_detok_loader(tmp_path):
+    """The seed's layout through the real loader and PyAV: a 3-frame 40x24 gif is spread
+    over the 8-frame window (its frames in order), a 20-frame one gives 8 of its frames at
+    8 fps, both centre-cropped square; captions come from the .txt lines; exact resume."""
+    short = [(0, 100, 200), (60, 100, 200), (120, 100, 200)]
+    long = [(i * 12, 50, 50) for i in range(20)]
+    (tmp_path / "sub").mkdir()
+    write_gif(tmp_path / "short.gif", short, width=40, height=24, frame_ms=100)
+    (tmp_path / "short.txt").write_text("a short wide clip\n")
+    write_gif(tmp_path / "sub" / "long.gif", long, width=24, height=24, frame_ms=50)
+    (tmp_path / "sub" / "long.txt").write_text("a long clip\nthe same long clip\n")
+    write_gif(tmp_path / "uncaptioned.gif", short, width=24, height=24, frame_ms=100)
+    cfg = compose_config(
+        ["data=gif_folder", f"data.root={tmp_path}", "data.num_workers=0", "data.batch_size=2"]
+    )
+    spec = DetokExampleSpec(num_frames=8, fps=8.0, image_size=16)
+    loader = build_detok_loader(cfg.data, spec)
+    first = take(loader, 3)
+    for batch in first:
+        assert batch["video"].shape == (2, 8, 3, 16, 16)
+        for key, caption, video_fchw in zip(batch["keys"], batch["captions"], batch["video"], strict=True):
+            red_f = ((video_fchw[:, 0] + 1) * 127.5).round().flatten(1)  # (F, 256): solid frames
+            assert (red_f == red_f[:, :1]).all()
+            reds = red_f[:, 0].tolist()
+            if key == "short.gif":
+                assert caption == "a short wide clip"
+                assert reds[0] == 0 and reds[-1] == 120 and set(reds) == {0, 60, 120} and reds == sorted(reds)
+            else:
+                assert key == "sub/long.gif" and caption in ("a long clip", "the same long clip")
+                assert len(set(reds)) == 8 and reds == sorted(reds)  # 8 distinct frames, in order
+    assert loader.skip_counts()["missing_caption"] >= 1
+
+    loader = build_detok_loader(cfg.data, spec)
+    take(loader, 1)
+    resumed = build_detok_loader(cfg.data, spec)
+    resumed.load_state_dict(json.loads(json.dumps(loader.state_dict())))
+    for expected, got in zip(first[1:], take(resumed, 2), strict=True):
+        assert got["keys"] == expected["keys"] and got["captions"] == expected["captions"]
+        torch.testing.assert_close(got["video"], expected["video"], rtol=0, atol=0)

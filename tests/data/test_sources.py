@@ -16,6 +16,7 @@ from divot_llm.data.errors import MediaError
 from divot_llm.data.sources import (
     Consumer,
     DataError,
+    FolderSource,
     JsonlSource,
     TarSource,
     expand_paths,
@@ -59,6 +60,16 @@ def make_jsonl(folder: Path, n: int) -> tuple[Path, Path]:
     return path, media
 
 
+def make_folder(root: Path, n: int) -> Path:
+    """The seed's layout: ``gifs/v<i>.gif`` + ``gifs/v<i>.txt`` (the source reads no pixels)."""
+    folder = root / "gifs"
+    folder.mkdir(parents=True)
+    for i in range(n):
+        (folder / f"v{i}.gif").write_bytes(b"x")
+        (folder / f"v{i}.txt").write_text(f"caption {i}\n")
+    return folder
+
+
 def keys(source) -> list[str]:
     return [sample.key for sample in source]
 
@@ -80,6 +91,13 @@ def test_jsonl_epoch_is_partitioned_exactly_across_readers(tmp_path):
     assert sorted(seen) == sorted(f"ann.jsonl:{i}" for i in range(1, 24))
 
 
+def test_folder_epoch_is_partitioned_exactly_across_readers(tmp_path):
+    folder = make_folder(tmp_path, 23)
+    sources = [FolderSource("g", [folder], tmp_path, seed=1, consumer=r, infinite=False) for r in READERS]
+    seen = [k for source in sources for k in keys(source)]
+    assert sorted(seen) == sorted(f"gifs/v{i}.gif" for i in range(23))
+
+
 def test_order_is_seeded_shuffled_and_changes_per_epoch(tmp_path):
     shards = make_shards(tmp_path, 3, 6)
     first = list(itertools.islice(TarSource("v", shards, seed=3), 36))
@@ -90,9 +108,12 @@ def test_order_is_seeded_shuffled_and_changes_per_epoch(tmp_path):
     assert epoch0 != sorted(epoch0)  # shuffled inside shards too
 
 
-@pytest.mark.parametrize("kind", ["tar", "jsonl"])
+@pytest.mark.parametrize("kind", ["tar", "jsonl", "folder"])
 def test_resume_continues_the_exact_stream(tmp_path, kind):
     def build():
+        if kind == "folder":
+            folder = tmp_path / "gifs" if (tmp_path / "gifs").exists() else make_folder(tmp_path, 9)
+            return FolderSource("g", [folder], tmp_path, seed=9, consumer=READERS[1])
         if kind == "tar":
             return TarSource("v", make_shards(tmp_path / "s", 3, 4) if not (tmp_path / "s").exists()
                              else sorted((tmp_path / "s").glob("*.tar")), seed=9, consumer=READERS[1])  # fmt: skip
@@ -135,6 +156,44 @@ def test_bad_jsonl_lines_are_skipped_counted_and_reported(tmp_path, caplog):
     }  # fmt: skip
     assert "ann.jsonl:4" in caplog.text and "ann.jsonl:9" in caplog.text
     assert source.state_dict()["skipped"]["missing_file"] == 1
+
+
+def test_folder_files_are_captioned_by_their_txt_and_the_rest_skipped_and_counted(tmp_path):
+    root = tmp_path / "data"
+    folder = make_folder(root, 2)
+    (folder / "v0.txt").write_text("first caption\n\n  second caption  \n")
+    (folder / "deeper" / "still").mkdir(parents=True)
+    (folder / "deeper" / "still" / "clip.MP4").write_bytes(b"x")  # nested, upper-case extension
+    (folder / "deeper" / "still" / "clip.txt").write_text("nested")
+    (folder / "photo.png").write_bytes(b"x")
+    (folder / "photo.txt").write_text("an image")
+    (folder / "notes.md").write_text("not media: not a record")
+    (folder / "uncaptioned.gif").write_bytes(b"x")
+    (folder / "blank.gif").write_bytes(b"x")
+    (folder / "blank.txt").write_text(" \n\n")
+    (folder / "latin1.gif").write_bytes(b"x")
+    (folder / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "secret.gif").write_bytes(b"x")
+    (folder / "leak.gif").symlink_to(tmp_path / "secret.gif")  # a file leading out of the root
+    (tmp_path / "secret.txt").write_text("secret")
+    (folder / "peek.gif").write_bytes(b"x")
+    (folder / "peek.txt").symlink_to(tmp_path / "secret.txt")
+    (folder / "outside").symlink_to(tmp_path, target_is_directory=True)  # folder symlinks: not entered
+
+    source = FolderSource("g", expand_paths(root, ["gifs"], "g", folders=True), root, infinite=False,
+                          task="pretrain_gen")  # fmt: skip
+    samples = {sample.key: sample for sample in source}
+    assert sorted(samples) == ["gifs/deeper/still/clip.MP4", "gifs/photo.png", "gifs/v0.gif", "gifs/v1.gif"]
+    assert samples["gifs/v0.gif"].captions == ["first caption", "second caption"]
+    assert samples["gifs/v0.gif"].media == (folder / "v0.gif").resolve()
+    assert samples["gifs/deeper/still/clip.MP4"].media_kind == "video"
+    assert samples["gifs/photo.png"].media_kind == "image"
+    assert dict(source.skipped) == {"missing_caption": 1, "empty_text": 1, "bad_text": 1, "unsafe_path": 2}
+
+    with pytest.raises(DataError, match="no question/answer turns, which task sft_comp trains on"):
+        FolderSource("g", [folder], root, task="sft_comp")
+    with pytest.raises(DataError, match="source g: no folder matches"):
+        expand_paths(root, ["gifs/*.gif"], "g", folders=True)
 
 
 def test_bad_tar_members_and_shards_are_skipped_and_counted(tmp_path):

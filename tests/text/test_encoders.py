@@ -75,6 +75,8 @@ def check_frozen(encoder, dim: int) -> torch.Tensor:
     assert vectors_bd.shape == (len(CAPTIONS), dim) and vectors_bd.dtype == torch.float32
     assert not vectors_bd.requires_grad
     torch.testing.assert_close(encoder.encode(CAPTIONS), vectors_bd, rtol=0, atol=0)  # deterministic
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # inside a bf16 step: still float32 maths
+        torch.testing.assert_close(encoder.encode(CAPTIONS), vectors_bd, rtol=0, atol=0)
     return vectors_bd
 
 
