@@ -303,8 +303,8 @@ class Trainer:
                 logged = LogAccumulator()
             if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or self.step == max_steps):
                 self.validate()
-            if cfg.sample_every > 0 and self.step % cfg.sample_every == 0:
-                self.write_samples()
+            if cfg.sample_every > 0 and self.step % cfg.sample_every == 0 and not stopping:
+                self.write_samples()  # (not on the way out after a signal: the checkpoint comes first)
             if stopping or self.step == max_steps or (cfg.save_every > 0 and self.step % cfg.save_every == 0):
                 self.save()
         if stopping:
