@@ -15,6 +15,11 @@ carries the loss (for logging), the token/sample/FLOP counts, a "loss not finite
 and a "stop requested" flag, so all ranks make the same decision at the same point:
 skip a micro-batch whose loss is NaN/inf on any rank (no rank enters backward's
 collectives alone), and stop for a signal together.
+
+After each optimizer step rank 0 alone updates the weights' moving average
+(``stage.ema``, de-tokenizer stages) and, every ``train.sample_every`` steps, writes
+sample clips of the stage's prompts (t2v); the other ranks wait at the next step's
+all-reduce.
 """
 
 from __future__ import annotations
@@ -559,7 +564,7 @@ def check_ema_and_sampling(cfg: DivotConfig) -> None:
             if on
         )
         raise ConfigError(
-            f"{wanted} need the full weights on rank 0, which ZeRO-3 partitions across ranks: use "
+            f"{wanted} {'need' if ema and sample_every else 'needs'} the full weights on rank 0, which ZeRO-3 partitions across ranks: use "
             "deepspeed=zero2 (a de-tokenizer fits on one device), or turn them off"
         )
 

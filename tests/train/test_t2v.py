@@ -48,7 +48,7 @@ def t2v_cfg(data_root, llm_dir, out, *overrides):
             "train.progress_bar=false",
             "optim.lr=3e-3",
             "optim.warmup_steps=2",
-            "stage.ema.start_step=3",
+            "stage.ema.start_step=4",  # a copy of the weights after steps 1-3, averages after 4-6
             *overrides,
         ]
     )
@@ -94,6 +94,11 @@ def test_t2v_learns_samples_and_exports_into_divot_infer(t2v_run, tmp_path, caps
     for name, tensor in trainer.ema.state_dict().items():
         assert torch.equal(ema[name], tensor), name
     assert any(not torch.equal(ema[n], trained[n].cpu()) for n in ema)
+    step3 = out / "checkpoints" / checkpoint.step_dir_name(3)
+    raw3 = detok_checkpoint_to_pretrained(step3, tmp_path / "raw3", raw=True)
+    weights3 = load_video_detokenizer(raw3 / DETOKENIZER_DIR).state_dict()
+    for name, tensor in load_file(step3 / EMA_FILE).items():
+        assert torch.equal(tensor, weights3[name]), name
 
     export = detok_checkpoint_to_pretrained(out, tmp_path / "export")  # EMA weights
     raw = detok_checkpoint_to_pretrained(out, tmp_path / "raw", raw=True)
