@@ -11,6 +11,8 @@ A training run (``divot-train``, ``divot_llm.train.checkpoint``)::
                                            trainer_state.json, latest, config.yaml, ...
     <output_dir>/checkpoints/latest                     the newest complete checkpoint
     <output_dir>/checkpoints/.tmp-step_00004000/        a write in progress
+    <output_dir>/checkpoints/step_00002000/ema.safetensors   with stage.ema.enabled
+    <output_dir>/samples/step_00002000/                 train.sample_every: gifs + grid.png
 
 An fp32 export (``divot-export zero-to-fp32``, ``divot_llm.export.zero``)::
 
@@ -37,6 +39,8 @@ LATEST = "latest"  # names the newest complete checkpoint (DeepSpeed's tag file 
 ENGINE_TAG = "engine"  # the DeepSpeed tag of our checkpoints: <step>/engine/
 TRAINER_STATE = "trainer_state.json"  # step, world size, counters of one checkpoint
 TMP_PREFIX = ".tmp-"  # a checkpoint still being written: never resumed, never exported
+EMA_FILE = "ema.safetensors"  # in a checkpoint of a run with stage.ema.enabled: the averaged weights
+SAMPLES_DIR = "samples"  # <output_dir>/samples/step_00000100/*.gif, grid.png (train.sample_every)
 
 # ------------------------------------------------------------ divot-export zero-to-fp32
 EXPORT_INFO = "export.json"  # source checkpoint, tag, ZeRO stage, ranks, step

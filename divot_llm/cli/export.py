@@ -3,6 +3,7 @@
     divot-export zero-to-fp32 outputs/pretrain outputs/pretrain-fp32
     divot-export zero-to-fp32 outputs/pretrain/checkpoints/step_00002000 out/ --max-shard-size 2GB
     divot-export detokenizer outputs/detok_demo releases/detok_demo      # de-tokenizer stages
+    divot-export detokenizer outputs/t2v_tiny releases/t2v_tiny --raw   # not the EMA weights
 
 CKPT may be a run folder, its checkpoints/ folder, one checkpoints/step_* folder or any
 DeepSpeed checkpoint folder with a 'latest' tag file. Half-written checkpoints are
@@ -44,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint", metavar="CKPT", help="run folder, checkpoints/ folder or checkpoints/step_* folder"
     )
     detok.add_argument(
-        "out", metavar="OUT", help="output folder: gets detokenizer/ (+ video_tokenizer/ for stage=tokenizer)"
+        "out",
+        metavar="OUT",
+        help="output folder: gets detokenizer/ (+ video_tokenizer/ for stage=tokenizer, config.yaml for stage=t2v)",
+    )
+    detok.add_argument(
+        "--raw",
+        action="store_true",
+        help="the trained weights, not their EMA (exported by default when the run kept one: stage.ema)",
     )
     args = parser.parse_args(argv)
     from divot_llm.config.paths import PathError, check_path
@@ -79,7 +87,7 @@ def _export_detokenizer(args) -> int:
     from divot_llm.export.detokenizer import detok_checkpoint_to_pretrained
 
     try:
-        out = detok_checkpoint_to_pretrained(args.checkpoint, args.out)
+        out = detok_checkpoint_to_pretrained(args.checkpoint, args.out, raw=args.raw)
     except (CheckpointError, ValueError) as exc:
         print(f"divot-export: {exc}", file=sys.stderr)
         return 1

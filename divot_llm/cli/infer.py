@@ -5,8 +5,10 @@
     divot-infer generate --release releases/sft_gen "a red circle moving left" --out gen/
     divot-infer reconstruct --release releases/sft_comp clip.mp4 --out recon/
     divot-infer comprehend --official pretrained/ demo_videos/wine.mp4      # Divot's own files
+    divot-infer t2v "a red circle moving left" --release releases/t2v --cond-scale 2 --steps 50 --out x.mp4
 
---release takes a ``divot-merge`` output (its config.yaml says how it was built);
+--release takes a ``divot-merge`` output (its config.yaml says how it was built); for t2v,
+a ``divot-export detokenizer`` output of a stage=t2v run;
 --official takes a folder with Divot's released files in the layout of its README
 (Divot_sft_comp/, Divot_sft_gen/, cvlm_mistral_instruct_tokenizer/,
 Divot_tokenizer_detokenizer/, CLIP-ViT-H-14-laion2B-s32B-b79K/). --set KEY=VALUE changes
@@ -98,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--out", default="outputs/reconstruct", help="output folder (default outputs/reconstruct)"
     )
+
+    t2v = commands.add_parser(
+        "t2v", help="prompt(s) -> text encoder -> VDM de-tokenizer -> video (stage=t2v)"
+    )
+    t2v.add_argument("prompts", nargs="+", help="what to generate")
+    t2v.add_argument("--release", required=True, metavar="DIR",
+                     help="divot-export detokenizer output of a stage=t2v run")  # fmt: skip
+    t2v.add_argument("--out", default="outputs/t2v.mp4",
+                     help="video file, .mp4 or .gif (several prompts: <stem>_000.mp4, ...), and "
+                          "<stem>_strip.png beside it (default outputs/t2v.mp4)")  # fmt: skip
+    t2v.add_argument("--steps", type=int, help="sampler steps (default: the de-tokenizer config's)")
+    t2v.add_argument("--cond-scale", type=float, help="classifier-free guidance scale (default: config's)")
+    t2v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="config change (repeatable), e.g. --set stage.text_encoder.path=/ckpt/bert")  # fmt: skip
+    t2v.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    t2v.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
     return parser
 
 
@@ -106,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "t2v":
+            return _t2v(args)
         models = _load(args)
         return {"comprehend": _comprehend, "generate": _generate, "reconstruct": _reconstruct}[args.command](
             args, models
@@ -334,6 +354,38 @@ def _reconstruct(args, models) -> int:
     if len(scores) > 1:
         psnr, ssim = (sum(s[i] for s in scores) / len(scores) for i in (0, 1))
         print(f"mean over {len(scores)} videos: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}")
+    return skipped.exit_code()
+
+
+def _t2v(args) -> int:
+    import torch
+
+    from divot_llm.infer.media_out import frame_strip, write_gif, write_mp4
+    from divot_llm.infer.t2v import load_t2v, output_paths
+    from divot_llm.model.t2v import text_to_video
+
+    writers = {".mp4": write_mp4, ".gif": write_gif}
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in writers:
+        print(f"divot-infer: --out must end in .mp4 or .gif, got {args.out!r}", file=sys.stderr)
+        return 2
+    skipped = SkippedInputs(len(args.prompts))
+    prompts = _encodable_captions(args.prompts, skipped)
+    if not prompts:
+        return skipped.exit_code()
+    device = torch.device(args.device) if args.device else None
+    models = load_t2v(args.release, args.overrides, device=device)
+    detok = models.detokenizer
+    paths = output_paths(args.out, len(args.prompts))  # by the prompt's place on the command line
+    for index, prompt in prompts:
+        path = paths[index]
+        video = text_to_video(
+            models.text_encoder, detok, [prompt], args.steps, args.cond_scale, args.seed + index
+        )[0]
+        writers[suffix](path, video, detok.fps)
+        strip = path.with_name(f"{path.stem}_strip.png")
+        frame_strip([video], max_frames=video.shape[0]).save(strip)
+        print(f"{prompt!r}: {path} ({video.shape[0]} frames at {detok.fps} fps), {strip.name}")
     return skipped.exit_code()
 
 

@@ -65,6 +65,7 @@ def _check_config(overrides: list[str]) -> None:
 
     from divot_llm.config.paths import check_config_paths
     from divot_llm.train.stages import training_reads
+    from divot_llm.train.trainer import check_ema_and_sampling
 
     try:
         node = compose_dictconfig(overrides)  # names a missing value where it is set
@@ -72,6 +73,7 @@ def _check_config(overrides: list[str]) -> None:
         if missing:
             raise ConfigError("these values must be set: " + ", ".join(missing))
         cfg = to_typed(node)
+        check_ema_and_sampling(cfg)  # stage.ema / train.sample_every where they cannot work
         check_config_paths(cfg, training_reads(cfg))
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:

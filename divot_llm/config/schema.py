@@ -247,8 +247,24 @@ class TextEncoderConfig:
 
 
 @dataclass
+class EmaConfig:
+    """An exponential moving average of the trained weights (de-tokenizer stages): the seed
+    video-diffusion-pytorch Trainer's ``ema_decay`` / ``update_ema_every`` /
+    ``step_start_ema``. At optimizer steps s (counted from 1) divisible by ``update_every``
+    the average is set to the weights while s < ``start_step`` and moved towards them
+    (``avg = decay * avg + (1 - decay) * w``) from then on. Kept in every checkpoint
+    (``ema.safetensors``); ``divot-export detokenizer`` writes it unless ``--raw``."""
+
+    enabled: bool = False
+    decay: float = checked(0.995, ge=0, lt=1)
+    update_every: int = checked(10, ge=1)
+    start_step: int = checked(2000, ge=0)
+
+
+@dataclass
 class StageConfig:
     name: str = MISSING  # a key of divot_llm.train.stages.STAGES (checked when training starts)
+    ema: EmaConfig = field(default_factory=EmaConfig)  # de-tokenizer stages (t2v: on)
     # LLM stages
     train_input_proj: bool = True
     train_output_proj: bool = True
@@ -315,6 +331,18 @@ class TrainConfig:
     progress_bar: bool = True  # tqdm on rank 0
     # per device, for MFU; null = known GPU table / measured CPU GEMM
     peak_tflops: float | None = checked(None, gt=0)
+    # stage=t2v: every N steps rank 0 samples one clip per prompt (with the EMA weights when
+    # stage.ema.enabled) into <output_dir>/samples/step_N/ (gifs + grid.png) and TensorBoard;
+    # 0 = off. Prompts: sample_prompts; sampler steps: sample_steps (null = the de-tokenizer's)
+    sample_every: int = checked(0, ge=0)
+    sample_prompts: list[str] = field(
+        default_factory=lambda: [
+            "a red circle moving left on a blue background",
+            "a yellow square moving up on a black background",
+            "a white triangle moving right on a green background",
+        ]
+    )
+    sample_steps: int | None = checked(None, ge=1)
     plan_gpus_per_node: int = checked(8, ge=1)  # plan=true: the world to estimate memory for
     plan_nodes: int = checked(1, ge=1)
 

@@ -50,15 +50,23 @@ log = logging.getLogger(__name__)
 
 class TokenPooling(nn.Module):
     """``(B, N, D)`` feature tokens -> ``(B, cond_dim)``: attention pooling with one learned
-    query (``attention``) or the token mean (``mean``), then LayerNorm + Linear."""
+    query (``attention``) or the token mean (``mean``), then LayerNorm + Linear; or the one
+    token itself (``none``: the seed's text conditioning, no parameters)."""
 
     def __init__(self, feature_dim: int, cond_dim: int, mode: str, heads: int) -> None:
         super().__init__()
-        if mode not in ("attention", "mean"):
-            raise ValueError(f"pooling must be 'attention' or 'mean', got {mode!r}")
+        if mode not in ("attention", "mean", "none"):
+            raise ValueError(f"pooling must be 'attention', 'mean' or 'none', got {mode!r}")
         if mode == "attention" and feature_dim % heads:
             raise ValueError(f"pooling_heads={heads} must divide feature_dim={feature_dim}")
+        if mode == "none" and feature_dim != cond_dim:
+            raise ValueError(
+                f"pooling 'none' feeds the feature vector in as the UNet's cond vector: feature_dim="
+                f"{feature_dim} must equal cond_dim={cond_dim}"
+            )
         self.mode = mode
+        if mode == "none":
+            return
         if mode == "attention":
             self.query = nn.Parameter(torch.randn(1, 1, feature_dim) * feature_dim**-0.5)
             self.attn = nn.MultiheadAttention(feature_dim, heads, batch_first=True)
@@ -66,6 +74,12 @@ class TokenPooling(nn.Module):
         self.proj = nn.Linear(feature_dim, cond_dim)
 
     def forward(self, feats_bnd: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            if feats_bnd.shape[1] != 1:
+                raise ValueError(
+                    f"pooling 'none' takes one feature vector per clip (B, 1, D), got {feats_bnd.shape[1]} tokens"
+                )
+            return feats_bnd[:, 0]
         if self.mode == "attention":
             query_b1d = self.query.expand(feats_bnd.shape[0], -1, -1)
             pooled_bd = self.attn(query_b1d, feats_bnd, feats_bnd, need_weights=False)[0][:, 0]

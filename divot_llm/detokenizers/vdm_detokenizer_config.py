@@ -37,8 +37,9 @@ class VdmDetokenizerConfig:
     fps: int = checked(8, ge=1)  # playback rate of the decoded clip
     image_size: int = checked(16, ge=1)  # H = W, divisible by 2 ** (len(dim_mults) - 1)
     # feature tokens -> cond vector: "attention" (one learned query attends over the N
-    # tokens) | "mean" (mean over tokens, then a linear map)
-    pooling: str = checked("attention", choices=("attention", "mean"))
+    # tokens) | "mean" (mean over tokens, then a linear map) | "none" (the one token is the
+    # cond vector, as the seed feeds its text embedding: N = 1 and feature_dim == cond_dim)
+    pooling: str = checked("attention", choices=("attention", "mean", "none"))
     pooling_heads: int = checked(2, ge=1)  # attention pooling heads; must divide feature_dim
     # also let the UNet attend to the N tokens themselves (a cross-attention after every
     # spatial attention; not in the seed's state dicts), the pooled vector still conditioning

@@ -5,22 +5,29 @@ and inference load. (LLM stages export with ``divot-merge``; this is ``divot-exp
 Steps: rebuild the stage's module from the checkpoint's own resolved config (frozen
 weights -- VAE, ViT, a random tiny tokenizer -- from where and with what seed the run took
 them), load the trained tensors reassembled by DeepSpeed's ``zero_to_fp32`` (fp32,
-ZeRO-1/2/3, any number of ranks), and save.
+ZeRO-1/2/3, any number of ranks), and save. A run that kept an EMA of its weights
+(``stage.ema.enabled``: ``ema.safetensors`` in the checkpoint) exports the EMA weights, or
+the raw trained ones with ``raw=True`` (``divot-export detokenizer --raw``). A stage that
+generates from prompts (t2v) also gets the run's ``config.yaml``: it names the text
+encoder that turns a prompt into the de-tokenizer's features (``divot-infer t2v``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from safetensors.torch import load_file
 
 from divot_llm.config import load_saved_config
 from divot_llm.config.loading import RESOLVED_CONFIG_NAME
 from divot_llm.detokenizers.training import TokenizerDiffusionObjective
 from divot_llm.export.zero import resolve_checkpoint
-from divot_llm.layout import DETOKENIZER_DIR, VIDEO_TOKENIZER_DIR
+from divot_llm.layout import DETOKENIZER_DIR, EMA_FILE, VIDEO_TOKENIZER_DIR
+from divot_llm.train.ema import load_averaged
 from divot_llm.train.stages import stage_class
 
 
@@ -41,8 +48,11 @@ def load_trained_tensors(module: torch.nn.Module, state: dict[str, torch.Tensor]
         )
 
 
-def detok_checkpoint_to_pretrained(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write ``out_dir/detokenizer/`` (and, for stage ``tokenizer``, ``out_dir/video_tokenizer/``).
+def detok_checkpoint_to_pretrained(
+    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, raw: bool = False
+) -> Path:
+    """Write ``out_dir/detokenizer/`` (and, for stage ``tokenizer``, ``out_dir/video_tokenizer/``;
+    for a stage that generates from prompts, ``out_dir/config.yaml``).
 
     For stage ``tokenizer`` the de-tokenizer's null features (guidance's unconditional
     input) are refreshed to the *trained* tokenizer's zero-clip features first.
@@ -51,6 +61,8 @@ def detok_checkpoint_to_pretrained(checkpoint: str | os.PathLike, out_dir: str |
         checkpoint: A ``checkpoints/step_*`` folder, or a run's output folder (its latest
             complete checkpoint is used).
         out_dir: Folder to create.
+        raw: the trained weights even when the checkpoint holds their EMA (which is
+            exported by default).
 
     Returns:
         ``out_dir``.
@@ -75,7 +87,13 @@ def detok_checkpoint_to_pretrained(checkpoint: str | os.PathLike, out_dir: str |
     _, module = stage.build_modules(cfg)  # fp32, CPU, frozen weights as the run had them
     state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=ckpt.tag, exclude_frozen_parameters=True)
     load_trained_tensors(module, state)
+    if (path / EMA_FILE).is_file() and not raw:
+        trained = {n for n, p in module.named_parameters() if p.requires_grad}
+        load_averaged(module, load_file(str(path / EMA_FILE)), trained)
     out = Path(out_dir)
+    if stage.samples_prompts:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path / RESOLVED_CONFIG_NAME, out / RESOLVED_CONFIG_NAME)
     if isinstance(module, TokenizerDiffusionObjective):  # the tokenizer stage trained both
         module.refresh_null_features()
         module.detokenizer.save_pretrained(out / DETOKENIZER_DIR)

@@ -185,9 +185,9 @@ def check_tokenizer_fits(tokenizer: VideoTokenizer, detokenizer: VideoDetokenize
     tokenizer_frame_positions(detokenizer.num_frames, tokenizer.frames_per_clip)
 
 
-def build_detokenizer(cfg: DivotConfig, tokenizer: VideoTokenizer) -> VideoDetokenizer:
+def build_detokenizer(cfg: DivotConfig, tokenizer: VideoTokenizer | None) -> VideoDetokenizer:
     """``cfg.detokenizer`` with the frozen tokenizer's zero-clip features as its null
-    features, then the weights of ``stage.detokenizer_init_from`` (a ``save_pretrained``
+    features (none without a tokenizer: stage t2v conditions on text), then the weights of ``stage.detokenizer_init_from`` (a ``save_pretrained``
     folder, loaded strictly: its shapes must be the config's) when set.
 
     Raises:

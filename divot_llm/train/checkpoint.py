@@ -11,6 +11,7 @@ Layout under ``<output_dir>/checkpoints/``::
       rank_00000.json ...     per rank: data-stream state, python/numpy RNG states
       rank_00000_rng.pt ...   per rank: torch CPU (+ CUDA) RNG states
       config.yaml             the resolved config of the run
+      ema.safetensors         with stage.ema.enabled: the weights' moving average (rank 0)
     latest                    name of the newest complete checkpoint
     .tmp-step_00004000/       a write in progress (or one killed mid-way): never resumed
 
@@ -48,9 +49,10 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from divot_llm.config.loading import RESOLVED_CONFIG_NAME
-from divot_llm.layout import CHECKPOINTS_DIR, ENGINE_TAG, LATEST, TMP_PREFIX, TRAINER_STATE
+from divot_llm.layout import CHECKPOINTS_DIR, EMA_FILE, ENGINE_TAG, LATEST, TMP_PREFIX, TRAINER_STATE
 from divot_llm.train import distributed
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -179,7 +181,16 @@ def checkpoint_problems(ckpt_dir: Path) -> list[str]:
     if world is not None:
         problems += _missing_rank_files(ckpt_dir, world)
     zero_stage = _zero_stage_of(config) if isinstance(config, dict) else None
+    if isinstance(config, dict) and ema_enabled(config) and not _size(ckpt_dir / EMA_FILE):
+        problems.append(f"{EMA_FILE} is missing or empty (the run keeps an EMA: stage.ema.enabled)")
     return problems + engine_problems(ckpt_dir / ENGINE_TAG, world, zero_stage)
+
+
+def ema_enabled(config: dict) -> bool:
+    """Whether a checkpoint's resolved config (plain data) keeps an EMA of the weights."""
+    stage = config.get("stage")
+    ema = stage.get("ema") if isinstance(stage, dict) else None
+    return isinstance(ema, dict) and ema.get("enabled") is True
 
 
 def engine_problems(
@@ -490,6 +501,7 @@ class CheckpointWriter:
         rank_state: dict[str, Any],
         trainer_state: dict[str, Any],
         config_yaml: str,
+        rank0_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
     ) -> Path:
         """Write the checkpoint of ``step`` (collective: every rank must call it).
 
@@ -499,6 +511,8 @@ class CheckpointWriter:
             rank_state: This rank's JSON-able state (data stream, counters).
             trainer_state: Run-wide JSON-able state (rank 0 writes it).
             config_yaml: The resolved config.
+            rank0_tensors: file name -> tensors that rank 0 writes (safetensors) into the
+                checkpoint with the rest, e.g. ``ema.safetensors``.
 
         Returns:
             The complete checkpoint's directory.
@@ -519,6 +533,8 @@ class CheckpointWriter:
         if self.rank == 0:
             _write_json(tmp / TRAINER_STATE, trainer_state)
             (tmp / "config.yaml").write_text(config_yaml)
+            for file_name, tensors in (rank0_tensors or {}).items():
+                save_file(tensors, str(tmp / file_name))
         distributed.barrier()  # every rank's files are written
 
         if self.rank == 0:

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from divot_llm.config.schema import TrainConfig
 
 METRICS_FILE = "metrics.jsonl"
@@ -109,6 +111,18 @@ class Tracker:
                     self._tb.add_scalar(key, value, step)
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
+
+    def image(self, step: int, tag: str, image_hw3: np.ndarray) -> None:
+        """Record an RGB image (``(H, W, 3)`` uint8, e.g. a grid of samples) at ``step``
+        in TensorBoard and W&B (``metrics.jsonl`` holds scalars only)."""
+        if not self.enabled:
+            return
+        if self._tb is not None:
+            self._tb.add_image(tag, image_hw3, step, dataformats="HWC")
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({tag: wandb.Image(image_hw3)}, step=step)
 
     def progress(self, step: int, postfix: dict[str, str]) -> None:
         """Move the bar to ``step`` (tqdm computes the ETA) with short readouts."""

@@ -15,6 +15,11 @@ carries the loss (for logging), the token/sample/FLOP counts, a "loss not finite
 and a "stop requested" flag, so all ranks make the same decision at the same point:
 skip a micro-batch whose loss is NaN/inf on any rank (no rank enters backward's
 collectives alone), and stop for a signal together.
+
+After each optimizer step rank 0 alone updates the weights' moving average
+(``stage.ema``, de-tokenizer stages) and, every ``train.sample_every`` steps, writes
+sample clips of the stage's prompts (t2v); the other ranks wait at the next step's
+all-reduce.
 """
 
 from __future__ import annotations
@@ -33,13 +38,18 @@ import torch
 import yaml
 
 from divot_llm.config import config_to_dict, config_to_yaml, save_resolved_config
+from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import DivotConfig
 from divot_llm.launch_guard import Launcher
-from divot_llm.runtime import rng_devices, seed_everything
+from divot_llm.layout import EMA_FILE
+from divot_llm.runtime import eval_mode, rng_devices, seed_everything
 from divot_llm.train import checkpoint, distributed, failures, run_lock
+from divot_llm.train.ema import ModuleEMA
 from divot_llm.train.engine import build_engine, resolve_dtype
 from divot_llm.train.metrics import device_peak, peak_memory_gib
+from divot_llm.train.samples import write_samples
 from divot_llm.train.stages import Stage, make_stage, stage_class
+from divot_llm.train.stages.base import VAL_SEED
 from divot_llm.train.tracking import Tracker
 
 FINISHED, INTERRUPTED = "finished", "interrupted"
@@ -122,7 +132,7 @@ class Trainer:
             ConfigError: ``stage.name`` is not a stage (before anything starts).
         """
         cfg = self.cfg
-        stage_class(cfg.stage.name)  # an unknown stage name fails before anything starts
+        check_ema_and_sampling(cfg)  # an unknown stage name fails here too, before anything starts
         self.dist = distributed.init_distributed()
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.device = self.dist.device
@@ -138,6 +148,10 @@ class Trainer:
         # Models are built from train.seed on every rank (stage.build), then each rank
         # gets its own stream for dropout so ranks do not draw identical masks.
         self._setup_models()
+        # rank 0 writes checkpoints and samples: the only one that needs the average
+        self.ema = (
+            ModuleEMA(self.model, cfg.stage.ema) if cfg.stage.ema.enabled and self.dist.is_main else None
+        )
         seed_everything(cfg.train.seed + self.dist.rank)
         self.engine = build_engine(self.model, cfg, self.dist.world_size, self.dtype, self.device)
         self._setup_data()
@@ -212,6 +226,8 @@ class Trainer:
             self.nonfinite_total = int(trainer_state.get("nonfinite_total", 0))
             self._nonfinite_in_row = int(rank_state.get("nonfinite_in_row", 0))
             self.loader.load_state_dict(rank_state["data"])
+            if self.ema is not None:
+                self.ema.load(path / EMA_FILE)
             self.resumed_from = path
         self._data = iter(self.loader)
 
@@ -285,11 +301,15 @@ class Trainer:
             logged.steps += 1
             logged.seconds += time.perf_counter() - started
             self.step += 1
+            if self.ema is not None:  # once per optimizer step, after all its micro-batches
+                self.ema.update(self.step, self.stage.module)
             if self.step % cfg.log_every == 0 or self.step == max_steps or stopping:
                 self._log(logged)
                 logged = LogAccumulator()
             if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or self.step == max_steps):
                 self.validate()
+            if cfg.sample_every > 0 and self.step % cfg.sample_every == 0 and not stopping:
+                self.write_samples()  # (not on the way out after a signal: the checkpoint comes first)
             if stopping or self.step == max_steps or (cfg.save_every > 0 and self.step % cfg.save_every == 0):
                 self.save()
         if stopping:
@@ -432,6 +452,24 @@ class Trainer:
         )
         return metrics
 
+    # ================================================================== samples
+
+    def write_samples(self) -> Path | None:
+        """Rank 0: one clip per ``train.sample_every`` prompt from the EMA weights (the
+        trained ones without an EMA), as gifs + a grid in the run folder and TensorBoard.
+        The clips' draws come from a fixed seed (comparable across steps) and the global
+        RNG comes out as it went in, so sampling changes nothing in training."""
+        if not self.dist.is_main:
+            return None
+        cfg = self.cfg.train
+        module = self.ema.module if self.ema is not None else self.stage.module
+        with torch.random.fork_rng(devices=rng_devices(self.device)), eval_mode(module):
+            clips = self.stage.sample_clips(module, list(cfg.sample_prompts), cfg.sample_steps, VAL_SEED)
+        folder, grid = write_samples(self.output_dir, self.step, list(cfg.sample_prompts), clips, module.fps)
+        self.tracker.image(self.step, "samples/grid", grid)
+        self.tracker.message(f"step {self.step}: {len(clips)} samples in {folder}")
+        return folder
+
     # ================================================================== checkpoints
 
     def save(self) -> Path:
@@ -447,7 +485,8 @@ class Trainer:
             "experiment_name": self.cfg.experiment_name,
         }
         try:
-            path = self.writer.save(self.engine, self.step, rank_state, trainer_state, self.config_yaml)
+            ema = {EMA_FILE: self.ema.state_dict()} if self.ema is not None else None
+            path = self.writer.save(self.engine, self.step, rank_state, trainer_state, self.config_yaml, ema)
         except (OSError, RuntimeError) as exc:  # a full disk, or another write error
             partial = self.writer.root / f"{checkpoint.TMP_PREFIX}{checkpoint.step_dir_name(self.step)}"
             kept = checkpoint.latest_checkpoint(self.writer.root)
@@ -497,6 +536,37 @@ def check_output_dir(
     if lock:
         run_lock.check_free(cfg.train.output_dir)
     return choose_checkpoint(cfg, world_size)
+
+
+def check_ema_and_sampling(cfg: DivotConfig) -> None:
+    """``stage.ema`` and ``train.sample_every`` need a stage that has them and full
+    parameters on rank 0 (it averages and samples alone).
+
+    Raises:
+        ConfigError: an unknown stage; an EMA on a stage that trains no de-tokenizer;
+            sampling on a stage that does not generate from prompts; either under ZeRO-3.
+    """
+    stage = stage_class(cfg.stage.name)
+    ema, sample_every = cfg.stage.ema.enabled, cfg.train.sample_every
+    if ema and not stage.trains_detokenizer:
+        raise ConfigError(
+            f"stage.ema.enabled: stage {cfg.stage.name} trains no de-tokenizer; EMA is for those"
+        )
+    if sample_every and not stage.samples_prompts:
+        raise ConfigError(
+            f"train.sample_every={sample_every}: stage {cfg.stage.name} does not generate clips from prompts "
+            "(stage=t2v does); set train.sample_every=0"
+        )
+    if cfg.deepspeed.zero_stage == 3 and (ema or sample_every):
+        wanted = " and ".join(
+            k
+            for k, on in (("stage.ema.enabled", ema), (f"train.sample_every={sample_every}", sample_every))
+            if on
+        )
+        raise ConfigError(
+            f"{wanted} {'need' if ema and sample_every else 'needs'} the full weights on rank 0, which ZeRO-3 partitions across ranks: use "
+            "deepspeed=zero2 (a de-tokenizer fits on one device), or turn them off"
+        )
 
 
 def choose_checkpoint(cfg: DivotConfig, world_size: int | None = None) -> checkpoint.ResumeChoice:

@@ -241,3 +241,29 @@ def test_ddim_decode_is_gaussian_diffusions_ddim_sampler(vdm_config):
     shifted[:, 0] += shift_d
     shifted[:, 1] -= shift_d  # the same mean-pooled vector
     assert not torch.allclose(cross.decode(shifted, steps=2, seed=0), cross.decode(features, steps=2, seed=0))
+
+
+def test_pooling_none_feeds_the_one_vector_in_as_the_cond(vdm_config):
+    # the seed's text conditioning: cond_dim is the text vector's width, nothing in between
+    config = dataclasses.replace(vdm_config, pooling="none", feature_dim=vdm_config.cond_dim)
+    detok = build_video_detokenizer(config)
+    assert not list(detok.image_proj_model.parameters())
+    feats_b1d = torch.randn(2, 1, config.cond_dim, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(detok.image_proj_model(feats_b1d), feats_b1d[:, 0])
+    with pytest.raises(ValueError, match=r"one feature vector per clip \(B, 1, D\), got 3 tokens"):
+        detok.image_proj_model(feats_b1d.expand(-1, 3, -1))
+    with pytest.raises(ValueError, match="feature_dim=16 must equal cond_dim=32"):
+        build_video_detokenizer(dataclasses.replace(vdm_config, pooling="none"))
+
+
+def test_prob_focus_present_reaches_the_unet_in_training(vdm_config):
+    """Image + video co-training: with prob_focus_present=1 every clip's temporal attention
+    sees only its own frame, so the same draws give another loss than with 0."""
+    losses = []
+    for prob in (0.0, 1.0):
+        torch.manual_seed(0)
+        detok = build_video_detokenizer(dataclasses.replace(vdm_config, prob_focus_present=prob))
+        video, features = clips_and_features(detok)
+        with torch.no_grad():
+            losses.append(detok(video, features, generator=torch.Generator().manual_seed(0)).item())
+    assert losses[0] != pytest.approx(losses[1], rel=1e-4), losses

@@ -191,3 +191,50 @@ def hand_batches(tokenizer_dir: Path, n: int, d: int, count: int = 4, seed: int 
         gen_sample = generation_sample(tok, n, torch.randn(1, n, d, generator=gen), f"a blue square {i}")
         batches.append(collate([comp, gen_sample], tok.pad_id))
     return batches
+
+
+def run_trainer(cfg, build_loader=None):
+    """(status, trainer) of a whole in-process run (set up, trained, cleaned up)."""
+    from divot_llm.train.trainer import Trainer
+
+    trainer = Trainer(cfg, build_loader=build_loader)
+    trainer.setup()
+    try:
+        return trainer.train(), trainer
+    finally:
+        trainer.cleanup()
+
+
+class SigtermAt:
+    """A loader that sends SIGTERM to this process when its batch ``at`` is handed out."""
+
+    def __init__(self, loader, at: int):
+        self.loader, self.at, self.position = loader, at, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.position += 1
+            if self.position == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state):
+        self.loader.load_state_dict(state)
+
+    def skip_counts(self):
+        return self.loader.skip_counts()
+
+
+def sigterm_at(at: int):
+    """A de-tokenizer loader builder (``build_detok_loader``'s signature) whose train
+    loader is ``SigtermAt(at)``: the in-process run stops as a signalled one does."""
+    from divot_llm.data.detok_examples import build_detok_loader
+
+    def build(data_cfg, window, rank=0, world_size=1, split="train", pin_memory=False):
+        loader = build_detok_loader(data_cfg, window, rank, world_size, split, pin_memory)
+        return SigtermAt(loader, at) if split == "train" else loader
+
+    return build

@@ -6,7 +6,6 @@ Divot-LLM release, and every export loads with ``from_pretrained`` and decodes."
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
 import torch
@@ -21,7 +20,8 @@ from divot_llm.tokenizers.divot import DivotTokenizer
 from divot_llm.train import checkpoint
 from divot_llm.train.trainer import FINISHED, INTERRUPTED, Trainer
 from tests.helpers import run_entry_point
-from tests.train.conftest import BatchList, hand_batches, read_metrics, tiny_cfg
+from tests.train.conftest import BatchList, hand_batches, read_metrics, sigterm_at, tiny_cfg
+from tests.train.conftest import run_trainer as run
 
 STEPS = 8
 DETOK_OVERRIDES = (
@@ -37,46 +37,6 @@ DETOK_OVERRIDES = (
 
 def detok_cfg(data_root, out, *overrides):
     return compose_config([*DETOK_OVERRIDES, f"data.root={data_root}", f"train.output_dir={out}", *overrides])
-
-
-def run(cfg, build_loader=None) -> tuple[str, Trainer]:
-    trainer = Trainer(cfg, build_loader=build_loader)
-    trainer.setup()
-    try:
-        return trainer.train(), trainer
-    finally:
-        trainer.cleanup()
-
-
-class SigtermAt:
-    """The window loader; SIGTERM to this process when train batch ``at`` is handed out."""
-
-    def __init__(self, loader, at: int):
-        self.loader, self.at, self.position = loader, at, 0
-
-    def __iter__(self):
-        for batch in self.loader:
-            self.position += 1
-            if self.position == self.at:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield batch
-
-    def state_dict(self):
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state):
-        self.loader.load_state_dict(state)
-
-    def skip_counts(self):
-        return self.loader.skip_counts()
-
-
-def sigterm_at(at: int):
-    def build(data_cfg, window, rank=0, world_size=1, split="train", pin_memory=False):
-        loader = build_detok_loader(data_cfg, window, rank, world_size, split, pin_memory)
-        return SigtermAt(loader, at) if split == "train" else loader
-
-    return build
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def test_nonfinite_losses_are_skipped_then_abort(ds_process_group, mistral_token
 
 def test_an_unknown_stage_is_refused_before_anything_starts(tmp_path):
     trainer = Trainer(tiny_cfg(f"train.output_dir={tmp_path}", "stage.name=finetune"))
-    known = "known stages: pretrain, sft_comp, sft_gen, detok, tokenizer, detok_adapt"
+    known = "known stages: pretrain, sft_comp, sft_gen, detok, tokenizer, detok_adapt, t2v"
     with pytest.raises(ConfigError, match=f"stage.name='finetune' is not a stage; {known}"):
         trainer.setup()
     assert not tmp_path.joinpath("config.yaml").exists()  # the output dir was not touched

@@ -11,6 +11,8 @@ which losses and rates are logged, and validation. ``Trainer`` keeps the one loo
   de-tokenizer (with the tokenizer, for tokenizer) on full windows.
 * ``DetokAdaptStage`` (``detok_adapt.py``) -- detok_adapt: the de-tokenizer on features
   sampled from a trained Divot LLM.
+* ``T2VStage`` (``t2v.py``) -- t2v: the VDM de-tokenizer on a frozen text encoder's
+  caption vectors (text to video).
 
 The models are built on the CPU from ``train.seed`` (``divot_llm.model.build``), so every
 rank, a resumed run and the export rebuild the same frozen values whatever the device.
@@ -26,6 +28,7 @@ from divot_llm.train.stages.base import Stage
 from divot_llm.train.stages.detok import DetokStage, TokenizerStage
 from divot_llm.train.stages.detok_adapt import DetokAdaptStage
 from divot_llm.train.stages.llm import LLMStage
+from divot_llm.train.stages.t2v import T2VStage
 
 STAGES: dict[str, type[Stage]] = {
     "pretrain": LLMStage,
@@ -34,6 +37,7 @@ STAGES: dict[str, type[Stage]] = {
     "detok": DetokStage,  # de-tokenizer (stage 1) on the frozen tokenizer's features
     "tokenizer": TokenizerStage,  # tokenizer (all but the ViT) + de-tokenizer through the diffusion loss
     "detok_adapt": DetokAdaptStage,  # de-tokenizer adaptation (stage 2) on features sampled from the LLM's GMM
+    "t2v": T2VStage,  # text to video: the VDM de-tokenizer on a frozen text encoder's caption vectors
 }
 
 
@@ -73,6 +77,7 @@ __all__ = [
     "DetokStage",
     "LLMStage",
     "Stage",
+    "T2VStage",
     "TokenizerStage",
     "make_stage",
     "stage_class",

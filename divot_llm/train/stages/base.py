@@ -21,6 +21,9 @@ class Stage(abc.ABC):
     Attributes:
         trains_detokenizer: whether the stage trains a de-tokenizer (its checkpoints are
             exported with ``divot-export detokenizer``, not ``divot-merge``).
+        samples_prompts: whether the stage generates clips from prompts
+            (``sample_clips``: ``train.sample_every``); its export then also carries the
+            run's ``config.yaml`` (what encodes a prompt).
         loss_names: names of ``loss_terms``; the first is backpropagated, all are logged
             as ``train/<name>``.
         rate_names: ``step_counts`` keys logged as ``perf/<name>_per_s``, with their short
@@ -30,6 +33,7 @@ class Stage(abc.ABC):
     """
 
     trains_detokenizer: ClassVar[bool] = False
+    samples_prompts: ClassVar[bool] = False
     loss_names: ClassVar[tuple[str, ...]] = ("loss",)
     rate_names: ClassVar[dict[str, str]] = {"samples": "samp/s"}
 
@@ -68,6 +72,13 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def validate(self, engine, val_loader, max_batches: int) -> dict[str, float] | None:
         """Validation metrics (collective; None when some rank has no batch)."""
+
+    def sample_clips(
+        self, module: nn.Module, prompts: list[str], steps: int | None, seed: int
+    ) -> torch.Tensor:
+        """One clip per prompt, ``(B, F, 3, H, W)`` in [-1, 1], decoded by ``module`` (the
+        trained module or its EMA copy); stages with ``samples_prompts`` only."""
+        raise NotImplementedError(f"stage {self.cfg.stage.name} does not generate clips from prompts")
 
     @property
     def trainable_params(self) -> int:

@@ -35,6 +35,7 @@ class DetokStage(Stage):
     tokenizer's features (it sees frames 0, 4, 8, 12, 15 of a 16-frame window)."""
 
     trains_detokenizer = True
+    reconstructs = True  # validation also decodes clips from their features (PSNR/SSIM)
     loss_names = ("loss",)
     rate_names = {"samples": "clips/s"}
     # (video tokenizer, engine module) on the CPU, fp32, from train.seed
@@ -120,11 +121,12 @@ class DetokStage(Stage):
         return float(counter.get_total_flops())
 
     def validate(self, engine, val_loader, max_batches: int) -> dict[str, float] | None:
-        """Diffusion loss (fixed noise and timesteps) and PSNR/SSIM of reconstructions
-        from the tokenizer's features (``stage.recon_clips`` per rank, fixed sampler seed),
-        next to the PSNR of each clip's mean colour (the flat guess to beat), averaged over
-        all ranks. LPIPS is not computed (no pretrained VGG offline)."""
-        recon_left = self.cfg.stage.recon_clips
+        """Diffusion loss (fixed noise and timesteps) and, when the stage ``reconstructs``,
+        PSNR/SSIM of reconstructions from the tokenizer's features (``stage.recon_clips``
+        per rank, fixed sampler seed) next to the PSNR of each clip's mean colour (the flat
+        guess to beat), averaged over all ranks. LPIPS is not computed (no pretrained VGG
+        offline)."""
+        recon_left = self.cfg.stage.recon_clips if self.reconstructs else 0
         quality = ("psnr", "ssim", "psnr_mean_colour")
 
         def batch_sums(index: int, batch: dict) -> list[float]:
