@@ -1,4 +1,5 @@
-"""Summarise a ``launch/demo.sh`` run: losses per stage, releases, comprehension accuracy.
+"""Summarise a ``launch/demo.sh`` run: losses per stage, releases, comprehension accuracy,
+and how well the generated videos show what their captions ask for.
 
     python tools/demo_report.py outputs/demo
 
@@ -6,7 +7,12 @@ Reads each stage's ``metrics.jsonl`` (first and last training loss, validation b
 after), the releases' ``release.json``, and ``comprehension/answers.jsonl`` against the
 held-out questions of the synthetic set (``annotations/val_video_qa.jsonl``): the share of
 held-out videos whose shape colour the SFT-comp model names, next to chance (one of the
-palette's colours at random). ``--json`` writes the numbers for scripts and tests.
+palette's colours at random). The de-tokenizer stage's validation gives the PSNR of held-out
+clips reconstructed through tokenizer -> de-tokenizer, next to each clip's flat mean colour.
+The videos generated for the held-out captions (``generation/generated.jsonl``) are read
+back with the synthetic set's own pixel analyser: how often the shape and the background
+have the caption's colours, next to chance. ``--json`` writes the numbers for scripts and
+tests.
 """
 
 from __future__ import annotations
@@ -16,9 +22,16 @@ import json
 import sys
 from pathlib import Path
 
-from divot_llm.data.synthetic import COLORS, named_color
+from divot_llm.data.synthetic import COLORS, caption_colors, named_color, read_scene_from_frames
+from divot_llm.data.video_codec import decode_video
 
-STAGES = ("pretrain", "sft_comp", "sft_gen")
+STAGES = ("pretrain", "sft_comp", "sft_gen", "detok")
+VAL_KEYS = {  # metrics.jsonl key -> report key (first and last validation)
+    "val/lm_loss": "val_lm_loss",
+    "val/loss": "val_loss",
+    "val/psnr": "val_psnr",
+    "val/psnr_mean_colour": "val_psnr_mean_colour",
+}
 
 
 def _records(run: Path) -> list[dict]:
@@ -33,9 +46,9 @@ def stage_summary(run: Path) -> dict:
     out = {"steps": train[-1]["step"] if train else 0}
     if train:
         out["train_loss"] = [train[0]["train/loss"], train[-1]["train/loss"]]
-    if val:
-        key = "val/lm_loss"
-        out["val_lm_loss"] = [val[0][key], val[-1][key]]
+    for key, name in VAL_KEYS.items():
+        if val and key in val[-1]:
+            out[name] = [val[0].get(key), val[-1][key]]
     return out
 
 
@@ -55,6 +68,23 @@ def comprehension_accuracy(answers_file: Path, qa_file: Path, media_root: Path) 
     }
 
 
+def generation_colours(generated_file: Path) -> dict:
+    """Colour matches of the generated videos against their captions: the shape colour,
+    the background colour, and both (read from the decoded mp4, as a viewer sees it)."""
+    hits = {"color": 0, "background": 0, "both": 0}
+    records = [json.loads(line) for line in generated_file.read_text().splitlines()]
+    videos = [r for r in records if "video" in r]
+    for record in videos:
+        seen = read_scene_from_frames(decode_video(record["video"]).frames)
+        wanted_color, wanted_background = caption_colors(record["caption"])
+        color, background = seen["color"] == wanted_color, seen["background"] == wanted_background
+        hits["color"] += color
+        hits["background"] += background
+        hits["both"] += color and background
+    chance = 1 / len(COLORS)
+    return {"videos": len(videos), **hits, "chance": chance, "chance_both": chance * chance}
+
+
 def report(out: Path, data: Path) -> dict:
     summary = {"stages": {s: stage_summary(out / "runs" / s) for s in STAGES}}
     summary["releases"] = {
@@ -67,6 +97,9 @@ def report(out: Path, data: Path) -> dict:
         summary["comprehension"] = comprehension_accuracy(
             answers, data / "annotations" / "val_video_qa.jsonl", data / "media"
         )
+    generated = out / "generation" / "generated.jsonl"
+    if generated.is_file():
+        summary["generation"] = generation_colours(generated)
     return summary
 
 
@@ -76,9 +109,15 @@ def format_report(summary: dict, out: Path) -> str:
         if not s["steps"]:
             continue
         text = f"{stage:9s} {s['steps']:4d} steps  train loss {s['train_loss'][0]:.3f} -> {s['train_loss'][1]:.3f}"
-        if "val_lm_loss" in s:
-            text += f"  val LM loss {s['val_lm_loss'][0]:.3f} -> {s['val_lm_loss'][1]:.3f}"
+        for name, label in (("val_lm_loss", "val LM loss"), ("val_loss", "val loss")):
+            if name in s:
+                text += f"  {label} {s[name][0]:.3f} -> {s[name][1]:.3f}"
         lines.append(text)
+        if "val_psnr" in s:
+            lines.append(
+                f"{'':9s} held-out reconstructions: PSNR {s['val_psnr'][1]:.2f} dB "
+                f"(each clip's mean colour: {s['val_psnr_mean_colour'][1]:.2f} dB)"
+            )
     for stage, path in summary["releases"].items():
         lines.append(f"release   {stage:9s} {path}")
     if "comprehension" in summary:
@@ -87,9 +126,13 @@ def format_report(summary: dict, out: Path) -> str:
             f"held-out comprehension: shape colour named correctly for {c['correct']}/{c['videos']} videos "
             f"({c['accuracy']:.0%}; chance {c['chance']:.0%}) -> {out / 'comprehension' / 'answers.jsonl'}"
         )
-    generated = sorted((out / "generation").glob("*.safetensors")) if (out / "generation").is_dir() else []
-    if generated:
-        lines.append(f"generated features: {', '.join(str(p) for p in generated)}")
+    if "generation" in summary:
+        g = summary["generation"]
+        lines.append(
+            f"generated videos for the held-out captions: shape colour {g['color']}/{g['videos']}, "
+            f"background {g['background']}/{g['videos']}, both {g['both']}/{g['videos']} "
+            f"(chance {g['chance']:.0%}, {g['chance']:.0%}, {g['chance_both']:.1%}) -> {out / 'generation'}"
+        )
     return "\n".join(lines)
 
 

@@ -275,7 +275,7 @@ def _generate(args, models) -> int:
     from safetensors.torch import save_file
 
     from divot_llm.infer import generate_features_for_captions
-    from divot_llm.infer.media_out import frame_strip, slug, write_mp4
+    from divot_llm.data.media_out import frame_strip, slug, write_mp4
 
     skipped = SkippedInputs(len(args.captions))
     captions = _encodable_captions(args.captions, skipped)
@@ -319,7 +319,7 @@ def _generate(args, models) -> int:
 def _reconstruct(args, models) -> int:
     from divot_llm.data.errors import MediaError
     from divot_llm.infer import reconstruct
-    from divot_llm.infer.media_out import frame_strip, slug, write_mp4
+    from divot_llm.data.media_out import frame_strip, slug, write_mp4
 
     if models.detokenizer is None:
         print(
@@ -360,7 +360,7 @@ def _reconstruct(args, models) -> int:
 def _t2v(args) -> int:
     import torch
 
-    from divot_llm.infer.media_out import frame_strip, write_gif, write_mp4
+    from divot_llm.data.media_out import frame_strip, write_gif, write_mp4
     from divot_llm.infer.t2v import load_t2v, output_paths
     from divot_llm.model.t2v import text_to_video
 
