@@ -35,8 +35,9 @@ __all__ = ["DiffusionLike", "ddim_scheduler", "sample_ddim"]
 
 
 class DiffusionLike(Protocol):
-    """What DDIM reads of a ``GaussianDiffusion`` (ours or the seed's). A protocol, not an
-    import of ``vdm``: ``GaussianDiffusion.sample_ddim`` calls into this module."""
+    """What DDIM reads of a ``GaussianDiffusion`` (ours; the seed's once given
+    ``objective = "pred_noise"``, its only one). A protocol, not an import of ``vdm``:
+    ``GaussianDiffusion.sample_ddim`` calls into this module."""
 
     betas: torch.Tensor
     alphas_cumprod: torch.Tensor
@@ -46,7 +47,12 @@ class DiffusionLike(Protocol):
     image_size: int
     use_dynamic_thres: bool
     dynamic_thres_percentile: float
+    objective: str  # pred_noise | pred_x0 | pred_v: what denoise_fn predicts
     denoise_fn: nn.Module
+
+
+# GaussianDiffusion.objective -> diffusers' name for it
+PREDICTION_TYPES = {"pred_noise": "epsilon", "pred_x0": "sample", "pred_v": "v_prediction"}
 
 
 def ddim_scheduler(diffusion: DiffusionLike, steps: int) -> DDIMScheduler:
@@ -66,7 +72,7 @@ def ddim_scheduler(diffusion: DiffusionLike, steps: int) -> DDIMScheduler:
         sample_max_value=float("inf"),
         set_alpha_to_one=True,
         steps_offset=0,
-        prediction_type="epsilon",
+        prediction_type=PREDICTION_TYPES[diffusion.objective],
         timestep_spacing="trailing",
     )
     # the model's own float64-then-float32 cumulative product, not diffusers' float32 one
@@ -117,11 +123,11 @@ def sample_ddim(
     x_bcfhw = randn()
     for step in scheduler.timesteps.tolist():
         t_b = torch.full((batch,), step, device=device, dtype=torch.long)
-        eps_bcfhw = diffusion.denoise_fn.forward_with_cond_scale(
+        out_bcfhw = diffusion.denoise_fn.forward_with_cond_scale(
             x_bcfhw, t_b, cond=cond, cond_scale=cond_scale, **memory
         )
         noise = randn() if eta > 0 else None
         x_bcfhw = scheduler.step(
-            eps_bcfhw, step, x_bcfhw, eta=eta, use_clipped_model_output=True, variance_noise=noise
+            out_bcfhw, step, x_bcfhw, eta=eta, use_clipped_model_output=True, variance_noise=noise
         ).prev_sample
     return (x_bcfhw + 1) * 0.5

@@ -139,6 +139,7 @@ class VdmDetokenizer(VideoDetokenizer):
             timesteps=config.timesteps,
             loss_type=config.loss_type,
             beta_schedule=config.beta_schedule,
+            objective=config.objective,
         )
         self.image_proj_model = TokenPooling(
             config.feature_dim, config.cond_dim, config.pooling, config.pooling_heads
@@ -273,8 +274,8 @@ class VdmDetokenizer(VideoDetokenizer):
         timesteps = spaced_timesteps(diffusion.num_timesteps, steps)
         for index, t in enumerate(timesteps):
             t_b = torch.full((batch,), t, device=self.device, dtype=torch.long)
-            eps = unet.forward_with_cond_scale(x, t_b, cond=cond_bc, cond_scale=guidance, **memory)
-            x0 = diffusion.predict_start_from_noise(x, t_b, eps).clamp(-1, 1)
+            out = unet.forward_with_cond_scale(x, t_b, cond=cond_bc, cond_scale=guidance, **memory)
+            x0 = diffusion.predict_start(x, t_b, out).clamp(-1, 1)
             # q(x_prev | x_t, x0) between the two spaced steps: with every timestep these
             # are GaussianDiffusion's posterior buffers
             abar_prev = abar_t[timesteps[index + 1]] if index + 1 < len(timesteps) else abar_t.new_tensor(1.0)

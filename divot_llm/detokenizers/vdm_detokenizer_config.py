@@ -56,6 +56,9 @@ class VdmDetokenizerConfig:
     timesteps: int = checked(1000, ge=1)
     beta_schedule: str = checked("cosine", choices=("cosine", "linear"))
     loss_type: str = checked("l2", choices=("l1", "l2"))
+    # what the UNet predicts: pred_noise (the seed's; its checkpoints need it) | pred_x0 |
+    # pred_v (learns a small clip's colours in far fewer steps: the demo's)
+    objective: str = checked("pred_noise", choices=("pred_noise", "pred_x0", "pred_v"))
     # sampling: sampler steps (an evenly spaced subset of the timesteps, all of them when
     # >= timesteps; = timesteps is the seed's full DDPM chain) and the classifier-free guidance scale (the seed's cond_scale)
     sample_steps: int = checked(50, ge=1)
