@@ -68,17 +68,21 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ssim_map.flatten(1).mean(dim=1).view(batch, -1).mean(dim=1)
 
 
-def mean_colour_guess(clips_bfchw: torch.Tensor) -> torch.Tensor:
-    """Each clip filled with its own mean colour (over frames and pixels): the flat guess a
-    reconstruction has to beat to show it learned more than the palette."""
-    return clips_bfchw.float().mean(dim=(1, 3, 4), keepdim=True).expand_as(clips_bfchw)
+def mean_colour_guess(clips_bfchw: torch.Tensor, per_clip: bool = False) -> torch.Tensor:
+    """The flat guesses a reconstruction has to beat: every clip filled with the mean colour
+    of all the clips (a guess that ignores which clip it is), or with its own mean colour
+    (``per_clip``: a guess that knows each clip's palette but nothing of its layout)."""
+    dims = (1, 3, 4) if per_clip else (0, 1, 3, 4)
+    return clips_bfchw.float().mean(dim=dims, keepdim=True).expand_as(clips_bfchw)
 
 
 def reconstruction_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Mean PSNR and SSIM over a batch of clips, and the PSNR of the mean-colour guess
-    (``psnr_mean_colour``), for logs and validation."""
+    """Mean PSNR and SSIM over a batch of clips, and the PSNR of the flat guesses
+    (``psnr_mean_colour``: the batch's mean colour; ``psnr_clip_colour``: each clip's own),
+    for logs and validation."""
     return {
         "psnr": psnr(pred, target).mean().item(),
         "ssim": ssim(pred, target).mean().item(),
         "psnr_mean_colour": psnr(mean_colour_guess(target), target).mean().item(),
+        "psnr_clip_colour": psnr(mean_colour_guess(target, per_clip=True), target).mean().item(),
     }

@@ -62,16 +62,24 @@ def test_ssim_matches_the_definition():
     np.testing.assert_allclose(ssim(a, b).numpy(), expected, rtol=1e-4)
     torch.testing.assert_close(ssim(a, a), torch.ones(2))
     metrics = reconstruction_metrics(b, a)
-    assert set(metrics) == {"psnr", "ssim", "psnr_mean_colour"} and 0 < metrics["ssim"] < 1
+    assert (
+        set(metrics) == {"psnr", "ssim", "psnr_mean_colour", "psnr_clip_colour"} and 0 < metrics["ssim"] < 1
+    )
 
 
-def test_mean_colour_guess_is_each_clips_flat_mean():
-    # Half black, half white: the guess is mid-grey everywhere, off by 0.5 on every [0, 1]
-    # pixel, so its PSNR is 10 log10(1 / 0.25) = 6.02 dB whatever the prediction.
+def test_mean_colour_guesses_are_flat_means_of_all_clips_and_of_each():
+    # Half black, half white (guess mid-grey, off by 0.5 on every [0, 1] pixel: 6.02 dB),
+    # and half 0.25, half 0.75 (guess 0.5, off by 0.25: 12.04 dB). Together both also
+    # average to mid-grey.
     clips = torch.ones(2, 3, 3, 16, 16)
     clips[:, :, :, :8] = -1
-    clips[1] *= 0.5  # the second clip: -0.5 / 0.5, i.e. 0.25 / 0.75 in [0, 1], guess 0.5
-    torch.testing.assert_close(mean_colour_guess(clips), torch.zeros_like(clips))
+    clips[1] *= 0.5
+    torch.testing.assert_close(mean_colour_guess(clips, per_clip=True), torch.zeros_like(clips))
+    clips[1] += 0.2  # the second clip: 0.35 / 0.85, its own guess 0.6, the shared one 0.55
     metrics = reconstruction_metrics(torch.rand_like(clips), clips)
-    expected = (10 * math.log10(1 / 0.25) + 10 * math.log10(1 / 0.0625)) / 2
-    assert metrics["psnr_mean_colour"] == pytest.approx(expected, rel=1e-5)
+    own = (10 * math.log10(1 / 0.25) + 10 * math.log10(1 / 0.0625)) / 2
+    shared = (
+        10 * math.log10(1 / ((0.55**2 + 0.45**2) / 2)) + 10 * math.log10(1 / ((0.2**2 + 0.3**2) / 2))
+    ) / 2
+    assert metrics["psnr_clip_colour"] == pytest.approx(own, rel=1e-5)
+    assert metrics["psnr_mean_colour"] == pytest.approx(shared, rel=1e-5)

@@ -11,7 +11,7 @@ import torch
 
 from divot_llm.data.clip_sampling import clip_positions
 from divot_llm.detokenizers import build_video_detokenizer, zero_clip_features
-from divot_llm.detokenizers.metrics import psnr, ssim
+from divot_llm.detokenizers.metrics import mean_colour_guess, psnr, ssim
 from divot_llm.detokenizers.training import (
     TokenizerDiffusionObjective,
     apply_reference_zero_init,
@@ -179,5 +179,10 @@ def test_reconstruction_validation_reports_psnr_and_ssim_of_decoded_clips(tiny_d
     metrics = reconstruction_validation(tiny_detokenizer, tiny_tokenizer, video, steps=2, seed=4)
     recon = tiny_detokenizer.decode(tokenizer_features(tiny_tokenizer, video), steps=2, seed=4)
     assert metrics == pytest.approx(
-        {"psnr": psnr(recon, video).mean().item(), "ssim": ssim(recon, video).mean().item()}
+        {
+            "psnr": psnr(recon, video).mean().item(),
+            "ssim": ssim(recon, video).mean().item(),
+            "psnr_mean_colour": psnr(mean_colour_guess(video), video).mean().item(),
+            "psnr_clip_colour": psnr(mean_colour_guess(video, per_clip=True), video).mean().item(),
+        }
     )

@@ -123,11 +123,11 @@ class DetokStage(Stage):
     def validate(self, engine, val_loader, max_batches: int) -> dict[str, float] | None:
         """Diffusion loss (fixed noise and timesteps) and, when the stage ``reconstructs``,
         PSNR/SSIM of reconstructions from the tokenizer's features (``stage.recon_clips``
-        per rank, fixed sampler seed) next to the PSNR of each clip's mean colour (the flat
-        guess to beat), averaged over all ranks. LPIPS is not computed (no pretrained VGG
+        per rank, fixed sampler seed) next to the PSNR of the flat guesses to beat (the
+        decoded clips' mean colour, each clip's own), averaged over all ranks. LPIPS is not computed (no pretrained VGG
         offline)."""
         recon_left = self.cfg.stage.recon_clips if self.reconstructs else 0
-        quality = ("psnr", "ssim", "psnr_mean_colour")
+        quality = ("psnr", "ssim", "psnr_mean_colour", "psnr_clip_colour")
 
         def batch_sums(index: int, batch: dict) -> list[float]:
             """loss sum, clips, decoded clips, then a sum over decoded clips per ``quality``"""
@@ -141,7 +141,9 @@ class DetokStage(Stage):
             take = min(recon_left, clips)
             recon_left -= take
             scores = self._reconstruction_quality(video[:take], seed) if take else {}
-            return [float(loss) * clips, float(clips), float(take)] + [scores.get(q, 0.0) * take for q in quality]
+            return [float(loss) * clips, float(clips), float(take)] + [
+                scores.get(q, 0.0) * take for q in quality
+            ]
 
         result = zero_safe_sums(
             engine, val_loader, max_batches, self.device, batch_sums, self.before_validation
@@ -151,7 +153,9 @@ class DetokStage(Stage):
         (loss_sum, clips, decoded, *quality_sums), count = result
         metrics = {"val/loss": loss_sum / clips, "val/samples": clips, "val/batches": float(count)}
         if decoded:
-            metrics.update({f"val/{q}": total / decoded for q, total in zip(quality, quality_sums, strict=True)})
+            metrics.update(
+                {f"val/{q}": total / decoded for q, total in zip(quality, quality_sums, strict=True)}
+            )
         return metrics
 
     def _reconstruction_quality(self, video_bfchw: torch.Tensor, seed: int) -> dict[str, float]:
