@@ -8,7 +8,8 @@ after), the releases' ``release.json``, and ``comprehension/answers.jsonl`` agai
 held-out questions of the synthetic set (``annotations/val_video_qa.jsonl``): the share of
 held-out videos whose shape colour the SFT-comp model names, next to chance (one of the
 palette's colours at random). The de-tokenizer stage's validation gives the PSNR of held-out
-clips reconstructed through tokenizer -> de-tokenizer, next to each clip's flat mean colour.
+clips reconstructed through tokenizer -> de-tokenizer, next to two flat guesses: the clips'
+mean colour, and each clip's own mean colour.
 The videos generated for the held-out captions (``generation/generated.jsonl``) are read
 back with the synthetic set's own pixel analyser: how often the shape and the background
 have the caption's colours, next to chance. ``--json`` writes the numbers for scripts and
@@ -22,15 +23,20 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image, ImageDraw
+
 from divot_llm.data.synthetic import COLORS, caption_colors, named_color, read_scene_from_frames
 from divot_llm.data.video_codec import decode_video
 
 STAGES = ("pretrain", "sft_comp", "sft_gen", "detok")
+OVERVIEW_ROWS = 6  # generated videos drawn in generation/overview.png
 VAL_KEYS = {  # metrics.jsonl key -> report key (first and last validation)
     "val/lm_loss": "val_lm_loss",
     "val/loss": "val_loss",
     "val/psnr": "val_psnr",
     "val/psnr_mean_colour": "val_psnr_mean_colour",
+    "val/psnr_clip_colour": "val_psnr_clip_colour",
 }
 
 
@@ -68,21 +74,45 @@ def comprehension_accuracy(answers_file: Path, qa_file: Path, media_root: Path) 
     }
 
 
-def generation_colours(generated_file: Path) -> dict:
+def generation_colours(generated_file: Path, overview: Path | None = None) -> dict:
     """Colour matches of the generated videos against their captions: the shape colour,
-    the background colour, and both (read from the decoded mp4, as a viewer sees it)."""
+    the background colour, and both (read from the decoded mp4, as a viewer sees it).
+    ``overview``: also draw the first videos with their captions and what was read."""
     hits = {"color": 0, "background": 0, "both": 0}
     records = [json.loads(line) for line in generated_file.read_text().splitlines()]
     videos = [r for r in records if "video" in r]
+    rows = []
     for record in videos:
-        seen = read_scene_from_frames(decode_video(record["video"]).frames)
+        frames_thw3 = decode_video(record["video"]).frames
+        seen = read_scene_from_frames(frames_thw3)
         wanted_color, wanted_background = caption_colors(record["caption"])
         color, background = seen["color"] == wanted_color, seen["background"] == wanted_background
         hits["color"] += color
         hits["background"] += background
         hits["both"] += color and background
+        label = f"{record['caption']}  -> read: {seen['color']} on {seen['background']}"
+        rows.append((label, frames_thw3))
+    if overview is not None and rows:
+        draw_overview(rows[:OVERVIEW_ROWS], overview)
     chance = 1 / len(COLORS)
     return {"videos": len(videos), **hits, "chance": chance, "chance_both": chance * chance}
+
+
+def draw_overview(rows: list[tuple[str, np.ndarray]], path: Path, frames: int = 8, scale: int = 4) -> None:
+    """One row per video: its label, then ``frames`` evenly spaced frames enlarged
+    ``scale`` times (nearest: the pixels the model drew), on white."""
+    gap, label_h = 2 * scale, 14
+    height, width = rows[0][1].shape[1] * scale, rows[0][1].shape[2] * scale
+    sheet = Image.new("RGB", (frames * (width + gap) - gap, len(rows) * (label_h + height + gap)), "white")
+    pen = ImageDraw.Draw(sheet)
+    for r, (label, frames_thw3) in enumerate(rows):
+        top = r * (label_h + height + gap)
+        pen.text((0, top), label, fill="black")
+        picks = np.linspace(0, len(frames_thw3) - 1, frames).round().astype(int)
+        for c, index in enumerate(picks):
+            tile = Image.fromarray(frames_thw3[index]).resize((width, height), Image.NEAREST)
+            sheet.paste(tile, (c * (width + gap), top + label_h))
+    sheet.save(path)
 
 
 def report(out: Path, data: Path) -> dict:
@@ -99,7 +129,7 @@ def report(out: Path, data: Path) -> dict:
         )
     generated = out / "generation" / "generated.jsonl"
     if generated.is_file():
-        summary["generation"] = generation_colours(generated)
+        summary["generation"] = generation_colours(generated, overview=out / "generation" / "overview.png")
     return summary
 
 
@@ -114,9 +144,16 @@ def format_report(summary: dict, out: Path) -> str:
                 text += f"  {label} {s[name][0]:.3f} -> {s[name][1]:.3f}"
         lines.append(text)
         if "val_psnr" in s:
+            guesses = [
+                f"{label} {s[name][1]:.2f} dB"
+                for name, label in (
+                    ("val_psnr_mean_colour", "the clips' mean colour"),
+                    ("val_psnr_clip_colour", "each clip's own"),
+                )
+                if name in s
+            ]
             lines.append(
-                f"{'':9s} held-out reconstructions: PSNR {s['val_psnr'][1]:.2f} dB "
-                f"(each clip's mean colour: {s['val_psnr_mean_colour'][1]:.2f} dB)"
+                f"{'':9s} held-out reconstructions: PSNR {s['val_psnr'][1]:.2f} dB; flat guesses: {', '.join(guesses)}"
             )
     for stage, path in summary["releases"].items():
         lines.append(f"release   {stage:9s} {path}")
@@ -132,6 +169,9 @@ def format_report(summary: dict, out: Path) -> str:
             f"generated videos for the held-out captions: shape colour {g['color']}/{g['videos']}, "
             f"background {g['background']}/{g['videos']}, both {g['both']}/{g['videos']} "
             f"(chance {g['chance']:.0%}, {g['chance']:.0%}, {g['chance_both']:.1%}) -> {out / 'generation'}"
+        )
+        lines.append(
+            f"the first {OVERVIEW_ROWS} of them, frame by frame: {out / 'generation' / 'overview.png'}"
         )
     return "\n".join(lines)
 

@@ -274,8 +274,8 @@ def _encodable_captions(captions: list[str], skipped: SkippedInputs) -> list[tup
 def _generate(args, models) -> int:
     from safetensors.torch import save_file
 
-    from divot_llm.infer import generate_features_for_captions
     from divot_llm.data.media_out import frame_strip, slug, write_mp4
+    from divot_llm.infer import generate_features_for_captions
 
     skipped = SkippedInputs(len(args.captions))
     captions = _encodable_captions(args.captions, skipped)
@@ -318,8 +318,8 @@ def _generate(args, models) -> int:
 
 def _reconstruct(args, models) -> int:
     from divot_llm.data.errors import MediaError
-    from divot_llm.infer import reconstruct
     from divot_llm.data.media_out import frame_strip, slug, write_mp4
+    from divot_llm.infer import reconstruct
 
     if models.detokenizer is None:
         print(
