@@ -80,25 +80,10 @@ def masked_mean(states_bnd: torch.Tensor, mask_bn: torch.Tensor) -> torch.Tensor
     return (states_bnd * mask_bn1).sum(dim=1) / (mask_bn1.sum(dim=1) + MEAN_EPS)
 
 
-class BertTextEncoder(FrozenTextEncoder):
-    def __init__(self, model: BertModel, tokenizer: BertTokenizer, max_length: int):
-        super().__init__(model.config.hidden_size)
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_length = min(max_length, model.config.max_position_embeddings)
-        self.freeze()
+class HFTextEncoder(FrozenTextEncoder):
+    """A transformers text model and its tokenizer; subclasses say how its output is pooled."""
 
-    def _encode(self, captions: list[str]) -> torch.Tensor:
-        batch = _tokenize(self.tokenizer, captions, self.max_length, self.device)
-        states_bnd = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).last_hidden_state
-        # the seed's pooling: every real token but [CLS] (position 0)
-        return masked_mean(states_bnd[:, 1:], batch["attention_mask"][:, 1:])
-
-
-class ClipTextEncoder(FrozenTextEncoder):
-    def __init__(self, model: CLIPTextModel, tokenizer: CLIPTokenizer, max_length: int):
+    def __init__(self, model: BertModel | CLIPTextModel, tokenizer, max_length: int):
         super().__init__(model.config.hidden_size)
         self.model = model
         self.tokenizer = tokenizer
@@ -108,6 +93,21 @@ class ClipTextEncoder(FrozenTextEncoder):
     def _encode(self, captions: list[str]) -> torch.Tensor:
         batch = _tokenize(self.tokenizer, captions, self.max_length, self.device)
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return self.pool(out, batch["attention_mask"])
+
+    def pool(self, out, mask_bn: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` from the model's output and the real-token mask ``(B, N)``."""
+        raise NotImplementedError
+
+
+class BertTextEncoder(HFTextEncoder):
+    def pool(self, out, mask_bn: torch.Tensor) -> torch.Tensor:
+        # the seed's pooling: every real token but [CLS] (position 0)
+        return masked_mean(out.last_hidden_state[:, 1:], mask_bn[:, 1:])
+
+
+class ClipTextEncoder(HFTextEncoder):
+    def pool(self, out, mask_bn: torch.Tensor) -> torch.Tensor:
         return out.pooler_output  # (B, D): the end-of-text token's hidden state
 
 
