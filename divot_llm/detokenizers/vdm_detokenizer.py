@@ -20,8 +20,8 @@ Divot's zero-clip features are therefore not needed: ``set_null_features`` still
 them (the stages call it) but guidance never reads them and they are not saved.
 
 Training (``loss``): the clip is noised at a random timestep and the UNet regresses the
-noise (L1 or L2, ``loss_type``), conditioned on the pooled features or, with probability
-``cond_drop_prob``, on the null embedding.
+noise, the clean clip or v (``objective``; L1 or L2, ``loss_type``), conditioned on the
+pooled features or, with probability ``cond_drop_prob``, on the null embedding.
 """
 
 from __future__ import annotations
@@ -294,7 +294,8 @@ class VdmDetokenizer(VideoDetokenizer):
         cond_drop_prob: float | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Noise-prediction loss on the pixels (see ``VideoDetokenizer.loss``).
+        """Diffusion loss on the pixels, the UNet predicting ``objective`` (see
+        ``VideoDetokenizer.loss``).
 
         Raises:
             ValueError: bad feature shape, or clip size/length other than the config's.
