@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import warnings
 
 import hydra
@@ -46,6 +47,7 @@ from divot_llm.config.loading import (
 from divot_llm.config.schema import DivotConfig
 
 EXIT_CONFIG_ERROR = 2
+REFUSAL_GRACE_S = 10  # how long ranks other than a node's first wait for it to print a refusal
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, the shell convention for "terminated"
 
 
@@ -76,9 +78,7 @@ def _check_config(overrides: list[str]) -> None:
         check_ema_and_sampling(cfg)  # stage.ema / train.sample_every where they cannot work
         check_config_paths(cfg, training_reads(cfg))
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            print(f"divot-train: config error: {describe_config_error(exc)}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
+        _refuse(f"divot-train: config error: {describe_config_error(exc)}")
     if not cfg.plan:
         _check_output_dir(cfg)
 
@@ -97,9 +97,19 @@ def _check_output_dir(cfg: DivotConfig) -> None:
     try:
         check_output_dir(cfg, world_size, lock=int(os.environ.get("RANK", "0")) == 0)
     except (RunLockedError, CheckpointError, FileExistsError) as exc:
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            print(f"divot-train: {exc}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
+        _refuse(f"divot-train: {exc}")
+
+
+def _refuse(message: str) -> None:
+    """Exit 2 on every rank with ``message`` printed once per node, by its first rank. The
+    other ranks give it time to print first: the launcher ends every rank as soon as one
+    exits with an error, and a rank that exits ahead of the first one under load would
+    take the message down with it."""
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
+    else:
+        time.sleep(REFUSAL_GRACE_S)  # normally cut short: the launcher ends this rank
+    sys.exit(EXIT_CONFIG_ERROR)
 
 
 def run(cfg: DivotConfig) -> int:
