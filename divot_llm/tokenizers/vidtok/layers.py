@@ -29,6 +29,13 @@ class NormOver(enum.Enum):
     clip = "clip"  # the whole clip: (B, C, T, H, W)
 
 
+def swish(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(x), computed as VidTok does. ``F.silu`` differs in the last bit, and a deep
+    stack of layer norms grows such differences: ~1e-5 at the output of a tiny model,
+    where this form matches VidTok bit for bit on the same machine (parity fixtures)."""
+    return x * torch.sigmoid(x)
+
+
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel axis (dim 1) of a channels-first tensor of any rank."""
 
@@ -120,8 +127,8 @@ class SpatialResBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x_nchw: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x_nchw)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(swish(self.norm1(x_nchw)))
+        h = self.conv2(swish(self.norm2(h)))
         skip = self.nin_shortcut(x_nchw) if hasattr(self, "nin_shortcut") else x_nchw
         return skip + h
 
@@ -147,8 +154,8 @@ class TemporalResBlock(nn.Module):
 
     def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
         over = NormOver.frame if self.causal else NormOver.track
-        h = per_track(self.conv1, F.silu(apply_norm(self.norm1, x_bcthw, over)))
-        h = per_track(self.conv2, F.silu(apply_norm(self.norm2, h, over)))
+        h = per_track(self.conv1, swish(apply_norm(self.norm1, x_bcthw, over)))
+        h = per_track(self.conv2, swish(apply_norm(self.norm2, h, over)))
         return x_bcthw + h
 
 
@@ -173,8 +180,8 @@ class ResBlock3d(nn.Module):
         self.conv2 = conv3d(channels, channels, 3, causal)
 
     def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(apply_norm(self.norm1, x_bcthw, self.over)))
-        h = self.conv2(F.silu(apply_norm(self.norm2, h, self.over)))
+        h = self.conv1(swish(apply_norm(self.norm1, x_bcthw, self.over)))
+        h = self.conv2(swish(apply_norm(self.norm2, h, self.over)))
         return x_bcthw + h
 
 
@@ -194,7 +201,9 @@ class FrameAttention(nn.Module):
     def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
         _, _, _, height, width = x_bcthw.shape
         h = apply_norm(self.norm, x_bcthw, self.over)
-        q_btpc, k_btpc, v_btpc = (proj(h).flatten(3).permute(0, 2, 3, 1) for proj in (self.q, self.k, self.v))
+        q_btpc, k_btpc, v_btpc = (
+            proj(h).flatten(3).permute(0, 2, 3, 1).contiguous() for proj in (self.q, self.k, self.v)
+        )
         out_btpc = F.scaled_dot_product_attention(q_btpc, k_btpc, v_btpc)
         out_bcthw = out_btpc.permute(0, 3, 1, 2).unflatten(3, (height, width))
         return x_bcthw + self.proj_out(out_bcthw)

@@ -13,7 +13,6 @@ autoencoder checks these before calling in here.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from divot_llm.tokenizers.vidtok.config import VidTokConfig, resolved_levels
@@ -32,6 +31,7 @@ from divot_llm.tokenizers.vidtok.layers import (
     make_norm,
     per_frame,
     spatio_temporal,
+    swish,
 )
 
 
@@ -97,7 +97,7 @@ class VidTokEncoder(nn.Module):
                     h = temporal.downsample(h)
         h = _run_middle(self.mid, h)
         over = NormOver.frame if self.causal else NormOver.clip
-        return self.conv_out(F.silu(apply_norm(self.norm_out, h, over)))
+        return self.conv_out(swish(apply_norm(self.norm_out, h, over)))
 
 
 class VidTokDecoder(nn.Module):
@@ -152,7 +152,7 @@ class VidTokDecoder(nn.Module):
                 if level in self.temporal_levels:
                     h = temporal.upsample(h)
         over = NormOver.frame if self.causal else NormOver.clip
-        x_bcthw = self.conv_out(F.silu(apply_norm(self.norm_out, h, over)))
+        x_bcthw = self.conv_out(swish(apply_norm(self.norm_out, h, over)))
         if self.causal:
             # v1.0: the first tf - 1 outputs belong to the encoder's repeated first frame
             x_bcthw = x_bcthw[:, :, self.time_factor - 1 :]

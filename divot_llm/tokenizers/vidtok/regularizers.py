@@ -48,7 +48,10 @@ class FSQRegularizer(nn.Module):
         # imported here: it pulls in einx (seconds), which only FSQ models need
         from vector_quantize_pytorch import FSQ
 
-        self.fsq = FSQ(levels=list(config.fsq_levels))
+        # its code tables are built on the CPU even under a meta default device (a model
+        # built on meta to check key tables): they are derived, not loaded
+        with torch.device("cpu"):
+            self.fsq = FSQ(levels=list(config.fsq_levels))
         self.entropy_loss_weight = config.entropy_loss_weight
         self.annealing_steps = config.entropy_loss_annealing_steps
         self.annealing_factor = config.entropy_loss_annealing_factor
