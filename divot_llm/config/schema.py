@@ -347,6 +347,21 @@ class TrainConfig:
     plan_nodes: int = checked(1, ge=1)
 
 
+@dataclass
+class EvalConfig:
+    """Weights of the reconstruction metrics that need pretrained networks
+    (``divot_llm.metrics``): local files the user downloads once, nothing is fetched at run
+    time. Null: that metric is not computed. Read by ``divot-eval``, ``divot-infer
+    reconstruct`` and the validation of stages that reconstruct video."""
+
+    # torchvision's ImageNet vgg16 state dict (vgg16-397923af.pth): LPIPS's VGG16 features
+    lpips_path: str | None = checked(None, path=PathKind.file)
+    # the LPIPS v0.1 VGG linear heads as taming-transformers ships them (vgg.pth)
+    lpips_heads_path: str | None = checked(None, path=PathKind.file)
+    # a TorchScript Kinetics-400 I3D called as StyleGAN-V's i3d_torchscript.pt: FVD
+    i3d_path: str | None = checked(None, path=PathKind.file)
+
+
 # --------------------------------------------------------------------------- root
 
 
@@ -364,3 +379,4 @@ class DivotConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

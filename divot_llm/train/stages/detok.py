@@ -19,8 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from divot_llm.config.schema import DivotConfig
 from divot_llm.data.detok_examples import DetokExampleSpec, build_detok_loader
 from divot_llm.detokenizers import VideoDetokenizer
-from divot_llm.detokenizers.metrics import reconstruction_metrics
 from divot_llm.detokenizers.training import tokenizer_features, tokenizer_frames
+from divot_llm.metrics import reconstruction_metrics
 from divot_llm.model.build import build_detok_models, build_tokenizer_objective
 from divot_llm.runtime import rng_devices
 from divot_llm.tokenizers import VideoTokenizer
