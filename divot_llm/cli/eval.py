@@ -53,17 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What divot-infer reconstruct --video-tokenizer reads when not told: VidTok's
+# inference_reconstruct.py defaults.
+READ_DEFAULTS = {"height": 256, "width": 256, "fps": 30.0}
+
+
 def add_reconstruction_args(p: argparse.ArgumentParser, frames_required: bool) -> None:
     """How videos are read and which weights score them: shared with ``divot-infer
-    reconstruct --video-tokenizer`` (which defaults to VidTok's 256x256 at 30 fps)."""
-    defaults = {} if frames_required else {"height": 256, "width": 256, "fps": 30.0}
-    shown = "" if frames_required else " (default %(default)s)"
-    p.add_argument("--height", type=int, required=frames_required, default=defaults.get("height"),
-                   help="frame height after resize and centre crop" + shown)  # fmt: skip
-    p.add_argument("--width", type=int, required=frames_required, default=defaults.get("width"),
-                   help="frame width after resize and centre crop" + shown)  # fmt: skip
-    p.add_argument("--fps", type=float, required=frames_required, default=defaults.get("fps"),
-                   help="frames read per second of video" + shown)  # fmt: skip
+    reconstruct --video-tokenizer``, where the frame flags are optional (None: not given;
+    ``READ_DEFAULTS`` apply)."""
+    shown = "" if frames_required else " (default %s with --video-tokenizer)"
+    p.add_argument("--height", type=int, required=frames_required,
+                   help="frame height after resize and centre crop" + (shown and shown % READ_DEFAULTS["height"]))  # fmt: skip
+    p.add_argument("--width", type=int, required=frames_required,
+                   help="frame width after resize and centre crop" + (shown and shown % READ_DEFAULTS["width"]))  # fmt: skip
+    p.add_argument("--fps", type=float, required=frames_required,
+                   help="frames read per second of video" + (shown and shown % f"{READ_DEFAULTS['fps']:g}"))  # fmt: skip
     p.add_argument("--ckpt", metavar="PATH",
                    help="the video tokenizer's weights: a released .ckpt/.safetensors or a save_pretrained "
                         "folder (default: the option's pretrained_path)")  # fmt: skip
@@ -75,17 +80,14 @@ def add_reconstruction_args(p: argparse.ArgumentParser, frames_required: bool) -
 
 
 def eval_config(args: argparse.Namespace):
-    """The composed config of ``--video-tokenizer`` with the weights flags set (paths checked)."""
+    """The composed config of ``--video-tokenizer`` with ``--ckpt`` and the weights flags
+    set (every path it reads checked)."""
     from divot_llm.infer.evaluate import tokenizer_config
 
-    cfg = tokenizer_config(args.video_tokenizer, args.ckpt, args.overrides)
-    for flag, key in (("lpips", "lpips_path"), ("lpips_heads", "lpips_heads_path"), ("i3d", "i3d_path")):
-        if getattr(args, flag, None) is not None:
-            setattr(cfg.eval, key, getattr(args, flag))
-    from divot_llm.config.paths import check_config_paths
-
-    check_config_paths(cfg, ["eval"])
-    return cfg
+    return tokenizer_config(
+        args.video_tokenizer, args.ckpt, args.overrides, lpips_path=args.lpips,
+        lpips_heads_path=args.lpips_heads, i3d_path=getattr(args, "i3d", None),
+    )  # fmt: skip
 
 
 def device_and_dtype(args: argparse.Namespace):
@@ -129,20 +131,19 @@ def _reconstruction(args: argparse.Namespace) -> int:
         load_reconstructing_tokenizer,
     )
 
+    videos = list_videos(args.data_dir, args.meta)  # before the config: a bad listing fails at once
     cfg = eval_config(args)
-    videos = list_videos(args.data_dir, args.meta)
     device, dtype = device_and_dtype(args)
     tokenizer = load_reconstructing_tokenizer(cfg, device, dtype)
     lpips, i3d = load_eval_weights(cfg, device)
     settings = EvalSettings(args.video_tokenizer, args.height, args.width, args.fps, args.fvd_frames)
-    names = [str(v.relative_to(args.data_dir)) for v in videos]
 
     def progress(scores) -> None:
         lpips_text = f", LPIPS {scores.lpips:.4f}" if scores.lpips is not None else ""
         print(f"{printable(scores.video, 4096)}: {scores.frames} frames, PSNR {scores.psnr:.2f} dB, "
               f"SSIM {scores.ssim:.4f}{lpips_text}", flush=True)  # fmt: skip
 
-    report = evaluate_reconstruction(videos, tokenizer, settings, lpips, i3d, names, on_video=progress)
+    report = evaluate_reconstruction(videos, tokenizer, settings, lpips, i3d, on_video=progress)
     for skipped in report.skipped:
         print(f"divot-eval: skipped {printable(skipped['video'], 4096)} ({skipped['reason']}): "
               f"{printable(skipped['detail'], 500)}", file=sys.stderr)  # fmt: skip

@@ -31,7 +31,7 @@ from divot_llm.config import DivotConfig, compose_config
 from divot_llm.config.paths import check_config_paths
 from divot_llm.data.clip_sampling import probe_video, read_frames_at, uint8_to_model_pixels
 from divot_llm.data.errors import MediaError
-from divot_llm.data.sources import VIDEO_EXTS
+from divot_llm.data.sources import VIDEO_EXTS, safe_join
 from divot_llm.metrics import LPIPS, frechet_distance, i3d_features, load_i3d, load_lpips
 from divot_llm.metrics.fvd import I3D_MIN_FRAMES
 from divot_llm.metrics.quality import frames01, psnr_frames, ssim_frames
@@ -45,33 +45,33 @@ SCORE_CHUNK = 16  # frames scored at once: bounds the memory of SSIM/LPIPS on lo
 # ---------------------------------------------------------------- which videos
 
 
-def list_videos(data_dir: str | os.PathLike, meta: str | os.PathLike | None = None) -> list[Path]:
-    """The videos to evaluate: the ``videos`` column of the ``meta`` CSV (paths relative to
-    ``data_dir``, in the CSV's order), or every video file under ``data_dir`` (sorted).
+def list_videos(data_dir: str | os.PathLike, meta: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """(name, path) of the videos to evaluate: the ``videos`` column of the ``meta`` CSV
+    (paths relative to ``data_dir``, in the CSV's order, named as written), or every video
+    file under ``data_dir`` (sorted, named relative to it).
 
     Raises:
-        ValueError: no ``videos`` column, a path that leaves ``data_dir``, or no video.
+        ValueError: no such folder, no ``videos`` column, a path that leaves ``data_dir``
+            (``PathEscape``), or no video at all.
     """
     root = Path(data_dir)
     if not root.is_dir():
         raise ValueError(f"no such folder: {root} (DATA_DIR)")
     if meta is None:
-        found = sorted(
-            p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in VIDEO_EXTS and p.is_file()
-        )
+        found = [
+            (path.relative_to(root).as_posix(), path)
+            for path in sorted(root.rglob("*"))
+            if path.suffix.lower().lstrip(".") in VIDEO_EXTS and path.is_file()
+        ]
     else:
-        found = [root / relative for relative in _meta_rows(Path(meta))]
-        inside = root.resolve()
-        for path in found:
-            if not path.resolve().is_relative_to(inside):
-                raise ValueError(f"{meta}: {path.relative_to(root)} is outside DATA_DIR {root}")
+        found = [(relative, safe_join(root, relative)) for relative in _meta_rows(Path(meta))]
     if not found:
         raise ValueError(f"no videos in {meta if meta is not None else root}")
     return found
 
 
 def _meta_rows(meta: Path) -> list[str]:
-    with open(meta, newline="", encoding="utf-8") as handle:
+    with open(meta, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         if META_COLUMN not in (reader.fieldnames or ()):
             raise ValueError(f"{meta}: no {META_COLUMN!r} column (columns: {reader.fieldnames})")
@@ -81,10 +81,9 @@ def _meta_rows(meta: Path) -> list[str]:
 # ---------------------------------------------------------------------- reading
 
 
-def sample_frame_ids(num_frames: int, video_fps: float, fps: float) -> np.ndarray:
-    """Frame indices read at ``fps``: every ``round(video_fps / fps)``-th frame (at least
-    every frame) from the first."""
-    return np.arange(0, num_frames, max(1, round(video_fps / fps)))
+def frame_stride(video_fps: float, fps: float) -> int:
+    """VidTok's sampling stride: every ``round(video_fps / fps)``-th frame, at least every frame."""
+    return max(1, round(video_fps / fps))
 
 
 def resize_crop(frame_hw3: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -102,9 +101,10 @@ def resize_crop(frame_hw3: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + width, top + height))).transpose(2, 0, 1)
 
 
-def read_video(path: str | os.PathLike, height: int, width: int, fps: float) -> torch.Tensor:
-    """A whole video as the evaluation reads it (module docstring): ``(F, 3, height,
-    width)`` float32 in [-1, 1].
+def read_video(path: str | os.PathLike, height: int, width: int, fps: float) -> tuple[torch.Tensor, float]:
+    """A whole video as the evaluation reads it (module docstring): frames ``(F, 3, height,
+    width)`` float32 in [-1, 1], and their rate (the video's over the stride: ``fps`` only
+    when it divides the video's).
 
     Raises:
         MediaError: a video that cannot be read (corrupt, no frames, ...).
@@ -113,21 +113,25 @@ def read_video(path: str | os.PathLike, height: int, width: int, fps: float) -> 
     info = probe_video(path)
     if info.num_frames < 1:
         raise MediaError("no_frames", "the container reports no frames")
-    times_s = sample_frame_ids(info.num_frames, info.fps, fps) / info.fps
+    stride = frame_stride(info.fps, fps)
+    times_s = np.arange(0, info.num_frames, stride) / info.fps
     frames = [resize_crop(frame, height, width) for frame in read_frames_at(path, times_s)]
-    return uint8_to_model_pixels(torch.from_numpy(np.stack(frames)))
+    return uint8_to_model_pixels(torch.from_numpy(np.stack(frames))), info.fps / stride
 
 
 # ------------------------------------------------------------ tokenizer, scoring
 
 
-def tokenizer_config(name: str, ckpt: str | None = None, overrides: Sequence[str] = ()) -> DivotConfig:
-    """The composed config with ``video_tokenizer=name`` (and its weights from ``ckpt``,
-    a released ``.ckpt``/``.safetensors`` or a save_pretrained folder), paths checked.
+def tokenizer_config(
+    name: str, ckpt: str | None = None, overrides: Sequence[str] = (), **eval_paths: str | None
+) -> DivotConfig:
+    """The composed config with ``video_tokenizer=name`` (its weights from ``ckpt``: a
+    released ``.ckpt``/``.safetensors`` or a save_pretrained folder) and the ``eval.*``
+    weights paths given (None: the config's), every path it reads checked.
 
     Raises:
         ConfigError: an unknown option or key, a ``ckpt`` for a tokenizer that takes none,
-            a path that is not there.
+            a path that is not there (``PathError``).
     """
     from divot_llm.config import ConfigError
 
@@ -136,6 +140,9 @@ def tokenizer_config(name: str, ckpt: str | None = None, overrides: Sequence[str
         if not hasattr(cfg.video_tokenizer, "pretrained_path"):
             raise ConfigError(f"--ckpt: the video tokenizer {name!r} has no pretrained_path to set")
         cfg.video_tokenizer.pretrained_path = ckpt
+    for key, path in eval_paths.items():
+        if path is not None:
+            setattr(cfg.eval, key, path)
     check_config_paths(cfg, ["video_tokenizer", "eval"])
     return cfg
 
@@ -267,26 +274,25 @@ def tokenizer_columns(tokenizer: VideoTokenizer) -> dict[str, str]:
 
 
 def evaluate_reconstruction(
-    videos: Sequence[Path],
+    videos: Sequence[tuple[str, Path]],
     tokenizer: VideoTokenizer,
     settings: EvalSettings,
     lpips: LPIPS | None = None,
     i3d: torch.nn.Module | None = None,
-    names: Sequence[str] | None = None,
     on_video: Callable[[VideoScores], None] | None = None,
 ) -> EvalReport:
-    """Read, reconstruct and score each video (a video that cannot be read is skipped and
-    listed in the report), then fit the FVD over all of them when ``i3d`` is given.
-    ``names``: how the report names the videos (default: their paths); ``on_video`` is
-    called with each video's scores as soon as they are known."""
+    """Read, reconstruct and score each (name, path) of ``videos`` (a video that cannot be
+    read is skipped and listed in the report), then fit the FVD over all of them when
+    ``i3d`` is given. ``on_video`` is called with each video's scores as soon as they are
+    known."""
     if i3d is not None and settings.fvd_frames < I3D_MIN_FRAMES:
         raise ValueError(f"FVD clips need at least {I3D_MIN_FRAMES} frames (I3D), got {settings.fvd_frames}")
     settings = replace(settings, lpips=lpips is not None, fvd=i3d is not None)
     report = EvalReport(settings, tokenizer_columns(tokenizer))
     feats_real, feats_recon = [], []
-    for path, name in zip(videos, names or [str(v) for v in videos], strict=True):
+    for name, path in videos:
         try:
-            frames = read_video(path, settings.height, settings.width, settings.fps)
+            frames, _ = read_video(path, settings.height, settings.width, settings.fps)
         except FileNotFoundError as exc:
             report.skipped.append(
                 {"video": name, "reason": "missing_file", "detail": exc.strerror or str(exc)}

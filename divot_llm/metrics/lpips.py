@@ -95,8 +95,8 @@ class LPIPS(nn.Module):
         self.heads = LPIPSHeads()
         for p in self.heads.parameters():
             nn.init.uniform_(p, 0.0, 2.0 / p.shape[1])
-        self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", _constant(SHIFT), persistent=False)
+        self.register_buffer("scale", _constant(SCALE), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
@@ -108,7 +108,9 @@ class LPIPS(nn.Module):
         Raises:
             ValueError: a file whose keys or shapes are not what it must hold, naming it.
         """
-        model = cls()
+        with torch.device("meta"):  # no random initialisation of weights about to be replaced
+            model = cls()
+        model.shift, model.scale = _constant(SHIFT), _constant(SCALE)
         vgg_state = _load_state(vgg_path)
         unknown = sorted(k for k in vgg_state if not k.startswith(("features.", "classifier.")))
         if unknown:
@@ -116,7 +118,7 @@ class LPIPS(nn.Module):
         features = {k: v for k, v in vgg_state.items() if k.startswith("features.")}
         _load_strict(model.vgg, features, vgg_path, "a torchvision vgg16 state dict")
         _load_strict(model.heads, _load_state(heads_path), heads_path, "LPIPS VGG heads (lin0..lin4)")
-        return model
+        return model.requires_grad_(False)
 
     def forward(self, x_n3hw: torch.Tensor, y_n3hw: torch.Tensor) -> torch.Tensor:
         feats_x = self.vgg((x_n3hw - self.shift) / self.scale)
@@ -157,6 +159,10 @@ def load_lpips(cfg: EvalConfig) -> LPIPS | None:
     return LPIPS.from_paths(cfg.lpips_path, cfg.lpips_heads_path)
 
 
+def _constant(per_channel: tuple[float, float, float]) -> torch.Tensor:
+    return torch.tensor(per_channel).view(1, 3, 1, 1)
+
+
 def _load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -168,6 +174,6 @@ def _load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path, what: str) -> None:
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=True)  # assign: the module may be on meta
     except RuntimeError as exc:
         raise ValueError(f"{path}: not {what}: {exc}") from exc

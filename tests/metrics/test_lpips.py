@@ -40,8 +40,9 @@ def direct_lpips(vgg: dict, heads: dict, x: torch.Tensor, y: torch.Tensor) -> to
 
 def test_saved_weights_load_strictly_and_the_distance_is_lpips(lpips_files):
     model = LPIPS.from_paths(lpips_files.vgg, lpips_files.heads)
-    for (name, loaded), original in zip(model.state_dict().items(), lpips_files.model.state_dict().values()):
-        assert torch.equal(loaded, original), name
+    original = lpips_files.model.state_dict()
+    assert model.state_dict().keys() == original.keys()
+    assert all(torch.equal(tensor, original[name]) for name, tensor in model.state_dict().items())
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     y = (x + 0.5 * torch.randn(2, 3, 32, 32)).clamp(-1, 1)
     vgg, heads = torch.load(lpips_files.vgg), torch.load(lpips_files.heads)

@@ -20,7 +20,7 @@ from divot_llm.config.schema import DivotConfig
 from divot_llm.data.detok_examples import DetokExampleSpec, build_detok_loader
 from divot_llm.detokenizers import VideoDetokenizer
 from divot_llm.detokenizers.training import tokenizer_features, tokenizer_frames
-from divot_llm.metrics import reconstruction_metrics
+from divot_llm.metrics import load_lpips, reconstruction_metrics
 from divot_llm.model.build import build_detok_models, build_tokenizer_objective
 from divot_llm.runtime import rng_devices
 from divot_llm.tokenizers import VideoTokenizer
@@ -44,13 +44,15 @@ class DetokStage(Stage):
     @classmethod
     def config_reads(cls, cfg: DivotConfig) -> list[str]:
         """The tokenizer, the de-tokenizer (and the folder it starts from), the data."""
-        return ["video_tokenizer", "detokenizer", "stage.detokenizer_init_from", "data"]
+        return ["video_tokenizer", "detokenizer", "stage.detokenizer_init_from", "data", "eval"]
 
     def build(self) -> nn.Module:
         tokenizer, module = self.build_modules(self.cfg)
         self.module = module.to(self.device)
         self.video_tokenizer = self._place_tokenizer(tokenizer)
         self._build_helpers()
+        lpips = load_lpips(self.cfg.eval)  # validation's LPIPS when eval.lpips_path is set
+        self.lpips = lpips.to(self.device) if lpips is not None else None
         self.flops_per_clip = self._count_flops_per_clip()
         return self.module
 
@@ -124,10 +126,10 @@ class DetokStage(Stage):
         """Diffusion loss (fixed noise and timesteps) and, when the stage ``reconstructs``,
         PSNR/SSIM of reconstructions from the tokenizer's features (``stage.recon_clips``
         per rank, fixed sampler seed) next to the PSNR of the flat guesses to beat (the
-        decoded clips' mean colour, each clip's own), averaged over all ranks. LPIPS is not computed (no pretrained VGG
-        offline)."""
+        decoded clips' mean colour, each clip's own) and LPIPS when ``eval.lpips_path`` is
+        set, averaged over all ranks."""
         recon_left = self.cfg.stage.recon_clips if self.reconstructs else 0
-        quality = ("psnr", "ssim", "psnr_mean_colour", "psnr_clip_colour")
+        quality = ("psnr", "ssim", "psnr_mean_colour", "psnr_clip_colour", *(("lpips",) if self.lpips else ()))
 
         def batch_sums(index: int, batch: dict) -> list[float]:
             """loss sum, clips, decoded clips, then a sum over decoded clips per ``quality``"""
@@ -163,7 +165,7 @@ class DetokStage(Stage):
         recon = self.detokenizer.decode(
             self.reconstruction_features(video_bfchw), steps=self.cfg.stage.recon_steps, seed=seed
         )
-        return reconstruction_metrics(recon, video_bfchw)
+        return reconstruction_metrics(recon, video_bfchw, self.lpips)
 
     def before_validation(self) -> None:
         """Anything to bring up to date before decoding (collective when it runs a module)."""
