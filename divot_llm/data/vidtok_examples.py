@@ -35,7 +35,7 @@ from divot_llm.data.clip_sampling import (
     to_model_pixels,
 )
 from divot_llm.data.errors import MediaError
-from divot_llm.data.loader import DivotLoader, LoaderSpec, build_loader, loader_spec, sample_rngs
+from divot_llm.data.loader import DivotLoader, build_loader, sample_rngs
 from divot_llm.data.sources import RawSample
 
 
@@ -184,12 +184,6 @@ def collate_vidtok_examples(examples: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------- building
-
-
-def vidtok_loader_spec(data_cfg: DataConfig, spec: VidTokExampleSpec, split: str = "train") -> LoaderSpec:
-    """``loader_spec`` of ``cfg.data`` for VidTok clips (the square-clip size of the LLM
-    stages is unused: the clip size is the spec's)."""
-    return loader_spec(data_cfg, 0, spec.num_frames, 0, split, example_kind=spec)
 
 
 def build_vidtok_loader(

@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from divot_llm.config import compose_config
 from divot_llm.config.schema import SourceKind
@@ -135,6 +136,17 @@ def test_ranks_share_the_rows_and_a_resumed_loader_continues_the_exact_batches(t
         if k.endswith(":2")
     }
     assert len(starts) > 1
+
+
+def test_an_image_of_a_jsonl_source_is_a_still_clip(template, tmp_path):
+    frame_hw3 = _indexed_frames(6)[5]
+    Image.fromarray(frame_hw3).save(tmp_path / "still.png")
+    (tmp_path / "stills.jsonl").write_text(json.dumps({"image": "still.png", "caption": "a still"}) + "\n")
+    source = {"kind": SourceKind.jsonl, "paths": ["stills.jsonl"], "media_root": "."}
+    [batch] = take(build_vidtok_loader(csv_data(template, tmp_path, source, batch_size=1), SPEC), 1)
+    still = to_model_pixels([frame_hw3], (SPEC.height, SPEC.width))  # (1, 3, H, W): png is lossless
+    assert torch.equal(batch["video"][0], still.expand(SPEC.num_frames, -1, -1, -1))
+    assert batch["frame_indices"].tolist() == [[0] * SPEC.num_frames]
 
 
 def test_bad_rows_are_skipped_and_counted_with_their_csv_line(template, data_root, tmp_path, caplog):
