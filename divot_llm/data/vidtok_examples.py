@@ -103,7 +103,7 @@ def vidtok_frame_indices(
     stride exactly.
 
     Raises:
-        MediaError: the video has no frames (``plan_windows``' reason ``no_frames``).
+        MediaError: ``no_frames``, the video has none.
     """
     if num_frames < 1:
         raise MediaError("no_frames", "video has no frames")
