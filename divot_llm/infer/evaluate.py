@@ -3,9 +3,10 @@ score them: PSNR, SSIM and, with their weights, LPIPS and FVD (``divot_llm.metri
 
 What ``divot-eval reconstruction`` and ``divot-infer reconstruct --video-tokenizer`` run.
 Videos are read as VidTok's evaluation reads them (seed-systems §a.4): every
-``round(video fps / fps)``-th frame from the first, resized so that the shorter side fits
-(the frame covers ``height x width``; for square crops this is VidTok's shorter-side
-resize), centre-cropped to ``height x width``, in [-1, 1]. Unlike VidTok's script, the
+``round(video fps / fps)``-th frame from the first (the stride of VidTok's clips,
+``data.vidtok_examples``), resized to cover ``height x width`` and centre-cropped as every
+loader does (``clip_sampling.to_model_pixels``; for square crops VidTok's shorter-side
+resize), in [-1, 1]. Unlike VidTok's script, the
 whole video goes through the tokenizer's own ``reconstruct`` (chunked, any length), so the
 last chunk is not padded with repeated frames and every scored frame is a real one.
 
@@ -25,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from divot_llm.config import DivotConfig, compose_config
 from divot_llm.config.paths import check_config_paths
-from divot_llm.data.clip_sampling import probe_video, read_frames_at, uint8_to_model_pixels
+from divot_llm.data.clip_sampling import probe_video, read_frames_at, to_model_pixels
 from divot_llm.data.errors import MediaError
 from divot_llm.data.sources import VIDEO_EXTS, safe_join
 from divot_llm.metrics import LPIPS, frechet_distance, i3d_features, load_i3d, load_lpips
@@ -86,21 +86,6 @@ def frame_stride(video_fps: float, fps: float) -> int:
     return max(1, round(video_fps / fps))
 
 
-def resize_crop(frame_hw3: np.ndarray, height: int, width: int) -> np.ndarray:
-    """One RGB uint8 frame resized (PIL bilinear) to the smallest size that covers
-    ``height x width`` with its aspect ratio kept, then centre-cropped: ``(3, height, width)``."""
-    h, w = frame_hw3.shape[:2]
-    if width / w >= height / h:  # the width binds: it becomes ``width``
-        new_w, new_h = width, max(height, int(width * h / w))
-    else:
-        new_w, new_h = max(width, int(height * w / h)), height
-    left, top = int(round((new_w - width) / 2.0)), int(round((new_h - height) / 2.0))
-    image = Image.fromarray(np.ascontiguousarray(frame_hw3))
-    if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), Image.BILINEAR)
-    return np.asarray(image.crop((left, top, left + width, top + height))).transpose(2, 0, 1)
-
-
 def read_video(path: str | os.PathLike, height: int, width: int, fps: float) -> tuple[torch.Tensor, float]:
     """A whole video as the evaluation reads it (module docstring): frames ``(F, 3, height,
     width)`` float32 in [-1, 1], and their rate (the video's over the stride: ``fps`` only
@@ -115,8 +100,7 @@ def read_video(path: str | os.PathLike, height: int, width: int, fps: float) -> 
         raise MediaError("no_frames", "the container reports no frames")
     stride = frame_stride(info.fps, fps)
     times_s = np.arange(0, info.num_frames, stride) / info.fps
-    frames = [resize_crop(frame, height, width) for frame in read_frames_at(path, times_s)]
-    return uint8_to_model_pixels(torch.from_numpy(np.stack(frames))), info.fps / stride
+    return to_model_pixels(read_frames_at(path, times_s), (height, width)), info.fps / stride
 
 
 # ------------------------------------------------------------ tokenizer, scoring
@@ -196,8 +180,9 @@ def score_video(
         sums["psnr"] += psnr_frames(pred, target).sum().item()
         sums["ssim"] += ssim_frames(pred, target).sum().item()
         if lpips is not None:
-            device = lpips.shift.device
-            sums["lpips"] += lpips(pred.to(device) * 2 - 1, target.to(device) * 2 - 1).sum().item()
+            sums["lpips"] += (
+                lpips(pred.to(lpips.device) * 2 - 1, target.to(lpips.device) * 2 - 1).sum().item()
+            )
     count = input_fchw.shape[0]
     return VideoScores(
         name, count, sums["psnr"] / count, sums["ssim"] / count, sums["lpips"] / count if lpips else None

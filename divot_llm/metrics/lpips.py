@@ -120,6 +120,10 @@ class LPIPS(nn.Module):
         _load_strict(model.heads, _load_state(heads_path), heads_path, "LPIPS VGG heads (lin0..lin4)")
         return model.requires_grad_(False)
 
+    @property
+    def device(self) -> torch.device:
+        return self.shift.device
+
     def forward(self, x_n3hw: torch.Tensor, y_n3hw: torch.Tensor) -> torch.Tensor:
         feats_x = self.vgg((x_n3hw - self.shift) / self.scale)
         feats_y = self.vgg((y_n3hw - self.shift) / self.scale)

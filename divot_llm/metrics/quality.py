@@ -14,8 +14,13 @@ definitions are VidTok's (seed-systems §a.4), so numbers compare with its publi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from divot_llm.metrics.lpips import LPIPS
 
 PSNR_EPS = 1e-8  # VidTok's: bounds a perfect frame at 80 dB
 SSIM_WINDOW = 11
@@ -115,7 +120,7 @@ def mean_colour_guess(clips_bfchw: torch.Tensor, per_clip: bool = False) -> torc
 
 
 def reconstruction_metrics(
-    pred: torch.Tensor, target: torch.Tensor, lpips: torch.nn.Module | None = None
+    pred: torch.Tensor, target: torch.Tensor, lpips: LPIPS | None = None
 ) -> dict[str, float]:
     """Mean PSNR and SSIM over a batch of clips ``(B, F, 3, H, W)`` in [-1, 1], the PSNR of
     the flat guesses (``psnr_mean_colour``: the batch's mean colour; ``psnr_clip_colour``:

@@ -43,8 +43,10 @@ class DetokStage(Stage):
 
     @classmethod
     def config_reads(cls, cfg: DivotConfig) -> list[str]:
-        """The tokenizer, the de-tokenizer (and the folder it starts from), the data."""
-        return ["video_tokenizer", "detokenizer", "stage.detokenizer_init_from", "data", "eval"]
+        """The tokenizer, the de-tokenizer (and the folder it starts from), the data, and
+        validation's LPIPS weights."""
+        return ["video_tokenizer", "detokenizer", "stage.detokenizer_init_from", "data",
+                "eval.lpips_path", "eval.lpips_heads_path"]  # fmt: skip
 
     def build(self) -> nn.Module:
         tokenizer, module = self.build_modules(self.cfg)
