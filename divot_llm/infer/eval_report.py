@@ -14,7 +14,7 @@ from divot_llm.infer.evaluate import EvalReport
 
 SEED_COLUMNS = ("Model", "Regularizer", "Causal", "VCR", "PSNR", "SSIM", "LPIPS", "FVD")
 # (key, title, decimals) of the metrics, as the seed table rounds them
-METRICS = (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 3), ("lpips", "LPIPS", 3))
+METRICS = (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 3), ("lpips", "LPIPS (lower is better)", 3))
 MISSING = "-"  # a metric whose weights were not given
 
 
@@ -34,7 +34,7 @@ def markdown(report: EvalReport) -> str:
         "| " + " | ".join(row) + " |",
         "",
         f"{summary['videos']} videos, {summary['frames']} frames at {s.fps:g} fps, "
-        f"{s.width}x{s.height} (shorter-side resize, centre crop); PSNR/SSIM/LPIPS are means over all frames.",
+        f"{s.width}x{s.height} (resized to cover, centre-cropped); PSNR/SSIM/LPIPS are means over all frames.",
     ]
     if s.fvd:
         lines.append(
@@ -72,14 +72,16 @@ def bar_plot(report: EvalReport, label_chars: int = 40) -> Image.Image:
         bar_w = panel_w - 50  # room for the value after the longest bar
         top_value = 1.0 if key == "ssim" else max(max(getattr(v, key) for v in report.videos), 1e-9)
         pen.text((left, pad), f"{title}  mean {_number(summary[key], decimals)}", fill="black")
+        mean_x = left + round(bar_w * max(summary[key], 0.0) / top_value)
+        pen.line(
+            (mean_x, header_h - 4, mean_x, height - pad), fill=(150, 150, 150), width=1
+        )  # under the bars
         for row, video in enumerate(report.videos):
             value = getattr(video, key)
             y = header_h + row * row_h
             length = round(bar_w * max(value, 0.0) / top_value)
             pen.rectangle((left, y + 3, left + length, y + row_h - 3), fill=(70, 110, 180))
             pen.text((left + length + 4, y + 3), _number(value, decimals), fill="black")
-        mean_x = left + round(bar_w * max(summary[key], 0.0) / top_value)
-        pen.line((mean_x, header_h - 4, mean_x, height - pad), fill=(150, 150, 150), width=1)
     return sheet
 
 
