@@ -6,9 +6,9 @@ Videos are read as VidTok's evaluation reads them (seed-systems §a.4): every
 ``round(video fps / fps)``-th frame from the first (the stride of VidTok's clips,
 ``data.vidtok_examples``), resized to cover ``height x width`` and centre-cropped as every
 loader does (``clip_sampling.to_model_pixels``; for square crops VidTok's shorter-side
-resize), in [-1, 1]. Unlike VidTok's script, the
-whole video goes through the tokenizer's own ``reconstruct`` (chunked, any length), so the
-last chunk is not padded with repeated frames and every scored frame is a real one.
+resize), in [-1, 1]. Unlike VidTok's script, the whole video goes through the tokenizer's
+own ``reconstruct`` (chunked, any length), so the last chunk is not padded with repeated
+frames and every scored frame is a real one.
 
 Scores are per frame. A video's score is the mean over its frames; the summary is the
 mean over all frames of all videos (VidTok's figure). FVD compares the I3D features of
@@ -27,18 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from divot_llm.config import DivotConfig, compose_config
+from divot_llm.config import ConfigError, DivotConfig, compose_config
 from divot_llm.config.paths import check_config_paths
 from divot_llm.data.clip_sampling import probe_video, read_frames_at, to_model_pixels
 from divot_llm.data.errors import MediaError
-from divot_llm.data.sources import VIDEO_EXTS, safe_join
+from divot_llm.data.sources import VIDEO_EXTS, VidTokCsvSource, safe_join
 from divot_llm.metrics import LPIPS, frechet_distance, i3d_features, load_i3d, load_lpips
 from divot_llm.metrics.fvd import I3D_MIN_FRAMES
 from divot_llm.metrics.quality import frames01, psnr_frames, ssim_frames
 from divot_llm.tokenizers import build_video_tokenizer
 from divot_llm.tokenizers.base import VideoTokenizer
 
-META_COLUMN = "videos"  # VidTok's meta CSV: one video path per row, relative to DATA_DIR
+META_COLUMN = VidTokCsvSource.COLUMN  # VidTok's meta CSV: video paths relative to DATA_DIR
 SCORE_CHUNK = 16  # frames scored at once: bounds the memory of SSIM/LPIPS on long videos
 
 
@@ -117,8 +117,6 @@ def tokenizer_config(
         ConfigError: an unknown option or key, a ``ckpt`` for a tokenizer that takes none,
             a path that is not there (``PathError``).
     """
-    from divot_llm.config import ConfigError
-
     cfg = compose_config([f"video_tokenizer={name}", *overrides])
     if ckpt is not None:
         if not hasattr(cfg.video_tokenizer, "pretrained_path"):
@@ -185,7 +183,11 @@ def score_video(
             )
     count = input_fchw.shape[0]
     return VideoScores(
-        name, count, sums["psnr"] / count, sums["ssim"] / count, sums["lpips"] / count if lpips else None
+        name,
+        count,
+        sums["psnr"] / count,
+        sums["ssim"] / count,
+        sums["lpips"] / count if lpips is not None else None,
     )
 
 
