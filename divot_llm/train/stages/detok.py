@@ -131,7 +131,8 @@ class DetokStage(Stage):
         decoded clips' mean colour, each clip's own) and LPIPS when ``eval.lpips_path`` is
         set, averaged over all ranks."""
         recon_left = self.cfg.stage.recon_clips if self.reconstructs else 0
-        quality = ("psnr", "ssim", "psnr_mean_colour", "psnr_clip_colour", *(("lpips",) if self.lpips is not None else ()))
+        quality = ("psnr", "ssim", "psnr_mean_colour", "psnr_clip_colour")
+        quality += ("lpips",) if self.lpips is not None else ()
 
         def batch_sums(index: int, batch: dict) -> list[float]:
             """loss sum, clips, decoded clips, then a sum over decoded clips per ``quality``"""
