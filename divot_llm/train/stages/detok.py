@@ -20,7 +20,7 @@ from divot_llm.config.schema import DivotConfig
 from divot_llm.data.detok_examples import DetokExampleSpec, build_detok_loader
 from divot_llm.detokenizers import VideoDetokenizer
 from divot_llm.detokenizers.training import tokenizer_features, tokenizer_frames
-from divot_llm.metrics import load_lpips, reconstruction_metrics
+from divot_llm.metrics import LPIPS, load_lpips, reconstruction_metrics
 from divot_llm.model.build import build_detok_models, build_tokenizer_objective
 from divot_llm.runtime import rng_devices
 from divot_llm.tokenizers import VideoTokenizer
@@ -36,6 +36,7 @@ class DetokStage(Stage):
 
     trains_detokenizer = True
     reconstructs = True  # validation also decodes clips from their features (PSNR/SSIM)
+    lpips: LPIPS | None = None  # and scores them with LPIPS when eval.lpips_path is set (build)
     loss_names = ("loss",)
     rate_names = {"samples": "clips/s"}
     # (video tokenizer, engine module) on the CPU, fp32, from train.seed
