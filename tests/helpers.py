@@ -159,23 +159,35 @@ def save_random_lpips(folder: str | os.PathLike, seed: int = 1) -> LpipsFiles:
     return LpipsFiles(folder / "vgg16.pth", folder / "vgg.pth", model)
 
 
+_TINY_I3D_SOURCE = """
+import sys, torch
+from torch import nn
+
+class TinyI3D(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 6, kernel_size=(4, 16, 16), stride=(2, 16, 16))
+        self.head = nn.Linear(12, 12)
+
+    def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = False):
+        h = self.conv(x)  # (B, 6, T', 14, 14)
+        feats = self.head(torch.cat([h.mean(dim=(2, 3, 4)), h.amax(dim=(2, 3, 4))], dim=1))
+        return feats if return_features else feats.softmax(dim=1)
+
+torch.manual_seed(int(sys.argv[2]))
+torch.jit.script(TinyI3D().eval()).save(sys.argv[1])
+"""
+
+
 def save_tiny_i3d(path: str | os.PathLike, seed: int = 2) -> Path:
     """A TorchScript stand-in for StyleGAN-V's ``i3d_torchscript.pt``: the same call,
-    ``(B, 3, T, 224, 224)`` in [-1, 1] -> ``(B, 12)`` features."""
-    import torch
-    from torch import nn
+    ``(B, 3, T, 224, 224)`` in [-1, 1] -> ``(B, 12)`` features.
 
-    class TinyI3D(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv3d(3, 6, kernel_size=(4, 16, 16), stride=(2, 16, 16))
-            self.head = nn.Linear(12, 12)
-
-        def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = False):
-            h = self.conv(x)  # (B, 6, T', 14, 14)
-            feats = self.head(torch.cat([h.mean(dim=(2, 3, 4)), h.amax(dim=(2, 3, 4))], dim=1))
-            return feats if return_features else feats.softmax(dim=1)
-
-    torch.manual_seed(seed)
-    torch.jit.script(TinyI3D().eval()).save(str(path))
-    return Path(path)
+    Written by a fresh interpreter: once a process has built a ZeRO-3 engine (DeepSpeed
+    0.19.8), ``torch.jit.save`` there fails ("strides() called on an undefined Tensor"),
+    and a pytest worker may have run such a test first. Loading is unaffected."""
+    path = Path(path)
+    script = path.with_name("write_tiny_i3d.py")  # TorchScript reads the class's source file
+    script.write_text(_TINY_I3D_SOURCE)
+    subprocess.run([PYTHON, str(script), str(path), str(seed)], check=True, timeout=120)
+    return path
