@@ -96,6 +96,19 @@ def tiny_mistral_dir(tmp_path_factory):
     return helpers.build_tiny_mistral_dir(tmp_path_factory.mktemp("tiny_mistral"))
 
 
+@pytest.fixture(scope="session")
+def lpips_files(tmp_path_factory) -> helpers.LpipsFiles:
+    """Random LPIPS weights in the layouts of the files users download (torchvision's
+    vgg16 state dict, taming-transformers' vgg.pth)."""
+    return helpers.save_random_lpips(tmp_path_factory.mktemp("lpips"))
+
+
+@pytest.fixture(scope="session")
+def i3d_file(tmp_path_factory):
+    """A tiny TorchScript I3D called as StyleGAN-V's i3d_torchscript.pt."""
+    return helpers.save_tiny_i3d(tmp_path_factory.mktemp("i3d") / "i3d_torchscript.pt")
+
+
 # ----------------------------------------------------------- two-rank training runs
 # 2 steps of the demo config on 2 ranks (ZeRO-2 / ZeRO-3) over a small synthetic set;
 # ``<run>/live.pt`` holds the parameters the live engine had after its last checkpoint.

@@ -13,7 +13,9 @@ import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,3 +130,52 @@ def run_main(main, *args: str, capsys, check: bool = True):
     if check and code != 0:
         raise AssertionError(f"{' '.join(args)} exited {code}:\n{out[-4000:]}\n{err[-4000:]}")
     return code, out, err
+
+
+# ------------------------------------------------- metric weights (divot_llm.metrics)
+
+
+@dataclass(frozen=True)
+class LpipsFiles:
+    vgg: Path  # torchvision's vgg16 state dict layout
+    heads: Path  # taming-transformers' vgg.pth keys
+    model: Any  # the LPIPS module whose weights the files hold
+
+
+def save_random_lpips(folder: str | os.PathLike, seed: int = 1) -> LpipsFiles:
+    """A random LPIPS saved as the two files users download: ``vgg16.pth`` (``features.N.*``
+    plus a classifier key, as torchvision's file has) and ``vgg.pth`` (``linK.model.1.weight``)."""
+    import torch
+
+    from divot_llm.metrics import LPIPS
+
+    torch.manual_seed(seed)
+    model = LPIPS()
+    folder = Path(folder)
+    vgg = {f"features.{k}": v for k, v in model.vgg.features.state_dict().items()}
+    vgg["classifier.6.bias"] = torch.zeros(1000)  # unused by LPIPS
+    torch.save(vgg, folder / "vgg16.pth")
+    torch.save(model.heads.state_dict(), folder / "vgg.pth")
+    return LpipsFiles(folder / "vgg16.pth", folder / "vgg.pth", model)
+
+
+def save_tiny_i3d(path: str | os.PathLike, seed: int = 2) -> Path:
+    """A TorchScript stand-in for StyleGAN-V's ``i3d_torchscript.pt``: the same call,
+    ``(B, 3, T, 224, 224)`` in [-1, 1] -> ``(B, 12)`` features."""
+    import torch
+    from torch import nn
+
+    class TinyI3D(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(3, 6, kernel_size=(4, 16, 16), stride=(2, 16, 16))
+            self.head = nn.Linear(12, 12)
+
+        def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = False):
+            h = self.conv(x)  # (B, 6, T', 14, 14)
+            feats = self.head(torch.cat([h.mean(dim=(2, 3, 4)), h.amax(dim=(2, 3, 4))], dim=1))
+            return feats if return_features else feats.softmax(dim=1)
+
+    torch.manual_seed(seed)
+    torch.jit.script(TinyI3D().eval()).save(str(path))
+    return Path(path)

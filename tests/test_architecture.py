@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import REPO_ROOT
 
 # What each part of divot_llm may import, besides itself. The bottom layer (runtime, layout,
-# config, registry, text, _compat, launch_guard) knows nothing of models, data or training;
+# config, registry, text, metrics, _compat, launch_guard) knows nothing of models, data or training;
 # model/ and data/ never see each other; train/ wires them; infer/ and export/ sit above;
 # cli/ is the top.
 BOTTOM = ("_compat", "runtime", "layout", "launch_guard")
@@ -27,18 +27,40 @@ ALLOWED: dict[str, set[str]] = {
     "layout": set(),
     "launch_guard": set(),
     "config": {*BOTTOM},
+    "metrics": {*BOTTOM, "config"},  # PSNR/SSIM/LPIPS/FVD: scored by tokenizers up to export
     "registry": {*BOTTOM, "config"},
     "text": {*BOTTOM, "config"},  # encoders.py reads stage.text_encoder
     "data": {*BOTTOM, "config", "text"},
-    "tokenizers": {*BOTTOM, "config", "registry"},
-    "detokenizers": {*BOTTOM, "config", "registry", "tokenizers"},
-    "model": {*BOTTOM, "config", "registry", "text", "tokenizers", "detokenizers"},
-    "train": {*BOTTOM, "config", "registry", "text", "data", "tokenizers", "detokenizers", "model"},
-    "infer": {*BOTTOM, "config", "registry", "text", "data", "tokenizers", "detokenizers", "model"},
+    "tokenizers": {*BOTTOM, "config", "registry", "metrics"},
+    "detokenizers": {*BOTTOM, "config", "registry", "metrics", "tokenizers"},
+    "model": {*BOTTOM, "config", "registry", "metrics", "text", "tokenizers", "detokenizers"},
+    "train": {
+        *BOTTOM,
+        "config",
+        "registry",
+        "metrics",
+        "text",
+        "data",
+        "tokenizers",
+        "detokenizers",
+        "model",
+    },
+    "infer": {
+        *BOTTOM,
+        "config",
+        "registry",
+        "metrics",
+        "text",
+        "data",
+        "tokenizers",
+        "detokenizers",
+        "model",
+    },
     "export": {
         *BOTTOM,
         "config",
         "registry",
+        "metrics",
         "text",
         "data",
         "tokenizers",

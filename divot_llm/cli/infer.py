@@ -4,6 +4,7 @@
     divot-infer comprehend --release releases/sft_comp *.mp4 --no-stream --jsonl answers.jsonl
     divot-infer generate --release releases/sft_gen "a red circle moving left" --out gen/
     divot-infer reconstruct --release releases/sft_comp clip.mp4 --out recon/
+    divot-infer reconstruct --video-tokenizer vidtok_kl_causal_488_4chn --ckpt checkpoints/vidtok_kl_causal_488_4chn.ckpt clip.mp4 --out recon/
     divot-infer comprehend --official pretrained/ demo_videos/wine.mp4      # Divot's own files
     divot-infer t2v "a red circle moving left" --release releases/t2v --cond-scale 2 --steps 50 --out x.mp4
 
@@ -11,8 +12,13 @@
 a ``divot-export detokenizer`` output of a stage=t2v run;
 --official takes a folder with Divot's released files in the layout of its README
 (Divot_sft_comp/, Divot_sft_gen/, cvlm_mistral_instruct_tokenizer/,
-Divot_tokenizer_detokenizer/, CLIP-ViT-H-14-laion2B-s32B-b79K/). --set KEY=VALUE changes
-the config (repeatable), e.g. --set model.llm.attn_implementation=eager.
+Divot_tokenizer_detokenizer/, CLIP-ViT-H-14-laion2B-s32B-b79K/). reconstruct
+--video-tokenizer takes instead a tokenizer that decodes itself (VidTok: a
+conf/video_tokenizer option, weights from --ckpt or its pretrained_path): each whole video
+is read at --fps, resized and centre-cropped to --height x --width (default VidTok's 30
+fps, 256 x 256), reconstructed in chunks and written as mp4 with an input-above-output
+strip and its PSNR/SSIM (LPIPS with --lpips and --lpips-heads), also in metrics.json.
+--set KEY=VALUE changes the config (repeatable), e.g. --set model.llm.attn_implementation=eager.
 
 A file (or caption) that cannot be used -- missing, corrupt, no frames -- is skipped with
 one line on stderr, "divot-infer: skipped FILE (reason): ...", and every other input is
@@ -31,21 +37,29 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from divot_llm.cli.display import printable
+from divot_llm.cli.eval import READ_DEFAULTS, add_reconstruction_args
 
 DEFAULT_QUESTION = "What does this video describe?"  # the reference's comprehension demo
 EXIT_SKIPPED = 3  # some inputs could not be used; every other result was written
 PATH_LIMIT = 4096  # characters of a file name shown (PATH_MAX): never cut a real one
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, video_tokenizer: bool = False) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--release", metavar="DIR", help="a divot-merge release folder")
     which.add_argument("--official", metavar="DIR", help="folder with Divot's official released files")
+    if video_tokenizer:
+        which.add_argument("--video-tokenizer", metavar="NAME",
+                           help="a video tokenizer that decodes itself, e.g. vidtok_kl_causal_488_4chn "
+                                "(no LLM, no de-tokenizer)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config change (repeatable)")  # fmt: skip
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
-        "--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="LLM dtype (auto: bf16 on GPU)"
+        "--dtype",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="LLM dtype (auto: bf16 on GPU); with --video-tokenizer the tokenizer's (auto: fp32)",
     )
     p.add_argument(
         "--seed", type=int, default=42, help="seed of every random draw (default 42, the reference's)"
@@ -93,9 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prompt form: instruct (SFT-gen), caption (pretrain); auto from the release's stage")  # fmt: skip
     gen.add_argument("--jsonl", metavar="FILE", help="also write {caption, features, video, strip} lines")
 
-    rec = commands.add_parser("reconstruct", help="video -> tokenizer -> de-tokenizer -> video, PSNR/SSIM")
-    _add_model_args(rec)
+    rec = commands.add_parser(
+        "reconstruct",
+        help="video -> tokenizer -> de-tokenizer (or the tokenizer's own decoder) -> video, PSNR/SSIM",
+    )
+    _add_model_args(rec, video_tokenizer=True)
     _add_detok_args(rec)
+    add_reconstruction_args(rec, frames_required=False)
     rec.add_argument("videos", nargs="+")
     rec.add_argument(
         "--out", default="outputs/reconstruct", help="output folder (default outputs/reconstruct)"
@@ -126,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "t2v":
             return _t2v(args)
+        if args.command == "reconstruct" and args.video_tokenizer:
+            return _reconstruct_with_video_tokenizer(args)
+        if args.command == "reconstruct":
+            return_code = _refuse_flags(
+                args, READ_DEFAULTS.keys() | {"ckpt", "lpips", "lpips_heads"}, "--video-tokenizer"
+            )
+            if return_code:
+                return return_code
         models = _load(args)
         return {"comprehend": _comprehend, "generate": _generate, "reconstruct": _reconstruct}[args.command](
             args, models
@@ -354,6 +380,75 @@ def _reconstruct(args, models) -> int:
     if len(scores) > 1:
         psnr, ssim = (sum(s[i] for s in scores) / len(scores) for i in (0, 1))
         print(f"mean over {len(scores)} videos: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}")
+    return skipped.exit_code()
+
+
+def _refuse_flags(args, flags, belongs_to: str) -> int:
+    """2 (a usage error, said on stderr) when any of ``flags`` was given, else 0."""
+    given = sorted(f"--{f.replace('_', '-')}" for f in flags if getattr(args, f) is not None)
+    if not given:
+        return 0
+    print(f"divot-infer: {', '.join(given)} go with {belongs_to}", file=sys.stderr)
+    return 2
+
+
+def _reconstruct_with_video_tokenizer(args) -> int:
+    """reconstruct --video-tokenizer: whole videos through a tokenizer that decodes itself."""
+    import dataclasses
+
+    import torch
+
+    from divot_llm.cli.eval import eval_config
+    from divot_llm.data.errors import MediaError
+    from divot_llm.data.media_out import frame_strip, slug, write_mp4
+    from divot_llm.infer.evaluate import (
+        load_reconstructing_tokenizer,
+        read_video,
+        reconstruct_frames,
+        score_video,
+    )
+    from divot_llm.infer.load import default_device
+    from divot_llm.metrics import load_lpips
+
+    refused = _refuse_flags(args, ("detokenizer", "steps", "guidance"), "--release/--official")
+    if refused:
+        return refused
+    for flag, value in READ_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    cfg = eval_config(args)
+    device = torch.device(args.device) if args.device else default_device()
+    tokenizer = load_reconstructing_tokenizer(
+        cfg, device, torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    )
+    lpips = load_lpips(cfg.eval)
+    lpips = lpips.to(device) if lpips is not None else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    skipped = SkippedInputs(len(args.videos))
+    for index, video in enumerate(args.videos):
+        try:
+            frames, rate = read_video(video, args.height, args.width, args.fps)
+        except FileNotFoundError as exc:
+            skipped.report(video, "missing_file", exc.strerror or str(exc))
+            continue
+        except MediaError as exc:
+            skipped.report(video, exc.reason, exc.detail)
+            continue
+        recon = reconstruct_frames(tokenizer, frames)
+        scores = score_video(video, recon, frames, lpips)
+        name = f"{index:03d}_{slug(Path(video).stem)}"
+        write_mp4(out / f"{name}.mp4", recon, rate)
+        frame_strip([frames, recon]).save(out / f"{name}_strip.png")
+        records.append({**dataclasses.asdict(scores), "fps": rate, "output": str(out / f"{name}.mp4"),
+                        "strip": str(out / f"{name}_strip.png")})  # fmt: skip
+        lpips_text = f", LPIPS {scores.lpips:.4f}" if scores.lpips is not None else ""
+        print(
+            f"{printable(video, PATH_LIMIT)}: {scores.frames} frames at {rate:g} fps, PSNR {scores.psnr:.2f} dB, "
+            f"SSIM {scores.ssim:.4f}{lpips_text} -> {out / name}.mp4, {name}_strip.png"
+        )
+    (out / "metrics.json").write_text(json.dumps(records, indent=1) + "\n")
     return skipped.exit_code()
 
 

@@ -95,6 +95,9 @@ class SourceKind(str, Enum):
     webdataset = "webdataset"  # tar shards: <key>.mp4|webm|gif|jpg|png + <key>.txt|json
     jsonl = "jsonl"  # one JSON object per line, media paths relative to media_root
     folder = "folder"  # folders of <name>.gif|mp4|...|jpg|png, each with a <name>.txt caption
+    # VidTok's layout: CSV files with a `videos` column of video paths relative to media_root
+    # (VidTok's DATA_DIR); no text, so only VidTok examples read it (data/vidtok_examples.py)
+    vidtok_csv = "vidtok_csv"
 
 
 class MixMode(str, Enum):
@@ -187,9 +190,11 @@ class ModelConfig:
 @dataclass
 class SourceConfig:
     kind: SourceKind = MISSING
-    task: Task = MISSING
-    paths: list[str] = MISSING  # shard / jsonl paths or globs (folder kind: folders), under data.root
-    media_root: str | None = None  # jsonl media folder, relative to data.root
+    # what the source's text trains: required by the LLM stages; the de-tokenizer and VidTok
+    # stages read any caption source (null: captions or QA), and a vidtok_csv source has no text
+    task: Task | None = None
+    paths: list[str] = MISSING  # shard / jsonl / csv paths or globs (folder kind: folders), under data.root
+    media_root: str | None = None  # jsonl / vidtok_csv media folder, relative to data.root
     weight: float = checked(1.0, gt=0)  # mixing weight (normalised across sources)
     batch_size: int = checked(8, ge=1)  # used by "batch" mixing
     max_length: int = checked(1400, ge=1)
@@ -197,6 +202,12 @@ class SourceConfig:
     min_resolution: int = checked(100, ge=0)
     min_aspect_ratio: float = checked(0.3, ge=0, le=1)
     bidirectional_queries: bool = True  # generation queries attend to each other
+    # VidTok examples (stage=vidtok): clips of frames every round(video fps / sample_fps)
+    # source frames (VidTok trains at 3, validates at 8); null = every frame
+    sample_fps: float | None = checked(None, gt=0)
+    # VidTok examples: every clip starts at this frame (fixed validation clips, VidTok's
+    # start_index); null = a random start per sample and epoch
+    start_index: int | None = checked(None, ge=0)
 
 
 @dataclass
@@ -380,6 +391,21 @@ class TrainConfig:
     plan_nodes: int = checked(1, ge=1)
 
 
+@dataclass
+class EvalConfig:
+    """Weights of the reconstruction metrics that need pretrained networks
+    (``divot_llm.metrics``): local files the user downloads once, nothing is fetched at run
+    time. Null: that metric is not computed. Read by ``divot-eval``, ``divot-infer
+    reconstruct`` and the validation of stages that reconstruct video."""
+
+    # torchvision's ImageNet vgg16 state dict (vgg16-397923af.pth): LPIPS's VGG16 features
+    lpips_path: str | None = checked(None, path=PathKind.file)
+    # the LPIPS v0.1 VGG linear heads as taming-transformers ships them (vgg.pth)
+    lpips_heads_path: str | None = checked(None, path=PathKind.file)
+    # a TorchScript Kinetics-400 I3D called as StyleGAN-V's i3d_torchscript.pt: FVD
+    i3d_path: str | None = checked(None, path=PathKind.file)
+
+
 # --------------------------------------------------------------------------- root
 
 
@@ -397,3 +423,4 @@ class DivotConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

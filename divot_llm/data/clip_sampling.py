@@ -301,9 +301,10 @@ def _pick_frames(
 # ----------------------------------------------------------------------- transform
 
 
-def to_model_pixels(frames_hw3: list[np.ndarray], size: int = 256) -> torch.Tensor:
+def to_model_pixels(frames_hw3: list[np.ndarray], size: int | tuple[int, int] = 256) -> torch.Tensor:
     """The reference image transform: PIL bilinear resize of the shorter side to ``size``,
-    centre crop, [0, 255] -> [-1, 1]. Returns (F, 3, size, size) float32."""
+    centre crop, [0, 255] -> [-1, 1]. Returns (F, 3, size, size) float32; a ``size`` of
+    ``(height, width)`` gives (F, 3, height, width) frames (see ``_resize_crop_into``)."""
     return uint8_to_model_pixels(_resized_uint8(frames_hw3, size))
 
 
@@ -314,35 +315,38 @@ def model_pixels_to_uint8(clip_fchw: torch.Tensor) -> np.ndarray:
     return frames.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _resized_uint8(frames_hw3: list[np.ndarray], size: int) -> torch.Tensor:
-    """Resized and centre-cropped frames, (F, 3, size, size) uint8: a quarter of the
-    float32 bytes to move when clips repeat frames."""
-    out = np.empty((len(frames_hw3), 3, size, size), dtype=np.uint8)
+def _resized_uint8(frames_hw3: list[np.ndarray], size: int | tuple[int, int]) -> torch.Tensor:
+    """Resized and centre-cropped frames, (F, 3, H, W) uint8 (``size``: S for S x S, or
+    (H, W)): a quarter of the float32 bytes to move when clips repeat frames."""
+    height, width = (size, size) if isinstance(size, int) else size
+    out = np.empty((len(frames_hw3), 3, height, width), dtype=np.uint8)
     for i, array in enumerate(frames_hw3):
         _resize_crop_into(out[i], array)
     return torch.from_numpy(out)
 
 
-def _resize_crop_into(out_3ss: np.ndarray, array_hw3: np.ndarray) -> None:
-    """Write the reference transform of one RGB frame (H, W, 3), before scaling, into
-    ``out_3ss`` (3, S, S) uint8: PIL bilinear resize of the shorter side to S, centre crop."""
-    size = out_3ss.shape[-1]
+def _resize_crop_into(out_3hw: np.ndarray, array_hw3: np.ndarray) -> None:
+    """Write the reference transform of one RGB frame (h, w, 3), before scaling, into
+    ``out_3hw`` (3, H, W) uint8: PIL bilinear resize of the shorter side to S, centre crop
+    -- for a non-square (H, W), the smallest resize that covers it (the side whose ratio
+    binds is resized to H or W), then the centre crop, so nothing is padded."""
+    height, width = out_3hw.shape[-2:]
     h, w = array_hw3.shape[:2]
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
+    if width * h >= height * w:  # width / w >= height / h: the width binds (S x S: w <= h)
+        new_w, new_h = width, max(height, int(width * h / w))
     else:
-        new_w, new_h = int(size * w / h), size
-    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-    crop = (left, top, left + size, top + size)
+        new_w, new_h = max(width, int(height * w / h)), height
+    left, top = int(round((new_w - width) / 2.0)), int(round((new_h - height) / 2.0))
+    crop = (left, top, left + width, top + height)
     if (new_w, new_h) == (w, h):
         # PIL's resize to the same size is a plain copy: crop the frame as it is
         # (the common case of a video whose shorter side is already S).
-        cropped_ss3 = array_hw3[top : top + size, left : left + size]
+        cropped_hw3 = array_hw3[top : top + height, left : left + width]
     else:
         # contiguous first: PIL copies a strided array (decoded rows are padded) slowly
         image = Image.fromarray(np.ascontiguousarray(array_hw3))
-        cropped_ss3 = np.asarray(image.resize((new_w, new_h), Image.BILINEAR).crop(crop))
-    out_3ss[...] = cropped_ss3.transpose(2, 0, 1)
+        cropped_hw3 = np.asarray(image.resize((new_w, new_h), Image.BILINEAR).crop(crop))
+    out_3hw[...] = cropped_hw3.transpose(2, 0, 1)
 
 
 def uint8_to_model_pixels(pixels_uint8: torch.Tensor) -> torch.Tensor:
@@ -428,14 +432,14 @@ def _transform_into_clips(frames_hw3: list[np.ndarray], frame_of_slot: np.ndarra
 def image_clip(
     image: Image.Image | bytes | str | os.PathLike,
     frames_per_clip: int = 5,
-    image_size: int = 256,
+    image_size: int | tuple[int, int] = 256,
     as_uint8: bool = False,
     min_resolution: int = 0,
     min_aspect_ratio: float = 0.0,
 ) -> torch.Tensor:
     """A still image (opened, or a file's bytes or path) as one static clip:
     (1, frames_per_clip, 3, S, S) in [-1, 1] (or, with ``as_uint8``, in [0, 255] as
-    ``sample_video_clips``). Any PIL mode is made 8-bit RGB by ``images.to_rgb`` (16-bit
+    ``sample_video_clips``); an ``image_size`` of (H, W) gives H x W frames. Any PIL mode is made 8-bit RGB by ``images.to_rgb`` (16-bit
     greyscale scaled, transparency over white).
 
     Raises:
@@ -443,6 +447,6 @@ def image_clip(
     """
     rgb = to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
     check_media_size(*rgb.size, min_resolution, min_aspect_ratio)
-    pixels = _resized_uint8([np.asarray(rgb)], image_size)  # (1, 3, S, S)
+    pixels = _resized_uint8([np.asarray(rgb)], image_size)  # (1, 3, H, W)
     clip_uint8 = pixels.expand(frames_per_clip, -1, -1, -1).unsqueeze(0).clone()
     return clip_uint8 if as_uint8 else uint8_to_model_pixels(clip_uint8)

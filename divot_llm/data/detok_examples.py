@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ class DetokExampleSpec:
     num_frames: int
     fps: float
     image_size: int
+    needs_text: ClassVar[bool] = True  # a caption per video (vidtok_csv sources have none)
 
     @classmethod
     def of(cls, detokenizer: VideoFormat) -> DetokExampleSpec:

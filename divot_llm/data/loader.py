@@ -11,10 +11,11 @@ resumed stream is the uninterrupted one, batch for batch. The same round-robin i
 lets "batch" mixing give every rank the same source in a step: slot s of W makes its
 rank's batches s, s + W, ..., and draws each one's source from the seed and that index.
 
-Two kinds of examples flow through the same machinery: token sequences with 5-frame
-tokenizer clips (the LLM stages), or -- with an ``example_kind`` such as
-``divot_llm.data.detok_examples.DetokExampleSpec`` -- the whole videos a de-tokenizer
-decodes, with a caption (the de-tokenizer stages).
+Three kinds of examples flow through the same machinery: token sequences with 5-frame
+tokenizer clips (the LLM stages), or -- with an ``example_kind`` -- the whole videos a
+de-tokenizer decodes, with a caption (``detok_examples.DetokExampleSpec``, the
+de-tokenizer stages), or VidTok's clips (``vidtok_examples.VidTokExampleSpec``,
+stage=vidtok).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from divot_llm.data.sources import (
     RawSample,
     Source,
     TarSource,
+    VidTokCsvSource,
     expand_paths,
     safe_join,
     stable_seed,
@@ -57,7 +59,9 @@ from divot_llm.text.tokenizer import DivotTextTokenizer
 
 class ExampleKind(Protocol):
     """How a non-sequence loader turns raw samples into batches
-    (``detok_examples.DetokExampleSpec``)."""
+    (``detok_examples.DetokExampleSpec``, ``vidtok_examples.VidTokExampleSpec``)."""
+
+    needs_text: bool  # whether its examples need a caption (vidtok_csv sources have none)
 
     def example(self, raw: RawSample, source: SourceConfig, seed: int, epoch: int) -> dict: ...
     def collate(self, examples: list[dict]) -> dict: ...
@@ -211,10 +215,14 @@ def cache_group(split: str, source: str) -> str:
 def open_source(spec: LoaderSpec, name: str, src: SourceConfig, consumer: Consumer, infinite: bool) -> Source:
     """The raw-sample reader of one configured source (records checked against its task)."""
     files = expand_paths(spec.root, src.paths, name, folders=src.kind is SourceKind.folder)
-    checks = {"task": src.task.value, "max_skip_fraction": spec.max_skip_fraction}
+    task = src.task.value if src.task is not None else None
+    checks = {"task": task, "max_skip_fraction": spec.max_skip_fraction}
     if src.kind is SourceKind.jsonl:
         media_root = safe_join(spec.root, src.media_root or ".")
         return JsonlSource(name, files, media_root, spec.seed, consumer, infinite, **checks)
+    if src.kind is SourceKind.vidtok_csv:
+        media_root = safe_join(spec.root, src.media_root or ".")
+        return VidTokCsvSource(name, files, media_root, spec.seed, consumer, infinite, spec.max_skip_fraction)
     if src.kind is SourceKind.folder:
         return FolderSource(name, files, spec.root, spec.seed, consumer, infinite, **checks)
     return TarSource(name, files, spec.seed, consumer, infinite, **checks)
@@ -237,7 +245,8 @@ def check_sources_usable(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None)
             )
             raise DataError(
                 f"{spec.split} source {name} has no usable sample: {why}; "
-                f"paths {list(src.paths)} under {spec.root}, task {src.task.value}."
+                f"paths {list(src.paths)} under {spec.root}, kind {src.kind.value}"
+                f"{f', task {src.task.value}' if src.task is not None else ''}."
             )
 
 
@@ -433,7 +442,7 @@ def loader_spec(
         DataError: no sources, or a source whose paths match nothing.
         ValueError: the clip sampling gives a different number of frames than the video
             tokenizer takes; a bad pack length; packing or a feature cache with an
-            ``example_kind``.
+            ``example_kind``; a source that cannot feed the examples (``check_source_kinds``).
     """
     sources = data_cfg.sources if split == "train" else data_cfg.val_sources
     if not sources:
@@ -444,6 +453,7 @@ def loader_spec(
         raise ValueError(
             "de-tokenizer examples are decoded pixels: set data.packing=false and data.feature_cache=null"
         )
+    check_source_kinds(sources, example_kind)
     sampled = len(clip_positions(data_cfg.frames_per_window, data_cfg.frame_stride))
     if example_kind is None and sampled != frames_per_clip:
         raise ValueError(
@@ -473,6 +483,27 @@ def loader_spec(
     for name, source in spec.sources.items():  # fail at start-up, naming the source, not in a worker
         expand_paths(spec.root, source.paths, name, folders=source.kind is SourceKind.folder)
     return spec
+
+
+def check_source_kinds(sources: dict[str, SourceConfig], example_kind: ExampleKind | None) -> None:
+    """Refuse, naming the source, what cannot feed the examples: a source without a task
+    in an LLM stage (its task picks the sequence template), a vidtok_csv source (no text)
+    where examples need text.
+
+    Raises:
+        ValueError: the first such source.
+    """
+    for name, src in sources.items():
+        if src.kind is SourceKind.vidtok_csv and (example_kind is None or example_kind.needs_text):
+            raise ValueError(
+                f"source {name} is a vidtok_csv source: videos without text, which only VidTok "
+                "examples (stage=vidtok) read"
+            )
+        if example_kind is None and src.task is None:
+            raise ValueError(
+                f"source {name} has no task: the LLM stages need one "
+                "(pretrain_comp | pretrain_gen | sft_comp | sft_gen)"
+            )
 
 
 def build_loader(

@@ -1,4 +1,5 @@
-"""Raw samples from webdataset tar shards, jsonl files and folders of captioned media.
+"""Raw samples from webdataset tar shards, jsonl files, folders of captioned media and
+VidTok's CSV files of video paths.
 
 Each source yields ``RawSample``s (media bytes or path + normalised text) in an order
 that is a pure function of (seed, epoch, consumer), where a consumer is one dataloader
@@ -6,8 +7,8 @@ worker of one rank. Within an epoch the consumers partition the source: no sampl
 read twice or skipped. The position in that order is the source's whole state, so a
 resumed run continues exactly where it stopped without re-reading what it trained on.
 
-Ordering: jsonl lines and folder files are shuffled globally (every line is indexed by
-byte offset, every media file of a folder listed up front). Tar
+Ordering: jsonl lines, CSV rows and folder files are shuffled globally (every line is
+indexed by byte offset, every media file of a folder listed up front). Tar
 shards are shuffled, dealt to consumers shard by shard (or sample by sample when there
 are fewer shards than consumers), and the samples inside each shard are shuffled too;
 tar members are read by offset, so shards must be local files (or a mounted store).
@@ -32,6 +33,7 @@ reader's to count). A finite reader (validation) just ends.
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
 import json
@@ -476,8 +478,13 @@ class IndexedSource(Source):
             yield int(row)
 
 
-class JsonlSource(IndexedSource):
-    """Lines of jsonl files; media paths are relative to ``media_root``."""
+class LineSource(IndexedSource):
+    """Base of the sources whose records are the lines of text files (jsonl, CSV): every
+    non-empty line indexed up front by byte offset and read back by seeking to it, the
+    media paths relative to ``media_root``; keys are ``file:line``. With ``HEADER`` the
+    first line of each file is its header (``_header``), not a record."""
+
+    HEADER = False
 
     def __init__(self, name, files: list[Path], media_root: Path, seed=0, consumer=Consumer(), infinite=True,
                  task: str | None = None, max_skip_fraction: float | None = None):  # fmt: skip
@@ -485,6 +492,7 @@ class JsonlSource(IndexedSource):
         self.files = files
         self.media_root = media_root
         self._unreadable: dict[int, str] = {}  # file index -> why it could not be read
+        self._headers: dict[int, Any] = {}  # file index -> its parsed header (HEADER)
         self._offsets = self._index_lines()  # (N, 3): file, line number, byte offset
 
     def _index_lines(self) -> np.ndarray:
@@ -494,7 +502,9 @@ class JsonlSource(IndexedSource):
             try:
                 with open(path, "rb") as handle:
                     for number, line in enumerate(handle, start=1):
-                        if line.strip():
+                        if self.HEADER and number == 1:
+                            self._headers[f] = self._header(path, line)
+                        elif line.strip():
                             rows.append((f, number, offset))
                         offset += len(line)
             except OSError as exc:
@@ -520,9 +530,21 @@ class JsonlSource(IndexedSource):
                 line = handle.readline()
         except OSError as exc:
             raise RecordError("unreadable_file", str(exc)) from exc
-        return self._parse(line, escape_undecodable(f"{self.files[f].name}:{number}"))
+        return self._parse(line, f, escape_undecodable(f"{self.files[f].name}:{number}"))
 
-    def _parse(self, raw: bytes, key: str) -> RawSample:
+    def _header(self, path: Path, line: bytes) -> Any:
+        """The parsed header line of a file (``HEADER``)."""
+        raise NotImplementedError
+
+    def _parse(self, raw: bytes, file: int, key: str) -> RawSample:
+        """The sample of one line of file number ``file``."""
+        raise NotImplementedError
+
+
+class JsonlSource(LineSource):
+    """Lines of jsonl files; media paths are relative to ``media_root``."""
+
+    def _parse(self, raw: bytes, file: int, key: str) -> RawSample:
         try:
             line = json.loads(raw)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
@@ -533,6 +555,68 @@ class JsonlSource(IndexedSource):
         check_task_text(self.task, captions, turns)
         path = resolve_media(self.media_root, relative)
         return RawSample(self.name, key, kind, path, captions, turns)
+
+
+class VidTokCsvSource(LineSource):
+    """VidTok's layout: CSV files whose ``videos`` column names video files relative to
+    ``media_root`` (VidTok's DATA_DIR; nested folders allowed). The first line of each
+    file is its header; other columns are ignored. Records have no text.
+
+    One row is one line (as the data recipes' tables): a quoted field must end on its own
+    line, so a bad quote costs only its line. A line that is not valid UTF-8 is read as
+    ISO-8859-1, the encoding VidTok reads its CSVs in. Bad rows are skipped and counted:
+    ``bad_csv_line`` (bad quoting, more or fewer fields than the header), ``bad_fields``
+    (an empty ``videos`` value), and ``resolve_media``'s reasons (``unsafe_path`` for a
+    path leaving ``media_root``, ``missing_file``, ...).
+
+    Raises:
+        DataError: a file whose header has no ``videos`` column.
+    """
+
+    HEADER = True
+    COLUMN = "videos"
+
+    def __init__(self, name, files: list[Path], media_root: Path, seed=0, consumer=Consumer(), infinite=True,
+                 max_skip_fraction: float | None = None):  # fmt: skip
+        super().__init__(name, files, media_root, seed, consumer, infinite, None, max_skip_fraction)
+
+    def _header(self, path: Path, line: bytes) -> tuple[int, int]:
+        """(number of fields, index of the ``videos`` field)."""
+        try:
+            names = [n.strip() for n in _csv_fields(line.decode("utf-8-sig", "replace"))]
+        except csv.Error:
+            names = []
+        if self.COLUMN not in names:
+            raise DataError(
+                f"source {self.name}: {escape_undecodable(str(path))} has no {self.COLUMN!r} column in its "
+                f"header line {names} (VidTok's CSV: a header, then one video path per line)"
+            )
+        return len(names), names.index(self.COLUMN)
+
+    def _parse(self, raw: bytes, file: int, key: str) -> RawSample:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("iso-8859-1")  # every byte is a character: never fails
+        try:
+            fields = _csv_fields(text)
+        except csv.Error as exc:
+            raise RecordError(
+                "bad_csv_line", f"bad quoting (a quoted field must end on its line): {exc}"
+            ) from exc
+        width, column = self._headers[file]
+        if len(fields) != width:
+            raise RecordError("bad_csv_line", f"{len(fields)} fields, the header has {width}")
+        relative = fields[column]
+        if not relative.strip():
+            raise RecordError("bad_fields", f"empty {self.COLUMN!r} value")
+        return RawSample(self.name, key, "video", resolve_media(self.media_root, relative))
+
+
+def _csv_fields(line: str) -> list[str]:
+    """The fields of one CSV line; csv.Error for bad quoting (strict), a quote left open
+    at the end of the line included."""
+    return next(csv.reader([line.rstrip("\r\n")], strict=True), [])
 
 
 class FolderSource(IndexedSource):

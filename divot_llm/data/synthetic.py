@@ -17,6 +17,7 @@ in the formats the pipeline reads (divot-reference.md §7.2):
     <out>/annotations/image_qa.jsonl       {"image", "questions", "answers"} | {"image", "data": [q, a, ...]}
     <out>/annotations/val_video_qa.jsonl   held-out val videos: the shape-colour question + answer
     <out>/annotations/val_video_caption.jsonl  held-out val videos: {"video", "caption"} (first template)
+    <out>/annotations/vidtok_train.csv, vidtok_val.csv  VidTok's layout: a `videos` column of paths under media/
     <out>/manifest.json
 
 Everything is a pure function of the seed: each sample draws from its own generator
@@ -26,6 +27,7 @@ seeded by (seed, split, index), and encoding is byte-deterministic.
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import io
 import itertools
@@ -327,6 +329,14 @@ def _write_jsonl(path: Path, lines: list[dict]) -> None:
     path.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
 
 
+def _write_vidtok_csv(path: Path, videos: list[str]) -> None:
+    """VidTok's meta CSV: a header and one video path (relative to its DATA_DIR) per line."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["videos"])
+        writer.writerows([video] for video in videos)
+
+
 def write_synthetic_dataset(
     out_dir: str | Path,
     seed: int = 0,
@@ -365,6 +375,7 @@ def _write_dataset(
 ) -> dict:
     tick = progress or (lambda n: None)
     caption_lines, video_qa_lines, image_qa_lines, val_qa_lines, val_caption_lines = [], [], [], [], []
+    vidtok_rows: dict[str, list[str]] = {"train": [], "val": []}  # video paths under media/
     qa_rng = np.random.default_rng([seed, 99])
     totals = {"train_videos": 0, "val_videos": 0, "images": 0, "codecs": {}}
 
@@ -391,6 +402,7 @@ def _write_dataset(
                 media = out / "media" / "videos" / f"{spec.key}.{spec.extension}"
                 media.parent.mkdir(parents=True, exist_ok=True)
                 media.write_bytes(data)
+                vidtok_rows[split].append(f"videos/{media.name}")
                 if split == "val":  # held-out evaluation: the question every model must answer
                     question, answer = spec.scene.qa_pairs()[0]
                     val_qa_lines.append(
@@ -423,6 +435,8 @@ def _write_dataset(
     _write_jsonl(out / "annotations" / "image_qa.jsonl", image_qa_lines)
     _write_jsonl(out / "annotations" / "val_video_qa.jsonl", val_qa_lines)
     _write_jsonl(out / "annotations" / "val_video_caption.jsonl", val_caption_lines)
+    for split, rows in vidtok_rows.items():
+        _write_vidtok_csv(out / "annotations" / f"vidtok_{split}.csv", rows)
     manifest = {"generator": "divot_llm.data.synthetic", "version": 1, "seed": seed, **totals}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from divot_llm.detokenizers.base import VideoDetokenizer
-from divot_llm.detokenizers.metrics import reconstruction_metrics
+from divot_llm.metrics import reconstruction_metrics
 from divot_llm.tokenizers.base import VideoTokenizer
 from divot_llm.tokenizers.divot import DivotTokenizer
 from divot_llm.tokenizers.divot_layers import TemporalEncoder

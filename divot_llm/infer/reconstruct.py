@@ -12,8 +12,8 @@ import torch
 
 from divot_llm.data.detok_examples import DetokExampleSpec, read_detok_video
 from divot_llm.detokenizers.base import VideoDetokenizer
-from divot_llm.detokenizers.metrics import reconstruction_metrics
 from divot_llm.detokenizers.training import tokenizer_features
+from divot_llm.metrics import reconstruction_metrics
 from divot_llm.tokenizers.base import VideoTokenizer
 
 

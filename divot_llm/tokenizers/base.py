@@ -197,6 +197,76 @@ class VideoTokenizer(PretrainedComponent):
             )
 
 
+class LatentVideoTokenizer(VideoTokenizer):
+    """A video tokenizer that is an autoencoder (VidTok): besides ``encode`` (features for
+    the LLM) it maps frames to latents -- continuous ``(B, C, T', h, w)`` or, when it has a
+    codebook, indices ``(B, T', h, w)`` int64 -- and back to frames. All take and return
+    the public ``(B, F, 3, H, W)`` frames in [-1, 1]; frame counts follow the model's rule
+    (``is_causal``: 1 + k * temporal_factor, else k * temporal_factor) except in
+    ``reconstruct``, which takes any length and size and returns the same shape.
+    Frozen like every tokenizer: no autograd history, deterministic (a posterior's mode).
+    """
+
+    @property
+    @abc.abstractmethod
+    def temporal_factor(self) -> int:
+        """Frames per latent frame (after the causal first frame)."""
+
+    @property
+    @abc.abstractmethod
+    def spatial_factor(self) -> int:
+        """Pixels per latent position along H and W."""
+
+    @property
+    @abc.abstractmethod
+    def latent_channels(self) -> int:
+        """C of the latents."""
+
+    @property
+    @abc.abstractmethod
+    def is_causal(self) -> bool:
+        """True: the first frame is encoded alone and no latent sees later frames."""
+
+    @property
+    @abc.abstractmethod
+    def levels(self) -> list[int] | None:
+        """Values per latent channel of a finite scalar codebook; None when continuous."""
+
+    @property
+    @abc.abstractmethod
+    def codebook_size(self) -> int | None:
+        """Number of discrete codes (the product of ``levels``); None when continuous."""
+
+    @abc.abstractmethod
+    def encode_latents(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
+        """``(B, F, 3, H, W)`` -> ``(B, C, T', h, w)`` latents (quantized codes if discrete)."""
+
+    @abc.abstractmethod
+    def decode_latents(self, latents_bcthw: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T', h, w)`` -> ``(B, F, 3, H, W)`` frames (unclamped)."""
+
+    @abc.abstractmethod
+    def encode_indices(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
+        """``(B, F, 3, H, W)`` -> ``(B, T', h, w)`` int64 code indices.
+
+        Raises:
+            ValueError: the tokenizer is continuous (``codebook_size`` is None).
+        """
+
+    @abc.abstractmethod
+    def decode_indices(self, indices_bthw: torch.Tensor) -> torch.Tensor:
+        """``(B, T', h, w)`` code indices -> ``(B, F, 3, H, W)`` frames.
+
+        Raises:
+            ValueError: the tokenizer is continuous.
+        """
+
+    @abc.abstractmethod
+    def reconstruct(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
+        """Encode and decode a video of any length and frame size, in chunks; the output
+        has the input's shape."""
+
+
 def still_clips(frames_bf: torch.Tensor) -> torch.Tensor:
     """``(B,)`` bool: which clips of ``frames (B, F, ...)`` (any dtype and device) have F
     identical frames -- a still image sampled as a clip (``clip_sampling.image_clip``), or

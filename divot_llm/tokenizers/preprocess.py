@@ -12,18 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from divot_llm.metrics.quality import gaussian_kernel1d  # one Gaussian: SSIM's window uses it too
+
 # OpenAI CLIP normalisation, also used by the LAION open_clip models.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def gaussian_kernel1d(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Normalised Gaussian taps ``(size,)`` centred on the middle tap (kornia's layout)."""
-    x = torch.arange(size, dtype=dtype, device=device) - size // 2
-    if size % 2 == 0:
-        x = x + 0.5
-    taps = torch.exp(-(x**2) / (2 * sigma**2))
-    return taps / taps.sum()
 
 
 def gaussian_blur(x_bchw: torch.Tensor, kernel_hw: tuple[int, int], sigma_hw: tuple[float, float]) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Pick a video tokenizer by the ``arch`` name in its config (see ``divot_llm.registry``):
-the tokenizer ``<arch>`` lives in ``divot_llm/tokenizers/<arch>.py``, with its config
+the tokenizer ``<arch>`` lives in ``divot_llm/tokenizers/<arch>.py`` (or a package
+``<arch>/`` whose ``__init__`` imports it, as ``vidtok``), with its config
 dataclass (``config_class``), and registers itself with
 ``@register_video_tokenizer("<arch>")``; a new one is that file plus one
 ``conf/video_tokenizer/*.yaml`` whose defaults list names ``schema_<arch>``."""

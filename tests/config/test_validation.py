@@ -168,10 +168,10 @@ def test_a_saved_config_this_version_cannot_read_names_the_file(saved, tmp_path)
 
 def test_a_saved_config_of_an_unknown_component_names_its_arch(saved, tmp_path):
     data = yaml.safe_load(saved.read_text())
-    data["video_tokenizer"]["arch"] = "vidtok"
+    data["video_tokenizer"]["arch"] = "magvit"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(
-        ConfigError, match="video_tokenizer.arch='vidtok' names no component.*tokenizers/vidtok.py"
+        ConfigError, match="video_tokenizer.arch='magvit' names no component.*tokenizers/magvit.py"
     ):
         load_saved_config(path)

@@ -201,6 +201,23 @@ def test_reference_transform_resizes_shorter_side_and_centre_crops():
     assert torch.allclose(pixels[0, :, :, 136:], torch.tensor([-1.0, -1.0, 1.0])[:, None, None])
 
 
+def test_a_non_square_clip_size_covers_it_and_centre_crops():
+    """(H, W) clips (VidTok's input_height x input_width): the smallest resize that covers
+    H x W, then the centre crop -- a square frame fills a wide clip, nothing is padded."""
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[:, :40] = (255, 0, 0)
+    image[:, 40:] = (0, 0, 255)
+    red, blue = torch.tensor([1.0, -1.0, -1.0])[:, None, None], torch.tensor([-1.0, -1.0, 1.0])[:, None, None]
+    wide = to_model_pixels([image], (10, 40))[0]  # 80x40 -> 40x20 -> rows 5..15, every column
+    assert wide.shape == (3, 10, 40)
+    assert torch.allclose(wide[:, :, :18], red) and torch.allclose(wide[:, :, 22:], blue)
+    tall = to_model_pixels([image], (20, 10))[0]  # 80x40 -> 40x20 -> columns 15..25
+    assert tall.shape == (3, 20, 10)
+    assert torch.allclose(tall[:, :, :4], red) and torch.allclose(tall[:, :, 6:], blue)
+    square = np.full((32, 32, 3), 200, np.uint8)
+    assert torch.equal(to_model_pixels([square], (16, 32)), torch.full((1, 3, 16, 32), 200 / 127.5 - 1))
+
+
 @pytest.mark.parametrize(
     "height, width",
     [(64, 114), (64, 64), (114, 64), (64, 97), (120, 214), (121, 77), (48, 200), (90, 60)],

@@ -11,7 +11,7 @@ import torch
 
 from divot_llm.data.clip_sampling import clip_positions
 from divot_llm.detokenizers import build_video_detokenizer, zero_clip_features
-from divot_llm.detokenizers.metrics import mean_colour_guess, psnr, ssim
+from divot_llm.metrics import mean_colour_guess, psnr, ssim
 from divot_llm.detokenizers.training import (
     TokenizerDiffusionObjective,
     apply_reference_zero_init,

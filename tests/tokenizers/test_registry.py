@@ -40,9 +40,9 @@ def test_config_built_in_code_still_needs_weight_paths():
 
 def test_unknown_arch_and_unknown_keys_are_errors():
     with pytest.raises(
-        ValueError, match="unknown video tokenizer arch 'vidtok'.*divot_llm/tokenizers/vidtok.py"
+        ValueError, match="unknown video tokenizer arch 'magvit'.*divot_llm/tokenizers/magvit.py"
     ):
-        build_video_tokenizer({"arch": "vidtok"})
+        build_video_tokenizer({"arch": "magvit"})
     with pytest.raises(ConfigError, match=r"unknown keys for DivotTokenizerConfig: \['num_token'\]"):
         build_video_tokenizer({"arch": "divot", "num_token": 8})
 

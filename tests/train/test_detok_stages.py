@@ -181,14 +181,16 @@ def test_detok_adapt_learns_on_gmm_features_from_the_stage1_detokenizer(
     assert val[steps]["val/loss"] < 0.95 * val[0]["val/loss"], (val[0], val[steps])
 
 
-def test_detok_stage_trains_the_vdm_detokenizer(ds_process_group, train_data, tmp_path):
+def test_detok_stage_trains_the_vdm_detokenizer(ds_process_group, train_data, tmp_path, lpips_files):
     # detokenizer=vdm_tiny (pixel-space video diffusion) through the same stage, engine and
-    # export: 2 steps, validated before and after, the export decodes like the trained model
+    # export: 2 steps, validated before and after (with LPIPS: eval.lpips_path is set), the
+    # export decodes like the trained model
     cfg = compose_config(
         ["stage=detok", "video_tokenizer=divot_tiny", "detokenizer=vdm_tiny", "data=synthetic_detok",
          "deepspeed=zero2", "deepspeed.precision=fp32", "data.num_workers=0", "train.log_every=1",
          "train.progress_bar=false", "train.max_steps=2", "train.eval_every=2", "train.eval_at_start=true",
          "train.max_eval_batches=1", "stage.recon_clips=1", "stage.recon_steps=2",
+         f"eval.lpips_path={lpips_files.vgg}", f"eval.lpips_heads_path={lpips_files.heads}",
          f"data.root={train_data}", f"train.output_dir={tmp_path}"]
     )  # fmt: skip
     status, trainer = run(cfg)
@@ -197,6 +199,7 @@ def test_detok_stage_trains_the_vdm_detokenizer(ds_process_group, train_data, tm
     assert sorted(val) == [0, 2]
     for record in val.values():
         assert record["val/loss"] > 0 and record["val/psnr"] > 0 and -1 <= record["val/ssim"] <= 1
+        assert record["val/lpips"] > 0
     assert sorted(read_metrics(tmp_path)) == [1, 2]
     trainable = {n.split(".")[0] for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable == {"diffusion_model", "image_proj_model"}

@@ -19,8 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from divot_llm.config.schema import DivotConfig
 from divot_llm.data.detok_examples import DetokExampleSpec, build_detok_loader
 from divot_llm.detokenizers import VideoDetokenizer
-from divot_llm.detokenizers.metrics import reconstruction_metrics
 from divot_llm.detokenizers.training import tokenizer_features, tokenizer_frames
+from divot_llm.metrics import LPIPS, load_lpips, reconstruction_metrics
 from divot_llm.model.build import build_detok_models, build_tokenizer_objective
 from divot_llm.runtime import rng_devices
 from divot_llm.tokenizers import VideoTokenizer
@@ -36,6 +36,7 @@ class DetokStage(Stage):
 
     trains_detokenizer = True
     reconstructs = True  # validation also decodes clips from their features (PSNR/SSIM)
+    lpips: LPIPS | None = None  # and scores them with LPIPS when eval.lpips_path is set (build)
     loss_names = ("loss",)
     rate_names = {"samples": "clips/s"}
     # (video tokenizer, engine module) on the CPU, fp32, from train.seed
@@ -43,14 +44,18 @@ class DetokStage(Stage):
 
     @classmethod
     def config_reads(cls, cfg: DivotConfig) -> list[str]:
-        """The tokenizer, the de-tokenizer (and the folder it starts from), the data."""
-        return ["video_tokenizer", "detokenizer", "stage.detokenizer_init_from", "data"]
+        """The tokenizer, the de-tokenizer (and the folder it starts from), the data, and
+        validation's LPIPS weights."""
+        return ["video_tokenizer", "detokenizer", "stage.detokenizer_init_from", "data",
+                "eval.lpips_path", "eval.lpips_heads_path"]  # fmt: skip
 
     def build(self) -> nn.Module:
         tokenizer, module = self.build_modules(self.cfg)
         self.module = module.to(self.device)
         self.video_tokenizer = self._place_tokenizer(tokenizer)
         self._build_helpers()
+        lpips = load_lpips(self.cfg.eval)  # validation's LPIPS when eval.lpips_path is set
+        self.lpips = lpips.to(self.device) if lpips is not None else None
         self.flops_per_clip = self._count_flops_per_clip()
         return self.module
 
@@ -124,10 +129,11 @@ class DetokStage(Stage):
         """Diffusion loss (fixed noise and timesteps) and, when the stage ``reconstructs``,
         PSNR/SSIM of reconstructions from the tokenizer's features (``stage.recon_clips``
         per rank, fixed sampler seed) next to the PSNR of the flat guesses to beat (the
-        decoded clips' mean colour, each clip's own), averaged over all ranks. LPIPS is not computed (no pretrained VGG
-        offline)."""
+        decoded clips' mean colour, each clip's own) and LPIPS when ``eval.lpips_path`` is
+        set, averaged over all ranks."""
         recon_left = self.cfg.stage.recon_clips if self.reconstructs else 0
         quality = ("psnr", "ssim", "psnr_mean_colour", "psnr_clip_colour")
+        quality += ("lpips",) if self.lpips is not None else ()
 
         def batch_sums(index: int, batch: dict) -> list[float]:
             """loss sum, clips, decoded clips, then a sum over decoded clips per ``quality``"""
@@ -163,7 +169,7 @@ class DetokStage(Stage):
         recon = self.detokenizer.decode(
             self.reconstruction_features(video_bfchw), steps=self.cfg.stage.recon_steps, seed=seed
         )
-        return reconstruction_metrics(recon, video_bfchw)
+        return reconstruction_metrics(recon, video_bfchw, self.lpips)
 
     def before_validation(self) -> None:
         """Anything to bring up to date before decoding (collective when it runs a module)."""

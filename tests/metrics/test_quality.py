@@ -1,4 +1,4 @@
-"""PSNR and SSIM against direct, loop-based computations of their definitions."""
+"""PSNR and SSIM against direct, loop-based computations of their definitions (VidTok's)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from divot_llm.detokenizers.metrics import mean_colour_guess, psnr, reconstruction_metrics, ssim
+from divot_llm.metrics import mean_colour_guess, psnr, reconstruction_metrics, ssim
+from divot_llm.metrics.quality import ssim_pooling
 
 
 def clips(seed: int, shape=(2, 3, 3, 14, 13)) -> torch.Tensor:
@@ -22,10 +23,10 @@ def test_psnr_is_per_frame_then_averaged():
         per_frame = []
         for frame in range(3):
             x, y = (a[clip, frame].double() + 1) / 2, (b[clip, frame].double() + 1) / 2
-            per_frame.append(10 * math.log10(1 / ((x - y) ** 2).mean().item()))
+            per_frame.append(-10 * math.log10(((x - y) ** 2).mean().item() + 1e-8))
         expected.append(sum(per_frame) / 3)
     np.testing.assert_allclose(psnr(a, b).numpy(), expected, rtol=1e-5)
-    assert torch.isinf(psnr(a, a)).all()
+    torch.testing.assert_close(psnr(a, a), torch.full((2,), 80.0))  # exact frames: 1e-8 bounds them
 
 
 def naive_ssim(x: np.ndarray, y: np.ndarray) -> float:
@@ -83,3 +84,18 @@ def test_mean_colour_guesses_are_flat_means_of_all_clips_and_of_each():
     ) / 2
     assert metrics["psnr_clip_colour"] == pytest.approx(own, rel=1e-5)
     assert metrics["psnr_mean_colour"] == pytest.approx(shared, rel=1e-5)
+
+
+def test_ssim_pools_large_frames_by_the_rounded_ratio_to_256():
+    assert [ssim_pooling(h, 999) for h in (11, 256, 383, 384, 640, 641, 1080)] == [1, 1, 1, 2, 2, 3, 4]
+    # smooth content plus pixel noise: pooling averages the noise away, so it raises SSIM
+    rows, cols = torch.meshgrid(torch.arange(384.0), torch.arange(400.0), indexing="ij")
+    a = (0.8 * torch.sin(rows / 23) * torch.cos(cols / 31)).expand(1, 1, 3, 384, 400)
+    b = (a + 0.3 * clips(3, shape=(1, 1, 3, 384, 400))).clamp(-1, 1)
+
+    def pooled(x):  # 2x2 block means, written out
+        return x.reshape(1, 1, 3, 192, 2, 200, 2).mean(dim=(4, 6))
+
+    torch.testing.assert_close(ssim(a, b), ssim(pooled(a), pooled(b)))
+    unpooled = ssim(a[..., :383, :], b[..., :383, :])  # 383 rows: scored as they are
+    assert (ssim(a, b) - unpooled).item() > 0.05
