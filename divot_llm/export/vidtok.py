@@ -52,7 +52,9 @@ def vidtok_checkpoint_to_pretrained(checkpoint: str | os.PathLike, out_dir: str 
     if cfg.stage.name != "vidtok":
         raise ValueError(f"{ckpt.dir} is a {cfg.stage.name} checkpoint, not a vidtok one")
     objective, _ = build_vidtok_models(cfg)  # fp32, CPU, a frozen half as the run had it
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.dir), tag=ckpt.tag, exclude_frozen_parameters=True)
+    state = get_fp32_state_dict_from_zero_checkpoint(
+        str(ckpt.dir), tag=ckpt.tag, exclude_frozen_parameters=True
+    )
     load_trained_tensors(objective, state)
     weights = {
         name: tensor.detach().contiguous()

@@ -13,9 +13,12 @@ or a ``divot-export vidtok`` folder) or else ``video_tokenizer.pretrained_path``
 random weights); ``stage.fix_encoder`` freezes the encoder (the seed's second stage: the
 decoder alone at a higher resolution), ``stage.fix_decoder`` the decoder.
 
-Validation reconstructs the held-out clips deterministically (the posterior's mode, or
-the FSQ codes) and reports their L1, PSNR and SSIM, and a strip of inputs above their
-reconstructions (``validation_images``: TensorBoard ``val/reconstruction``).
+The perceptual term and validation's LPIPS use the weights of ``eval.lpips_path`` and
+``eval.lpips_heads_path`` (a perceptual weight > 0 needs them). Validation reconstructs
+the held-out clips deterministically (the posterior's mode, or the FSQ codes) and reports
+their L1, PSNR and SSIM (and LPIPS), the PSNR of the flat guesses to beat, and a strip of
+inputs above their reconstructions (``validation_images``: TensorBoard
+``val/reconstruction``).
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.paths import check_path
 from divot_llm.config.schema import DivotConfig, OptimConfig, PathKind
-from divot_llm.data.detok_examples import DetokExampleSpec, build_detok_loader
 from divot_llm.data.media_out import frame_strip
-from divot_llm.detokenizers.metrics import psnr, ssim
+from divot_llm.data.vidtok_examples import VidTokExampleSpec, build_vidtok_loader
+from divot_llm.metrics import LPIPS, load_lpips, reconstruction_metrics
 from divot_llm.runtime import rng_devices, seed_everything
 from divot_llm.tokenizers.vidtok.autoencoder import VidTokAutoencoder, load_vidtok_weights
 from divot_llm.tokenizers.vidtok.discriminator import build_discriminator
@@ -104,9 +107,10 @@ class VidTokStage(Stage):
 
     @classmethod
     def config_reads(cls, cfg: DivotConfig) -> list[str]:
-        """The tokenizer config (its pretrained_path), the data; ``stage.init_from`` (a
-        file or folder here, not a release) is checked when the model is built."""
-        return ["video_tokenizer", "data"]
+        """The tokenizer config (its pretrained_path), the data, the LPIPS weights;
+        ``stage.init_from`` (a file or folder here, not a release) is checked when the
+        model is built."""
+        return ["video_tokenizer", "data", "eval.lpips_path", "eval.lpips_heads_path"]
 
     def build(self) -> nn.Module:
         if self.cfg.deepspeed.zero_stage == 3:
@@ -114,20 +118,28 @@ class VidTokStage(Stage):
                 "stage=vidtok needs deepspeed.zero_stage <= 2: the generator term reads the discriminator's "
                 "whole weights outside its engine, and the adaptive weight the decoder's last layer"
             )
+        lpips = load_lpips(self.cfg.eval)  # the perceptual loss's and validation's
+        self.lpips = lpips.to(self.device) if lpips is not None else None
         module, disc = self.build_models(self.cfg, self._perceptual())
         self.module = module.to(self.device)
         self.disc_objective = disc.to(self.device)
         self.flops_per_clip = self._count_flops_per_clip()
         return self.module
 
-    def _perceptual(self) -> nn.Module | None:
-        """The frozen LPIPS of the reconstruction loss (None at weight 0)."""
+    def _perceptual(self) -> LPIPS | None:
+        """The frozen LPIPS of the reconstruction loss (None at weight 0).
+
+        Raises:
+            ConfigError: a perceptual weight without LPIPS weights.
+        """
         if self.loss_cfg.perceptual_weight == 0:
             return None
-        raise ConfigError(
-            "stage.vidtok_loss.perceptual_weight > 0 needs LPIPS weights, which this version cannot load yet; "
-            "set it to 0"
-        )
+        if self.lpips is None:
+            raise ConfigError(
+                f"stage.vidtok_loss.perceptual_weight={self.loss_cfg.perceptual_weight} needs LPIPS's weights: set "
+                "eval.lpips_path (torchvision's vgg16) and eval.lpips_heads_path (vgg.pth), or the weight to 0"
+            )
+        return self.lpips
 
     def extra_engines(self) -> dict[str, tuple[nn.Module, OptimConfig]]:
         return {DISC_ENGINE: (self.disc_objective, self.cfg.stage.disc_optim)}
@@ -137,17 +149,11 @@ class VidTokStage(Stage):
         return self.module.autoencoder
 
     @property
-    def example_spec(self) -> DetokExampleSpec:
-        vt = self.cfg.video_tokenizer
-        if vt.input_height != vt.input_width:
-            raise ConfigError(
-                f"stage=vidtok reads square frames from this loader: video_tokenizer.input_height "
-                f"{vt.input_height} != input_width {vt.input_width}"
-            )
-        return DetokExampleSpec(vt.frames_per_clip, self.cfg.data.fps, vt.input_height)
+    def example_spec(self) -> VidTokExampleSpec:
+        return VidTokExampleSpec.of(self.cfg.video_tokenizer)
 
     def loader(self, split: str, rank: int, world_size: int, build_loader: Callable | None = None):
-        build_loader = build_loader or build_detok_loader
+        build_loader = build_loader or build_vidtok_loader
         pin = self.device.type == "cuda"
         return build_loader(self.cfg.data, self.example_spec, rank=rank, world_size=world_size, split=split,
                             pin_memory=pin)  # fmt: skip
@@ -188,7 +194,7 @@ class VidTokStage(Stage):
         the RNG and the gradients come out as they went in."""
         spec = self.example_spec
         ramp_f = torch.linspace(-1, 1, spec.num_frames, device=self.device)
-        video = ramp_f.view(1, 1, -1, 1, 1).expand(1, 3, -1, spec.image_size, spec.image_size)
+        video = ramp_f.view(1, 1, -1, 1, 1).expand(1, 3, -1, spec.height, spec.width)
         with (
             torch.random.fork_rng(devices=rng_devices(self.device)),
             FlopCounterMode(display=False) as counter,
@@ -202,33 +208,35 @@ class VidTokStage(Stage):
     # ------------------------------------------------------------------ validation
 
     def validate(self, engine, val_loader, max_batches: int) -> dict[str, float] | None:
-        """L1, PSNR and SSIM of deterministic reconstructions of every validation clip,
+        """L1 and ``reconstruction_metrics`` (PSNR, SSIM, the flat guesses' PSNR, LPIPS with
+        ``eval.lpips_path``) of deterministic reconstructions of every validation clip,
         averaged over all ranks; a strip of the first ``stage.recon_clips`` clips (rank 0's)."""
         strip_clips = self.cfg.stage.recon_clips
+        quality = ("psnr", "ssim", "psnr_mean_colour", "psnr_clip_colour")
+        quality += ("lpips",) if self.lpips is not None else ()
         self._images = {}
 
         def batch_sums(index: int, batch: dict) -> list[float]:
+            """clips, then sums over clips: L1, then each of ``quality``"""
             video_bfchw = batch["video"].to(self.device).float()
             with torch.no_grad():
                 recon_bfchw = self.reconstruct(video_bfchw)
             if index == 0 and strip_clips:
-                rows = [clip for pair in zip(video_bfchw, recon_bfchw, strict=True) for clip in pair][
-                    : 2 * strip_clips
-                ]
+                pairs = zip(video_bfchw, recon_bfchw, strict=True)
+                rows = [clip for pair in pairs for clip in pair][: 2 * strip_clips]
                 self._images[STRIP_TAG] = np.asarray(frame_strip(rows, max_frames=video_bfchw.shape[1]))
             clips = float(video_bfchw.shape[0])
+            scores = reconstruction_metrics(recon_bfchw, video_bfchw, self.lpips)
             l1 = float((recon_bfchw - video_bfchw).abs().mean())
-            return [clips, l1 * clips, float(psnr(recon_bfchw, video_bfchw).sum()),
-                    float(ssim(recon_bfchw, video_bfchw).sum())]  # fmt: skip
+            return [clips, l1 * clips] + [scores[q] * clips for q in quality]
 
         result = zero_safe_sums(engine, val_loader, max_batches, self.device, batch_sums)
         if result is None:
             return None
-        (clips, l1, psnr_sum, ssim_sum), count = result
+        (clips, l1, *sums), count = result
         return {
             "val/rec_loss": l1 / clips,
-            "val/psnr": psnr_sum / clips,
-            "val/ssim": ssim_sum / clips,
+            **{f"val/{q}": total / clips for q, total in zip(quality, sums, strict=True)},
             "val/samples": clips,
             "val/batches": float(count),
         }
