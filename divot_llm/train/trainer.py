@@ -8,7 +8,12 @@ tokenizer / detok_adapt. Everything else is shared by all stages and lives here.
 One optimizer step = ``train.grad_accum_steps`` micro-batches on every rank. Each
 micro-batch: the stage prepares the loader's batch (e.g. clips through the frozen video
 tokenizer, no_grad, bf16 on GPU); the DeepSpeed engine runs forward, backward and -- at
-the accumulation boundary -- clip, optimizer and schedule.
+the accumulation boundary -- clip, optimizer and schedule. A stage with more than one
+optimizer (stage=vidtok: the autoencoder and its discriminator) declares its other
+modules (``Stage.extra_engines``): each gets an engine of its own, built, checkpointed
+(``engine_<name>/``), resumed and logged (``train/lr_<name>``) with the main one; the
+stage's ``forward`` runs the engines it needs and ``backward_terms`` says which loss each
+engine then backpropagates, in order.
 
 Every rank takes part in one small all-reduce per micro-batch *before* backward. It
 carries the loss (for logging), the token/sample/FLOP counts, a "loss not finite" flag
