@@ -412,9 +412,13 @@ RUNTIME_KEYS = frozenset(
 
 
 def is_free_key(key: str) -> bool:
-    """A bound-section key that may still change on resume: a runtime setting, or a path
-    (files move between clusters; they must hold the same weights)."""
+    """A bound-section key that may still change on resume: a runtime setting, a path
+    (files move between clusters; they must hold the same weights), or a value of the
+    discriminator's optimizer (``stage.disc_optim``: free as ``optim``'s are, but for the
+    parameter grouping, which lays out its state)."""
     leaf = key.rsplit(".", 1)[-1]
+    if key.startswith("stage.disc_optim."):
+        return leaf != "no_decay_norms_and_biases"
     return key in RUNTIME_KEYS or leaf == "path" or leaf.endswith(("_path", "init_from"))
 
 
