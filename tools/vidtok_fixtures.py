@@ -73,7 +73,7 @@ CONFIGS = [
 # norms over 4 channels magnify rounding differences ~100x more).
 TINY = {"ch": 8, "num_res_blocks": 1, "z_channels": 4, "fsq_levels": [8, 8, 8, 8]}
 CASES = {
-    # name: causal, regularizer, ch_mult, input (T, H, W)
+    # name: causal, regularizer, ch_mult, input (T, H, W), [ch, norm_type]
     f"{reg}_{'causal' if causal else 'noncausal'}_{comp}": {
         "causal": causal,
         "regularizer": reg,
@@ -87,6 +87,19 @@ CASES = {
     for reg in ("kl", "fsq")
     for causal in (True, False)
     for comp in ("488", "41616")
+}
+# group norm (no release uses it; 32 groups need widths of 32): where each norm groups
+# positions differs between the causal and non-causal files
+CASES |= {
+    f"kl_{'causal' if causal else 'noncausal'}_488_groupnorm": {
+        "causal": causal,
+        "regularizer": "kl",
+        "ch_mult": [1, 1, 1, 1],
+        "input_thw": [9 if causal else 8, 16, 16],
+        "ch": 32,
+        "norm_type": "groupnorm",
+    }
+    for causal in (True, False)
 }
 FSQ_ENTROPY = {
     "entropy_loss_weight": 0.1,
@@ -180,12 +193,12 @@ def tiny_params(case: dict) -> dict:
         "z_channels": TINY["z_channels"],
         "in_channels": 3,
         "out_ch": 3,
-        "ch": TINY["ch"],
+        "ch": case.get("ch", TINY["ch"]),
         "ch_mult": case["ch_mult"],
         "time_downsample_factor": 4,
         "num_res_blocks": TINY["num_res_blocks"],
         "dropout": 0.0,
-        "norm_type": "layernorm",
+        "norm_type": case.get("norm_type", "layernorm"),
     }
 
 
@@ -241,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     modules = _upstream()
     args.out.mkdir(parents=True, exist_ok=True)
     tables = key_tables(modules, args.upstream / "configs")
-    with gzip.open(args.out / "key_tables.json.gz", "wt") as file:
-        json.dump(tables, file, sort_keys=True)
+    # mtime 0: the same tables give the same bytes
+    with gzip.GzipFile(args.out / "key_tables.json.gz", "wb", mtime=0) as file:
+        file.write(json.dumps(tables, sort_keys=True).encode())
     for name, case in CASES.items():
         save_file(
             {k: v.contiguous() for k, v in tiny_outputs(modules, case).items()},

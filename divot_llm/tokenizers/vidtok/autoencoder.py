@@ -128,9 +128,11 @@ class VidTokAutoencoder(nn.Module):
         return self.decoder(z_bcthw)
 
     def forward(
-        self, x_bcthw: torch.Tensor, sample: bool = True, step: int = 0
+        self, x_bcthw: torch.Tensor, sample: bool | None = None, step: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Training pass: ``(reconstruction, latents, regularizer log)``."""
+        """Training pass: ``(reconstruction, latents, regularizer log)``; ``sample`` (KL)
+        defaults to ``config.sample`` (True: VidTok trains on posterior samples)."""
+        sample = self.config.sample if sample is None else sample
         z_bcthw, log = self.encode(x_bcthw, sample=sample, step=step)
         return self.decode(z_bcthw), z_bcthw, log
 
@@ -199,7 +201,8 @@ def read_vidtok_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         weights = load_file(path)
     else:
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            # mmap: a training checkpoint's optimizer state is never read into memory
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError as err:
             raise ValueError(
                 f"{path} holds more than tensors (torch.load(weights_only=True) refused it: {err}); save its "

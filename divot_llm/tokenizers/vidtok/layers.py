@@ -25,6 +25,7 @@ class NormOver(enum.Enum):
     """The positions one group-norm statistic spans."""
 
     frame = "frame"  # each frame of each clip: (B*T, C, H, W)
+    position = "position"  # each pixel of each frame alone: (B*T*H*W, C, 1)
     track = "track"  # each pixel's sequence over time: (B*H*W, C, T)
     clip = "clip"  # the whole clip: (B, C, T, H, W)
 
@@ -74,6 +75,10 @@ def per_track(fn, x_bcthw: torch.Tensor) -> torch.Tensor:
 def apply_norm(norm: nn.Module, x_bcthw: torch.Tensor, over: NormOver) -> torch.Tensor:
     if isinstance(norm, ChannelLayerNorm) or over is NormOver.clip:
         return norm(x_bcthw)
+    if over is NormOver.position:
+        channels_last = x_bcthw.movedim(1, -1)
+        out_nc1 = norm(channels_last.reshape(-1, x_bcthw.shape[1], 1))
+        return out_nc1.reshape(channels_last.shape).movedim(-1, 1)
     return (per_frame if over is NormOver.frame else per_track)(norm, x_bcthw)
 
 
@@ -153,7 +158,9 @@ class TemporalResBlock(nn.Module):
         nn.init.zeros_(last.bias)
 
     def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
-        over = NormOver.frame if self.causal else NormOver.track
+        # VidTok's causal block regroups its (B*H*W, C, T) input per frame with the whole
+        # first dimension as the batch, so each position is normalised alone
+        over = NormOver.position if self.causal else NormOver.track
         h = per_track(self.conv1, swish(apply_norm(self.norm1, x_bcthw, over)))
         h = per_track(self.conv2, swish(apply_norm(self.norm2, h, over)))
         return x_bcthw + h

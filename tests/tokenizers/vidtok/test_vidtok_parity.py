@@ -1,7 +1,8 @@
 """Our VidTok computes what VidTok's own code computes (tests/fixtures/vidtok, written by
 tools/vidtok_fixtures.py from microsoft/VidTok@d6ad92d): tiny KL and FSQ models, causal and
-non-causal, 4x8x8 and 4x16x16, with the same deterministic weights (temporal blocks'
-zero-initialised convolutions, norm gains and mix factors perturbed) and input."""
+non-causal, 4x8x8 and 4x16x16 (and group norm, which no release uses), with the same
+deterministic weights (temporal blocks' zero-initialised convolutions, norm gains and mix
+factors perturbed) and input."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ CASE_NAMES = [
     for reg in ("kl", "fsq")
     for kind in ("causal", "noncausal")
     for comp in ("488", "41616")
-]
+] + ["kl_causal_488_groupnorm", "kl_noncausal_488_groupnorm"]
 ATOL = 1e-5
 
 
