@@ -18,6 +18,7 @@ from divot_llm.tokenizers.registry import load_video_tokenizer
 from divot_llm.tokenizers.vidtok import VidTokAutoencoder, load_vidtok_weights
 from divot_llm.tokenizers.vidtok.discriminator import PatchDiscriminator2D, PatchDiscriminator3D
 from divot_llm.tokenizers.vidtok.objective import (
+    AutoencoderObjective,
     DiscriminatorObjective,
     adaptive_weight,
     generator_loss,
@@ -110,6 +111,24 @@ def test_gan_terms_follow_their_definitions():
     assert (copy.lecam_real_ema, copy.lecam_fake_ema) == (disc.lecam_real_ema, disc.lecam_fake_ema)
 
 
+def test_the_perceptual_term_is_lpips_per_frame_with_gradients_to_the_reconstruction(lpips_files):
+    cfg = compose_config(
+        ["experiment=vidtok_tiny", "data.root=unused", "stage.vidtok_loss.perceptual_weight=0.5"]
+    )
+    lpips = lpips_files.model  # random weights: the wiring, not the values
+    objective = AutoencoderObjective(torch.nn.Module(), torch.nn.Module(), cfg.stage.vidtok_loss, lpips)
+    video = torch.rand(1, 3, 2, 16, 16) * 2 - 1
+    recon = (torch.rand(1, 3, 2, 16, 16) * 2 - 1).requires_grad_()
+    parts = objective.reconstruction(video, recon)
+    frames_real, frames_fake = video[0].transpose(0, 1), recon[0].transpose(0, 1)  # (T, 3, H, W)
+    p_loss = lpips(frames_real, frames_fake)
+    assert torch.allclose(parts["p_loss"], p_loss)
+    expected = (frames_real - frames_fake).abs() + 0.5 * p_loss.view(-1, 1, 1, 1)
+    assert torch.allclose(parts["rec"], expected)
+    parts["p_loss"].sum().backward()
+    assert recon.grad.abs().sum() > 0 and all(p.grad is None for p in lpips.parameters())
+
+
 def test_vidtok_gan_starts_at_disc_start_validates_and_exports(vidtok_run, vidtok_export):
     out, trainer = vidtok_run
     train = read_metrics(out)
@@ -164,8 +183,9 @@ def test_vidtok_resumes_both_optimizers_exactly(vidtok_run, train_data, tmp_path
     assert ours.lecam_fake_ema == pytest.approx(theirs.lecam_fake_ema, abs=1e-9)
 
 
-def test_second_stage_trains_the_decoder_alone(vidtok_export, train_data, tmp_path, capsys):
-    """From the first stage's export, with the 3D discriminator from the first step."""
+def test_second_stage_trains_the_decoder_alone(vidtok_export, train_data, lpips_files, tmp_path, capsys):
+    """From the first stage's export, with the 3D discriminator from the first step and
+    the perceptual term (LPIPS weights from files)."""
     start = vidtok_export / VIDEO_TOKENIZER_DIR
     cfg = vidtok_cfg(
         train_data,
@@ -174,6 +194,9 @@ def test_second_stage_trains_the_decoder_alone(vidtok_export, train_data, tmp_pa
         f"stage.init_from={start}",
         "stage.vidtok_loss.disc_type=3d",
         "stage.vidtok_loss.disc_start=0",
+        "stage.vidtok_loss.perceptual_weight=0.5",
+        f"eval.lpips_path={lpips_files.vgg}",
+        f"eval.lpips_heads_path={lpips_files.heads}",
         "train.max_steps=2",
         "train.save_every=0",
         "train.eval_every=0",
@@ -182,6 +205,7 @@ def test_second_stage_trains_the_decoder_alone(vidtok_export, train_data, tmp_pa
     status, trainer = run_trainer(cfg)
     assert status == FINISHED
     assert trainer.engines["disc"].global_steps == 2
+    assert all(r["train/p_loss"] > 0 for r in read_metrics(tmp_path / "run").values())
     before = load_video_tokenizer(start).autoencoder.state_dict()
     after = trainer.stage.autoencoder.state_dict()
     for name, tensor in before.items():
