@@ -4,6 +4,7 @@
     divot-export zero-to-fp32 outputs/pretrain/checkpoints/step_00002000 out/ --max-shard-size 2GB
     divot-export detokenizer outputs/detok_demo releases/detok_demo      # de-tokenizer stages
     divot-export detokenizer outputs/t2v_tiny releases/t2v_tiny --raw   # not the EMA weights
+    divot-export vidtok outputs/vidtok_tiny releases/vidtok_tiny         # stage=vidtok
 
 CKPT may be a run folder, its checkpoints/ folder, one checkpoints/step_* folder or any
 DeepSpeed checkpoint folder with a 'latest' tag file. Half-written checkpoints are
@@ -54,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the trained weights, not their EMA (exported by default when the run kept one: stage.ema)",
     )
+    vidtok = commands.add_parser(
+        "vidtok",
+        help="a stage=vidtok checkpoint -> OUT/video_tokenizer/ (save_pretrained) and OUT/vidtok.ckpt (VidTok's form)",
+    )
+    vidtok.add_argument(
+        "checkpoint", metavar="CKPT", help="run folder, checkpoints/ folder or checkpoints/step_* folder"
+    )
+    vidtok.add_argument("out", metavar="OUT", help="output folder")
     args = parser.parse_args(argv)
     from divot_llm.config.paths import PathError, check_path
     from divot_llm.config.schema import PathKind
@@ -65,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "detokenizer":
         return _export_detokenizer(args)
+    if args.command == "vidtok":
+        return _export_vidtok(args)
 
     from divot_llm.export import CheckpointError, zero_to_fp32
 
@@ -88,6 +99,19 @@ def _export_detokenizer(args) -> int:
 
     try:
         out = detok_checkpoint_to_pretrained(args.checkpoint, args.out, raw=args.raw)
+    except (CheckpointError, ValueError) as exc:
+        print(f"divot-export: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {', '.join(str(p) for p in sorted(Path(out).iterdir()))}")
+    return 0
+
+
+def _export_vidtok(args) -> int:
+    from divot_llm.export import CheckpointError
+    from divot_llm.export.vidtok import vidtok_checkpoint_to_pretrained
+
+    try:
+        out = vidtok_checkpoint_to_pretrained(args.checkpoint, args.out)
     except (CheckpointError, ValueError) as exc:
         print(f"divot-export: {exc}", file=sys.stderr)
         return 1

@@ -273,6 +273,44 @@ class EmaConfig:
 
 
 @dataclass
+class OptimConfig:
+    lr: float = checked(1e-4, gt=0)
+    betas: list[float] = checked(default_factory=lambda: [0.9, 0.98], ge=0, lt=1)
+    eps: float = checked(1e-6, gt=0)
+    weight_decay: float = checked(0.05, ge=0)
+    no_decay_norms_and_biases: bool = False  # the reference decays everything
+    warmup_steps: int = checked(500, ge=0)
+    min_lr_ratio: float = checked(0.05, ge=0, le=1)  # cosine floor
+    grad_clip: float = checked(1.0, ge=0)
+
+
+@dataclass
+class VidTokLossConfig:
+    """stage=vidtok's objective (``divot_llm.tokenizers.vidtok.objective``); defaults are
+    the released configs' (``GeneralLPIPSWithDiscriminator``, docs/seed-systems.md a.3)."""
+
+    pixel_weight: float = checked(1.0, ge=0)  # |x - x_rec|
+    perceptual_weight: float = checked(1.0, ge=0)  # LPIPS per frame (eval.lpips_path); 0: none
+    logvar_init: float = 0.0
+    learn_logvar: bool = True  # the NLL's log-variance is trained with the autoencoder
+    kl_weight: float = checked(1e-6, ge=0)  # KL regularizer's kl_loss
+    aux_weight: float = checked(1.0, ge=0)  # FSQ regularizer's aux_loss (entropy + commitment)
+    disc_type: str = checked("2d", choices=("2d", "3d"))  # per-frame or spatio-temporal PatchGAN
+    disc_channels: int = checked(64, ge=1)  # ndf: channels of the first conv
+    disc_layers: int = checked(3, ge=1)
+    # Optimizer steps before the GAN joins in (generator term and discriminator updates).
+    # The seed's disc_start 20001 counts Lightning's global step, which moves once per
+    # optimizer (twice a step): about 10000 of our steps.
+    disc_start: int = checked(10000, ge=0)
+    disc_weight: float = checked(0.2, ge=0)  # times the adaptive weight |grad nll| / |grad g|
+    disc_factor: float = checked(1.0, ge=0)
+    max_adaptive_weight: float = checked(1e4, gt=0)  # the adaptive weight's clamp
+    gen_loss_cross_entropy: bool = True  # non-saturating generator loss; false: -mean(logits)
+    lecam_weight: float = checked(0.005, ge=0)  # LeCAM regularisation of the discriminator; 0: off
+    lecam_decay: float = checked(0.999, ge=0, lt=1)  # EMA of the real/fake logits it pulls towards
+
+
+@dataclass
 class StageConfig:
     name: str = MISSING  # a key of divot_llm.train.stages.STAGES (checked when training starts)
     ema: EmaConfig = field(default_factory=EmaConfig)  # de-tokenizer stages (t2v: on)
@@ -280,7 +318,7 @@ class StageConfig:
     train_input_proj: bool = True
     train_output_proj: bool = True
     # merged release folder (llm/ + agent/): what an SFT starts from, and the Divot-LLM whose
-    # GMM samples the conditioning features of detok_adapt
+    # GMM samples the conditioning features of detok_adapt; stage=vidtok: see below
     init_from: str | None = checked(MISSING, path=PathKind.release)
     # de-tokenizer stages (detok, tokenizer, detok_adapt); the VAE is always frozen
     train_diffusion_model: bool = True  # the UNet
@@ -294,18 +332,13 @@ class StageConfig:
     recon_clips: int = checked(2, ge=0)  # validation: clips per rank decoded for PSNR/SSIM (0: loss only)
     recon_steps: int | None = checked(None, ge=1)  # validation sampler steps; null = detokenizer.ddim_steps
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # t2v conditioning
-
-
-@dataclass
-class OptimConfig:
-    lr: float = checked(1e-4, gt=0)
-    betas: list[float] = checked(default_factory=lambda: [0.9, 0.98], ge=0, lt=1)
-    eps: float = checked(1e-6, gt=0)
-    weight_decay: float = checked(0.05, ge=0)
-    no_decay_norms_and_biases: bool = False  # the reference decays everything
-    warmup_steps: int = checked(500, ge=0)
-    min_lr_ratio: float = checked(0.05, ge=0, le=1)  # cosine floor
-    grad_clip: float = checked(1.0, ge=0)
+    # vidtok: the autoencoder (video_tokenizer=vidtok_*) against a PatchGAN discriminator; it
+    # starts from stage.init_from (a released .ckpt / .safetensors or a divot-export vidtok
+    # folder, checked by the stage) or else from video_tokenizer.pretrained_path
+    fix_encoder: bool = False  # second stage: train the decoder alone
+    fix_decoder: bool = False
+    vidtok_loss: VidTokLossConfig = field(default_factory=VidTokLossConfig)
+    disc_optim: OptimConfig = field(default_factory=OptimConfig)  # the discriminator's (stage=vidtok)
 
 
 @dataclass

@@ -5,6 +5,8 @@ Layout under ``<output_dir>/checkpoints/``::
     step_00002000/
       engine/                 DeepSpeed: module (trainable tensors only), ZeRO optimizer
                               partitions (one file per rank), LR scheduler, engine step
+      engine_<name>/          the same for each of the stage's extra engines (stage=vidtok:
+                              engine_disc/, the discriminator), listed in trainer_state.json
       latest                  DeepSpeed's tag file ("engine"), for its zero_to_fp32.py
       zero_to_fp32.py         DeepSpeed's converter, copied by DeepSpeed
       trainer_state.json      step, world size, counters (rank 0)
@@ -56,6 +58,7 @@ from divot_llm.layout import CHECKPOINTS_DIR, EMA_FILE, ENGINE_TAG, LATEST, TMP_
 from divot_llm.train import distributed
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+EXTRA_ENGINES = "extra_engines"  # trainer_state.json: names of the stage's extra engines (if any)
 # DeepSpeed's engine files: model states (ZeRO-3: one per rank, else one per model-parallel
 # rank) and the optimizer's partitions, one per data-parallel rank ("bf16_" with its
 # bf16 optimizer).
@@ -65,6 +68,11 @@ OPTIM_STATES = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def engine_tag(name: str) -> str:
+    """The DeepSpeed tag (folder) of a stage's extra engine ``name``."""
+    return f"{ENGINE_TAG}_{name}"
 
 
 _RANK_SUFFIXES = (".json", "_rng.pt")  # data stream + python/numpy RNG, torch RNG
@@ -171,6 +179,7 @@ def checkpoint_problems(ckpt_dir: Path) -> list[str]:
     config = _read_mapping(ckpt_dir / RESOLVED_CONFIG_NAME, yaml.safe_load)
     problems = [reason for reason in (state, config) if isinstance(reason, str)]
     world = None
+    extra: list[str] = []
     if isinstance(state, dict):
         world, step = state.get("world_size"), state.get("step")
         if type(step) is not int or step < 0:
@@ -178,12 +187,18 @@ def checkpoint_problems(ckpt_dir: Path) -> list[str]:
         if type(world) is not int or world < 1:
             problems.append(f"{TRAINER_STATE} has no valid world_size ({world!r})")
             world = None
+        extra = state.get(EXTRA_ENGINES, [])
+        if not (isinstance(extra, list) and all(isinstance(name, str) for name in extra)):
+            problems.append(f"{TRAINER_STATE} has no valid {EXTRA_ENGINES} ({extra!r})")
+            extra = []
     if world is not None:
         problems += _missing_rank_files(ckpt_dir, world)
     zero_stage = _zero_stage_of(config) if isinstance(config, dict) else None
     if isinstance(config, dict) and ema_enabled(config) and not _size(ckpt_dir / EMA_FILE):
         problems.append(f"{EMA_FILE} is missing or empty (the run keeps an EMA: stage.ema.enabled)")
-    return problems + engine_problems(ckpt_dir / ENGINE_TAG, world, zero_stage)
+    for tag in (ENGINE_TAG, *map(engine_tag, extra)):
+        problems += engine_problems(ckpt_dir / tag, world, zero_stage)
+    return problems
 
 
 def ema_enabled(config: dict) -> bool:
@@ -397,9 +412,13 @@ RUNTIME_KEYS = frozenset(
 
 
 def is_free_key(key: str) -> bool:
-    """A bound-section key that may still change on resume: a runtime setting, or a path
-    (files move between clusters; they must hold the same weights)."""
+    """A bound-section key that may still change on resume: a runtime setting, a path
+    (files move between clusters; they must hold the same weights), or a value of the
+    discriminator's optimizer (``stage.disc_optim``: free as ``optim``'s are, but for the
+    parameter grouping, which lays out its state)."""
     leaf = key.rsplit(".", 1)[-1]
+    if key.startswith("stage.disc_optim."):
+        return leaf != "no_decay_norms_and_biases"
     return key in RUNTIME_KEYS or leaf == "path" or leaf.endswith(("_path", "init_from"))
 
 
@@ -502,6 +521,7 @@ class CheckpointWriter:
         trainer_state: dict[str, Any],
         config_yaml: str,
         rank0_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+        extra_engines: dict[str, Any] | None = None,
     ) -> Path:
         """Write the checkpoint of ``step`` (collective: every rank must call it).
 
@@ -513,6 +533,8 @@ class CheckpointWriter:
             config_yaml: The resolved config.
             rank0_tensors: file name -> tensors that rank 0 writes (safetensors) into the
                 checkpoint with the rest, e.g. ``ema.safetensors``.
+            extra_engines: the stage's other engines by name, each saved under its
+                ``engine_tag`` (``trainer_state`` must list them: ``EXTRA_ENGINES``).
 
         Returns:
             The complete checkpoint's directory.
@@ -527,6 +549,10 @@ class CheckpointWriter:
         # Frozen weights (the base LLM) are excluded: they come from the model config on
         # resume, and would make every checkpoint the size of the base model.
         engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, exclude_frozen_parameters=True)
+        for name, extra in (extra_engines or {}).items():  # "latest" keeps naming the main engine
+            extra.save_checkpoint(
+                str(tmp), tag=engine_tag(name), exclude_frozen_parameters=True, save_latest=False
+            )
         plain_rng, tensor_rng = rng_state()
         _write_json(tmp / _rank_file(self.rank, ".json"), {**rank_state, "rng": plain_rng})
         torch.save(tensor_rng, tmp / _rank_file(self.rank, "_rng.pt"))
@@ -558,8 +584,11 @@ class CheckpointWriter:
 # ------------------------------------------------------------------------ loading
 
 
-def load(engine: Any, path: Path, rank: int, world_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore the engine (weights, optimizer, scheduler) and this rank's RNG states.
+def load(
+    engine: Any, path: Path, rank: int, world_size: int, extra_engines: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore the engine (weights, optimizer, scheduler), the stage's ``extra_engines``
+    (by name) and this rank's RNG states.
 
     Returns:
         (trainer_state, rank_state): what ``save`` was given; the rank state's data-stream
@@ -571,15 +600,20 @@ def load(engine: Any, path: Path, rank: int, world_size: int) -> tuple[dict[str,
     """
     trainer_state = json.loads((path / TRAINER_STATE).read_text())
     _check_world_size(trainer_state, path, world_size)
-    load_path, _ = engine.load_checkpoint(
-        str(path),
-        tag=ENGINE_TAG,
-        load_module_strict=False,
-        load_optimizer_states=True,
-        load_lr_scheduler_states=True,
-    )
-    if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load the engine state in {path / ENGINE_TAG}")
+    extra_engines = extra_engines or {}
+    saved = sorted(trainer_state.get(EXTRA_ENGINES, []))
+    if saved != sorted(extra_engines):
+        raise CheckpointError(f"{path} holds the extra engines {saved}, this run has {sorted(extra_engines)}")
+    for tag, each in ((ENGINE_TAG, engine), *((engine_tag(n), e) for n, e in extra_engines.items())):
+        load_path, _ = each.load_checkpoint(
+            str(path),
+            tag=tag,
+            load_module_strict=False,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the engine state in {path / tag}")
     rank_state = json.loads((path / _rank_file(rank, ".json")).read_text())
     tensors = torch.load(path / _rank_file(rank, "_rng.pt"), map_location="cpu", weights_only=True)
     set_rng_state(rank_state.pop("rng"), tensors)

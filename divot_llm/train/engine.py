@@ -41,7 +41,9 @@ def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     raise ConfigError(f"deepspeed.precision must be auto, bf16 or fp32, got {precision!r}")
 
 
-def deepspeed_config(cfg: DivotConfig, world_size: int, dtype: torch.dtype, on_gpu: bool) -> dict[str, Any]:
+def deepspeed_config(
+    cfg: DivotConfig, world_size: int, dtype: torch.dtype, on_gpu: bool, optim: OptimConfig | None = None
+) -> dict[str, Any]:
     """The DeepSpeed JSON config for a run.
 
     Args:
@@ -49,6 +51,7 @@ def deepspeed_config(cfg: DivotConfig, world_size: int, dtype: torch.dtype, on_g
         world_size: Data-parallel ranks.
         dtype: Training dtype (``resolve_dtype``).
         on_gpu: Pin offloaded optimizer memory only where there is a GPU to copy to.
+        optim: The optimizer settings in place of ``cfg.optim`` (a stage's second engine).
 
     Raises:
         ConfigError: parameter offload without ZeRO-3, optimizer offload without ZeRO.
@@ -84,7 +87,7 @@ def deepspeed_config(cfg: DivotConfig, world_size: int, dtype: torch.dtype, on_g
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": accum,
         "train_batch_size": accum * world_size,
-        "gradient_clipping": cfg.optim.grad_clip,
+        "gradient_clipping": (optim or cfg.optim).grad_clip,
         "bf16": {"enabled": dtype == torch.bfloat16},
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
@@ -114,10 +117,14 @@ def param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict[str, Any
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: DivotConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (see the module docstring for which class)."""
-    groups = param_groups(model, cfg.optim)
-    kwargs = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+def build_optimizer(
+    model: nn.Module, cfg: DivotConfig, device: torch.device, optim: OptimConfig | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (see the module docstring for which class),
+    with ``optim`` (default ``cfg.optim``)."""
+    optim = optim or cfg.optim
+    groups = param_groups(model, optim)
+    kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
     if cfg.deepspeed.offload_optimizer:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -126,9 +133,18 @@ def build_optimizer(model: nn.Module, cfg: DivotConfig, device: torch.device) ->
 
 
 def build_engine(
-    model: nn.Module, cfg: DivotConfig, world_size: int, dtype: torch.dtype, device: torch.device
+    model: nn.Module,
+    cfg: DivotConfig,
+    world_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    optim: OptimConfig | None = None,
 ):
     """``deepspeed.initialize`` with our optimizer and warmup-cosine schedule.
+
+    Args:
+        optim: The optimizer, clipping and schedule settings in place of ``cfg.optim``
+            (a stage's second engine, e.g. ``stage.disc_optim``).
 
     Returns:
         The engine; ``engine.lr_scheduler`` steps once per optimizer update and is saved
@@ -138,12 +154,13 @@ def build_engine(
 
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("the model has no trainable parameters (check stage.* and model.lora)")
-    optimizer = build_optimizer(model, cfg, device)
-    config = deepspeed_config(cfg, world_size, dtype, on_gpu=device.type == "cuda")
+    optim = optim or cfg.optim
+    optimizer = build_optimizer(model, cfg, device, optim)
+    config = deepspeed_config(cfg, world_size, dtype, on_gpu=device.type == "cuda", optim=optim)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, cfg.train.max_steps),
+        lr_scheduler=lambda opt: build_scheduler(opt, optim, cfg.train.max_steps),
         config=config,
     )
     return engine

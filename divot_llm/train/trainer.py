@@ -8,7 +8,12 @@ tokenizer / detok_adapt. Everything else is shared by all stages and lives here.
 One optimizer step = ``train.grad_accum_steps`` micro-batches on every rank. Each
 micro-batch: the stage prepares the loader's batch (e.g. clips through the frozen video
 tokenizer, no_grad, bf16 on GPU); the DeepSpeed engine runs forward, backward and -- at
-the accumulation boundary -- clip, optimizer and schedule.
+the accumulation boundary -- clip, optimizer and schedule. A stage with more than one
+optimizer (stage=vidtok: the autoencoder and its discriminator) declares its other
+modules (``Stage.extra_engines``): each gets an engine of its own, built, checkpointed
+(``engine_<name>/``), resumed and logged (``train/lr_<name>``) with the main one; the
+stage's ``forward`` runs the engines it needs and ``backward_terms`` says which loss each
+engine then backpropagates, in order.
 
 Every rank takes part in one small all-reduce per micro-batch *before* backward. It
 carries the loss (for logging), the token/sample/FLOP counts, a "loss not finite" flag
@@ -49,7 +54,7 @@ from divot_llm.train.engine import build_engine, resolve_dtype
 from divot_llm.train.metrics import device_peak, peak_memory_gib
 from divot_llm.train.samples import write_samples
 from divot_llm.train.stages import Stage, make_stage, stage_class
-from divot_llm.train.stages.base import VAL_SEED
+from divot_llm.train.stages.base import MAIN_ENGINE, VAL_SEED
 from divot_llm.train.tracking import Tracker
 
 FINISHED, INTERRUPTED = "finished", "interrupted"
@@ -71,6 +76,7 @@ class LogAccumulator:
     steps: int = 0
     seconds: float = 0.0
     lr: float = 0.0  # of the last update (read before DeepSpeed steps the schedule)
+    extra_lrs: dict[str, float] = field(default_factory=dict)  # the stage's extra engines'
 
     @property
     def tokens(self) -> float:  # LLM stages (tools/bench reads these two)
@@ -154,6 +160,11 @@ class Trainer:
         )
         seed_everything(cfg.train.seed + self.dist.rank)
         self.engine = build_engine(self.model, cfg, self.dist.world_size, self.dtype, self.device)
+        self.extra_engines = {
+            name: build_engine(module, cfg, self.dist.world_size, self.dtype, self.device, optim)
+            for name, (module, optim) in self.stage.extra_engines().items()
+        }
+        self.engines = {MAIN_ENGINE: self.engine, **self.extra_engines}
         self._setup_data()
         self._resume()
         self.peak = device_peak(self.device, self.dtype, cfg.train.peak_tflops)
@@ -220,7 +231,7 @@ class Trainer:
             self.resumed_from = None
         else:
             trainer_state, rank_state = checkpoint.load(
-                self.engine, path, self.dist.rank, self.dist.world_size
+                self.engine, path, self.dist.rank, self.dist.world_size, self.extra_engines
             )
             self.step = int(trainer_state["step"])
             self.nonfinite_total = int(trainer_state.get("nonfinite_total", 0))
@@ -292,7 +303,8 @@ class Trainer:
         max_steps = cfg.max_steps
         if cfg.eval_at_start and self.step == 0:
             self.validate()
-        self.engine.train()
+        for engine in self.engines.values():
+            engine.train()
         logged = LogAccumulator()
         stopping = False
         while self.step < max_steps and not stopping:
@@ -332,8 +344,7 @@ class Trainer:
             with self._data_guard():
                 batch = next(self._data)
             flops, hw_flops, counts = stage.step_counts(batch)
-            out = self.engine(**self.prepare(batch))
-            terms = stage.loss_terms(out)
+            terms = stage.forward(self.engines, self.prepare(batch), self.step)
             losses = torch.stack(terms).detach().float().tolist()  # one sync
             finite = all(math.isfinite(v) for v in losses)
             local = [
@@ -352,9 +363,15 @@ class Trainer:
             if nonfinite > 0:
                 self._skip_nonfinite(int(nonfinite))
                 continue
-            self.engine.backward(terms[0])
-            logged.lr = float(self.engine.get_lr()[0])
-            self.engine.step()
+            for name, index in stage.backward_terms(self.step).items():
+                engine = self.engines[name]
+                engine.backward(terms[index])
+                lr = float(engine.get_lr()[0])
+                if name == MAIN_ENGINE:
+                    logged.lr = lr
+                else:
+                    logged.extra_lrs[name] = lr
+                engine.step()
             self._nonfinite_in_row = 0
             done += 1
             world = self.dist.world_size
@@ -412,6 +429,7 @@ class Trainer:
         metrics = {
             **{f"train/{name}": value / logged.micro for name, value in logged.losses.items()},
             "train/lr": logged.lr,
+            **{f"train/lr_{name}": lr for name, lr in logged.extra_lrs.items()},
             "train/nonfinite_skipped": float(self.nonfinite_total),
             "perf/step_time_s": seconds / logged.steps,
             **{f"perf/{name}_per_s": value / seconds for name, value in logged.counts.items()},
@@ -419,9 +437,10 @@ class Trainer:
             "perf/peak_mem_gib": max(mem for _, mem in per_rank),
             **{f"data/skipped/{reason}": float(n) for reason, n in sorted(skips.items())},
         }
-        grad_norm = self.engine.get_global_grad_norm()
-        if grad_norm is not None and math.isfinite(float(grad_norm)):
-            metrics["train/grad_norm"] = float(grad_norm)
+        for name, engine in self.engines.items():
+            grad_norm = engine.get_global_grad_norm()
+            if grad_norm is not None and math.isfinite(float(grad_norm)):
+                metrics["train/grad_norm" + ("" if name == MAIN_ENGINE else f"_{name}")] = float(grad_norm)
         if self.peak is not None:
             denominator = seconds * self.dist.world_size * self.peak.flops
             metrics["perf/mfu"] = logged.flops / denominator
@@ -446,6 +465,8 @@ class Trainer:
             self.tracker.message(f"step {self.step}: validation skipped: a rank has no validation batch")
             return None
         self.tracker.log(self.step, metrics, kind="val")
+        for tag, image in self.stage.validation_images().items():
+            self.tracker.image(self.step, tag, image)
         self.tracker.message(
             f"step {self.step} validation: "
             + ", ".join(f"{k.split('/')[1]} {v:.4g}" for k, v in metrics.items())
@@ -483,10 +504,13 @@ class Trainer:
             "world_size": self.dist.world_size,
             "nonfinite_total": self.nonfinite_total,
             "experiment_name": self.cfg.experiment_name,
+            **({checkpoint.EXTRA_ENGINES: sorted(self.extra_engines)} if self.extra_engines else {}),
         }
         try:
             ema = {EMA_FILE: self.ema.state_dict()} if self.ema is not None else None
-            path = self.writer.save(self.engine, self.step, rank_state, trainer_state, self.config_yaml, ema)
+            path = self.writer.save(
+                self.engine, self.step, rank_state, trainer_state, self.config_yaml, ema, self.extra_engines
+            )
         except (OSError, RuntimeError) as exc:  # a full disk, or another write error
             partial = self.writer.root / f"{checkpoint.TMP_PREFIX}{checkpoint.step_dir_name(self.step)}"
             kept = checkpoint.latest_checkpoint(self.writer.root)

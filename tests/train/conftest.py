@@ -228,13 +228,16 @@ class SigtermAt:
         return self.loader.skip_counts()
 
 
-def sigterm_at(at: int):
-    """A de-tokenizer loader builder (``build_detok_loader``'s signature) whose train
-    loader is ``SigtermAt(at)``: the in-process run stops as a signalled one does."""
+def sigterm_at(at: int, base=None):
+    """A loader builder with the signature of ``base`` (default ``build_detok_loader``;
+    stage=vidtok: ``build_vidtok_loader``) whose train loader is ``SigtermAt(at)``: the
+    in-process run stops as a signalled one does."""
     from divot_llm.data.detok_examples import build_detok_loader
 
+    base = base or build_detok_loader
+
     def build(data_cfg, window, rank=0, world_size=1, split="train", pin_memory=False):
-        loader = build_detok_loader(data_cfg, window, rank, world_size, split, pin_memory)
+        loader = base(data_cfg, window, rank, world_size, split, pin_memory)
         return SigtermAt(loader, at) if split == "train" else loader
 
     return build

@@ -235,14 +235,22 @@ def test_changed_model_config_is_refused_naming_the_keys(ds_process_group, batch
 def test_config_differences_cover_the_bound_keys_only():
     saved = {
         "model": {"llm": {"hidden_size": 64, "path": "/a"}, "lora": {"r": 8, "dropout": 0.05}},
-        "stage": {"name": "pretrain", "init_from": None},
+        "stage": {
+            "name": "pretrain",
+            "init_from": None,
+            "disc_optim": {"lr": 1e-5, "no_decay_norms_and_biases": False},
+        },
         "deepspeed": {"zero_stage": 2, "overlap_comm": True},
         "optim": {"lr": 1e-3, "no_decay_norms_and_biases": False},
         "train": {"max_steps": 10},
     }
     current = {
         "model": {"llm": {"hidden_size": 32, "path": "/moved"}, "lora": {"r": 8, "dropout": 0.0, "new": 1}},
-        "stage": {"name": "sft_comp", "init_from": "/release"},
+        "stage": {
+            "name": "sft_comp",
+            "init_from": "/release",
+            "disc_optim": {"lr": 1e-4, "no_decay_norms_and_biases": True},
+        },
         "deepspeed": {"zero_stage": 3, "overlap_comm": False},
         "optim": {"lr": 1e-4, "no_decay_norms_and_biases": True},
         "train": {"max_steps": 20},
@@ -252,6 +260,7 @@ def test_config_differences_cover_the_bound_keys_only():
         "model.llm.hidden_size: 64 -> 32",
         "model.lora.new: (absent) -> 1",
         "optim.no_decay_norms_and_biases: False -> True",
+        "stage.disc_optim.no_decay_norms_and_biases: False -> True",
         "stage.name: 'pretrain' -> 'sft_comp'",
     ]
 

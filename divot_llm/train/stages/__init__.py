@@ -13,6 +13,8 @@ which losses and rates are logged, and validation. ``Trainer`` keeps the one loo
   sampled from a trained Divot LLM.
 * ``T2VStage`` (``t2v.py``) -- t2v: the VDM de-tokenizer on a frozen text encoder's
   caption vectors (text to video).
+* ``VidTokStage`` (``vidtok.py``) -- vidtok: VidTok's autoencoder against a PatchGAN
+  discriminator, two engines (two optimizers).
 
 The models are built on the CPU from ``train.seed`` (``divot_llm.model.build``), so every
 rank, a resumed run and the export rebuild the same frozen values whatever the device.
@@ -29,6 +31,7 @@ from divot_llm.train.stages.detok import DetokStage, TokenizerStage
 from divot_llm.train.stages.detok_adapt import DetokAdaptStage
 from divot_llm.train.stages.llm import LLMStage
 from divot_llm.train.stages.t2v import T2VStage
+from divot_llm.train.stages.vidtok import VidTokStage
 
 STAGES: dict[str, type[Stage]] = {
     "pretrain": LLMStage,
@@ -38,6 +41,7 @@ STAGES: dict[str, type[Stage]] = {
     "tokenizer": TokenizerStage,  # tokenizer (all but the ViT) + de-tokenizer through the diffusion loss
     "detok_adapt": DetokAdaptStage,  # de-tokenizer adaptation (stage 2) on features sampled from the LLM's GMM
     "t2v": T2VStage,  # text to video: the VDM de-tokenizer on a frozen text encoder's caption vectors
+    "vidtok": VidTokStage,  # VidTok's autoencoder + PatchGAN discriminator (two engines)
 }
 
 
@@ -79,6 +83,7 @@ __all__ = [
     "Stage",
     "T2VStage",
     "TokenizerStage",
+    "VidTokStage",
     "make_stage",
     "stage_class",
     "training_reads",

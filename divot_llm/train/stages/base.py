@@ -6,13 +6,15 @@ import abc
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
-from divot_llm.config.schema import DivotConfig
+from divot_llm.config.schema import DivotConfig, OptimConfig
 from divot_llm.runtime import default_dtype
 
 VAL_SEED = 1234  # validation draws (diffusion noise, timesteps, sampler) are fixed: comparable across steps
+MAIN_ENGINE = "main"  # the engine of ``Stage.build``'s module; ``extra_engines`` name the others
 
 
 class Stage(abc.ABC):
@@ -24,8 +26,8 @@ class Stage(abc.ABC):
         samples_prompts: whether the stage generates clips from prompts
             (``sample_clips``: ``train.sample_every``); its export then also carries the
             run's ``config.yaml`` (what encodes a prompt).
-        loss_names: names of ``loss_terms``; the first is backpropagated, all are logged
-            as ``train/<name>``.
+        loss_names: names of ``loss_terms`` (of ``forward``); the first is backpropagated
+            (see ``backward_terms``), all are logged as ``train/<name>``.
         rate_names: ``step_counts`` keys logged as ``perf/<name>_per_s``, with their short
             progress-bar labels.
         frozen_dtype: the dtype frozen helpers (a video tokenizer, an LLM) run in.
@@ -72,6 +74,26 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def validate(self, engine, val_loader, max_batches: int) -> dict[str, float] | None:
         """Validation metrics (collective; None when some rank has no batch)."""
+
+    def extra_engines(self) -> dict[str, tuple[nn.Module, OptimConfig]]:
+        """Modules trained next to ``module`` by engines of their own, by name, with their
+        optimizer settings (e.g. a GAN's discriminator); after ``build``. The trainer
+        builds, steps, checkpoints, resumes and logs them alongside the main engine."""
+        return {}
+
+    def forward(self, engines: dict[str, Any], inputs: dict[str, Any], step: int) -> list[torch.Tensor]:
+        """The loss terms (``loss_names`` order) of one micro-batch at optimizer step
+        ``step`` (0-based): the main engine's forward, by default."""
+        return self.loss_terms(engines[MAIN_ENGINE](**inputs))
+
+    def backward_terms(self, step: int) -> dict[str, int]:
+        """Engine name -> the index of the loss term it backpropagates at ``step``, in the
+        order the engines go backward and step; an engine left out is not updated then."""
+        return {MAIN_ENGINE: 0}
+
+    def validation_images(self) -> dict[str, np.ndarray]:
+        """Images of the last ``validate`` for TensorBoard, by tag (``(H, W, 3)`` uint8)."""
+        return {}
 
     def sample_clips(
         self, module: nn.Module, prompts: list[str], steps: int | None, seed: int
