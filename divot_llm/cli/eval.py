@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("data_dir", metavar="DATA_DIR", help="folder of videos")
     rec.add_argument("--meta", metavar="CSV", help="CSV with a 'videos' column of paths relative to DATA_DIR")
     rec.add_argument("--video-tokenizer", required=True, metavar="NAME",
-                     help="a conf/video_tokenizer option that decodes itself, e.g. vidtok_kl_causal_488_4chn")  # fmt: skip
+                     help="a conf/video_tokenizer option that decodes itself, e.g. vidtok_kl_causal_488_4chn, "
+                          "or a saved one (divot-export vidtok: OUT/video_tokenizer)")  # fmt: skip
     add_reconstruction_args(rec, frames_required=True)
     rec.add_argument("--i3d", metavar="PATH", help="TorchScript I3D for FVD (default: eval.i3d_path)")
     rec.add_argument(

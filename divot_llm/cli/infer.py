@@ -50,8 +50,8 @@ def _add_model_args(p: argparse.ArgumentParser, video_tokenizer: bool = False) -
     which.add_argument("--official", metavar="DIR", help="folder with Divot's official released files")
     if video_tokenizer:
         which.add_argument("--video-tokenizer", metavar="NAME",
-                           help="a video tokenizer that decodes itself, e.g. vidtok_kl_causal_488_4chn "
-                                "(no LLM, no de-tokenizer)")  # fmt: skip
+                           help="a video tokenizer that decodes itself, e.g. vidtok_kl_causal_488_4chn, or a "
+                                "saved one (divot-export vidtok: OUT/video_tokenizer); no LLM, no de-tokenizer")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config change (repeatable)")  # fmt: skip
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")

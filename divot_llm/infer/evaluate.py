@@ -19,6 +19,7 @@ video (a remainder shorter than that is left out), shorter side resized to 224.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -32,10 +33,11 @@ from divot_llm.config.paths import check_config_paths
 from divot_llm.data.clip_sampling import probe_video, read_frames_at, to_model_pixels
 from divot_llm.data.errors import MediaError
 from divot_llm.data.sources import VIDEO_EXTS, VidTokCsvSource, safe_join
+from divot_llm.layout import TOKENIZER_CONFIG
 from divot_llm.metrics import LPIPS, frechet_distance, i3d_features, load_i3d, load_lpips
 from divot_llm.metrics.fvd import I3D_MIN_FRAMES
 from divot_llm.metrics.quality import frames01, psnr_frames, ssim_frames
-from divot_llm.tokenizers import build_video_tokenizer
+from divot_llm.tokenizers import build_video_tokenizer, video_tokenizer_class
 from divot_llm.tokenizers.base import VideoTokenizer
 
 META_COLUMN = VidTokCsvSource.COLUMN  # VidTok's meta CSV: video paths relative to DATA_DIR
@@ -110,14 +112,24 @@ def tokenizer_config(
     name: str, ckpt: str | None = None, overrides: Sequence[str] = (), **eval_paths: str | None
 ) -> DivotConfig:
     """The composed config with ``video_tokenizer=name`` (its weights from ``ckpt``: a
-    released ``.ckpt``/``.safetensors`` or a save_pretrained folder) and the ``eval.*``
+    released ``.ckpt``/``.safetensors`` or a save_pretrained folder) -- or, when ``name``
+    is a save_pretrained folder, the tokenizer saved there -- and the ``eval.*``
     weights paths given (None: the config's), every path it reads checked.
 
     Raises:
         ConfigError: an unknown option or key, a ``ckpt`` for a tokenizer that takes none,
             a path that is not there (``PathError``).
     """
-    cfg = compose_config([f"video_tokenizer={name}", *overrides])
+    saved = Path(name) / TOKENIZER_CONFIG
+    if saved.is_file():  # a save_pretrained folder (divot-export vidtok): its own config and weights
+        if ckpt is not None:
+            raise ConfigError(f"--ckpt: {name} is a saved video tokenizer and holds its weights")
+        cfg = compose_config(list(overrides))
+        fields = json.loads(saved.read_text())
+        config_class = video_tokenizer_class(fields["arch"]).config_class
+        cfg.video_tokenizer = config_class(**(fields | {"pretrained_path": str(name)}))
+    else:
+        cfg = compose_config([f"video_tokenizer={name}", *overrides])
     if ckpt is not None:
         if not hasattr(cfg.video_tokenizer, "pretrained_path"):
             raise ConfigError(f"--ckpt: the video tokenizer {name!r} has no pretrained_path to set")

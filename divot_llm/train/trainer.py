@@ -325,7 +325,11 @@ class Trainer:
             if stopping or self.step == max_steps or (cfg.save_every > 0 and self.step % cfg.save_every == 0):
                 self.save()
         if stopping:
-            cause = self._stop_cause or "a stop request on another rank"
+            # Every rank is here (the stop was decided on a shared all-reduce). Name what a
+            # rank was stopped by: a signal sent to all of them can reach rank 0 after
+            # another rank already asked for the stop.
+            causes = [c for c in distributed.gather_objects(self._stop_cause) if c is not None]
+            cause = self._stop_cause or (causes[0] if causes else "a stop request on another rank")
             self.tracker.message(
                 f"stopped by {cause} after step {self.step}; checkpoint saved. Continue with train.resume=auto"
             )

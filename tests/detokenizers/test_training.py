@@ -11,7 +11,6 @@ import torch
 
 from divot_llm.data.clip_sampling import clip_positions
 from divot_llm.detokenizers import build_video_detokenizer, zero_clip_features
-from divot_llm.metrics import mean_colour_guess, psnr, ssim
 from divot_llm.detokenizers.training import (
     TokenizerDiffusionObjective,
     apply_reference_zero_init,
@@ -20,6 +19,7 @@ from divot_llm.detokenizers.training import (
     tokenizer_frame_positions,
     trainable_parameter_names,
 )
+from divot_llm.metrics import mean_colour_guess, psnr, ssim
 
 
 def colour_clips(frames: int, size: int) -> torch.Tensor:

@@ -132,15 +132,20 @@ def test_eval_reads_the_meta_csv_and_refuses_paths_outside_data_dir(
     assert code == 1 and "escapes" in stderr and not (tmp_path / "out").exists()
 
 
-def test_infer_reconstruct_with_a_video_tokenizer_writes_mp4_strip_and_metrics(
-    video_dir, tokenizer_dir, tmp_path, capsys
-):
+def test_infer_reconstruct_with_a_video_tokenizer_writes_mp4_strip_and_metrics(video_dir, tmp_path, capsys):
+    # a saved tokenizer whose shape is not any conf option's (as divot-export vidtok writes
+    # a trained one): --video-tokenizer takes the folder, with its own config
     video = video_dir / "a" / "one.mp4"
+    torch.manual_seed(6)
+    saved = tmp_path / "video_tokenizer"
+    build_video_tokenizer(
+        compose_config(["video_tokenizer=vidtok_tiny", "video_tokenizer.ch_mult=[1,2,2]"]).video_tokenizer
+    ).save_pretrained(saved)
     run_main(
-        infer_main, "reconstruct", "--video-tokenizer", "vidtok_tiny", "--ckpt", str(tokenizer_dir), *SIZE,
-        str(video), "--out", str(tmp_path), capsys=capsys,
+        infer_main, "reconstruct", "--video-tokenizer", str(saved), *SIZE, str(video), "--out", str(tmp_path),
+        capsys=capsys,
     )  # fmt: skip
-    tokenizer = load_video_tokenizer(tokenizer_dir)
+    tokenizer = load_video_tokenizer(saved)
     frames, _, psnr_value, ssim_value = direct_scores(tokenizer, video)
     (record,) = json.loads((tmp_path / "metrics.json").read_text())
     assert record["psnr"] == pytest.approx(psnr_value, rel=1e-5) and record["ssim"] == pytest.approx(
