@@ -110,7 +110,8 @@ def i3d_file(tmp_path_factory):
 
 
 # ----------------------------------------------------------- two-rank training runs
-# 2 steps of the demo config on 2 ranks (ZeRO-2 / ZeRO-3) over a small synthetic set;
+# The demo config on 2 ranks over a small synthetic set, 30 steps (tests.train.conftest
+# PRETRAIN) of ZeRO-2 and of ZeRO-3, under torchrun;
 # ``<run>/live.pt`` holds the parameters the live engine had after its last checkpoint.
 # Export, merge and inference tests all start from these checkpoints.
 
@@ -125,12 +126,12 @@ def export_data(tmp_path_factory):
     return root
 
 
-def _two_rank_run(data, out, zero_stage: int):
+def _two_rank_run(data, out, zero_stage: int, *schedule: str):
     helpers.run_command(
         [
             helpers.PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2",
             f"--master_port={helpers.free_port()}", "-m", "tests.export.live_run",
-            str(data), str(out), str(zero_stage),
+            str(data), str(out), str(zero_stage), *schedule,
         ],
         cwd=helpers.REPO_ROOT,
         timeout=400,
@@ -140,12 +141,18 @@ def _two_rank_run(data, out, zero_stage: int):
 
 @pytest.fixture(scope="session")
 def zero2_run(export_data, tmp_path_factory):
-    return _two_rank_run(export_data, tmp_path_factory.mktemp("zero2_run"), 2)
+    """Also the launch tests' ZeRO-2 run: learning check, resume reference, release source."""
+    from tests.train.conftest import PRETRAIN
+
+    return _two_rank_run(export_data, tmp_path_factory.mktemp("zero2_run"), 2, *PRETRAIN)
 
 
 @pytest.fixture(scope="session")
 def zero3_run(export_data, tmp_path_factory):
-    return _two_rank_run(export_data, tmp_path_factory.mktemp("zero3_run"), 3)
+    """The ZeRO-3 run is also the launch tests' ZeRO-3 learning check: one launch for both."""
+    from tests.train.conftest import PRETRAIN
+
+    return _two_rank_run(export_data, tmp_path_factory.mktemp("zero3_run"), 3, *PRETRAIN)
 
 
 @pytest.fixture(scope="session")

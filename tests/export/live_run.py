@@ -1,10 +1,12 @@
-"""Train the demo model a few steps on 2 CPU ranks and keep what the live engine holds.
+"""Train the demo model on 2 CPU ranks and keep what the live engine holds.
 
 Run by ``test_zero.py`` under ``torch.distributed.run``; after the run's last checkpoint
 rank 0 writes the trainable parameters as the engine has them (ZeRO-3 shards gathered)
 to ``<out>/live.pt``.
 
-    python -m torch.distributed.run --nproc_per_node 2 -m tests.export.live_run DATA OUT ZERO_STAGE
+    python -m torch.distributed.run --nproc_per_node 2 -m tests.export.live_run DATA OUT ZERO_STAGE [OVERRIDE...]
+
+The run is 2 steps, unless overrides give its schedule (``train.max_steps`` etc.).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import torch
 
 
-def main(data_root: str, out_dir: str, zero_stage: str) -> None:
+def main(data_root: str, out_dir: str, zero_stage: str, *schedule: str) -> None:
     import deepspeed
 
     from divot_llm.config import compose_config
@@ -27,7 +29,7 @@ def main(data_root: str, out_dir: str, zero_stage: str) -> None:
     torch.set_num_threads(1)
     cfg = compose_config([
         *RUN_OVERRIDES, f"deepspeed=zero{zero_stage}", f"data.root={data_root}", f"train.output_dir={out_dir}",
-        "train.max_steps=2", "train.save_every=2", "train.eval_every=0", "train.eval_at_start=false",
+        *(schedule or ("train.max_steps=2", "train.save_every=2", "train.eval_every=0", "train.eval_at_start=false")),
     ])  # fmt: skip
     trainer = Trainer(cfg)
     try:
@@ -45,4 +47,4 @@ def main(data_root: str, out_dir: str, zero_stage: str) -> None:
 
 if __name__ == "__main__":
     atexit.register(gc.freeze)  # no exit-time collection over torch's objects (as divot-train)
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])

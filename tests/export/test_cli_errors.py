@@ -44,7 +44,7 @@ def test_a_run_folder_is_not_a_release(zero2_run, capsys):
         f"divot-infer: {zero2_run} is a training run folder, not a release: make a release with "
         f"divot-merge --checkpoint {zero2_run} --out REL (--release)"
     )
-    step = zero2_run / "checkpoints" / "step_00000002"
+    step = zero2_run / "checkpoints" / "step_00000030"
     err = refused(infer_main, "generate", "--release", str(step), "a cat", capsys=capsys)
     assert f"{step} is a training checkpoint, not a release" in err
 

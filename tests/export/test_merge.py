@@ -49,7 +49,7 @@ def test_release_layout_and_verification(verified_release, zero2_run):
     )  # fmt: skip
     info = json.loads((release / "release.json").read_text())
     assert info["stage"] == "pretrain" and info["verified"] and info["dtype"] == "fp32"
-    assert info["source_checkpoint"].endswith("step_00000002") and info["source_step"] == 2
+    assert info["source_checkpoint"].endswith("step_00000030") and info["source_step"] == 30
     assert len(info["config_sha256"]) == 16
     assert (release / "config.yaml").is_file() and (release / "video_tokenizer").is_dir()
 
@@ -57,7 +57,7 @@ def test_release_layout_and_verification(verified_release, zero2_run):
 def test_release_reproduces_the_trained_model(verified_release, zero2_run):
     """Independently of --verify: the live run's parameters, unmerged, vs the release."""
     release, _ = verified_release
-    cfg = load_saved_config(zero2_run / "checkpoints" / "step_00000002" / "config.yaml")
+    cfg = load_saved_config(zero2_run / "checkpoints" / "step_00000030" / "config.yaml")
     tok, vtok, trained = build_models(cfg, torch.float32)
     load_training_state_dict(trained, torch.load(zero2_run / "live.pt", weights_only=True))
     merged = load_release(release, cfg.model, tokens_per_clip=vtok.num_tokens, feature_dim=vtok.feature_dim)

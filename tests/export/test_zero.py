@@ -21,7 +21,7 @@ def test_fp32_export_equals_the_live_engine_parameters(run, request, tmp_path, c
     out_dir = request.getfixturevalue(run)
     # in this process: the console script itself is run by the next test
     _, out, _ = run_main(export_main, "zero-to-fp32", str(out_dir), str(tmp_path / "fp32"), capsys=capsys)
-    assert "step 2" in out
+    assert "step 30" in out  # the run's last checkpoint (tests/conftest.py)
 
     live = torch.load(out_dir / "live.pt", weights_only=True)
     exported = read_fp32_export(tmp_path / "fp32")
@@ -31,12 +31,12 @@ def test_fp32_export_equals_the_live_engine_parameters(run, request, tmp_path, c
         assert exported[name].dtype == torch.float32
         assert torch.equal(exported[name], tensor), name
     info = json.loads((tmp_path / "fp32" / "export.json").read_text())
-    assert info["zero_stage"] == int(run[4]) and info["world_size"] == 2 and info["step"] == 2
+    assert info["zero_stage"] == int(run[4]) and info["world_size"] == 2 and info["step"] == 30
     assert (tmp_path / "fp32" / "config.yaml").is_file()
 
 
 def test_shards_and_every_way_to_name_the_checkpoint(zero2_run, tmp_path, capsys):
-    step_dir = zero2_run / "checkpoints" / "step_00000002"
+    step_dir = zero2_run / "checkpoints" / "step_00000030"
     reference = None
     for i, where in enumerate([zero2_run, zero2_run / "checkpoints", step_dir]):
         args = ("zero-to-fp32", str(where), str(tmp_path / f"out{i}"), "--max-shard-size", "200KB")
@@ -76,8 +76,8 @@ def test_streaming_zero2_export_equals_deepspeeds_converter(
 
 
 def test_half_written_and_incomplete_checkpoints_are_refused(zero2_run, tmp_path, capsys):
-    step_dir = zero2_run / "checkpoints" / "step_00000002"
-    half = tmp_path / "checkpoints" / ".tmp-step_00000004"
+    step_dir = zero2_run / "checkpoints" / "step_00000030"
+    half = tmp_path / "checkpoints" / ".tmp-step_00000040"
     shutil.copytree(step_dir, half)
     code, _, err = run_main(
         export_main, "zero-to-fp32", str(half), str(tmp_path / "a"), capsys=capsys, check=False
@@ -85,7 +85,7 @@ def test_half_written_and_incomplete_checkpoints_are_refused(zero2_run, tmp_path
     assert code == 1 and "half-written" in err
     assert not (tmp_path / "a").exists()
 
-    broken = tmp_path / "run" / "checkpoints" / "step_00000002"
+    broken = tmp_path / "run" / "checkpoints" / "step_00000030"
     shutil.copytree(step_dir, broken)
     (broken / "engine" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()  # a rank's partition lost
     code, _, err = run_main(

@@ -34,6 +34,18 @@ RUN_OVERRIDES = (
     "train.progress_bar=false",
 )
 
+# A short pretraining run that measurably learns: validation before the first step and
+# after the last, a checkpoint every 10 steps (the launch tests and the ZeRO-3 export run).
+STEPS = 30
+PRETRAIN = (
+    f"train.max_steps={STEPS}",
+    "train.save_every=10",
+    "train.keep_last=5",
+    f"train.eval_every={STEPS}",
+    "train.eval_at_start=true",
+    "optim.warmup_steps=5",
+)
+
 
 @pytest.fixture(scope="session")
 def train_data(tmp_path_factory) -> Path:

@@ -1,9 +1,10 @@
 """End to end through the real launchers on 2 CPU ranks and the synthetic shards.
 
-* ``launch/train_cpu.sh`` (the ``deepspeed`` CLI) with ZeRO-2 and ZeRO-3: the validation
-  loss (a fixed set of held-out batches, measured before the first step and after the
-  last) falls by at least 30% in 30 tiny steps.
-* A run whose launcher pid gets a SIGTERM mid-way saves a complete checkpoint, and the
+* ZeRO-2 and ZeRO-3 on 2 ranks (the export tests' runs, ``zero2_run`` / ``zero3_run``,
+  under torchrun): the validation loss (a fixed set of held-out batches, measured before
+  the first step and after the last) falls by at least 30% in 30 tiny steps.
+* A run under ``launch/train_cpu.sh`` (the ``deepspeed`` CLI) whose launcher pid gets a
+  SIGTERM mid-way saves a complete checkpoint, and the
   launcher exits 143 after its ranks, leaving no process behind; the continuation's next
   checkpoint write is cut short by the kernel (a file-size limit): it says so, removes
   the partial write and keeps the previous checkpoint; the next ``resume=auto`` (under
@@ -12,7 +13,7 @@
 * Both SFT stages start from the merged release of the pretraining run (plain
   ``python -m divot_llm.train``, one process), train only what their stage trains.
 
-The ZeRO-2 pretraining run is shared: learning check, resume reference, release source.
+The ZeRO-2 run is shared: learning check, resume reference, release source.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from divot_llm.train import checkpoint
 from divot_llm.train.failures import EXIT_TRAINING_ERROR
 from tests import helpers
 from tests.train.conftest import (
+    PRETRAIN,
     RUN_OVERRIDES,
+    STEPS,
     Launch,
     hand_batches,
     read_metrics,
@@ -45,26 +48,9 @@ from tests.train.conftest import (
 
 pytestmark = pytest.mark.slow
 
-STEPS = 30
-PRETRAIN = (
-    f"train.max_steps={STEPS}",
-    "train.save_every=10",
-    "train.keep_last=5",
-    f"train.eval_every={STEPS}",
-    "train.eval_at_start=true",
-    "optim.warmup_steps=5",
-)
-
 
 def launch(command: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
     return helpers.run_command(command, cwd=helpers.REPO_ROOT, timeout=timeout, **run_env())
-
-
-@pytest.fixture(scope="module")
-def pretrain_zero2(train_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pretrain_zero2")
-    launch(train_cpu_command(f"data.root={train_data}", f"train.output_dir={out}", *PRETRAIN))
-    return out
 
 
 def assert_learned(out: Path) -> None:
@@ -77,19 +63,16 @@ def assert_learned(out: Path) -> None:
     assert sorted(read_metrics(out)) == list(range(1, STEPS + 1))
 
 
-def test_zero2_training_learns(pretrain_zero2):
-    assert_learned(pretrain_zero2)
-    assert (pretrain_zero2 / "config.yaml").is_file()
-    assert (pretrain_zero2 / "checkpoints" / "latest").read_text() == checkpoint.step_dir_name(STEPS)
+def test_zero2_training_learns(zero2_run):
+    """ZeRO-2 on 2 ranks (the export tests' run, under torchrun) learns."""
+    assert_learned(zero2_run)
+    assert (zero2_run / "config.yaml").is_file()
+    assert (zero2_run / "checkpoints" / "latest").read_text() == checkpoint.step_dir_name(STEPS)
 
 
-def test_zero3_training_learns(train_data, tmp_path):
-    launch(
-        train_cpu_command(
-            "deepspeed=zero3", f"data.root={train_data}", f"train.output_dir={tmp_path}", *PRETRAIN
-        )
-    )
-    assert_learned(tmp_path)
+def test_zero3_training_learns(zero3_run):
+    """ZeRO-3 on 2 ranks (the export tests' run, under torchrun) learns as ZeRO-2 does."""
+    assert_learned(zero3_run)
 
 
 # ------------------------------------------------------------------------ resume
@@ -116,9 +99,9 @@ def file_size_limit(limit: int):
     return apply
 
 
-def test_sigterm_and_killed_checkpoint_write_resume_to_identical_losses(pretrain_zero2, train_data, tmp_path):
+def test_sigterm_and_killed_checkpoint_write_resume_to_identical_losses(zero2_run, export_data, tmp_path):
     out = tmp_path / "run"
-    args = (f"data.root={train_data}", f"train.output_dir={out}", *PRETRAIN)
+    args = (f"data.root={export_data}", f"train.output_dir={out}", *PRETRAIN)  # zero2_run's config
     env = helpers.cpu_distributed_env(**run_env())
     root = out / "checkpoints"
 
@@ -161,12 +144,12 @@ def test_sigterm_and_killed_checkpoint_write_resume_to_identical_losses(pretrain
     assert f"resumed from {stopped.path} at step {stopped.step}" in done.stderr
     assert not list(root.glob(".tmp-*"))
 
-    reference, resumed = read_metrics(pretrain_zero2), read_metrics(out)  # last record per step wins
+    reference, resumed = read_metrics(zero2_run), read_metrics(out)  # last record per step wins
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert resumed[step]["train/loss"] == pytest.approx(reference[step]["train/loss"], abs=1e-5), step
     assert read_metrics(out, "val")[STEPS]["val/lm_loss"] == pytest.approx(
-        read_metrics(pretrain_zero2, "val")[STEPS]["val/lm_loss"], abs=1e-5
+        read_metrics(zero2_run, "val")[STEPS]["val/lm_loss"], abs=1e-5
     )
 
 
@@ -174,21 +157,19 @@ def test_sigterm_and_killed_checkpoint_write_resume_to_identical_losses(pretrain
 
 
 @pytest.fixture(scope="module")
-def release(pretrain_zero2, tmp_path_factory) -> Path:
-    from divot_llm.export import merge_release
-
-    release_dir = tmp_path_factory.mktemp("release") / "pretrain"
-    return merge_release(pretrain_zero2, release_dir, overwrite=True, log=lambda _: None).out_dir
+def release(tiny_release) -> Path:
+    """The merged, verified release of ``zero2_run`` (tests/conftest.py)."""
+    return tiny_release
 
 
-def test_release_holds_the_trained_model_merged(pretrain_zero2, release, mistral_tokenizer_dir):
+def test_release_holds_the_trained_model_merged(zero2_run, release, mistral_tokenizer_dir):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from divot_llm.config import load_saved_config
     from divot_llm.model import load_release, load_training_state_dict
     from divot_llm.model.build import build_models
 
-    last = checkpoint.latest_checkpoint(pretrain_zero2 / "checkpoints").path
+    last = checkpoint.latest_checkpoint(zero2_run / "checkpoints").path
     cfg = load_saved_config(last / "config.yaml")
     _, _, trained = build_models(cfg, torch.float32)  # the run's frozen random base, from its seed
     load_training_state_dict(
