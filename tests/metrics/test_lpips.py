@@ -45,7 +45,10 @@ def test_saved_weights_load_strictly_and_the_distance_is_lpips(lpips_files):
     assert all(torch.equal(tensor, original[name]) for name, tensor in model.state_dict().items())
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     y = (x + 0.5 * torch.randn(2, 3, 32, 32)).clamp(-1, 1)
-    vgg, heads = torch.load(lpips_files.vgg), torch.load(lpips_files.heads)
+    vgg, heads = (
+        torch.load(lpips_files.vgg, weights_only=True),
+        torch.load(lpips_files.heads, weights_only=True),
+    )
     expected = direct_lpips(vgg, heads, x, y)
     torch.testing.assert_close(model(x, y), expected, rtol=1e-4, atol=1e-6)
     assert (expected > 0).all()
