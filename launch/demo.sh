@@ -39,38 +39,14 @@ BATCH=${DEMO_BATCH:-16}
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 started=$SECONDS
 
-step() { printf '\n==> [%ds] %s\n' $((SECONDS - started)) "$*"; }
-
-# train_stage NAME STEPS OVERRIDES...: cache the frozen tokenizer's features of the stage's
-# data (divot-data features), train from them (resuming if stopped), then merge a release.
-train_stage() {
-  local name=$1 steps=$2
-  shift 2
-  local run="$OUT/runs/$name" release="$OUT/releases/$name" cache="$OUT/cache/$name"
-  if [[ -f "$release/release.json" ]]; then
-    echo "$release already there"
-    return
-  fi
-  divot-data features --out "$cache" -- experiment=demo "data.root=$DATA" "${COMMON[@]}" "$@" 2> /dev/null | tail -n 2
-  bash launch/train_cpu.sh experiment=demo "data.root=$DATA" "data.feature_cache=$cache" \
-    "train.output_dir=$run" "train.max_steps=$steps" "train.save_every=$steps" "train.eval_every=$steps" \
-    "train.log_every=$(( steps / 5 > 0 ? steps / 5 : 1 ))" train.progress_bar=false "${COMMON[@]}" "$@" 2>&1 \
-    | grep -E '^(divot-train|step|outputs|finished|resumed|stopped)' || true
-  [[ -f "$run/checkpoints/latest" ]] || { echo "training $name failed: see $run/train.log" >&2; exit 1; }
-  divot-merge --checkpoint "$run" --out "$release" --verify --overwrite 2>&1 | grep -E 'verify|release'
-}
+EXPERIMENT=demo
+source launch/demo_common.sh
 
 # Every stage: the demo tokenizer, larger batches (tiny steps are overhead-bound), and the
 # command line's overrides.
 COMMON=(video_tokenizer=divot_demo "data.batch_size=$BATCH" "$@")
 step "1/7 synthetic data -> $DATA"
-if [[ -f "$DATA/manifest.json" ]] && grep -q "\"seed\": $SEED," "$DATA/manifest.json" \
-  && grep -q "\"train_videos\": $VIDEOS," "$DATA/manifest.json"; then
-  echo "already there (seed $SEED, $VIDEOS videos); delete $DATA to rebuild"
-else
-  divot-data synthetic --out "$DATA" --seed "$SEED" --train-videos "$VIDEOS" --val-videos 24 \
-    --images "$IMAGES" --samples-per-shard 64 --overwrite
-fi
+synthetic_data
 
 step "2/7 pretrain ($PRETRAIN_STEPS steps, 2 CPU ranks, ZeRO-2)"
 train_stage pretrain "$PRETRAIN_STEPS" stage=pretrain
@@ -84,37 +60,10 @@ train_stage sft_gen "$SFT_GEN_STEPS" stage=sft_gen data=synthetic_sft_gen \
   "stage.init_from=$OUT/releases/pretrain" train.eval_at_start=false
 
 step "5/7 de-tokenizer: pixel-space video diffusion on the demo tokenizer's features ($DETOK_STEPS steps)"
-if [[ -d "$OUT/releases/detok/detokenizer" ]]; then
-  echo "$OUT/releases/detok already there"
-else
-  bash launch/train_cpu.sh experiment=vdm_demo "data.root=$DATA" "train.output_dir=$OUT/runs/detok" \
-    "train.max_steps=$DETOK_STEPS" "train.save_every=$DETOK_STEPS" "train.eval_every=$DETOK_STEPS" \
-    "train.log_every=$(( DETOK_STEPS / 5 > 0 ? DETOK_STEPS / 5 : 1 ))" train.progress_bar=false 2>&1 \
-    | grep -E '^(divot-train|step|outputs|finished|resumed|stopped)' || true
-  [[ -f "$OUT/runs/detok/checkpoints/latest" ]] || { echo "training detok failed: see $OUT/runs/detok/train.log" >&2; exit 1; }
-  divot-export detokenizer "$OUT/runs/detok" "$OUT/releases/detok" 2>&1 | tail -n 1
-fi
+train_and_export detok detokenizer "$DETOK_STEPS" experiment=vdm_demo
 
 step "6/7 comprehend the held-out videos; generate a video for every held-out caption"
-mkdir -p "$OUT/comprehension" "$OUT/generation"
-mapfile -t heldout < <(python -c "
-import json, sys
-for line in open('$DATA/annotations/val_video_qa.jsonl'):
-    print('$DATA/media/' + json.loads(line)['video'])")
-divot-infer comprehend --release "$OUT/releases/sft_comp" "${heldout[@]}" --greedy --max-new-tokens 16 \
-  --num-clips 4 -q "What color is the shape in the video?" --no-stream --batch-size 8 \
-  --jsonl "$OUT/comprehension/answers.jsonl" > "$OUT/comprehension/answers.txt" 2> /dev/null
-head -n 3 "$OUT/comprehension/answers.txt"
-echo "... (${#heldout[@]} videos; all answers in $OUT/comprehension/answers.jsonl)"
-mapfile -t captions < <(python -c "
-import json
-for line in open('$DATA/annotations/val_video_caption.jsonl'):
-    print(json.loads(line)['caption'])")
-divot-infer generate --release "$OUT/releases/sft_gen" --detokenizer "$OUT/releases/detok/detokenizer" \
-  "${captions[@]}" --out "$OUT/generation" --jsonl "$OUT/generation/generated.jsonl" \
-  > "$OUT/generation/generated.txt" 2> /dev/null
-head -n 3 "$OUT/generation/generated.txt"
-echo "... (${#captions[@]} captions; videos, strips and features in $OUT/generation)"
+heldout_inference --detokenizer "$OUT/releases/detok/detokenizer"
 
 step "7/7 report"
 python tools/demo_report.py "$OUT" --data "$DATA" --json "$OUT/report.json"

@@ -2,6 +2,7 @@
 and how well the generated videos show what their captions ask for.
 
     python tools/demo_report.py outputs/demo
+    python tools/demo_report.py outputs/demo_vidtok --vidtok --markdown outputs/demo_vidtok/report.md
 
 Reads each stage's ``metrics.jsonl`` (first and last training loss, validation before and
 after), the releases' ``release.json``, and ``comprehension/answers.jsonl`` against the
@@ -14,6 +15,12 @@ The videos generated for the held-out captions (``generation/generated.jsonl``) 
 back with the synthetic set's own pixel analyser: how often the shape and the background
 have the caption's colours, next to chance. ``--json`` writes the numbers for scripts and
 tests.
+
+``--vidtok`` reads a ``launch/demo_vidtok.sh`` run instead: the tiny VidToks' training
+(``runs/vidtok_kl``, ``runs/vidtok_fsq``: losses, held-out PSNR next to the flat guesses),
+and for each path (``kl/``, ``fsq/``: the LLM over KL latents or FSQ codes, laid out as the
+main demo's output) the same stage, comprehension and generation numbers, as markdown
+tables. ``--seconds`` adds the run time; ``--markdown`` writes the printed report to a file.
 """
 
 from __future__ import annotations
@@ -29,10 +36,18 @@ from PIL import Image, ImageDraw
 from divot_llm.data.synthetic import COLORS, caption_colors, named_color, read_scene_from_frames
 from divot_llm.data.video_codec import decode_video
 
-STAGES = ("pretrain", "sft_comp", "sft_gen", "detok")
+LLM_STAGES = ("pretrain", "sft_comp", "sft_gen")
+STAGES = (*LLM_STAGES, "detok")
+# launch/demo_vidtok.sh: its paths (each a folder laid out as the main demo's output) and
+# the tokenizer run each path's LLM reads
+VIDTOK_PATHS = {
+    "kl": ("vidtok_kl", "KL latents, normalised, through the GMM head (model.head=gmm)"),
+    "fsq": ("vidtok_fsq", "FSQ codes through the factorized softmax head (model.head=fsq_factorized)"),
+}
 OVERVIEW_ROWS = 6  # generated videos drawn in generation/overview.png
 VAL_KEYS = {  # metrics.jsonl key -> report key (first and last validation)
     "val/lm_loss": "val_lm_loss",
+    "val/gmm_nll": "val_gmm_nll",  # the generation head's loss on held-out queries
     "val/loss": "val_loss",
     "val/psnr": "val_psnr",
     "val/psnr_mean_colour": "val_psnr_mean_colour",
@@ -115,11 +130,11 @@ def draw_overview(rows: list[tuple[str, np.ndarray]], path: Path, frames: int = 
     sheet.save(path)
 
 
-def report(out: Path, data: Path) -> dict:
-    summary = {"stages": {s: stage_summary(out / "runs" / s) for s in STAGES}}
+def report(out: Path, data: Path, stages: tuple[str, ...] = STAGES) -> dict:
+    summary = {"stages": {s: stage_summary(out / "runs" / s) for s in stages}}
     summary["releases"] = {
         s: str((out / "releases" / s).resolve())
-        for s in STAGES
+        for s in stages
         if (out / "releases" / s / "release.json").is_file()
     }
     answers = out / "comprehension" / "answers.jsonl"
@@ -131,6 +146,88 @@ def report(out: Path, data: Path) -> dict:
     if generated.is_file():
         summary["generation"] = generation_colours(generated, overview=out / "generation" / "overview.png")
     return summary
+
+
+def vidtok_report(out: Path, data: Path) -> dict:
+    """The numbers of a ``launch/demo_vidtok.sh`` run: its tokenizers' training, and per
+    path that ran (a folder under ``out``) what ``report`` gives for the LLM stages."""
+    return {
+        "tokenizers": {
+            run: stage_summary(out / "runs" / run)
+            for run, _ in VIDTOK_PATHS.values()
+            if (out / "runs" / run).is_dir()
+        },
+        "paths": {
+            path: report(out / path, data, LLM_STAGES) for path in VIDTOK_PATHS if (out / path).is_dir()
+        },
+        "chance": 1 / len(COLORS),
+    }
+
+
+def _change(pair: list[float] | None, unit: str = "") -> str:
+    """``first -> last`` of a summary pair, or a dash where the run did not log it."""
+    return f"{pair[0]:.3f} → {pair[1]:.3f}{unit}" if pair else "–"
+
+
+def _share(hits: int, total: int) -> str:
+    return f"{hits}/{total} ({hits / max(1, total):.0%})"
+
+
+def format_vidtok_report(summary: dict, out: Path) -> str:
+    """The ``vidtok_report`` numbers as a markdown document: tokenizers, LLM stages per
+    path, and the held-out comprehension and generation scores next to chance."""
+    chance = summary["chance"]
+    lines = ["# VidTok demo report", ""]
+    if "run_seconds" in summary:
+        minutes, seconds = divmod(int(summary["run_seconds"]), 60)
+        lines += [f"Run time: {minutes} min {seconds} s ({out}).", ""]
+    lines += [
+        "## Tokenizers (experiment=vidtok_tiny)",
+        "",
+        "| tokenizer | steps | train loss | held-out PSNR | flat guesses: the clips' mean colour / each clip's own |",
+        "|---|---|---|---|---|",
+    ]
+    for run, s in summary["tokenizers"].items():
+        guesses = " / ".join(
+            f"{s[name][1]:.2f} dB" for name in ("val_psnr_mean_colour", "val_psnr_clip_colour") if name in s
+        )
+        lines.append(
+            f"| {run} | {s['steps']} | {_change(s.get('train_loss'))} | "
+            f"{_change(s.get('val_psnr'), ' dB')} | {guesses or '–'} |"
+        )
+    lines += [
+        "",
+        "## LLM stages",
+        "",
+        "| path | stage | steps | train loss | val LM loss | val generation loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for path, p in summary["paths"].items():
+        for stage, s in p["stages"].items():
+            if s["steps"]:
+                lines.append(
+                    f"| {path} | {stage} | {s['steps']} | {_change(s.get('train_loss'))} | "
+                    f"{_change(s.get('val_lm_loss'))} | {_change(s.get('val_gmm_nll'))} |"
+                )
+    lines += [
+        "",
+        "## Held-out videos and captions",
+        "",
+        "| path | comprehension: shape colour named | generated: shape colour | background | both |",
+        "|---|---|---|---|---|",
+    ]
+    for path, p in summary["paths"].items():
+        c, g = p.get("comprehension"), p.get("generation")
+        cells = [_share(c["correct"], c["videos"]) if c else "–"]
+        cells += [_share(g[k], g["videos"]) if g else "–" for k in ("color", "background", "both")]
+        lines.append(f"| {path}: {VIDTOK_PATHS[path][1]} | {' | '.join(cells)} |")
+    lines += [f"| chance | {chance:.0%} | {chance:.0%} | {chance:.0%} | {chance * chance:.1%} |", ""]
+    for path in summary["paths"]:
+        lines.append(
+            f"- {path}: answers in {out / path / 'comprehension' / 'answers.jsonl'}; videos in "
+            f"{out / path / 'generation'} (the first {OVERVIEW_ROWS}, frame by frame: overview.png)"
+        )
+    return "\n".join(lines)
 
 
 def format_report(summary: dict, out: Path) -> str:
@@ -183,9 +280,19 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, default=Path("data/synthetic"), help="the demo's data (DEMO_DATA)"
     )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--markdown", type=Path, help="also write the printed report here")
+    parser.add_argument(
+        "--vidtok", action="store_true", help="OUT is a launch/demo_vidtok.sh run (DEMO_OUT of that demo)"
+    )
+    parser.add_argument("--seconds", type=int, help="the run's wall time, for the report")
     args = parser.parse_args(argv)
-    summary = report(args.out, args.data)
-    print(format_report(summary, args.out))
+    summary = vidtok_report(args.out, args.data) if args.vidtok else report(args.out, args.data)
+    if args.seconds is not None:
+        summary["run_seconds"] = args.seconds
+    text = (format_vidtok_report if args.vidtok else format_report)(summary, args.out)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
     return 0
