@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo demo-vidtok test test-fast lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash launch/demo.sh
+
+# The second demo (the LLM over a tiny VidTok's latents and codes): not part of `make demo`
+# nor of the tests; see README "The VidTok demo".
+demo-vidtok: install
+	PATH="$(abspath $(BIN)):$$PATH" bash launch/demo_vidtok.sh
 
 # worksteal: the worker busy with the demo (started first) keeps no queue of its own; the
 # other takes the tests as it goes, whole runs of a module at a time, so module fixtures
