@@ -7,6 +7,15 @@
 
 step() { printf '\n==> [%ds] %s\n' $((SECONDS - started)) "$*"; }
 
+# quiet LOG COMMAND...: run COMMAND with its stderr (progress bars) in LOG; when it fails,
+# say so with the end of LOG and stop the demo.
+quiet() {
+  local log=$1
+  shift
+  mkdir -p "$(dirname "$log")"
+  "$@" 2> "$log" || { echo "$1 failed (exit $?): the end of $log:" >&2; tail -n 5 "$log" >&2; exit 1; }
+}
+
 # synthetic_data: write the synthetic set to $DATA, unless it is there with this seed and
 # video count (both demos read the same folder by default).
 synthetic_data() {
@@ -29,7 +38,8 @@ train_stage() {
     echo "$release already there"
     return
   fi
-  divot-data features --out "$cache" -- "experiment=$EXPERIMENT" "data.root=$DATA" "${COMMON[@]}" "$@" 2> /dev/null | tail -n 2
+  quiet "$cache.log" divot-data features --out "$cache" -- "experiment=$EXPERIMENT" "data.root=$DATA" \
+    "${COMMON[@]}" "$@" | tail -n 2
   bash launch/train_cpu.sh "experiment=$EXPERIMENT" "data.root=$DATA" "data.feature_cache=$cache" \
     "train.output_dir=$run" "train.max_steps=$steps" "train.save_every=$steps" "train.eval_every=$steps" \
     "train.log_every=$(( steps / 5 > 0 ? steps / 5 : 1 ))" train.progress_bar=false "${COMMON[@]}" "$@" 2>&1 \
@@ -68,18 +78,18 @@ heldout_inference() {
 import json
 for line in open('$DATA/annotations/val_video_qa.jsonl'):
     print('$DATA/media/' + json.loads(line)['video'])")
-  divot-infer comprehend --release "$OUT/releases/sft_comp" "${heldout[@]}" --greedy --max-new-tokens 16 \
-    --num-clips 4 -q "What color is the shape in the video?" --no-stream --batch-size 8 \
-    --jsonl "$OUT/comprehension/answers.jsonl" > "$OUT/comprehension/answers.txt" 2> /dev/null
+  quiet "$OUT/comprehension/answers.log" divot-infer comprehend --release "$OUT/releases/sft_comp" \
+    "${heldout[@]}" --greedy --max-new-tokens 16 --num-clips 4 -q "What color is the shape in the video?" \
+    --no-stream --batch-size 8 --jsonl "$OUT/comprehension/answers.jsonl" > "$OUT/comprehension/answers.txt"
   head -n 3 "$OUT/comprehension/answers.txt"
   echo "... (${#heldout[@]} videos; all answers in $OUT/comprehension/answers.jsonl)"
   mapfile -t captions < <(python -c "
 import json
 for line in open('$DATA/annotations/val_video_caption.jsonl'):
     print(json.loads(line)['caption'])")
-  divot-infer generate --release "$OUT/releases/sft_gen" "$@" \
+  quiet "$OUT/generation/generated.log" divot-infer generate --release "$OUT/releases/sft_gen" "$@" \
     "${captions[@]}" --out "$OUT/generation" --jsonl "$OUT/generation/generated.jsonl" \
-    > "$OUT/generation/generated.txt" 2> /dev/null
+    > "$OUT/generation/generated.txt"
   head -n 3 "$OUT/generation/generated.txt"
   echo "... (${#captions[@]} captions; videos, strips and features in $OUT/generation)"
 }

@@ -84,9 +84,9 @@ if [[ " ${PATHS[*]} " == *" kl "* ]]; then
   if [[ -f "$stats/video_tokenizer/tokenizer_config.json" ]]; then
     echo "$stats already there"
   else
-    divot-data latent-stats --out "$stats" -- "experiment=$EXPERIMENT" "data.root=$DATA" \
+    quiet "$stats.log" divot-data latent-stats --out "$stats" -- "experiment=$EXPERIMENT" "data.root=$DATA" \
       video_tokenizer=vidtok_tiny "video_tokenizer.pretrained_path=$ROOT/releases/vidtok_kl/video_tokenizer" \
-      "$@" 2> /dev/null | tail -n 2
+      "$@" | tail -n 2
   fi
 fi
 

@@ -48,6 +48,7 @@ OVERVIEW_ROWS = 6  # generated videos drawn in generation/overview.png
 VAL_KEYS = {  # metrics.jsonl key -> report key (first and last validation)
     "val/lm_loss": "val_lm_loss",
     "val/gmm_nll": "val_gmm_nll",  # the generation head's loss on held-out queries
+    "val/rec_loss": "val_rec_loss",  # a VidTok's reconstruction (L1) loss
     "val/loss": "val_loss",
     "val/psnr": "val_psnr",
     "val/psnr_mean_colour": "val_psnr_mean_colour",
@@ -60,13 +61,15 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def stage_summary(run: Path) -> dict:
+def stage_summary(run: Path, loss: str = "train/loss") -> dict:
+    """Steps, the first and last training ``loss`` (a metrics.jsonl key), and the first
+    and last value of each ``VAL_KEYS`` metric the run validated."""
     records = _records(run)
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"]
     out = {"steps": train[-1]["step"] if train else 0}
     if train:
-        out["train_loss"] = [train[0]["train/loss"], train[-1]["train/loss"]]
+        out["train_loss"] = [train[0][loss], train[-1][loss]]
     for key, name in VAL_KEYS.items():
         if val and key in val[-1]:
             out[name] = [val[0].get(key), val[-1][key]]
@@ -153,7 +156,8 @@ def vidtok_report(out: Path, data: Path) -> dict:
     path that ran (a folder under ``out``) what ``report`` gives for the LLM stages."""
     return {
         "tokenizers": {
-            run: stage_summary(out / "runs" / run)
+            # the reconstruction term: the NLL beside it is scaled by a learnt variance
+            run: stage_summary(out / "runs" / run, loss="train/rec_loss")
             for run, _ in VIDTOK_PATHS.values()
             if (out / "runs" / run).is_dir()
         },
@@ -184,15 +188,16 @@ def format_vidtok_report(summary: dict, out: Path) -> str:
     lines += [
         "## Tokenizers (experiment=vidtok_tiny)",
         "",
-        "| tokenizer | steps | train loss | held-out PSNR | flat guesses: the clips' mean colour / each clip's own |",
-        "|---|---|---|---|---|",
+        "| tokenizer | steps | train L1 loss | val L1 loss | held-out PSNR "
+        "| flat guesses: the clips' mean colour / each clip's own |",
+        "|---|---|---|---|---|---|",
     ]
     for run, s in summary["tokenizers"].items():
         guesses = " / ".join(
             f"{s[name][1]:.2f} dB" for name in ("val_psnr_mean_colour", "val_psnr_clip_colour") if name in s
         )
         lines.append(
-            f"| {run} | {s['steps']} | {_change(s.get('train_loss'))} | "
+            f"| {run} | {s['steps']} | {_change(s.get('train_loss'))} | {_change(s.get('val_rec_loss'))} | "
             f"{_change(s.get('val_psnr'), ' dB')} | {guesses or '–'} |"
         )
     lines += [

@@ -44,9 +44,9 @@ def test_vidtok_report_scores_each_path_next_to_chance(tmp_path):
 
     _metrics(
         out / "runs" / "vidtok_kl",
-        [{"step": 1, "train/loss": 0.9}, {"step": 600, "train/loss": 0.2}],
-        [{"step": 0, "val/psnr": 7.0, "val/psnr_mean_colour": 8.7, "val/psnr_clip_colour": 11.8},
-         {"step": 600, "val/psnr": 12.5, "val/psnr_mean_colour": 8.75, "val/psnr_clip_colour": 11.79}],
+        [{"step": 1, "train/rec_loss": 0.9, "train/nll_loss": 2400.0}, {"step": 600, "train/rec_loss": 0.2}],
+        [{"step": 0, "val/rec_loss": 0.8, "val/psnr": 7.0, "val/psnr_mean_colour": 8.7, "val/psnr_clip_colour": 11.8},
+         {"step": 600, "val/rec_loss": 0.25, "val/psnr": 12.5, "val/psnr_mean_colour": 8.75, "val/psnr_clip_colour": 11.79}],
     )  # fmt: skip
     _metrics(
         out / "kl" / "runs" / "pretrain",
@@ -103,7 +103,9 @@ def test_vidtok_report_scores_each_path_next_to_chance(tmp_path):
 
     text = (out / "report.md").read_text()
     assert text.startswith("# VidTok demo report\n\nRun time: 25 min 10 s")
-    assert "| vidtok_kl | 600 | 0.900 → 0.200 | 7.000 → 12.500 dB | 8.75 dB / 11.79 dB |" in text
+    assert (
+        "| vidtok_kl | 600 | 0.900 → 0.200 | 0.800 → 0.250 | 7.000 → 12.500 dB | 8.75 dB / 11.79 dB |" in text
+    )
     assert "| kl | pretrain | 500 | 10.500 → 1.250 | 10.400 → 0.500 | 30.000 → 4.000 |" in text
     assert "| kl | sft_comp | 500 | 2.000 → 0.100 | – | – |" in text
     assert "| 2/3 (67%) | 1/2 (50%) | 2/2 (100%) | 1/2 (50%) |" in text
