@@ -1,6 +1,6 @@
 """Per-channel latent statistics of a continuous VidTok over a config's training clips.
 
-    divot-data latent-stats --out data/vidtok_stats -- video_tokenizer=vidtok_tiny data.root=data/synthetic
+    divot-data latent-stats --out data/vidtok_stats -- video_tokenizer=vidtok_tiny video_tokenizer.frames_per_clip=9 data.frames_per_window=32 data.root=data/synthetic
 
 Runs the configured KL VidTok over the clips the LLM stages sample (train split, epoch 0),
 and writes OUT/video_tokenizer/ (the tokenizer, save_pretrained, its latent_mean and
