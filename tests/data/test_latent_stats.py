@@ -12,7 +12,7 @@ import torch
 
 from data_recipes.__main__ import main
 from divot_llm.config import compose_config
-from divot_llm.data.latent_stats import ChannelMoments
+from divot_llm.data.latent_stats import ChannelMoments, latent_stats
 from divot_llm.data.loader import build_loader
 from divot_llm.text import DivotTextTokenizer
 from divot_llm.tokenizers import build_video_tokenizer
@@ -67,6 +67,12 @@ def test_latent_stats_are_the_clips_statistics_and_normalise_the_features(
         torch.tensor(record["std"]), latents_cn.std(1, unbiased=False).float(), rtol=0, atol=1e-5
     )
     assert min(record["std"]) > 1e-3  # the test sees real spread, not a constant
+
+    # --max-clips: the first clips read, cut inside a sample where it has to be
+    few, few_counts = latent_stats(cfg.data, tokenizer, max_clips=5, batch_clips=2)
+    assert (few.clips, few.positions, few_counts["clips"]) == (5, 5 * 3 * 4 * 4, 5) and few.mean != record[
+        "mean"
+    ]
 
     feats_bnd = tokenizer.encode(frames)  # (clips, N, C): p = 1, feature d is channel d
     torch.testing.assert_close(feats_bnd.mean(dim=(0, 1)), torch.zeros(4), rtol=0, atol=1e-4)
