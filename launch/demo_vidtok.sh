@@ -84,7 +84,7 @@ if [[ " ${PATHS[*]} " == *" kl "* ]]; then
   if [[ -f "$stats/video_tokenizer/tokenizer_config.json" ]]; then
     echo "$stats already there"
   else
-    quiet "$stats.log" divot-data latent-stats --out "$stats" -- "experiment=$EXPERIMENT" "data.root=$DATA" \
+    quiet "$stats.log" divot-data latent-stats --out "$stats" --max-clips 1000 -- "experiment=$EXPERIMENT" "data.root=$DATA" \
       video_tokenizer=vidtok_tiny "video_tokenizer.pretrained_path=$ROOT/releases/vidtok_kl/video_tokenizer" \
       "$@" | tail -n 2
   fi
