@@ -255,12 +255,14 @@ def _jsonl_lines(path: str | None) -> Iterator[Callable[[dict], None]]:
 def _readable_media(paths: list[str], models, args, skipped: SkippedInputs) -> list[tuple[str, tuple]]:
     """(path, (features, kind)) of each file that can be read; the others are reported."""
     from divot_llm.data.errors import MediaError
-    from divot_llm.infer import encode_media
+    from divot_llm.infer import ClipSampling, encode_media
 
+    sampling = ClipSampling.of(models.cfg.data)  # the clips the model was trained on
     readable = []
     for path in paths:
         try:
-            readable.append((path, encode_media(path, models.video_tokenizer, args.num_clips, args.seed)))
+            encoded = encode_media(path, models.video_tokenizer, args.num_clips, args.seed, sampling)
+            readable.append((path, encoded))
         except MediaError as exc:
             skipped.report(path, exc.reason, exc.detail)
     return readable
