@@ -392,16 +392,12 @@ def _refuse_generate_flags(args, models) -> int:
 def _sampling_options(args, model_cfg) -> dict:
     """The generation head's sampling options: the GMM's variance scale, or a code head's
     temperature and top-k; the guidance scale for either (a GMM head refuses any but 1).
-    What is not given is the release's (``model.code_head``; the GMM's own variance scale)."""
-    code_head = model_cfg.code_head
-    cfg_scale = code_head.cfg_scale if args.cfg_scale is None else args.cfg_scale
+    What is not given is the release's: ``model.code_head``, the GMM's own variance scale."""
+    cfg_scale = model_cfg.code_head.cfg_scale if args.cfg_scale is None else args.cfg_scale
     if model_cfg.head == "gmm":
         return {"var_scale": args.var_scale, "cfg_scale": cfg_scale}
-    return {
-        "temperature": code_head.temperature if args.temperature is None else args.temperature,
-        "top_k": code_head.top_k if args.top_k is None else args.top_k,
-        "cfg_scale": cfg_scale,
-    }
+    # None: the model takes model.code_head's
+    return {"code_temperature": args.temperature, "code_top_k": args.top_k, "cfg_scale": cfg_scale}
 
 
 VIDTOK_FPS = 8.0  # default rate of videos a tokenizer decodes itself: the synthetic set's
