@@ -57,7 +57,8 @@ def latent_stats(export_data, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("latent_stats")
     overrides = ("experiment=demo", f"data.root={export_data}", *TOKENIZERS["kl"], *CLIPS)
-    assert data_main(["latent-stats", "--out", str(out), "--max-clips", "8", "--", *overrides]) == 0
+    args = ["latent-stats", "--out", str(out), "--max-clips", "8", "--workers", "0", "--", *overrides]
+    assert data_main(args) == 0
     return out / "video_tokenizer"
 
 
