@@ -130,6 +130,12 @@ class VideoTokenizer(PretrainedComponent):
         """D: width of each feature vector."""
 
     @property
+    def feature_levels(self) -> list[int] | None:
+        """None: continuous features; else a list of length D: feature dim i holds an
+        integer code digit in [0, L_i), stored as a float."""
+        return None
+
+    @property
     @abc.abstractmethod
     def input_size(self) -> int:
         """Frame side (H = W) the tokenizer was trained on; the data pipeline should
@@ -260,6 +266,12 @@ class LatentVideoTokenizer(VideoTokenizer):
         Raises:
             ValueError: the tokenizer is continuous.
         """
+
+    @abc.abstractmethod
+    def decode_features(self, feats_bnd: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D)`` features in ``encode``'s layout (what the LLM generates) ->
+        ``(B, F, 3, H, W)`` frames (unclamped): the exact inverse of ``encode``'s layout;
+        code digits (``feature_levels``) are rounded and clamped to [0, L_i) first."""
 
     @abc.abstractmethod
     def reconstruct(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
