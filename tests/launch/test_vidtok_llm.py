@@ -41,10 +41,16 @@ SCHEDULE = (
     "train.eval_at_start=true",
     "optim.warmup_steps=5",
 )
-# The tiny VidToks take 17 frames per clip: a 2-s window at 8 fps, every frame kept, plus
-# the last once more (clip_positions).
-CLIPS = ("data.frames_per_window=16", "data.frame_stride=1")
-TOKENIZERS = {"kl": ("video_tokenizer=vidtok_tiny",), "fsq": ("video_tokenizer=vidtok_tiny_fsq",)}
+# The tiny VidToks at experiment=demo_vidtok's shape, the cheapest: 3 levels, 9-frame clips
+# (frames 0, 2, ..., 14 and 15 of a 2-s window at 8 fps) -> 3 x 8 x 8 latents, 2 x 2 patches
+# -> 48 LLM tokens per clip, of 16 dims.
+SHAPE = (
+    "video_tokenizer.ch_mult=[1,2,2]",
+    "video_tokenizer.frames_per_clip=9",
+    "video_tokenizer.llm_patch_size=2",
+    "data.frame_stride=2",
+)
+TOKENIZERS = {"kl": ("video_tokenizer=vidtok_tiny", *SHAPE), "fsq": ("video_tokenizer=vidtok_tiny_fsq", *SHAPE)}
 HEADS = {"kl": "model.head=gmm", "fsq": "model.head=fsq_factorized"}
 PATHS = tuple(TOKENIZERS)
 
@@ -56,7 +62,7 @@ def latent_stats(export_data, tmp_path_factory) -> Path:
     from data_recipes.__main__ import main as data_main
 
     out = tmp_path_factory.mktemp("latent_stats")
-    overrides = ("experiment=demo", f"data.root={export_data}", *TOKENIZERS["kl"], *CLIPS)
+    overrides = ("experiment=demo", f"data.root={export_data}", *TOKENIZERS["kl"])
     args = ["latent-stats", "--out", str(out), "--max-clips", "8", "--workers", "0", "--", *overrides]
     assert data_main(args) == 0
     return out / "video_tokenizer"
@@ -66,8 +72,8 @@ def latent_stats(export_data, tmp_path_factory) -> Path:
 def vidtok_runs(export_data, latent_stats, tmp_path_factory) -> Path:
     """``<out>/kl`` and ``<out>/fsq``: the two pretraining runs, one launch."""
     runs = {
-        "kl": [*TOKENIZERS["kl"], f"video_tokenizer.pretrained_path={latent_stats}", HEADS["kl"], *CLIPS, *SCHEDULE],
-        "fsq": [*TOKENIZERS["fsq"], HEADS["fsq"], *CLIPS, *SCHEDULE],
+        "kl": [*TOKENIZERS["kl"], f"video_tokenizer.pretrained_path={latent_stats}", HEADS["kl"], *SCHEDULE],
+        "fsq": [*TOKENIZERS["fsq"], HEADS["fsq"], *SCHEDULE],
     }  # fmt: skip
     out = tmp_path_factory.mktemp("vidtok_llm")
     helpers.run_command(
