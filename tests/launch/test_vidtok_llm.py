@@ -50,7 +50,10 @@ SHAPE = (
     "video_tokenizer.llm_patch_size=2",
     "data.frame_stride=2",
 )
-TOKENIZERS = {"kl": ("video_tokenizer=vidtok_tiny", *SHAPE), "fsq": ("video_tokenizer=vidtok_tiny_fsq", *SHAPE)}
+TOKENIZERS = {
+    "kl": ("video_tokenizer=vidtok_tiny", *SHAPE),
+    "fsq": ("video_tokenizer=vidtok_tiny_fsq", *SHAPE),
+}
 HEADS = {"kl": "model.head=gmm", "fsq": "model.head=fsq_factorized"}
 PATHS = tuple(TOKENIZERS)
 
