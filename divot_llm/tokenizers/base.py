@@ -130,6 +130,12 @@ class VideoTokenizer(PretrainedComponent):
         """D: width of each feature vector."""
 
     @property
+    def feature_levels(self) -> list[int] | None:
+        """None: continuous features; else a list of length D: feature dim i holds an
+        integer code digit in [0, L_i), stored as a float."""
+        return None
+
+    @property
     @abc.abstractmethod
     def input_size(self) -> int:
         """Frame side (H = W) the tokenizer was trained on; the data pipeline should
