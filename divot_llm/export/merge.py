@@ -8,7 +8,7 @@ cast, and write the release layout::
 
     <out>/llm/               HF Mistral folder: sharded safetensors, config with the grown
                              vocabulary, generation config, text tokenizer files
-    <out>/agent/             pytorch_model.bin: the 8 projection tensors
+    <out>/agent/             pytorch_model.bin: the video head's tensors (GMM: 8 projections)
     <out>/video_tokenizer/   only for a random-init tokenizer (tiny configs), which has no
                              weights file of its own to point at
     <out>/config.yaml        the run's resolved config (inference reads its model parts)
