@@ -19,6 +19,7 @@ The head's parameters are logits, so classifier-free guidance combines them dire
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 
@@ -27,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 MAX_FLAT_CODES = 32768
+# std of a clip token's input embedding at init: transformers' initializer_range, the scale
+# new token rows start at (nn.Embedding's default of 1 would dwarf the text embeddings)
+EMBED_INIT_STD = 0.02
 
 
 def radices(levels: Sequence[int]) -> list[int]:
@@ -97,6 +101,7 @@ class FactorizedCodeEmbedding(nn.Module):
         self.levels = list(levels)
         self.input_dim = len(levels)
         self.embedding = nn.Embedding(sum(levels), hidden)
+        nn.init.normal_(self.embedding.weight, std=EMBED_INIT_STD / math.sqrt(len(levels)))  # the sum's std
         offsets = torch.tensor(digit_offsets(levels), dtype=torch.long)
         self.register_buffer("offsets", offsets, persistent=False)  # not a release tensor
 
@@ -114,12 +119,13 @@ class FlatCodeEmbedding(nn.Module):
         self.levels = list(levels)
         self.input_dim = len(levels)
         self.embedding = nn.Embedding(math.prod(levels), hidden)
+        nn.init.normal_(self.embedding.weight, std=EMBED_INIT_STD)
 
     def forward(self, digits: torch.Tensor) -> torch.Tensor:
         return self.embedding(digits_to_index(digits, self.levels))
 
 
-class _CodeHead:
+class _CodeHead(abc.ABC):
     """What the two code heads share: levels, sampling defaults, the output module."""
 
     def __init__(self, levels: Sequence[int], temperature: float = 1.0, top_k: int = 0):
@@ -131,8 +137,9 @@ class _CodeHead:
         self.top_k = top_k
 
     @property
+    @abc.abstractmethod
     def param_dim(self) -> int:
-        raise NotImplementedError
+        """P: logits per query token."""
 
     def output_module(self, hidden: int) -> nn.Module:
         """``(..., H) -> (..., P)`` logits: one linear layer (a softmax head's classifier)."""
