@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_recipes import cc3m, features, inspect_shards, synthetic, videollava, webvid
+from data_recipes import cc3m, features, inspect_shards, latent_stats, synthetic, videollava, webvid
 
 RECIPES = {
     "synthetic": synthetic,
@@ -14,6 +14,7 @@ RECIPES = {
     "cc3m": cc3m,
     "inspect": inspect_shards,
     "features": features,
+    "latent-stats": latent_stats,
 }
 
 

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes decoding videos while this one encodes (default: cores - 1, at most 8; "
         "0 decodes in this process)",
     )
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    add_device_arguments(parser)
     parser.add_argument(
         "--shard",
         type=_shard,
@@ -44,13 +44,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="build only the I-th of N shares of every source (0-based): run N at once, one per GPU "
         "(--device cuda:I), into the same --out (default 0/1: everything)",
     )
+    parser.add_argument("overrides", nargs="*", help="config overrides, after --, e.g. experiment=demo")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype`` of the recipes that run the video tokenizer."""
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "fp32", "bf16"],
         help="auto: bf16 on GPU, fp32 on CPU (as training)",
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides, after --, e.g. experiment=demo")
+
+
+def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """What ``--device`` / ``--dtype`` ask for."""
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    return device, {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype) or default_dtype(device)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -62,11 +76,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     cfg = compose_config(args.overrides)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype) or default_dtype(device)
+    device, dtype = device_and_dtype(args)
     # Seeded as the trainer builds it (build_models): a random-init tokenizer (tiny configs)
     # must be the very one the run will use, or the cache's fingerprint will not match it.
     seed_everything(cfg.train.seed)

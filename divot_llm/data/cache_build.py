@@ -10,6 +10,7 @@ and the seed, so the cache holds the same clips whatever the number of workers.
 Re-running continues an interrupted build: samples already written are skipped. A bad
 sample is skipped and counted (the loader's per-record guard, ``Source.iterate``); a
 source without a single usable sample is an error naming it, once the others are cached.
+The reading alone is ``read_clips`` (``latent_stats`` reads the same clips through it).
 """
 
 from __future__ import annotations
@@ -60,14 +61,8 @@ def build_feature_cache(
     source with no usable sample is then only reported by a build over all of it."""
     out = Path(out_dir)
     write_info(out, info)
-    specs = _split_specs(data_cfg, info, tokenizer.frames_per_clip, splits)
-    reads = torch.utils.data.DataLoader(
-        _Readers(specs, out, shard),
-        batch_size=None,
-        num_workers=workers,
-        prefetch_factor=4 if workers else None,
-        worker_init_fn=worker_init_fn(),  # stop signals: see worker_signals
-    )
+    specs = split_specs(data_cfg, info.tokens_per_clip, tokenizer.frames_per_clip, info.image_size, splits)
+    reads = read_clips(specs, workers, shard, cached_in=out)
     counts: Counter = Counter()
     tick = progress or (lambda n: None)
     pending: list[tuple[str, str, torch.Tensor]] = []
@@ -84,13 +79,35 @@ def build_feature_cache(
             counts["written"] += _flush(pending, tokenizer, out)
     counts["written"] += _flush(pending, tokenizer, out)
     if shard[1] == 1:  # a shard may hold none of a small source's samples
-        _check_every_source_usable(specs, usable, counts)
+        check_every_source_usable(specs, usable, counts, "cached", "the other sources' features are written")
     return counts
 
 
-def _check_every_source_usable(
-    specs: list[tuple[str, LoaderSpec]], usable: set[str], counts: Counter
+def read_clips(
+    specs: list[tuple[str, LoaderSpec]],
+    workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    cached_in: Path | None = None,
+) -> torch.utils.data.DataLoader:
+    """Every sample's clips as the loader samples them in epoch 0, read by ``workers``
+    processes (0: here): an iterable of ``Read`` tuples (see above), in source order with
+    ``workers=0``. ``shard=(i, n)``: only the i-th of n shares of every source. A sample
+    already in the feature cache ``cached_in`` is not decoded (its clips are None)."""
+    return torch.utils.data.DataLoader(
+        _Readers(specs, cached_in, shard),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        worker_init_fn=worker_init_fn(),  # stop signals: see worker_signals
+    )
+
+
+def check_every_source_usable(
+    specs: list[tuple[str, LoaderSpec]], usable: set[str], counts: Counter, verb: str, done: str
 ) -> None:
+    """Raise DataError naming the first source none of whose samples was read (``usable``
+    holds the cache groups that had one): nothing of it could be ``verb`` ("cached");
+    ``done`` says what happened to the others."""
     for split, spec in specs:
         for name in spec.sources:
             if cache_group(split, name) not in usable:
@@ -100,20 +117,19 @@ def _check_every_source_usable(
                     if reason not in ("written", "already_cached")
                 )
                 raise DataError(
-                    f"{split} source {name} has no usable sample: nothing of it could be cached "
-                    f"(skipped over all sources: {skipped or 'none'}); the other sources' features are written."
+                    f"{split} source {name} has no usable sample: nothing of it could be {verb} "
+                    f"(skipped over all sources: {skipped or 'none'}); {done}."
                 )
 
 
-def _split_specs(
-    data_cfg: DataConfig, info: CacheInfo, frames_per_clip: int, splits: tuple[str, ...]
+def split_specs(
+    data_cfg: DataConfig, tokens_per_clip: int, frames_per_clip: int, image_size: int, splits: tuple[str, ...]
 ) -> list[tuple[str, LoaderSpec]]:
+    """``(split, loader_spec)`` of each split of ``splits`` that has sources (train must)."""
     specs = []
     for split in splits:
         try:
-            specs.append(
-                (split, loader_spec(data_cfg, info.tokens_per_clip, frames_per_clip, info.image_size, split))
-            )
+            specs.append((split, loader_spec(data_cfg, tokens_per_clip, frames_per_clip, image_size, split)))
         except DataError:
             if split == "train":
                 raise
@@ -125,9 +141,9 @@ class _Readers(torch.utils.data.IterableDataset):
     """Reads and samples every not-yet-cached sample; in a dataloader worker, only that
     worker's share of each source."""
 
-    def __init__(self, specs: list[tuple[str, LoaderSpec]], out: Path, shard: tuple[int, int]):
+    def __init__(self, specs: list[tuple[str, LoaderSpec]], cached_in: Path | None, shard: tuple[int, int]):
         super().__init__()
-        self.specs, self.out, self.shard = specs, out, shard
+        self.specs, self.cached_in, self.shard = specs, cached_in, shard
 
     def __iter__(self) -> Iterator[Read]:
         with picklable_errors():
@@ -146,7 +162,7 @@ class _Readers(torch.utils.data.IterableDataset):
                 yield group, "", None, dict(source.skipped)
 
     def _read(self, group: str, src: SourceConfig, spec: LoaderSpec, raw: RawSample) -> Read:
-        if sample_file(self.out, group, raw.key).is_file():
+        if self.cached_in is not None and sample_file(self.cached_in, group, raw.key).is_file():
             return group, raw.key, None, {"already_cached": 1}
         return group, raw.key, sample_clips(raw, src, spec, sample_rngs(spec.seed, raw.key, 0)[0]), {}
 

@@ -56,10 +56,15 @@ class CacheInfo:
 def tokenizer_fingerprint(tokenizer: torch.nn.Module, config: dict) -> str:
     """Identifies a tokenizer by what determines its features, apart from its frame
     encoder (``frame_encoder_fingerprint``): its config (without file paths, which differ
-    between machines) and its other weights."""
+    between machines) and its other weights.
+
+    The config is ``config`` as the tokenizer holds it (``tokenizer.config``): loading can
+    fill in settings the composed config leaves null -- VidTok's latent statistics, stored
+    in the folder ``pretrained_path`` names -- and they change the features too."""
+    settings = config | asdict(tokenizer.config)
     digest = hashlib.sha256()
     digest.update(
-        json.dumps({k: v for k, v in config.items() if not k.endswith("_path")}, sort_keys=True).encode()
+        json.dumps({k: v for k, v in settings.items() if not k.endswith("_path")}, sort_keys=True).encode()
     )
     frame_encoder = tokenizer.frame_encoder
     prefix = next((f"{name}." for name, m in tokenizer.named_modules() if m is frame_encoder), None)

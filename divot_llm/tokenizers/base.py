@@ -268,6 +268,12 @@ class LatentVideoTokenizer(VideoTokenizer):
         """
 
     @abc.abstractmethod
+    def decode_features(self, feats_bnd: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D)`` features in ``encode``'s layout (what the LLM generates) ->
+        ``(B, F, 3, H, W)`` frames (unclamped): the exact inverse of ``encode``'s layout;
+        code digits (``feature_levels``) are rounded and clamped to [0, L_i) first."""
+
+    @abc.abstractmethod
     def reconstruct(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
         """Encode and decode a video of any length and frame size, in chunks; the output
         has the input's shape."""

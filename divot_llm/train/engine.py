@@ -4,10 +4,12 @@ Everything DeepSpeed needs is derived from ``cfg.deepspeed`` + ``cfg.optim`` +
 ``cfg.train``, so there is no second config file to keep in sync. Choices that differ
 from a plain ``deepspeed.initialize(config=...)``:
 
-* The optimizer is built here, not from an ``"optimizer"`` JSON block: on CPU a client
-  ``torch.optim.AdamW`` avoids DeepSpeed's ~100 s ``fused_adam`` JIT build; on GPU torch's
-  fused AdamW does the same job; with optimizer offload DeepSpeed requires its own
-  ``DeepSpeedCPUAdam`` (built on first use).
+* The optimizer is built here, not from an ``"optimizer"`` JSON block: torch's fused
+  ``AdamW`` (CUDA and CPU kernels) avoids DeepSpeed's ~100 s ``fused_adam`` JIT build; on
+  CPU it is also ~10x faster than the unfused loop (3 vs 40 ms per step over a 4.2M flat
+  ZeRO partition on one thread) and does not slow down on denormal second moments,
+  which rarely-used vocabulary rows produce; with optimizer offload DeepSpeed requires its
+  own ``DeepSpeedCPUAdam`` (built on first use).
 * ``gradient_clipping`` is always written: DeepSpeed 0.19.8 clips at 1.0 when it is unset.
 * ``train_micro_batch_size_per_gpu`` is bookkeeping only (1): batch sizes vary per step
   (token-budget batches, per-source sizes), the loader -- not DeepSpeed -- makes batches.
@@ -118,7 +120,7 @@ def param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict[str, Any
 
 
 def build_optimizer(
-    model: nn.Module, cfg: DivotConfig, device: torch.device, optim: OptimConfig | None = None
+    model: nn.Module, cfg: DivotConfig, optim: OptimConfig | None = None
 ) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters (see the module docstring for which class),
     with ``optim`` (default ``cfg.optim``)."""
@@ -129,7 +131,7 @@ def build_optimizer(
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
-    return torch.optim.AdamW(groups, fused=device.type == "cuda", **kwargs)
+    return torch.optim.AdamW(groups, fused=True, **kwargs)
 
 
 def build_engine(
@@ -155,7 +157,7 @@ def build_engine(
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("the model has no trainable parameters (check stage.* and model.lora)")
     optim = optim or cfg.optim
-    optimizer = build_optimizer(model, cfg, device, optim)
+    optimizer = build_optimizer(model, cfg, optim)
     config = deepspeed_config(cfg, world_size, dtype, on_gpu=device.type == "cuda", optim=optim)
     engine, _, _, _ = deepspeed.initialize(
         model=model,

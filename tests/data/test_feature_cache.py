@@ -14,7 +14,6 @@ from divot_llm.config import apply_overrides, compose_config
 from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.feature_cache import FeatureCache, expected_info
 from divot_llm.data.loader import build_loader
-from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
 from divot_llm.model import build_divot_llm
 from divot_llm.runtime import seed_everything
 from divot_llm.text import DivotTextTokenizer
@@ -25,12 +24,9 @@ MODEL_KEYS = ("input_ids", "attention_mask", "labels", "embeds_cmp_mask", "embed
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, mistral_tokenizer_dir):
+def setup(tmp_path_factory, mistral_tokenizer_dir, small_synthetic):
     base = tmp_path_factory.mktemp("cache")
-    write_synthetic_dataset(
-        base / "synthetic", seed=4, counts=SyntheticCounts(train_videos=6, val_videos=2, images=4)
-    )
-    cfg = compose_config([f"data.root={base / 'synthetic'}", "data.num_workers=0"])
+    cfg = compose_config([f"data.root={small_synthetic}", "data.num_workers=0"])
     seed_everything(int(cfg.train.seed))  # as the trainer (and `divot-data features`) build it
     video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
     tokenizer_cfg = dataclasses.asdict(cfg.video_tokenizer)

@@ -145,7 +145,7 @@ def bare_mistral_step(trainer: Trainer, batches: list[dict]) -> Callable[[], Non
     model = MistralForCausalLM(trainer.model.causal_lm.config).to(trainer.device, trainer.dtype).train()
     enable_recompute(model, cfg.model.llm.checkpoint_every)  # ours recomputes: so does the baseline
     mirrored_trainable(model, trainer.model.causal_lm)
-    optimizer = build_optimizer(model, cfg, trainer.device)
+    optimizer = build_optimizer(model, cfg)
     next_batch = cycle(batches)
 
     def step() -> None:
@@ -173,7 +173,7 @@ def plain_divot_step(trainer: Trainer, inputs: list[dict]) -> Callable[[], None]
         cfg, trainer.video_tokenizer, init_from=cfg.stage.init_from, dtype=trainer.dtype
     )
     model = model.to(trainer.device).train()
-    optimizer = build_optimizer(model, cfg, trainer.device)
+    optimizer = build_optimizer(model, cfg)
     next_inputs = cycle(inputs)
 
     def step() -> None:

@@ -52,6 +52,14 @@ class VidTokConfig:
     commitment_loss_weight: float = checked(0.25, ge=0)
     entropy_inv_temperature: float = checked(100.0, gt=0)
     diversity_gamma: float = checked(1.0, ge=0)
+    # What ``encode`` hands the LLM (docs/vidtok.md, "The LLM over VidTok features"): p x p
+    # latent positions per token, N = T' (h/p) (w/p) tokens of D = C p p features (N <= 256)
+    llm_patch_size: int = checked(1, ge=1)
+    # Per-channel statistics of the raw KL latents (length C; `divot-data latent-stats`):
+    # with both set, features are (latent - mean) / std. Null = none, or those stored in the
+    # save_pretrained folder pretrained_path names. FSQ tokenizers leave them null.
+    latent_mean: list[float] | None = None
+    latent_std: list[float] | None = checked(None, gt=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +149,43 @@ def check_config(config: VidTokConfig) -> None:
             f"input_height x input_width {config.input_height}x{config.input_width} must be multiples of the "
             f"spatial factor {factor}"
         )
+    check_llm_features(config)
+
+
+def check_llm_features(config: VidTokConfig) -> None:
+    """Raise ValueError for LLM-feature settings (patch size, latent statistics) that do not
+    fit the latent grid or the bottleneck."""
+    factor, p = spatial_factor(config), config.llm_patch_size
+    grid_h, grid_w = config.input_height // factor, config.input_width // factor
+    if grid_h % p or grid_w % p:
+        raise ValueError(
+            f"video_tokenizer.llm_patch_size={p} must divide the latent grid {grid_h}x{grid_w} "
+            f"(input {config.input_height}x{config.input_width} / spatial factor {factor})"
+        )
+    stats = {"latent_mean": config.latent_mean, "latent_std": config.latent_std}
+    given = [name for name, value in stats.items() if value is not None]
+    if given and config.regularizer == "fsq":
+        raise ValueError(
+            f"video_tokenizer.{given[0]}: an FSQ tokenizer hands the LLM code digits, which are not "
+            "normalised (leave latent_mean and latent_std null)"
+        )
+    if len(given) == 1:
+        raise ValueError(f"video_tokenizer.{given[0]} is set without the other of latent_mean / latent_std")
+    for name, value in stats.items():
+        if value is not None and len(value) != config.z_channels:
+            raise ValueError(
+                f"video_tokenizer.{name} has {len(value)} values; the latents have z_channels={config.z_channels}"
+            )
+
+
+def llm_grid(config: VidTokConfig) -> tuple[int, int, int]:
+    """``(T', h / p, w / p)``: the LLM tokens of a clip along time, rows and columns."""
+    factor, p = spatial_factor(config), config.llm_patch_size
+    return (
+        latent_frames(config, config.frames_per_clip),
+        config.input_height // factor // p,
+        config.input_width // factor // p,
+    )
 
 
 def frame_rule(config: VidTokConfig) -> str:

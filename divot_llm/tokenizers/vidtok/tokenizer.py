@@ -1,13 +1,19 @@
 """VidTok as a frozen video tokenizer (arch ``vidtok``; ``video_tokenizer=vidtok_*``).
 
-The LLM-facing ``encode`` flattens the latent grid: a 17 x 256^2 clip of
-``vidtok_kl_causal_488_4chn`` gives (5 x 32 x 32 = 5120 tokens, 4 channels). The latent
-interface (``LatentVideoTokenizer``) encodes to and decodes from latents or FSQ indices
-and reconstructs videos of any length.
+The LLM-facing ``encode`` cuts the latent grid into ``llm_patch_size`` p x p patches
+(``features``): a 17 x 128^2 clip of ``vidtok_kl_causal_488_4chn`` (5 x 16 x 16 latents)
+gives 5 x 8 x 8 = 320 tokens of 4 x 2 x 2 = 16 features at p = 2 -- too many for the
+LLM's 256 frame tokens; p = 4 gives 80 tokens of 64. KL features are the latents
+normalised per channel (``latent_mean`` / ``latent_std``, from ``divot-data
+latent-stats``); FSQ features are the code digits. ``decode_features`` inverts that. The
+latent interface (``LatentVideoTokenizer``) encodes to and decodes from latents or FSQ
+indices and reconstructs videos of any length.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -17,12 +23,20 @@ from safetensors.torch import save_file
 from divot_llm.tokenizers.base import LatentVideoTokenizer, config_value
 from divot_llm.tokenizers.registry import register_video_tokenizer
 from divot_llm.tokenizers.vidtok.autoencoder import VIDTOK_WEIGHTS, VidTokAutoencoder, load_vidtok_weights
-from divot_llm.tokenizers.vidtok.config import VidTokConfig, latent_frames
+from divot_llm.tokenizers.vidtok.config import VidTokConfig, check_llm_features, llm_grid
+from divot_llm.tokenizers.vidtok.features import (
+    MAX_LLM_TOKENS,
+    digits_index,
+    index_digits,
+    patchify,
+    unpatchify,
+)
 
 
 @register_video_tokenizer("vidtok")
 class VidTokTokenizer(LatentVideoTokenizer):
-    """Frozen VidTok: ``(B, F, 3, H, W)`` frames in [-1, 1] -> ``(B, T' h w, C)`` features.
+    """Frozen VidTok: ``(B, F, 3, H, W)`` frames in [-1, 1] -> ``(B, N, D)`` features,
+    N = T' (h/p) (w/p) tokens of D = C p p normalised latents or FSQ code digits.
 
     Args:
         config: architecture; ``from_config`` also loads ``pretrained_path``.
@@ -44,8 +58,10 @@ class VidTokTokenizer(LatentVideoTokenizer):
     @classmethod
     def from_config(cls, config: VidTokConfig) -> VidTokTokenizer:
         """Build from a config; ``pretrained_path`` (a release ``.ckpt``/``.safetensors`` or a
-        ``save_pretrained`` folder) is loaded strictly when set, random weights when null."""
-        tokenizer = cls(config)
+        ``save_pretrained`` folder) is loaded strictly when set, random weights when null.
+        Null latent statistics are taken from a ``save_pretrained`` folder that stores them
+        (``divot-data latent-stats`` writes one); ``self.config`` then holds them."""
+        tokenizer = cls(_with_saved_latent_stats(config))
         if config.pretrained_path is not None:
             load_vidtok_weights(tokenizer.autoencoder, config.pretrained_path)
         return tokenizer
@@ -84,19 +100,110 @@ class VidTokTokenizer(LatentVideoTokenizer):
 
     @property
     def num_tokens(self) -> int:
-        factor = self.spatial_factor
-        grid = (self.config.input_height // factor) * (self.config.input_width // factor)
-        return latent_frames(self.config, self.config.frames_per_clip) * grid
+        """N = T' (h/p) (w/p).
+
+        Raises:
+            ValueError: N is more than the LLM's 256 frame tokens (the message suggests a
+                ``video_tokenizer.llm_patch_size`` that fits). Only what feeds the LLM asks
+                for N, so reconstructing or training the VidTok itself never fails here.
+        """
+        return self._llm_tokens()
+
+    def _llm_tokens(self) -> int:
+        t, h, w = llm_grid(self.config)
+        if t * h * w > MAX_LLM_TOKENS:
+            raise ValueError(self._too_many_tokens(t, h, w))
+        return t * h * w
+
+    def _too_many_tokens(self, t: int, h: int, w: int) -> str:
+        p = self.config.llm_patch_size
+        grid_h, grid_w = h * p, w * p
+        fits = [
+            q
+            for q in range(p + 1, min(grid_h, grid_w) + 1)
+            if grid_h % q == 0 and grid_w % q == 0 and t * (grid_h // q) * (grid_w // q) <= MAX_LLM_TOKENS
+        ]
+        hint = (
+            f"set video_tokenizer.llm_patch_size={fits[0]} ({t * (grid_h // fits[0]) * (grid_w // fits[0])} "
+            f"tokens of {self.latent_channels * fits[0] ** 2} features)"
+            if fits
+            else "use smaller frames (video_tokenizer.input_height / input_width) or fewer frames per clip, "
+            "and a larger video_tokenizer.llm_patch_size"
+        )
+        return (
+            f"{self.config.name}: {t} x {h} x {w} = {t * h * w} LLM tokens per clip (latent grid "
+            f"{t} x {grid_h} x {grid_w}, llm_patch_size {p}) are more than the LLM's {MAX_LLM_TOKENS} "
+            f"frame tokens: {hint}"
+        )
 
     @property
     def feature_dim(self) -> int:
-        return self.config.z_channels
+        """D = C p p."""
+        return self.config.z_channels * self.config.llm_patch_size**2
+
+    @property
+    def feature_levels(self) -> list[int] | None:
+        """FSQ: the levels of each feature's digit (``(C, p, p)`` layout: each channel's L
+        repeated p p times); KL: None."""
+        if self.levels is None:
+            return None
+        return [level for level in self.levels for _ in range(self.config.llm_patch_size**2)]
 
     # -------------------------------------------------------------------- encoding
 
     def _encode(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
-        latents_bcthw = self.encode_latents(frames_bfchw)
-        return latents_bcthw.flatten(2).transpose(1, 2)  # (B, T' h w, C), time-major
+        self._llm_tokens()  # raises when a clip has more tokens than the LLM takes
+        if self.levels is None:
+            grid_bcthw = self._normalised(self.encode_latents(frames_bfchw))
+        else:
+            # integer digits as floats: exact in bf16 / fp16 (L <= 256)
+            grid_bcthw = index_digits(self.encode_indices(frames_bfchw), self.levels).to(self.dtype)
+        return patchify(grid_bcthw, self.config.llm_patch_size)
+
+    def decode_features(self, feats_bnd: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D)`` features in ``encode``'s layout -> ``(B, F, 3, H, W)`` frames
+        (unclamped): KL features de-normalised, FSQ digits rounded and clamped to their
+        levels (generated ones may be off the grid)."""
+        if feats_bnd.ndim != 3 or feats_bnd.shape[1:] != (self.num_tokens, self.feature_dim):
+            raise ValueError(
+                f"expected (B, N={self.num_tokens}, D={self.feature_dim}) features, got shape "
+                f"{tuple(feats_bnd.shape)}"
+            )
+        grid_bcthw = unpatchify(feats_bnd.to(self.device), llm_grid(self.config), self.config.llm_patch_size)
+        if self.levels is None:
+            return self.decode_latents(self._denormalised(grid_bcthw))
+        return self.decode_indices(digits_index(grid_bcthw, self.levels))
+
+    def _latent_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(C, 1, 1, 1)`` fp32 mean and std, or None when the features are not normalised."""
+        if self.config.latent_mean is None:
+            return None
+        mean_c, std_c = (
+            torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1, 1)
+            for values in (self.config.latent_mean, self.config.latent_std)
+        )
+        return mean_c, std_c
+
+    def _normalised(self, latents_bcthw: torch.Tensor) -> torch.Tensor:
+        stats = self._latent_stats(latents_bcthw.device)
+        if stats is None:
+            return latents_bcthw
+        mean_c, std_c = stats
+        return ((latents_bcthw.float() - mean_c) / std_c).to(latents_bcthw.dtype)
+
+    def _denormalised(self, feats_bcthw: torch.Tensor) -> torch.Tensor:
+        stats = self._latent_stats(feats_bcthw.device)
+        if stats is None:
+            return feats_bcthw
+        mean_c, std_c = stats
+        return feats_bcthw.float() * std_c + mean_c
+
+    def set_latent_stats(self, mean: list[float], std: list[float]) -> None:
+        """Normalise ``encode``'s features with these per-channel statistics from now on
+        (``save_pretrained`` then stores them: ``divot-data latent-stats``)."""
+        config = dataclasses.replace(self.config, latent_mean=list(mean), latent_std=list(std))
+        check_llm_features(config)
+        self.config = config
 
     def _video(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
         """Public frames -> the autoencoder's ``(B, 3, T, H, W)`` on its device and dtype."""
@@ -128,3 +235,17 @@ class VidTokTokenizer(LatentVideoTokenizer):
 
     def reconstruct(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.reconstruct(self._video(frames_bfchw)).transpose(1, 2)
+
+
+def _with_saved_latent_stats(config: VidTokConfig) -> VidTokConfig:
+    """``config`` with the latent statistics a ``save_pretrained`` folder at
+    ``pretrained_path`` stores, where the config leaves them null."""
+    if config.latent_mean is not None or config.latent_std is not None or config.pretrained_path is None:
+        return config
+    saved = Path(config.pretrained_path) / VidTokTokenizer.config_file
+    if not saved.is_file():
+        return config
+    fields = json.loads(saved.read_text())
+    return dataclasses.replace(
+        config, latent_mean=fields.get("latent_mean"), latent_std=fields.get("latent_std")
+    )

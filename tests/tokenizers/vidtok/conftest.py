@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from divot_llm.config import compose_config
 from divot_llm.tokenizers.vidtok import VidTokConfig
 from tests import helpers
 
@@ -25,6 +26,18 @@ def fixture_tool():
 def key_tables() -> dict[str, dict[str, list[int]]]:
     with gzip.open(FIXTURES / "key_tables.json.gz", "rt") as file:
         return json.load(file)
+
+
+@pytest.fixture(scope="session")
+def vidtok_tiny_config() -> VidTokConfig:
+    """``video_tokenizer=vidtok_tiny`` composed (once: a composition takes ~0.5 s)."""
+    return compose_config(["video_tokenizer=vidtok_tiny"]).video_tokenizer
+
+
+@pytest.fixture(scope="session")
+def vidtok_tiny_fsq_config() -> VidTokConfig:
+    """``video_tokenizer=vidtok_tiny_fsq`` composed."""
+    return compose_config(["video_tokenizer=vidtok_tiny_fsq"]).video_tokenizer
 
 
 def tiny_case_config(tool, case: dict) -> VidTokConfig:

@@ -14,13 +14,13 @@ from divot_llm.tokenizers.vidtok import VidTokAutoencoder, VidTokTokenizer, load
 
 
 @pytest.fixture(scope="module")
-def tiny_kl():
-    return build_video_tokenizer(compose_config(["video_tokenizer=vidtok_tiny"]).video_tokenizer)
+def tiny_kl(vidtok_tiny_config):
+    return build_video_tokenizer(vidtok_tiny_config)
 
 
 @pytest.fixture(scope="module")
-def tiny_fsq():
-    return build_video_tokenizer(compose_config(["video_tokenizer=vidtok_tiny_fsq"]).video_tokenizer)
+def tiny_fsq(vidtok_tiny_fsq_config):
+    return build_video_tokenizer(vidtok_tiny_fsq_config)
 
 
 def frames(num_frames: int, size: int = 32, batch: int = 1) -> torch.Tensor:
