@@ -154,7 +154,8 @@ def load_inference_models(
         text_tokenizer = _text_tokenizer(release, cfg)
         model = load_release(
             release, cfg.model, tokens_per_clip=video_tokenizer.num_tokens,
-            feature_dim=video_tokenizer.feature_dim, dtype=dtype, device=device,
+            feature_dim=video_tokenizer.feature_dim, feature_levels=video_tokenizer.feature_levels,
+            dtype=dtype, device=device,
         )  # fmt: skip
     detok = _detokenizer(cfg, release, detokenizer, want_detokenizer, video_tokenizer, device)
     return InferenceModels(cfg, release, model, text_tokenizer, video_tokenizer, detok)
