@@ -372,9 +372,9 @@ def _generate(args, models) -> int:
 def _decodes_itself(models) -> bool:
     """No de-tokenizer, and a video tokenizer that is an autoencoder (VidTok): it decodes
     the generated features itself."""
-    from divot_llm.tokenizers.base import LatentVideoTokenizer
+    from divot_llm.infer.load import decodes_itself
 
-    return models.detokenizer is None and isinstance(models.video_tokenizer, LatentVideoTokenizer)
+    return models.detokenizer is None and decodes_itself(models.cfg)
 
 
 def _refuse_generate_flags(args, models) -> int:
