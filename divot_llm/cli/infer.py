@@ -174,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             if return_code:
                 return return_code
-        models = _load(args)
+        cfg = _config(args)
+        refused = _refuse_generate_flags(args, cfg) if args.command == "generate" else 0
+        if refused:  # before anything is loaded
+            return refused
+        models = _load(args, cfg)
         return {"comprehend": _comprehend, "generate": _generate, "reconstruct": _reconstruct}[args.command](
             args, models
         )
@@ -186,15 +190,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _load(args):
-    import torch
-
-    from divot_llm.infer import load_inference_models, official_config, release_config
+def _config(args):
+    from divot_llm.infer import official_config, release_config
 
     if args.release:
-        cfg = release_config(args.release, args.overrides)
-    else:
-        cfg = official_config(args.official, args.command, args.overrides)
+        return release_config(args.release, args.overrides)
+    return official_config(args.official, args.command, args.overrides)
+
+
+def _load(args, cfg):
+    import torch
+
+    from divot_llm.infer import load_inference_models
+
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     return load_inference_models(
         cfg,
@@ -327,9 +335,6 @@ def _generate(args, models) -> int:
     from divot_llm.data.media_out import frame_strip, slug, write_mp4
     from divot_llm.infer import generate_features_for_captions
 
-    refused = _refuse_generate_flags(args, models)
-    if refused:
-        return refused
     skipped = SkippedInputs(len(args.captions))
     captions = _encodable_captions(args.captions, skipped)
     if not captions:
@@ -369,22 +374,16 @@ def _generate(args, models) -> int:
     return skipped.exit_code()
 
 
-def _decodes_itself(models) -> bool:
-    """No de-tokenizer, and a video tokenizer that is an autoencoder (VidTok): it decodes
-    the generated features itself."""
-    from divot_llm.infer.load import decodes_itself
-
-    return models.detokenizer is None and decodes_itself(models.cfg)
-
-
-def _refuse_generate_flags(args, models) -> int:
+def _refuse_generate_flags(args, cfg) -> int:
     """2 (said on stderr) for sampling flags of the other kind of head, or de-tokenizer
     flags when the video tokenizer decodes the features itself; else 0."""
-    if models.cfg.model.head == "gmm":
+    from divot_llm.infer.load import decodes_itself
+
+    if cfg.model.head == "gmm":
         head = _refuse_flags(args, ("temperature", "top_k"), "a code head (model.head=fsq_*)")
     else:
         head = _refuse_flags(args, ("var_scale",), "a GMM head (model.head=gmm)")
-    if head or not _decodes_itself(models):
+    if head or args.detokenizer is not None or not decodes_itself(cfg):
         return head
     return _refuse_flags(args, ("steps", "guidance"), "a de-tokenizer (--detokenizer)")
 
@@ -414,7 +413,10 @@ class _FeatureDecoder:
 def _feature_decoder(args, models) -> _FeatureDecoder | None:
     """What turns generated features into frames: the de-tokenizer (``--detokenizer`` or a
     configured one with weights), else a video tokenizer that decodes itself (VidTok:
-    ``decode_features``), else None (only the features are saved)."""
+    ``decode_features``; ``load_inference_models`` loads no configured de-tokenizer for
+    it), else None (only the features are saved)."""
+    from divot_llm.infer.load import decodes_itself
+
     detok, tokenizer = models.detokenizer, models.video_tokenizer
     if detok is not None:
 
@@ -423,7 +425,7 @@ def _feature_decoder(args, models) -> _FeatureDecoder | None:
             return clips[0]
 
         return _FeatureDecoder(detokenize, args.fps or detok.fps)
-    if not _decodes_itself(models):
+    if not decodes_itself(models.cfg):
         return None
 
     def decode(feats_1nd: torch.Tensor, index: int) -> torch.Tensor:

@@ -18,14 +18,16 @@ import json
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from divot_llm.cli.infer import main as infer_main
 from divot_llm.cli.merge import main as merge_main
-from divot_llm.infer import release_config
-from divot_llm.tokenizers import build_video_tokenizer
+from divot_llm.data.media_out import frame_strip
+from divot_llm.infer import load_inference_models, release_config
 from tests import helpers
 from tests.helpers import run_main
 from tests.train.conftest import read_metrics
@@ -132,32 +134,50 @@ def test_a_release_answers_every_video_and_generates_decoded_videos(
     assert all(isinstance(a["answer"], str) for a in answered), answered
 
     generated = tmp_path / "generated"
-    sampling = ["--cfg-scale", "2"] if path == "fsq" else []  # guidance: code heads only
+    # fsq: guidance (code heads only) and a frame rate of our choice; kl: the default 8 fps
+    options, fps = (["--cfg-scale", "2", "--fps", "4"], 4) if path == "fsq" else ([], 8)
     _, out, _ = run_main(infer_main, "generate", "--release", str(release), *captions, "--out", str(generated),
-                         "--jsonl", str(generated / "generated.jsonl"), *sampling, capsys=capsys)  # fmt: skip
+                         "--jsonl", str(generated / "generated.jsonl"), *options, capsys=capsys)  # fmt: skip
     assert "only the features were saved" not in out
-    tokenizer = build_video_tokenizer(release_config(release).video_tokenizer)  # its shapes
+    tokenizer = load_inference_models(release_config(release), with_llm=False).video_tokenizer  # as the CLI's
     rows = [json.loads(line) for line in (generated / "generated.jsonl").read_text().splitlines()]
     assert [r["caption"] for r in rows] == captions
     for row in rows:
         with av.open(row["video"]) as container:
             decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-            assert float(container.streams.video[0].average_rate) == 8
+            assert float(container.streams.video[0].average_rate) == fps
         size = tokenizer.input_size
         assert len(decoded) == tokenizer.frames_per_clip and decoded[0].shape == (size, size, 3)
-        assert Path(row["strip"]).is_file()
         feats_nd = load_file(row["features"])["features"]
         assert feats_nd.shape == (tokenizer.num_tokens, tokenizer.feature_dim)
         if path == "fsq":  # code digits, each within its level's range
             levels_d = torch.tensor(tokenizer.feature_levels, dtype=feats_nd.dtype)
             assert torch.equal(feats_nd, feats_nd.round())
             assert bool(((feats_nd >= 0) & (feats_nd < levels_d)).all())
+        # the video is the tokenizer's decoding of the saved features (the strip: lossless)
+        expected = frame_strip([tokenizer.decode_features(feats_nd[None])[0]])
+        assert np.array_equal(np.asarray(Image.open(row["strip"])), np.asarray(expected))
 
 
-def test_guidance_on_a_gmm_release_is_a_one_line_error(releases, tmp_path, capsys):
-    code, out, err = run_main(infer_main, "generate", "--release", str(releases["kl"]), "a red circle",
-                              "--out", str(tmp_path), "--cfg-scale", "2", capsys=capsys, check=False)  # fmt: skip
-    said = [line for line in err.splitlines() if line.startswith("divot-infer: ")]  # not the load's progress
-    assert code == 1 and len(said) == 1 and "Traceback" not in err, err
-    assert "classifier-free guidance (cfg_scale=2.0) needs a code head" in said[0]
-    assert not list(tmp_path.iterdir())
+@pytest.mark.parametrize(
+    ("path", "flags", "code", "said"),
+    [
+        (
+            "kl",
+            ["--cfg-scale", "2"],
+            1,
+            "classifier-free guidance (cfg_scale=2.0) needs a code head",
+        ),  # the model's
+        ("kl", ["--top-k", "4"], 2, "--top-k go with a code head (model.head=fsq_*)"),
+        ("fsq", ["--var-scale", "0.5"], 2, "--var-scale go with a GMM head (model.head=gmm)"),
+        ("fsq", ["--steps", "4"], 2, "--steps go with a de-tokenizer (--detokenizer)"),
+    ],
+)
+def test_generate_refuses_what_the_release_cannot_do_in_one_line(
+    releases, path, flags, code, said, tmp_path, capsys
+):
+    exit_code, _, err = run_main(infer_main, "generate", "--release", str(releases[path]), "a red circle",
+                                 "--out", str(tmp_path / "out"), *flags, capsys=capsys, check=False)  # fmt: skip
+    lines = [line for line in err.splitlines() if line.startswith("divot-infer: ")]  # not the load's progress
+    assert exit_code == code and len(lines) == 1 and said in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
