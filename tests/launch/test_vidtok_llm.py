@@ -159,20 +159,15 @@ def test_a_release_answers_every_video_and_generates_decoded_videos(
         assert np.array_equal(np.asarray(Image.open(row["strip"])), np.asarray(expected))
 
 
-@pytest.mark.parametrize(
-    ("path", "flags", "code", "said"),
-    [
-        (
-            "kl",
-            ["--cfg-scale", "2"],
-            1,
-            "classifier-free guidance (cfg_scale=2.0) needs a code head",
-        ),  # the model's
-        ("kl", ["--top-k", "4"], 2, "--top-k go with a code head (model.head=fsq_*)"),
-        ("fsq", ["--var-scale", "0.5"], 2, "--var-scale go with a GMM head (model.head=gmm)"),
-        ("fsq", ["--steps", "4"], 2, "--steps go with a de-tokenizer (--detokenizer)"),
-    ],
-)
+REFUSED = {  # id: (path, flags, exit code, the line said)
+    "kl-guidance": ("kl", ["--cfg-scale", "2"], 1, "classifier-free guidance (cfg_scale=2.0) needs a code"),
+    "kl-top-k": ("kl", ["--top-k", "4"], 2, "--top-k go with a code head (model.head=fsq_*)"),
+    "fsq-var-scale": ("fsq", ["--var-scale", "0.5"], 2, "--var-scale go with a GMM head (model.head=gmm)"),
+    "fsq-steps": ("fsq", ["--steps", "4"], 2, "--steps go with a de-tokenizer (--detokenizer)"),
+}
+
+
+@pytest.mark.parametrize(("path", "flags", "code", "said"), REFUSED.values(), ids=REFUSED.keys())
 def test_generate_refuses_what_the_release_cannot_do_in_one_line(
     releases, path, flags, code, said, tmp_path, capsys
 ):
