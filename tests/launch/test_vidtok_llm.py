@@ -43,7 +43,7 @@ SCHEDULE = (
     "train.eval_at_start=true",
     "optim.warmup_steps=5",
 )
-# The tiny VidToks at experiment=demo_vidtok's shape, the cheapest: 3 levels, 9-frame clips
+# The tiny VidToks at experiment=demo_vidtok's shape, the cheapest: 3 resolution levels, 9-frame clips
 # (frames 0, 2, ..., 14 and 15 of a 2-s window at 8 fps) -> 3 x 8 x 8 latents, 2 x 2 patches
 # -> 48 LLM tokens per clip, of 16 dims.
 SHAPE = (
@@ -60,7 +60,7 @@ HEADS = {"kl": "model.head=gmm", "fsq": "model.head=fsq_factorized"}
 PATHS = tuple(TOKENIZERS)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def latent_stats(export_data, tmp_path_factory) -> Path:
     """The KL tokenizer with the statistics of its latents over a few training clips
     (``divot-data latent-stats``: its ``video_tokenizer/`` folder)."""
@@ -73,9 +73,9 @@ def latent_stats(export_data, tmp_path_factory) -> Path:
     return out / "video_tokenizer"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vidtok_runs(export_data, latent_stats, tmp_path_factory) -> Path:
-    """``<out>/kl`` and ``<out>/fsq``: the two pretraining runs, one launch."""
+    """``<out>/kl`` and ``<out>/fsq``: the two pretraining runs, one launch for both."""
     runs = {
         "kl": [*TOKENIZERS["kl"], f"video_tokenizer.pretrained_path={latent_stats}", HEADS["kl"], *SCHEDULE],
         "fsq": [*TOKENIZERS["fsq"], HEADS["fsq"], *SCHEDULE],
@@ -93,7 +93,7 @@ def vidtok_runs(export_data, latent_stats, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def releases(vidtok_runs, tmp_path_factory) -> dict[str, Path]:
     """Each run's verified fp32 release (``divot-merge --verify``, in this process)."""
     out = tmp_path_factory.mktemp("vidtok_releases")
