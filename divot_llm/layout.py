@@ -22,9 +22,9 @@ A release (``divot-merge``, ``divot_llm.model.release``; what Divot publishes an
 SFT stage and ``divot-infer`` start from)::
 
     <release>/llm/              HF Mistral folder, LoRA merged, vocabulary 32262
-    <release>/agent/            pytorch_model.bin (or model.safetensors): the 8 projection
-                                tensors input_resampler.proj.{0,2}.{weight,bias} and
-                                output_resampler.proj.{0,2}.{weight,bias}
+    <release>/agent/            pytorch_model.bin (or model.safetensors): the video head's
+                                input_resampler.* and output_resampler.* tensors (the GMM
+                                head's 8: input/output_resampler.proj.{0,2}.{weight,bias})
     <release>/video_tokenizer/  optional: a frozen module in save_pretrained form, when it
     <release>/detokenizer/      has no weights file elsewhere (random-init tiny configs)
     <release>/config.yaml, release.json

@@ -3,6 +3,7 @@
     divot-infer comprehend --release releases/sft_comp clip.mp4 -q "What is the shape doing?"
     divot-infer comprehend --release releases/sft_comp *.mp4 --no-stream --jsonl answers.jsonl
     divot-infer generate --release releases/sft_gen "a red circle moving left" --out gen/
+    divot-infer generate --release releases/vidtok_fsq_gen "a red circle moving left" --temperature 0.8 --top-k 4 --cfg-scale 2 --out gen/
     divot-infer reconstruct --release releases/sft_comp clip.mp4 --out recon/
     divot-infer reconstruct --video-tokenizer vidtok_kl_causal_488_4chn --ckpt checkpoints/vidtok_kl_causal_488_4chn.ckpt clip.mp4 --out recon/
     divot-infer comprehend --official pretrained/ demo_videos/wine.mp4      # Divot's own files
@@ -18,6 +19,10 @@ conf/video_tokenizer option, weights from --ckpt or its pretrained_path): each w
 is read at --fps, resized and centre-cropped to --height x --width (default VidTok's 30
 fps, 256 x 256), reconstructed in chunks and written as mp4 with an input-above-output
 strip and its PSNR/SSIM (LPIPS with --lpips and --lpips-heads), also in metrics.json.
+A release over VidTok (video_tokenizer=vidtok_*) needs no de-tokenizer: generate decodes the
+sampled features (model.head=gmm) or codes (model.head=fsq_*) with the tokenizer's own
+decoder and writes them at --fps (default 8); --temperature, --top-k and --cfg-scale
+change a code head's sampling (defaults: the release's model.code_head).
 --set KEY=VALUE changes the config (repeatable), e.g. --set model.llm.attn_implementation=eager.
 
 A file (or caption) that cannot be used -- missing, corrupt, no frames -- is skipped with
@@ -34,10 +39,15 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from divot_llm.cli.display import printable
 from divot_llm.cli.eval import READ_DEFAULTS, add_reconstruction_args
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_QUESTION = "What does this video describe?"  # the reference's comprehension demo
 EXIT_SKIPPED = 3  # some inputs could not be used; every other result was written
@@ -93,15 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--no-stream", action="store_true", help="print answers only when complete")
     comp.add_argument("--jsonl", metavar="FILE", help="also write {media, question, answer} lines")
 
-    gen = commands.add_parser("generate", help="caption(s) -> GMM-sampled features -> video")
+    gen = commands.add_parser("generate", help="caption(s) -> sampled features (GMM) or codes (FSQ) -> video")
     _add_model_args(gen)
     _add_detok_args(gen)
     gen.add_argument("captions", nargs="+", help="what to generate")
     gen.add_argument("--out", default="outputs/generate", help="output folder (default outputs/generate)")
     gen.add_argument(
-        "--var-scale", type=float, help="GMM sampling variance scale (default: the model's, 0.1)"
+        "--var-scale", type=float, help="GMM sampling variance scale (gmm head; default: the model's, 0.1)"
     )
-    gen.add_argument("--mean", action="store_true", help="take the GMM's weighted mean instead of sampling")
+    gen.add_argument("--mean", action="store_true",
+                     help="take the GMM's weighted mean (a code head: the most likely code) instead of sampling")  # fmt: skip
+    gen.add_argument("--temperature", type=float,
+                     help="code sampling temperature (fsq_* heads; default: the release's model.code_head)")  # fmt: skip
+    gen.add_argument("--top-k", type=int,
+                     help="sample among the k likeliest values of each code, 0 = all (fsq_* heads; default: "
+                          "the release's model.code_head)")  # fmt: skip
+    gen.add_argument("--cfg-scale", type=float,
+                     help="classifier-free guidance scale, 1 = none (fsq_* heads; default: the release's "
+                          "model.code_head)")  # fmt: skip
+    gen.add_argument("--fps", type=float,
+                     help="frame rate of the written videos (default: the de-tokenizer's; 8 when the "
+                          "video tokenizer decodes the features itself, as VidTok)")  # fmt: skip
     gen.add_argument("--media", choices=("video", "image"), default="video")
     gen.add_argument("--template", choices=("auto", "instruct", "caption"), default="auto",
                      help="prompt form: instruct (SFT-gen), caption (pretrain); auto from the release's stage")  # fmt: skip
@@ -152,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             if return_code:
                 return return_code
-        models = _load(args)
+        cfg = _config(args)
+        refused = _refuse_generate_flags(args, cfg) if args.command == "generate" else 0
+        if refused:  # before anything is loaded
+            return refused
+        models = _load(args, cfg)
         return {"comprehend": _comprehend, "generate": _generate, "reconstruct": _reconstruct}[args.command](
             args, models
         )
@@ -164,15 +190,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _load(args):
-    import torch
-
-    from divot_llm.infer import load_inference_models, official_config, release_config
+def _config(args):
+    from divot_llm.infer import official_config, release_config
 
     if args.release:
-        cfg = release_config(args.release, args.overrides)
-    else:
-        cfg = official_config(args.official, args.command, args.overrides)
+        return release_config(args.release, args.overrides)
+    return official_config(args.official, args.command, args.overrides)
+
+
+def _load(args, cfg):
+    import torch
+
+    from divot_llm.infer import load_inference_models
+
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     return load_inference_models(
         cfg,
@@ -233,12 +263,14 @@ def _jsonl_lines(path: str | None) -> Iterator[Callable[[dict], None]]:
 def _readable_media(paths: list[str], models, args, skipped: SkippedInputs) -> list[tuple[str, tuple]]:
     """(path, (features, kind)) of each file that can be read; the others are reported."""
     from divot_llm.data.errors import MediaError
-    from divot_llm.infer import encode_media
+    from divot_llm.infer import ClipSampling, encode_media
 
+    sampling = ClipSampling.of(models.cfg.data)  # the clips the model was trained on
     readable = []
     for path in paths:
         try:
-            readable.append((path, encode_media(path, models.video_tokenizer, args.num_clips, args.seed)))
+            encoded = encode_media(path, models.video_tokenizer, args.num_clips, args.seed, sampling)
+            readable.append((path, encoded))
         except MediaError as exc:
             skipped.report(path, exc.reason, exc.detail)
     return readable
@@ -310,36 +342,96 @@ def _generate(args, models) -> int:
     instruct = {"auto": not _is_pretrain(models), "instruct": True, "caption": False}[args.template]
     feats_bnd = generate_features_for_captions(
         models.model, models.text_tokenizer, [c for _, c in captions], media=args.media, instruct=instruct,
-        var_scale=args.var_scale, sample=not args.mean, seed=args.seed,
+        sample=not args.mean, seed=args.seed, **_sampling_options(args, models.cfg.model),
     )  # fmt: skip
+    decoder = _feature_decoder(args, models)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    detok = models.detokenizer
     with _jsonl_lines(args.jsonl) as write_record:
         for row, (index, caption) in enumerate(captions):
             name = f"{index:03d}_{slug(caption)}"
             feats = feats_bnd[row : row + 1].float().cpu()
             record = {"caption": caption, "features": str(out / f"{name}.safetensors")}
             save_file({"features": feats[0].contiguous()}, record["features"], metadata={"caption": caption})
-            if detok is None:
+            if decoder is None:
                 print(f"{caption!r}: features {tuple(feats.shape[1:])} -> {record['features']}")
                 write_record(record)
                 continue
-            video = detok.decode(feats, steps=args.steps, guidance=args.guidance, seed=args.seed + index)[0]
-            record["video"] = str(write_mp4(out / f"{name}.mp4", video, detok.fps))
+            video = decoder.decode(feats, index)
+            record["video"] = str(write_mp4(out / f"{name}.mp4", video, decoder.fps))
             record["strip"] = str(out / f"{name}_strip.png")
             frame_strip([video]).save(record["strip"])
             write_record(record)
             print(
-                f"{caption!r}: {record['video']} ({video.shape[0]} frames at {detok.fps} fps), "
+                f"{caption!r}: {record['video']} ({video.shape[0]} frames at {decoder.fps:g} fps), "
                 f"{name}_strip.png, features in {name}.safetensors"
             )
-    if detok is None:
+    if decoder is None:
         print(
             "no de-tokenizer with weights is configured, so only the features were saved; pass "
             "--detokenizer PATH (or set detokenizer.pretrained_path) to decode them to video"
         )
     return skipped.exit_code()
+
+
+def _refuse_generate_flags(args, cfg) -> int:
+    """2 (said on stderr) for sampling flags of the other kind of head, or de-tokenizer
+    flags when the video tokenizer decodes the features itself; else 0."""
+    from divot_llm.infer.load import decodes_itself
+
+    if cfg.model.head == "gmm":
+        head = _refuse_flags(args, ("temperature", "top_k"), "a code head (model.head=fsq_*)")
+    else:
+        head = _refuse_flags(args, ("var_scale",), "a GMM head (model.head=gmm)")
+    if head or args.detokenizer is not None or not decodes_itself(cfg):
+        return head
+    return _refuse_flags(args, ("steps", "guidance"), "a de-tokenizer (--detokenizer)")
+
+
+def _sampling_options(args, model_cfg) -> dict:
+    """The generation head's sampling options: the GMM's variance scale, or a code head's
+    temperature and top-k; the guidance scale for either (a GMM head refuses any but 1).
+    What is not given is the release's: ``model.code_head``, the GMM's own variance scale."""
+    cfg_scale = model_cfg.code_head.cfg_scale if args.cfg_scale is None else args.cfg_scale
+    if model_cfg.head == "gmm":
+        return {"var_scale": args.var_scale, "cfg_scale": cfg_scale}
+    # None: the model takes model.code_head's
+    return {"code_temperature": args.temperature, "code_top_k": args.top_k, "cfg_scale": cfg_scale}
+
+
+VIDTOK_FPS = 8.0  # default rate of videos a tokenizer decodes itself: the synthetic set's
+
+
+@dataclass
+class _FeatureDecoder:
+    """Generated features -> one clip ``(F, 3, H, W)`` in [-1, 1], written at ``fps``."""
+
+    decode: Callable[[torch.Tensor, int], torch.Tensor]  # (feats (1, N, D), caption index) -> clip
+    fps: float
+
+
+def _feature_decoder(args, models) -> _FeatureDecoder | None:
+    """What turns generated features into frames: the de-tokenizer (``--detokenizer`` or a
+    configured one with weights), else a video tokenizer that decodes itself (VidTok:
+    ``decode_features``; ``load_inference_models`` loads no configured de-tokenizer for
+    it), else None (only the features are saved)."""
+    from divot_llm.infer.load import decodes_itself
+
+    detok, tokenizer = models.detokenizer, models.video_tokenizer
+    if detok is not None:
+
+        def detokenize(feats_1nd: torch.Tensor, index: int) -> torch.Tensor:
+            clips = detok.decode(feats_1nd, steps=args.steps, guidance=args.guidance, seed=args.seed + index)
+            return clips[0]
+
+        return _FeatureDecoder(detokenize, args.fps or detok.fps)
+    if not decodes_itself(models.cfg):
+        return None
+
+    def decode(feats_1nd: torch.Tensor, index: int) -> torch.Tensor:
+        return tokenizer.decode_features(feats_1nd.to(tokenizer.device, tokenizer.dtype))[0].float()
+
+    return _FeatureDecoder(decode, args.fps or VIDTOK_FPS)
 
 
 def _reconstruct(args, models) -> int:

@@ -172,6 +172,19 @@ class GMMConfig:
     normalize_by_dim: bool = True  # NLL / d, as the reference
 
 
+# model.head: what turns query hidden states into features (and features into LLM inputs)
+VIDEO_HEADS = ("gmm", "fsq_factorized", "fsq_flat")
+
+
+@dataclass
+class CodeHeadConfig:
+    """Sampling defaults of the code heads (``model.head=fsq_*``)."""
+
+    temperature: float = checked(1.0, gt=0)  # softmax temperature of each sampled code
+    top_k: int = checked(0, ge=0)  # keep the k likeliest values of each code (0: all)
+    cfg_scale: float = checked(1.0, ge=0)  # classifier-free guidance scale (1: no guidance)
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -179,9 +192,13 @@ class ModelConfig:
     tokenizer_path: str | None = checked(MISSING, path=PathKind.file_or_folder)
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # gmm: continuous features (Divot, VidTok KL); fsq_factorized: one softmax per FSQ code
+    # digit; fsq_flat: one softmax over all codes (at most 32768); see divot_llm/model/heads.py
+    head: str = checked("gmm", choices=VIDEO_HEADS)
     gmm: GMMConfig = field(default_factory=GMMConfig)
+    code_head: CodeHeadConfig = field(default_factory=CodeHeadConfig)
     lm_loss_scale: float = checked(1.0, ge=0)
-    gmm_loss_scale: float = checked(1.0, ge=0)
+    gmm_loss_scale: float = checked(1.0, ge=0)  # weight of the generation head's loss (any head)
 
 
 # --------------------------------------------------------------------------- data

@@ -8,7 +8,7 @@ cast, and write the release layout::
 
     <out>/llm/               HF Mistral folder: sharded safetensors, config with the grown
                              vocabulary, generation config, text tokenizer files
-    <out>/agent/             pytorch_model.bin: the 8 projection tensors
+    <out>/agent/             pytorch_model.bin: the video head's tensors (GMM: 8 projections)
     <out>/video_tokenizer/   only for a random-init tokenizer (tiny configs), which has no
                              weights file of its own to point at
     <out>/config.yaml        the run's resolved config (inference reads its model parts)
@@ -160,7 +160,10 @@ def merge_release(
     expected = None
     if verify:  # the unmerged model's outputs, before merge_lora changes it in place
         batches = verification_batches(
-            text_tokenizer, video_tokenizer.num_tokens, video_tokenizer.feature_dim
+            text_tokenizer,
+            video_tokenizer.num_tokens,
+            video_tokenizer.feature_dim,
+            feature_levels=video_tokenizer.feature_levels,
         )
         expected = _Expected(batches, reference_outputs(model, batches))
 
@@ -225,7 +228,7 @@ def _verify_written(
     """
     merged = load_release(
         tmp, cfg.model, tokens_per_clip=video_tokenizer.num_tokens, feature_dim=video_tokenizer.feature_dim,
-        dtype=dtype,
+        feature_levels=video_tokenizer.feature_levels, dtype=dtype,
     )  # fmt: skip
     comparisons = compare(expected.outputs, reference_outputs(merged, expected.batches), dtype)
     for c in comparisons:

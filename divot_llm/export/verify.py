@@ -3,7 +3,8 @@
 ``divot-merge --verify`` runs the unmerged training model (base + LoRA) and the release
 *as loaded back from disk* (``load_release``, the path inference and SFT use) on the same
 few batches -- a comprehension sample with two video clips, a generation sample -- and
-compares next-token logits and the GMM parameters of the generation queries. Anything
+compares next-token logits and the video head's parameters (GMMs or code logits) of the
+generation queries. Anything
 the merge or the writing got wrong (a lost adapter, a wrong scale, a missing token row,
 an agent tensor swapped, NaNs) shows up as a difference; the tolerance follows the
 release dtype.
@@ -11,6 +12,7 @@ release dtype.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,17 +56,33 @@ class Comparison:
         )
 
 
+def random_features(
+    shape: tuple[int, ...], feature_levels: Sequence[int] | None, generator: torch.Generator
+) -> torch.Tensor:
+    """Valid random features of ``shape (..., D)``: standard normal for continuous features,
+    else uniform code digits in ``[0, L_i)`` (as floats, like a code tokenizer's)."""
+    if feature_levels is None:
+        return torch.randn(shape, generator=generator)
+    levels_d = torch.tensor(list(feature_levels), dtype=torch.float32)
+    return (torch.rand(shape, generator=generator) * levels_d).floor()
+
+
 def verification_batches(
-    tokenizer: DivotTextTokenizer, tokens_per_clip: int, feature_dim: int, seed: int = 0
+    tokenizer: DivotTextTokenizer,
+    tokens_per_clip: int,
+    feature_dim: int,
+    seed: int = 0,
+    feature_levels: Sequence[int] | None = None,
 ) -> list[dict]:
-    """Two batches of real task sequences over random clip features (fixed seed)."""
+    """Two batches of real task sequences over random clip features (fixed seed; code
+    digits when ``feature_levels`` is given, the video tokenizer's)."""
     builder = SequenceBuilder(tokenizer, tokens_per_clip)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
 
     def example(task: str, clips: int, **text) -> dict:
         seq = builder.build(task, "video", clips, 4096, rng, **text)
-        feats = torch.randn(clips, tokens_per_clip, feature_dim, generator=gen)
+        feats = random_features((clips, tokens_per_clip, feature_dim), feature_levels, gen)
         return sequence_example(seq, task, "video_feats", feats, source="verify", key=task)
 
     comp = example("sft_comp", 2, turns=[("What is shown in the video?", "A red circle moving left.")])
@@ -75,7 +93,7 @@ def verification_batches(
 
 @torch.no_grad()
 def model_outputs(model: DivotLLM, batch: dict) -> dict[str, torch.Tensor]:
-    """fp32 logits at every attended position and GMM parameters at the queries."""
+    """fp32 logits at every attended position and video head parameters at the queries."""
     device = model.device
     inputs = {
         k: batch[k].to(device)
@@ -94,7 +112,7 @@ def model_outputs(model: DivotLLM, batch: dict) -> dict[str, torch.Tensor]:
     attended = inputs["attention_mask"] != 0
     out = {"logits": model.causal_lm.lm_head(hidden_bth)[attended].float()}
     if inputs["ids_gen_mask"].any():
-        out["gmm_params"] = model.query_gmm_params(hidden_bth, inputs["ids_gen_mask"].bool()).float()
+        out["head_params"] = model.query_head_params(hidden_bth, inputs["ids_gen_mask"].bool()).float()
     return out
 
 
@@ -110,7 +128,7 @@ def compare(
     """One comparison per output kind over all batches."""
     tolerance = TOLERANCE[dtype]
     results = []
-    for name in ("logits", "gmm_params"):
+    for name in ("logits", "head_params"):
         pairs = [(r[name], m[name]) for r, m in zip(reference, merged, strict=True) if name in r]
         if not pairs:
             continue

@@ -3,6 +3,7 @@ reconstruct (video -> features -> video), and loading what they need. Caption ->
 features is the model's own (``divot_llm.model.generation``; training uses it too)."""
 
 from divot_llm.infer.comprehend import (
+    ClipSampling,
     TextPrinter,
     answer_media,
     comprehend,
@@ -14,6 +15,7 @@ from divot_llm.infer.reconstruct import Reconstruction, reconstruct
 from divot_llm.model.generation import generate_features_for_captions, generation_prompt_ids
 
 __all__ = [
+    "ClipSampling",
     "InferenceModels",
     "Reconstruction",
     "TextPrinter",

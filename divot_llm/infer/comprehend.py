@@ -1,8 +1,8 @@
 """Video (or image) + question -> answer text, with the reference prompt templates.
 
 The media goes through the same clip sampling as training (the QA rule: always
-``num_clips`` clips) and the frozen video tokenizer; its features replace the frame-token
-placeholders of the prompt.
+``num_clips`` clips; the run's window, stride and rate, ``ClipSampling``) and the frozen
+video tokenizer; its features replace the frame-token placeholders of the prompt.
 """
 
 from __future__ import annotations
@@ -10,13 +10,22 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from divot_llm.data.clip_sampling import MediaError, image_clip, sample_video_clips
+from divot_llm.config.schema import DataConfig
+from divot_llm.data.clip_sampling import (
+    SAMPLE_FPS,
+    STRIDE,
+    WINDOW_FRAMES,
+    MediaError,
+    image_clip,
+    sample_video_clips,
+)
 from divot_llm.data.sources import IMAGE_EXTS
 from divot_llm.model.divot import DivotLLM
 from divot_llm.model.generation import generate_text
@@ -25,8 +34,30 @@ from divot_llm.text.tokenizer import DivotTextTokenizer
 from divot_llm.tokenizers.base import VideoTokenizer
 
 
+@dataclass(frozen=True)
+class ClipSampling:
+    """Which frames of a video make a clip: a ``window`` of frames at ``fps``, every
+    ``stride``-th kept plus the last -- the reference's 16 / 4 / 8 (5 frames, Divot's
+    tokenizer) unless the run was configured otherwise (a 17-frame VidTok: e.g. window
+    16, stride 1)."""
+
+    window: int = WINDOW_FRAMES
+    stride: int = STRIDE
+    fps: float = SAMPLE_FPS
+
+    @classmethod
+    def of(cls, data_cfg: DataConfig) -> ClipSampling:
+        """The sampling a run's data config trained with (``data.frames_per_window``,
+        ``data.frame_stride``, ``data.fps``)."""
+        return cls(data_cfg.frames_per_window, data_cfg.frame_stride, data_cfg.fps)
+
+
 def encode_media(
-    path: str | os.PathLike, video_tokenizer: VideoTokenizer, num_clips: int, seed: int = 0
+    path: str | os.PathLike,
+    video_tokenizer: VideoTokenizer,
+    num_clips: int,
+    seed: int = 0,
+    sampling: ClipSampling = ClipSampling(),
 ) -> tuple[torch.Tensor, str]:
     """Features ``(C, N, D)`` of a video or image file and its kind ("video" | "image").
 
@@ -35,13 +66,17 @@ def encode_media(
             ``corrupt_video``, ``corrupt_image``, ``no_frames``, ...), the message names
             the file.
     """
-    clips, kind = read_media_clips(Path(path), video_tokenizer, num_clips, seed)
+    clips, kind = read_media_clips(Path(path), video_tokenizer, num_clips, seed, sampling)
     feats = video_tokenizer.encode(clips.to(video_tokenizer.device, video_tokenizer.dtype))  # (C, N, D)
     return feats.float(), kind
 
 
 def read_media_clips(
-    path: Path, video_tokenizer: VideoTokenizer, num_clips: int, seed: int
+    path: Path,
+    video_tokenizer: VideoTokenizer,
+    num_clips: int,
+    seed: int,
+    sampling: ClipSampling = ClipSampling(),
 ) -> tuple[torch.Tensor, str]:
     """The clips of a video (the QA rule: ``num_clips`` dense clips) or image (one static
     clip) at the tokenizer's size, and the kind; MediaError for a file that cannot be used."""
@@ -54,7 +89,11 @@ def read_media_clips(
             return clip, "image"
         rng = np.random.default_rng(seed)
         size = video_tokenizer.input_size
-        return sample_video_clips(path, num_clips, rng, dense=True, image_size=size), "video"
+        clips = sample_video_clips(
+            path, num_clips, rng, dense=True, image_size=size,
+            window=sampling.window, sample_fps=sampling.fps, stride=sampling.stride,
+        )  # fmt: skip
+        return clips, "video"
     except MediaError as exc:
         if str(path) in str(exc):
             raise
@@ -86,15 +125,17 @@ def comprehend(
     question: str | None,
     num_clips: int = 20,
     seed: int = 0,
+    sampling: ClipSampling = ClipSampling(),
     **generation,
 ) -> list[str]:
-    """Answers (or captions, with ``question=None``) for a batch of media files.
+    """Answers (or captions, with ``question=None``) for a batch of media files, their
+    clips sampled as ``sampling`` says (``ClipSampling.of(cfg.data)``).
 
     ``generation`` goes to ``generate_text`` (``do_sample``, ``temperature``, ``top_p``,
     ``max_new_tokens``, ...). Raises MediaError, naming the file, for the first file
     that cannot be used (``divot-infer`` encodes one by one and skips such files).
     """
-    encoded = [encode_media(path, video_tokenizer, num_clips, seed) for path in media_paths]
+    encoded = [encode_media(path, video_tokenizer, num_clips, seed, sampling) for path in media_paths]
     return answer_media(model, tokenizer, encoded, question, seed, **generation)
 
 

@@ -44,8 +44,8 @@ from divot_llm.runtime import default_dtype
 from divot_llm.text import load_text_tokenizer
 from divot_llm.text.tokenizer import DivotTextTokenizer
 from divot_llm.tokenizers import build_video_tokenizer
-from divot_llm.tokenizers.base import VideoTokenizer
-from divot_llm.tokenizers.registry import load_video_tokenizer
+from divot_llm.tokenizers.base import LatentVideoTokenizer, VideoTokenizer
+from divot_llm.tokenizers.registry import load_video_tokenizer, video_tokenizer_class
 
 OFFICIAL_EXPERIMENT = "divot_official"
 OFFICIAL_STAGE_FOR = {"comprehend": "sft_comp", "generate": "sft_gen", "reconstruct": "sft_comp"}
@@ -62,7 +62,9 @@ class InferenceModels:
     model: DivotLLM | None  # None when the LLM was not asked for (reconstruct)
     text_tokenizer: DivotTextTokenizer | None
     video_tokenizer: VideoTokenizer
-    detokenizer: VideoDetokenizer | None  # None: not configured (or no weights)
+    # None: not configured (or no weights), or not wanted: a tokenizer that decodes itself
+    # (``decodes_itself``) turns generated features into frames without one
+    detokenizer: VideoDetokenizer | None
 
 
 def release_config(release_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> DivotConfig:
@@ -125,13 +127,16 @@ def load_inference_models(
             by ``save_pretrained`` (e.g. from de-tokenizer training) or a weights file in
             the release key layout (``Divot_detokenizer_stage2.bin``).
         want_detokenizer: Load the configured de-tokenizer if it has weights (a
-            random-init one would decode noise, so it counts as "not configured").
+            random-init one would decode noise, so it counts as "not configured"), unless
+            the video tokenizer decodes itself (``decodes_itself``: VidTok); an explicit
+            ``detokenizer`` is loaded either way.
         device: Default: CUDA if available, else CPU.
         dtype: LLM dtype; default bf16 on CUDA, fp32 on CPU.
     """
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     release = Path(cfg.stage.init_from) if cfg.stage.init_from else None
+    want_detokenizer = want_detokenizer and not decodes_itself(cfg)
     if with_llm and release is None:
         raise ValueError("stage.init_from must name the release (llm/ + agent/) to load")
     if detokenizer is not None:
@@ -149,10 +154,18 @@ def load_inference_models(
         text_tokenizer = _text_tokenizer(release, cfg)
         model = load_release(
             release, cfg.model, tokens_per_clip=video_tokenizer.num_tokens,
-            feature_dim=video_tokenizer.feature_dim, dtype=dtype, device=device,
+            feature_dim=video_tokenizer.feature_dim, feature_levels=video_tokenizer.feature_levels,
+            dtype=dtype, device=device,
         )  # fmt: skip
     detok = _detokenizer(cfg, release, detokenizer, want_detokenizer, video_tokenizer, device)
     return InferenceModels(cfg, release, model, text_tokenizer, video_tokenizer, detok)
+
+
+def decodes_itself(cfg: DivotConfig) -> bool:
+    """The configured video tokenizer is an autoencoder (``LatentVideoTokenizer``: VidTok)
+    whose ``decode_features`` turns the LLM's features back into frames, so generation
+    needs no de-tokenizer. Decided from the config, before anything is built."""
+    return issubclass(video_tokenizer_class(cfg.video_tokenizer.arch), LatentVideoTokenizer)
 
 
 def _config_reads(

@@ -1,9 +1,10 @@
-"""The Divot-LLM module: backbone + LoRA, projections, GMM head, attention masks,
-generation, and the release layout on disk."""
+"""The Divot-LLM module: backbone + LoRA, video heads (GMM, FSQ codes) with their input
+and output modules, attention masks, generation, and the release layout on disk."""
 
 from divot_llm.model.attention import AttentionLayout, attention_kernel, build_attention_mask, query_block_ids
 from divot_llm.model.backbone import load_backbone, mistral_config, resize_vocab
 from divot_llm.model.build import build_divot_llm, build_stage_model, checkpointed_layers, load_release
+from divot_llm.model.code_heads import FactorizedCodeHead, FlatCodeHead, guided_logits, sample_logits
 from divot_llm.model.divot import DivotLLM, DivotOutput
 from divot_llm.model.generation import (
     FrameTokenLogitsProcessor,
@@ -14,6 +15,7 @@ from divot_llm.model.generation import (
     generation_prompt_ids,
 )
 from divot_llm.model.gmm import GMMHead, GMMParams
+from divot_llm.model.heads import VideoHead, build_video_head
 from divot_llm.model.lora import apply_lora, load_training_state_dict, map_legacy_peft_keys
 from divot_llm.model.projection import ProjectionLayer
 from divot_llm.model.release import load_agent_weights, read_agent_file, save_release
@@ -22,21 +24,26 @@ __all__ = [
     "AttentionLayout",
     "DivotLLM",
     "DivotOutput",
+    "FactorizedCodeHead",
+    "FlatCodeHead",
     "FrameTokenLogitsProcessor",
     "GMMHead",
     "GMMParams",
     "GeneratedFeatures",
     "ProjectionLayer",
+    "VideoHead",
     "apply_lora",
     "attention_kernel",
     "build_attention_mask",
     "build_divot_llm",
+    "build_video_head",
     "build_stage_model",
     "checkpointed_layers",
     "generate_features",
     "generate_features_for_captions",
     "generate_text",
     "generation_prompt_ids",
+    "guided_logits",
     "load_agent_weights",
     "load_backbone",
     "load_release",
@@ -46,5 +53,6 @@ __all__ = [
     "query_block_ids",
     "read_agent_file",
     "resize_vocab",
+    "sample_logits",
     "save_release",
 ]

@@ -2,8 +2,9 @@
 a release for inference, and the (tokenizer, de-tokenizer) pairs the de-tokenizer stages
 train.
 
-The video tokenizer's feature shape (N tokens per clip, D dims) is passed in by the
-caller (``tokenizer.num_tokens`` / ``tokenizer.feature_dim``), so nothing here assumes
+The video tokenizer's feature shape (N tokens per clip, D dims, and for code features
+the levels of each dim) is passed in by the caller (``tokenizer.num_tokens`` /
+``tokenizer.feature_dim`` / ``tokenizer.feature_levels``), so nothing here assumes
 Divot's 64 x 256.
 
 Everything random at build time -- the tokenizer and LLM of tiny random-init configs, the
@@ -15,6 +16,7 @@ hold no frozen weights) rebuild the same frozen values whatever the device.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,7 +32,7 @@ from divot_llm.detokenizers.training import (
 from divot_llm.layout import AGENT_DIR, LLM_DIR
 from divot_llm.model.backbone import load_backbone, resize_vocab
 from divot_llm.model.divot import DivotLLM
-from divot_llm.model.gmm import GMMHead
+from divot_llm.model.heads import build_video_head
 from divot_llm.model.lora import apply_lora
 from divot_llm.model.release import load_agent_weights
 from divot_llm.runtime import seed_everything
@@ -44,6 +46,7 @@ def build_divot_llm(
     *,
     tokens_per_clip: int,
     feature_dim: int,
+    feature_levels: Sequence[int] | None = None,
     train_input_proj: bool = True,
     train_output_proj: bool = True,
     init_from: str | os.PathLike | None = None,
@@ -55,20 +58,27 @@ def build_divot_llm(
 
     Steps, as the reference: load Mistral (``model_cfg.llm.path``, or ``init_from/llm``
     for an SFT stage) or build it from the config; grow the vocabulary by Divot's 262
-    tokens (a no-op for a release, which already has them); add LoRA; add the projections
-    (random, or ``init_from/agent``) and freeze those the stage does not train.
+    tokens (a no-op for a release, which already has them); add LoRA; add the video head's
+    input and output modules (random, or ``init_from/agent``) and freeze those the stage
+    does not train.
 
     Args:
         model_cfg: ``cfg.model`` (dataclass or the composed DictConfig).
         tokens_per_clip: N, from the video tokenizer.
         feature_dim: D, from the video tokenizer.
+        feature_levels: The video tokenizer's ``feature_levels`` (None: continuous
+            features); must fit ``model_cfg.head``.
         train_input_proj: ``cfg.stage.train_input_proj``.
         train_output_proj: ``cfg.stage.train_output_proj``.
         init_from: ``cfg.stage.init_from``: a release folder (``llm/`` + ``agent/``).
         use_lora: Wrap with LoRA when ``model_cfg.lora.enabled``; False keeps the bare LLM.
         dtype: Parameter dtype (fp32 as the reference; DeepSpeed casts for bf16).
         device: ``"meta"`` builds without memory (counting, planning).
+
+    Raises:
+        ValueError: ``model_cfg.head`` does not fit the features (``build_video_head``).
     """
+    video_head = build_video_head(model_cfg, feature_dim, feature_levels)  # before the slow part
     llm_path = Path(init_from) / LLM_DIR if init_from is not None else None
     backbone = load_backbone(model_cfg.llm, path=llm_path, dtype=dtype, device=device)
     resize_vocab(backbone, model_cfg.llm.vocab_size + NUM_ADDED_TOKENS, model_cfg.llm.new_lm_head_rows_scale)
@@ -82,7 +92,7 @@ def build_divot_llm(
             llm,
             tokens_per_clip=tokens_per_clip,
             feature_dim=feature_dim,
-            gmm=GMMHead.from_config(model_cfg.gmm, dim=feature_dim),
+            video_head=video_head,
             lm_loss_scale=model_cfg.lm_loss_scale,
             gmm_loss_scale=model_cfg.gmm_loss_scale,
             train_input_proj=train_input_proj,
@@ -128,7 +138,7 @@ def recomputed_fraction(model: DivotLLM) -> float:
 def compile_layers(backbone: MistralForCausalLM) -> None:
     """``torch.compile`` each decoder layer in place (``nn.Module.compile``: parameter names,
     state dicts and peft's module paths are unchanged). Layers, not the whole model: the mask
-    building, loss indexing and GMM head stay eager, and one compiled graph serves all layers."""
+    building, loss indexing and video head stay eager, and one compiled graph serves all layers."""
     for layer in backbone.model.layers:
         layer.compile()
 
@@ -148,6 +158,7 @@ def build_stage_model(
         cfg.model,
         tokens_per_clip=video_tokenizer.num_tokens,
         feature_dim=video_tokenizer.feature_dim,
+        feature_levels=video_tokenizer.feature_levels,
         train_input_proj=cfg.stage.train_input_proj,
         train_output_proj=cfg.stage.train_output_proj,
         init_from=init_from,
@@ -243,14 +254,17 @@ def load_release(
     *,
     tokens_per_clip: int,
     feature_dim: int,
+    feature_levels: Sequence[int] | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
 ) -> DivotLLM:
-    """A release (``llm/`` + ``agent/``) for inference: no LoRA, everything frozen, eval."""
+    """A release (``llm/`` + ``agent/``) for inference: no LoRA, everything frozen, eval.
+    The feature shape as ``build_divot_llm``'s."""
     model = build_divot_llm(
         model_cfg,
         tokens_per_clip=tokens_per_clip,
         feature_dim=feature_dim,
+        feature_levels=feature_levels,
         init_from=release_dir,
         use_lora=False,
         dtype=dtype,

@@ -1,9 +1,10 @@
-"""``DivotLLM``: Mistral (+ LoRA) with an input projection for video features, an
-output projection to per-token GMMs, and the losses of both tasks.
+"""``DivotLLM``: Mistral (+ LoRA) with an input module for video features, an output
+module to the video head's per-token parameters (GMMs or code logits, ``heads.py``), and
+the losses of both tasks.
 
 One batch may mix comprehension samples (video features written over frame-token
 placeholders, LM loss on the text) and generation samples (query tokens whose final
-hidden states predict the target features through the GMM): every step indexes per
+hidden states predict the target features through the video head): every step indexes per
 sample, so nothing assumes the whole batch shares one task (the reference does).
 
 Batch keys (all ``(B, ...)``; masks are bool unless stated):
@@ -39,20 +40,21 @@ from divot_llm.model.attention import (
     additive_mask,
     attention_kernel,
 )
-from divot_llm.model.gmm import GMMHead
-from divot_llm.model.projection import ProjectionLayer
+from divot_llm.model.heads import VideoHead
 from divot_llm.text.templates import IGNORE_INDEX, PADDING, QUERY
 
 
 @dataclass
 class DivotOutput:
     """Losses of one batch. Batch losses average over tokens (supervised text tokens for
-    the LM loss, query tokens for the GMM loss); per-sample losses average over each
-    sample's own tokens and are 0 for a sample without any."""
+    the LM loss, query tokens for the head's loss); per-sample losses average over each
+    sample's own tokens and are 0 for a sample without any. ``gmm_loss`` keeps its name
+    (logs, reports and checkpoints read it) whatever the head: it is the generation head's
+    loss, the GMM NLL or the code cross-entropy."""
 
     total_loss: torch.Tensor  # () lm_loss_scale·lm + gmm_loss_scale·gmm
     lm_loss: torch.Tensor  # ()
-    gmm_loss: torch.Tensor  # ()
+    gmm_loss: torch.Tensor  # () the video head's NLL per query token
     lm_loss_per_sample: torch.Tensor  # (B,)
     gmm_loss_per_sample: torch.Tensor  # (B,)
 
@@ -64,11 +66,12 @@ class DivotLLM(nn.Module):
         llm: ``MistralForCausalLM`` with the Divot vocabulary, optionally wrapped by peft.
         tokens_per_clip: N, the video tokenizer's tokens per clip (64 for Divot).
         feature_dim: D, the tokenizer's feature dim (256 for Divot).
-        gmm: The GMM head (its ``dim`` must equal ``feature_dim``).
+        video_head: The video head (``build_video_head``; its ``dim`` must equal
+            ``feature_dim``): it makes the input and output modules.
         lm_loss_scale: Weight of the LM cross-entropy in ``total_loss``.
-        gmm_loss_scale: Weight of the GMM NLL in ``total_loss``.
-        train_input_proj: Train the input projection (frozen in SFT-gen).
-        train_output_proj: Train the output projection (frozen in SFT-comp).
+        gmm_loss_scale: Weight of the video head's loss in ``total_loss``.
+        train_input_proj: Train the input module (frozen in SFT-gen).
+        train_output_proj: Train the output module (frozen in SFT-comp).
         attn_implementation: ``llm.attn_implementation`` (see ``attention_kernel``); None:
             the backbone's own.
     """
@@ -79,7 +82,7 @@ class DivotLLM(nn.Module):
         *,
         tokens_per_clip: int,
         feature_dim: int,
-        gmm: GMMHead,
+        video_head: VideoHead,
         lm_loss_scale: float = 1.0,
         gmm_loss_scale: float = 1.0,
         train_input_proj: bool = True,
@@ -87,19 +90,19 @@ class DivotLLM(nn.Module):
         attn_implementation: str | None = None,
     ):
         super().__init__()
-        if gmm.dim != feature_dim:
-            raise ValueError(f"GMM dim {gmm.dim} must equal the feature dim {feature_dim}")
+        if video_head.dim != feature_dim:
+            raise ValueError(f"video head dim {video_head.dim} must equal the feature dim {feature_dim}")
         self.llm = llm
         self.tokens_per_clip = tokens_per_clip
         self.feature_dim = feature_dim
-        self.gmm = gmm
+        self.video_head = video_head
         self.lm_loss_scale = lm_loss_scale
         self.gmm_loss_scale = gmm_loss_scale
         hidden = self.causal_lm.config.hidden_size
-        # Projections, not resamplers (the token count is unchanged): the attribute names
-        # are the key prefixes of the release's agent/ file (and of the reference's code).
-        self.input_resampler = ProjectionLayer(feature_dim, hidden)  # D -> H -> H
-        self.output_resampler = ProjectionLayer(hidden, gmm.param_dim)  # H -> P -> P
+        # Not resamplers (the token count is unchanged): the attribute names are the key
+        # prefixes of the release's agent/ file (and of the reference's code).
+        self.input_resampler = video_head.input_module(hidden)  # (..., D) -> (..., H)
+        self.output_resampler = video_head.output_module(hidden)  # (..., H) -> (..., P)
         self.input_resampler.requires_grad_(train_input_proj)
         self.output_resampler.requires_grad_(train_output_proj)
         # What llm.attn_implementation asked for; hidden_states picks each batch's kernel.
@@ -123,7 +126,8 @@ class DivotLLM(nn.Module):
             self.llm = self.llm.merge_and_unload()
 
     def projection_state_dict(self) -> dict[str, torch.Tensor]:
-        """The 8 projection tensors of the release's ``agent/`` file, by their names."""
+        """The input and output modules' tensors of the release's ``agent/`` file, by their
+        names (the GMM head's 8 projection tensors)."""
         return {
             k: v
             for k, v in self.state_dict().items()
@@ -147,7 +151,7 @@ class DivotLLM(nn.Module):
         """
         embeds_bth = self.llm.get_input_embeddings()(input_ids)
         if video_feats is None or embeds_cmp_mask is None or not embeds_cmp_mask.any():
-            idle = _idle_head_term(self.input_resampler, embeds_bth)
+            idle = _idle_head_term(self.input_resampler, self.feature_dim, embeds_bth)
             return embeds_bth if idle is None else embeds_bth + idle.to(embeds_bth.dtype)
         video_feats, embeds_cmp_mask = _with_clip_dim(video_feats, embeds_cmp_mask)
         _check_counts("comprehension placeholder", ids_cmp_mask, embeds_cmp_mask, self.tokens_per_clip)
@@ -228,9 +232,9 @@ class DivotLLM(nn.Module):
         )
         return out.last_hidden_state
 
-    def query_gmm_params(self, hidden_bth: torch.Tensor, ids_gen_mask: torch.Tensor) -> torch.Tensor:
-        """GMM parameters ``(G, N, P)`` at the query positions (G clips, in order); the
-        hidden state of a query itself is used, with no shift."""
+    def query_head_params(self, hidden_bth: torch.Tensor, ids_gen_mask: torch.Tensor) -> torch.Tensor:
+        """Video head parameters ``(G, N, P)`` at the query positions (G clips, in order);
+        the hidden state of a query itself is used, with no shift."""
         hidden_gnh = hidden_bth[ids_gen_mask].reshape(-1, self.tokens_per_clip, hidden_bth.shape[-1])
         return self.output_resampler(hidden_gnh)
 
@@ -273,7 +277,7 @@ class DivotLLM(nn.Module):
                 hidden_bth, video_feats, embeds_gen_mask, ids_gen_mask
             )
         else:
-            idle_output = _idle_head_term(self.output_resampler, hidden_bth)
+            idle_output = _idle_head_term(self.output_resampler, hidden_bth.shape[-1], hidden_bth)
 
         lm_loss = lm_sum_b.sum() / lm_count_b.sum().clamp(min=1)
         gmm_loss = gmm_sum_b.sum() / gmm_count_b.sum().clamp(min=1)
@@ -313,11 +317,11 @@ class DivotLLM(nn.Module):
         embeds_gen_mask: torch.Tensor,
         ids_gen_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample sum and count of the GMM NLL (/D) over query tokens (fp32)."""
+        """Per-sample sum and count of the video head's NLL over query tokens (fp32)."""
         video_feats, embeds_gen_mask = _with_clip_dim(video_feats, embeds_gen_mask)
         _check_counts("generation query", ids_gen_mask, embeds_gen_mask, self.tokens_per_clip)
         target_gnd = video_feats[embeds_gen_mask]  # (G, N, D)
-        nll_gn = self.gmm.nll(self.query_gmm_params(hidden_bth, ids_gen_mask), target_gnd)
+        nll_gn = self.video_head.nll(self.query_head_params(hidden_bth, ids_gen_mask), target_gnd)
         sample_of_g = embeds_gen_mask.nonzero()[:, 0]
         sum_b = nll_gn.new_zeros(hidden_bth.shape[0]).index_add(0, sample_of_g, nll_gn.sum(dim=1))
         return sum_b, embeds_gen_mask.sum(dim=1) * self.tokens_per_clip
@@ -346,8 +350,8 @@ def _check_counts(what: str, ids_mask: torch.Tensor | None, clip_mask_bc: torch.
         )
 
 
-def _idle_head_term(head: ProjectionLayer, like: torch.Tensor) -> torch.Tensor | None:
-    """``0 x head(zeros).sum()`` when the head is trainable, else None.
+def _idle_head_term(head: nn.Module, input_dim: int, like: torch.Tensor) -> torch.Tensor | None:
+    """``0 x head(zeros (1, input_dim)).sum()`` when the head is trainable, else None.
 
     A trainable head that a batch does not use must still be called: DeepSpeed (and DDP)
     gather and reduce every trainable parameter on every rank, so a rank that skipped the
@@ -356,9 +360,10 @@ def _idle_head_term(head: ProjectionLayer, like: torch.Tensor) -> torch.Tensor |
     through its forward, so every rank issues the same ZeRO-3 gathers in the same order
     (reading ``head.weight`` outside a forward triggers an extra gather). Also under
     ``no_grad`` (validation): ZeRO-3 gathers on every forward, graph or not; there the
-    term is a plain 0. Zeros (not the reference's randn) keep the RNG stream untouched.
+    term is a plain 0. Zeros (not the reference's randn) keep the RNG stream untouched,
+    and are valid input for every head (code digit 0).
     """
     if not any(p.requires_grad for p in head.parameters()):
         return None
-    dummy = torch.zeros(1, head.input_dim, dtype=like.dtype, device=like.device)
+    dummy = torch.zeros(1, input_dim, dtype=like.dtype, device=like.device)
     return 0.0 * head(dummy).float().sum()

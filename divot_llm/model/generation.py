@@ -4,19 +4,24 @@ and features (video/image generation), from token ids or from captions.
 Feature generation follows the reference's two phases (divot-reference.md §5.8): sample
 text until the model emits ``<vid>`` (``<img>`` for images), then append ``<frame>`` + N
 query tokens and run ONE forward pass in which the queries attend to each other; their
-final hidden states go through the output projection and the GMM is sampled.
+final hidden states go through the output module and the video head is sampled: the GMM,
+or the code heads' softmaxes (temperature, top-k and classifier-free guidance, which runs
+the generation prompt with an empty caption beside each prompt in the same pass).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
+from divot_llm.model.code_heads import guided_logits
 from divot_llm.model.divot import DivotLLM
+from divot_llm.model.gmm import GMMHead
+from divot_llm.model.heads import VideoHead
 from divot_llm.runtime import eval_mode
 from divot_llm.text import templates
 from divot_llm.text.special_tokens import FRAME_END, FRAME_START, IMG_START, VID_START
@@ -59,7 +64,7 @@ class FrameTokenLogitsProcessor(LogitsProcessor):
 class GeneratedFeatures:
     """Output of ``generate_features``."""
 
-    feats: torch.Tensor  # (B, N, D) fp32 features for the de-tokenizer
+    feats: torch.Tensor  # (B, N, D) fp32 features (code heads: digits) for the de-tokenizer
     sequences: list[list[int]]  # per sample: prompt + generated text + <frame> + N queries
 
 
@@ -153,13 +158,20 @@ def generate_features(
     sample: bool = True,
     var_scale: float | None = None,
     generator: torch.Generator | None = None,
+    code_temperature: float | None = None,
+    code_top_k: int | None = None,
+    cfg_scale: float = 1.0,
+    uncond_prompt: Sequence[int] | None = None,
 ) -> GeneratedFeatures:
     """Generate one clip of features per prompt.
 
     Phase 1 samples text until ``<vid>`` (``<img>``); a sample that does not produce it
     within ``max_new_tokens`` gets it appended (``max_new_tokens=0`` skips phase 1).
     Phase 2 appends ``<frame>`` + N queries, runs one forward pass with the queries in a
-    bidirectional block, and samples the GMM (or takes its weighted mean).
+    bidirectional block, and samples the video head (or takes its prediction: the GMM's
+    weighted mean, the likeliest code). With guidance (``cfg_scale != 1``) the same pass
+    also runs ``uncond_prompt`` + each sample's phase-1 text + queries, and the head
+    samples ``uncond + cfg_scale * (cond - uncond)`` logits.
 
     Args:
         model: The Divot LLM.
@@ -170,13 +182,30 @@ def generate_features(
         do_sample: Phase-1 sampling (True) or greedy.
         temperature: Phase-1 temperature.
         top_p: Phase-1 nucleus mass.
-        sample: Draw from the GMM (True, the reference) or return its weighted mean.
-        var_scale: Variance scale when sampling; default the GMM's ``sample_var_scale``.
-        generator: RNG for the GMM draw.
+        sample: Draw from the head (True, the reference) or return its prediction.
+        var_scale: GMM only: variance scale when sampling; default the GMM's ``sample_var_scale``.
+        generator: RNG for the head's draw.
+        code_temperature: Code heads only: softmax temperature; default ``model.code_head``'s.
+        code_top_k: Code heads only: top-k cut (0: none); default ``model.code_head``'s.
+        cfg_scale: Code heads only: classifier-free guidance scale (1: none).
+        uncond_prompt: The unconditional prompt (the generation template with an empty
+            caption, ``generation_prompt_ids(tokenizer, "", ...)``); needed for guidance.
 
     Returns:
         ``GeneratedFeatures`` with ``feats (B, N, D)``.
+
+    Raises:
+        ValueError: an option of another head, or guidance without ``uncond_prompt``.
     """
+    sample_head = _head_sampler(model.video_head, sample, var_scale, code_temperature, code_top_k, generator)
+    guided = cfg_scale != 1.0
+    if guided and isinstance(model.video_head, GMMHead):
+        raise ValueError(
+            f"classifier-free guidance (cfg_scale={cfg_scale}) needs a code head (model.head=fsq_factorized "
+            "or fsq_flat): the GMM's parameters are not logits"
+        )
+    if guided and uncond_prompt is None:
+        raise ValueError(f"classifier-free guidance (cfg_scale={cfg_scale}) needs the unconditional prompt")
     start_id = tokenizer.token_to_id({"video": VID_START, "image": IMG_START}[media])
     n = model.tokens_per_clip
     if max_new_tokens > 0:
@@ -193,30 +222,65 @@ def generate_features(
     else:
         texts = [[] for _ in prompts]
     queries = [tokenizer.token_to_id(FRAME_START), *tokenizer.frame_token_ids(n)]
-    sequences = []
+    sequences, unconditional = [], []
     for prompt, text in zip(prompts, texts, strict=True):
         if not text or text[-1] != start_id:
             text = [*text, start_id]
         sequences.append([*prompt, *text, *queries])
+        if guided:
+            unconditional.append([*uncond_prompt, *text, *queries])
 
-    # Right padding; the last N real positions of each row are the query block.
+    # Right padding; the last N real positions of each row are the query block. Guidance
+    # appends the unconditional rows after the conditional ones.
     device = model.device
-    length = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), length), tokenizer.pad_id, dtype=torch.long)
-    attention_mask = torch.full((len(sequences), length), PADDING, dtype=torch.long)
-    for row, seq in enumerate(sequences):
+    rows = sequences + unconditional
+    length = max(len(s) for s in rows)
+    input_ids = torch.full((len(rows), length), tokenizer.pad_id, dtype=torch.long)
+    attention_mask = torch.full((len(rows), length), PADDING, dtype=torch.long)
+    for row, seq in enumerate(rows):
         input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention_mask[row, : len(seq)] = ATTEND
         attention_mask[row, len(seq) - n : len(seq)] = QUERY
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     with eval_mode(model), torch.no_grad():
         hidden_bth = model.hidden_states(model.embed(input_ids), attention_mask)
-        params_bnp = model.query_gmm_params(hidden_bth, attention_mask == QUERY)
-        if sample:
-            feats_bnd = model.gmm.sample(params_bnp, var_scale=var_scale, generator=generator)
-        else:
-            feats_bnd = model.gmm.predict(params_bnp)
+        params_rnp = model.query_head_params(hidden_bth, attention_mask == QUERY)  # (rows, N, P)
+        params_bnp = params_rnp[: len(sequences)]
+        if guided:
+            params_bnp = guided_logits(params_bnp.float(), params_rnp[len(sequences) :].float(), cfg_scale)
+        feats_bnd = sample_head(params_bnp)
     return GeneratedFeatures(feats=feats_bnd, sequences=sequences)
+
+
+def _head_sampler(
+    head: VideoHead,
+    sample: bool,
+    var_scale: float | None,
+    code_temperature: float | None,
+    code_top_k: int | None,
+    generator: torch.Generator | None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``params (..., P) -> features (..., D)`` with the head's own options.
+
+    Raises:
+        ValueError: an option set for another kind of head.
+    """
+    gmm = isinstance(head, GMMHead)
+    stray = [name for name, value, wrong in (
+        ("var_scale", var_scale, not gmm),
+        ("code_temperature", code_temperature, gmm),
+        ("code_top_k", code_top_k, gmm),
+    ) if wrong and value is not None]  # fmt: skip
+    if stray:
+        kind = "the GMM head" if gmm else "a code head"
+        raise ValueError(f"{', '.join(stray)} does not apply to {kind}")
+    if not sample:
+        return head.predict
+    if gmm:
+        return lambda params: head.sample(params, var_scale=var_scale, generator=generator)
+    return lambda params: head.sample(
+        params, generator=generator, temperature=code_temperature, top_k=code_top_k
+    )
 
 
 def generation_prompt_ids(
@@ -239,6 +303,9 @@ def generate_features_for_captions(
     sample: bool = True,
     seed: int = 0,
     max_new_tokens: int = 64,
+    code_temperature: float | None = None,
+    code_top_k: int | None = None,
+    cfg_scale: float = 1.0,
 ) -> torch.Tensor:
     """``(B, N, D)`` features for each caption (``divot-infer generate``, and the
     conditioning features of the ``detok_adapt`` training stage).
@@ -248,8 +315,10 @@ def generate_features_for_captions(
             a pretrained model gets the bare caption (its training template) and no text
             phase.
         var_scale: GMM sampling variance scale (default: the model's ``sample_var_scale``).
-        sample: draw from the GMM (True) or take its weighted mean.
-        seed: seeds the text phase (the global RNG) and the GMM draw.
+        sample: draw from the head (True) or take its prediction (GMM mean, likeliest code).
+        seed: seeds the text phase (the global RNG) and the head's draw.
+        code_temperature, code_top_k, cfg_scale: code heads' sampling (``generate_features``);
+            guidance's unconditional prompt is this template with an empty caption.
     """
     prompts = [generation_prompt_ids(tokenizer, c, media, instruct) for c in captions]
     # the pretrain template puts <vid> right after the caption: no text phase
@@ -265,6 +334,10 @@ def generate_features_for_captions(
         var_scale=var_scale,
         sample=sample,
         generator=generator,
+        code_temperature=code_temperature,
+        code_top_k=code_top_k,
+        cfg_scale=cfg_scale,
+        uncond_prompt=generation_prompt_ids(tokenizer, "", media, instruct) if cfg_scale != 1.0 else None,
     )
     return out.feats
 

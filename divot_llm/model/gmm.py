@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from divot_llm.config.schema import GMMConfig
+from divot_llm.model.projection import ProjectionLayer
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -75,6 +77,16 @@ class GMMHead:
     def param_dim(self) -> int:
         """P = 2·k·D + k numbers per token (8208 for k = 16, D = 256)."""
         return 2 * self.num_components * self.dim + self.num_components
+
+    def input_module(self, hidden: int) -> nn.Module:
+        """Features into the LLM: ``ProjectionLayer`` ``D -> H -> H`` (the release's input
+        projection)."""
+        return ProjectionLayer(self.dim, hidden)
+
+    def output_module(self, hidden: int) -> nn.Module:
+        """Query hidden states to mixtures: ``ProjectionLayer`` ``H -> P -> P`` (the
+        release's output projection)."""
+        return ProjectionLayer(hidden, self.param_dim)
 
     def split(self, params: torch.Tensor, var_scale: float | None = None) -> GMMParams:
         """``params (..., P)`` -> means, variances, logits in fp32.

@@ -1,8 +1,8 @@
 """A ``DivotLLM`` in the release layout (``divot_llm.layout``): what Divot publishes, what
 ``divot-merge`` writes and what an SFT stage and inference start from.
 
-``save_release`` writes ``llm/`` (HF Mistral folder, LoRA merged) and ``agent/`` (the 8
-projection tensors); ``load_agent_weights`` reads ``agent/`` back into a model.
+``save_release`` writes ``llm/`` (HF Mistral folder, LoRA merged) and ``agent/`` (the video
+head's input and output modules: the GMM's 8 projection tensors); ``load_agent_weights`` reads ``agent/`` back into a model.
 ``load_release`` (``divot_llm.model.build``) builds the whole model from a release: it
 builds first, so it lives with the builders.
 """
@@ -59,7 +59,7 @@ def save_release(
 
 
 def read_agent_file(agent_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The projection tensors of an ``agent/`` folder (safetensors preferred over .bin).
+    """The video head tensors of an ``agent/`` folder (safetensors preferred over .bin).
 
     Raises:
         FileNotFoundError: neither file exists.
@@ -73,17 +73,20 @@ def read_agent_file(agent_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_agent_weights(model: DivotLLM, agent_dir: str | os.PathLike) -> None:
-    """Load the 8 projection tensors of a release's ``agent/`` folder into ``model``.
+    """Load the video head's tensors of a release's ``agent/`` folder into ``model``.
 
     Raises:
         ValueError: the file's keys are not exactly the projection keys, or a shape differs
-            (e.g. a release made for another feature dim or GMM size).
+            (e.g. a release made for another feature dim, GMM size or model.head).
     """
     state = read_agent_file(agent_dir)
     expected = model.projection_state_dict()
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or unexpected:
-        raise ValueError(f"agent weights in {agent_dir}: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"agent weights in {agent_dir}: missing {missing}, unexpected {unexpected} "
+            "(a release made with another model.head?)"
+        )
     for key, value in state.items():
         if value.shape != expected[key].shape:
             raise ValueError(

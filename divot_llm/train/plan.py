@@ -35,6 +35,8 @@ class MemoryPlan:
     trainable_params: int
     frozen_params: int
     tokenizer_params: int
+    head_input_params: int  # the video head's input module (model.head), inside total_params
+    head_output_params: int  # its output module
     gpus: int
     frozen_bytes: float
     model_states_bytes: float  # trainable weights + grads + fp32 master + Adam, per GPU
@@ -170,6 +172,8 @@ def make_plan(cfg: DivotConfig) -> tuple[MemoryPlan, nn.Module, VideoTokenizer]:
         trainable_params=trainable,
         frozen_params=total - trainable,
         tokenizer_params=tokenizer_params,
+        head_input_params=sum(p.numel() for p in model.input_resampler.parameters()),
+        head_output_params=sum(p.numel() for p in model.output_resampler.parameters()),
         gpus=gpus,
         frozen_bytes=width * (total - trainable) / (gpus if stage == 3 else 1),
         model_states_bytes=states_gpu,
@@ -190,6 +194,8 @@ def format_plan(plan: MemoryPlan, cfg: DivotConfig) -> str:
         f"parameters: {plan.total_params / 1e6:,.1f} M in the LLM + heads "
         f"({plan.trainable_params / 1e6:,.2f} M trainable, {plan.frozen_params / 1e6:,.1f} M frozen); "
         f"video tokenizer {plan.tokenizer_params / 1e6:,.1f} M (frozen)",
+        f"video head model.head={cfg.model.head}: input module {plan.head_input_params / 1e6:,.2f} M, "
+        f"output module {plan.head_output_params / 1e6:,.2f} M",
         f"memory per GPU, ZeRO-{stage}{offload}, {plan.gpus} GPUs "
         f"({cfg.train.plan_nodes} node(s) x {cfg.train.plan_gpus_per_node}):",
         f"  frozen LLM weights        {plan.frozen_bytes / GiB:8.2f} GiB",

@@ -89,7 +89,7 @@ def validate(
 
     Args:
         engine: The DeepSpeed engine (called for the forward).
-        model: The ``DivotLLM`` inside it (for the hook and the GMM head).
+        model: The ``DivotLLM`` inside it (for the hook and the video head).
         val_batches: This rank's validation loader (one pass).
         prepare: Loader batch -> model inputs on the device (video features encoded).
         max_batches: At most this many batches per rank.
@@ -101,7 +101,7 @@ def validate(
         hook.params = None
         with torch.no_grad():
             out = engine(**inputs)
-        return _batch_sums(out, inputs, hook.params, model.gmm)
+        return _batch_sums(out, inputs, hook.params, model.video_head)
 
     prepared = (prepare(b) for b in val_batches)  # features, not frames, kept
     handle = model.output_resampler.register_forward_hook(hook)

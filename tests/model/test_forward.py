@@ -74,7 +74,7 @@ def test_gmm_loss_reads_final_norm_hidden_states_at_the_queries(trained, samples
         mask = build_attention_mask(batch["attention_mask"], trained.tokens_per_clip, torch.float32)
         out = trained.llm(input_ids=batch["input_ids"], attention_mask=mask, output_hidden_states=True)
         params = trained.output_resampler(out.hidden_states[-1][batch["ids_gen_mask"]])
-        expected = trained.gmm.nll(params, batch["video_feats"][0, 0]).mean()
+        expected = trained.video_head.nll(params, batch["video_feats"][0, 0]).mean()
     torch.testing.assert_close(loss, expected)
 
 

@@ -110,7 +110,7 @@ def test_feature_generation_is_one_query_forward_after_vid(trained, text_tokeniz
         mask[0, -n:] = QUERY
         with torch.no_grad():
             hidden = trained.hidden_states(trained.embed(ids), mask)
-            expected = trained.gmm.predict(trained.output_resampler(hidden[0, -n:]))
+            expected = trained.video_head.predict(trained.output_resampler(hidden[0, -n:]))
         torch.testing.assert_close(result.feats[row], expected, atol=1e-5, rtol=1e-5)
 
 

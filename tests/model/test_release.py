@@ -41,7 +41,7 @@ def logits_and_gmm(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
             batch["input_ids"], batch["video_feats"], batch["embeds_cmp_mask"], batch["ids_cmp_mask"]
         )
         hidden = model.hidden_states(embeds, batch["attention_mask"])
-        return model.causal_lm.lm_head(hidden), model.query_gmm_params(hidden, batch["ids_gen_mask"])
+        return model.causal_lm.lm_head(hidden), model.query_head_params(hidden, batch["ids_gen_mask"])
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def trained(make_model):
 
 
 @pytest.mark.parametrize("agent_format", ["bin", "safetensors"])
-def test_release_save_then_load_gives_identical_logits_and_gmm_params(
+def test_release_save_then_load_gives_identical_logits_and_head_params(
     trained, batch, tiny_cfg, feat_shape, text_tokenizer, tmp_path, agent_format
 ):
     logits, gmm = logits_and_gmm(trained, batch)
@@ -74,7 +74,7 @@ def test_release_save_then_load_gives_identical_logits_and_gmm_params(
     assert (llm_dir / "tokenizer.model").is_file()
     agent = read_agent_file(agent_dir)
     assert sorted(agent) == sorted(AGENT_KEYS)
-    h, p = trained.causal_lm.config.hidden_size, trained.gmm.param_dim
+    h, p = trained.causal_lm.config.hidden_size, trained.video_head.param_dim
     assert agent["input_resampler.proj.0.weight"].shape == (h, d)
     assert agent["input_resampler.proj.2.weight"].shape == (h, h)
     assert agent["output_resampler.proj.0.weight"].shape == (p, h)

@@ -89,11 +89,29 @@ def test_plan_counts_match_the_reference_and_follow_zero_formulas(mistral_7b_con
     )
     assert sft.trainable_params == 449_450_272  # §6.6: ≈ 449.5 M, the input projection frozen
 
+    # model.head: over VidTok FSQ 32768 (8^5) codes, 9 frames at 64^2 (3 x 8 x 8 = 192 tokens
+    # of 5 digits) the code heads' modules replace the GMM projections; the rest is unchanged
+    rest = z2.trainable_params - z2.head_input_params - z2.head_output_params  # LoRA, norms, embeddings
+    fsq = ["video_tokenizer=vidtok_fsq_causal_488_32768", "video_tokenizer.frames_per_clip=9",
+           "video_tokenizer.input_height=64", "video_tokenizer.input_width=64"]  # fmt: skip
+    added = {}
+    for head, p in (("fsq_flat", 32768), ("fsq_factorized", 5 * 8)):
+        overrides = plan_overrides(mistral_7b_config_dir, *fsq, f"model.head={head}")
+        overrides.remove("video_tokenizer.vit_path=null")  # VidTok has no ViT
+        plan, _, tokenizer = make_plan(compose_config(overrides))
+        assert tokenizer.feature_levels == [8] * 5
+        inputs, outputs = plan.head_input_params, plan.head_output_params
+        assert outputs == 4096 * p + p and inputs == 4096 * p  # embedding rows: one per code / digit value
+        added[head] = plan.trainable_params - rest
+        assert added[head] == inputs + outputs
+    assert added == {"fsq_flat": 268_468_224, "fsq_factorized": 327_720}  # flat: 134M each way
+
 
 def test_plan_runs_from_the_command_line_without_weights(mistral_7b_config_dir, tmp_path):
     proc = divot_train(*plan_overrides(mistral_7b_config_dir, f"train.output_dir={tmp_path}"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "467.28 M trainable" in proc.stdout and "ZeRO-2" in proc.stdout and "GiB" in proc.stdout
+    assert "video head model.head=gmm: input module 17.83 M, output module 101.01 M" in proc.stdout
     for choice in ("no recompute", "1 layer in 2 recomputed", "every layer recomputed"):
         assert choice in proc.stdout
     assert not (tmp_path / "checkpoints").exists()
