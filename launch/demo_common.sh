@@ -67,6 +67,16 @@ train_and_export() {
   divot-export "$kind" "$run" "$release" 2>&1 | tail -n 1
 }
 
+# heldout KIND FIELD: FIELD of every line of the held-out annotations/val_video_KIND.jsonl
+# (qa or caption), one a line; a video as its path.
+heldout() {
+  python -c "
+import json
+for line in open('$DATA/annotations/val_video_$1.jsonl'):
+    value = json.loads(line)['$2']
+    print('$DATA/media/' + value if '$2' == 'video' else value)"
+}
+
 # heldout_inference GENERATE_ARGS...: the SFT-comp release in $OUT answers "What color is
 # the shape in the video?" for every held-out video (comprehension/answers.jsonl), and the
 # SFT-gen release makes a video for every held-out caption (generation/generated.jsonl:
@@ -74,19 +84,13 @@ train_and_export() {
 heldout_inference() {
   local heldout captions
   mkdir -p "$OUT/comprehension" "$OUT/generation"
-  mapfile -t heldout < <(python -c "
-import json
-for line in open('$DATA/annotations/val_video_qa.jsonl'):
-    print('$DATA/media/' + json.loads(line)['video'])")
+  mapfile -t heldout < <(heldout qa video)
   quiet "$OUT/comprehension/answers.log" divot-infer comprehend --release "$OUT/releases/sft_comp" \
     "${heldout[@]}" --greedy --max-new-tokens 16 --num-clips 4 -q "What color is the shape in the video?" \
     --no-stream --batch-size 8 --jsonl "$OUT/comprehension/answers.jsonl" > "$OUT/comprehension/answers.txt"
   head -n 3 "$OUT/comprehension/answers.txt"
   echo "... (${#heldout[@]} videos; all answers in $OUT/comprehension/answers.jsonl)"
-  mapfile -t captions < <(python -c "
-import json
-for line in open('$DATA/annotations/val_video_caption.jsonl'):
-    print(json.loads(line)['caption'])")
+  mapfile -t captions < <(heldout caption caption)
   quiet "$OUT/generation/generated.log" divot-infer generate --release "$OUT/releases/sft_gen" "$@" \
     "${captions[@]}" --out "$OUT/generation" --jsonl "$OUT/generation/generated.jsonl" \
     > "$OUT/generation/generated.txt"

@@ -6,7 +6,9 @@
 #   1. the synthetic dataset (the same folder as launch/demo.sh's; written if not there)
 #   2. two tiny VidToks trained on it (experiment=vidtok_tiny: 4x4x4, 9-frame 32x32 clips,
 #      2 CPU ranks): KL (video_tokenizer=vidtok_tiny) and FSQ with 8^4 codes
-#      (video_tokenizer=vidtok_tiny_fsq), each exported with divot-export vidtok
+#      (video_tokenizer=vidtok_tiny_fsq), each exported with divot-export vidtok; the
+#      held-out videos reconstructed through each (divot-infer reconstruct): the colours a
+#      tokenizer keeps bound what the LLM's videos can show
 #   3. divot-data latent-stats: per-channel mean and std of the KL latents over the
 #      training clips, stored with a copy of the KL tokenizer's config
 #   4. per path -- kl: the normalised KL latents through the GMM head (model.head=gmm);
@@ -18,7 +20,8 @@
 #      every held-out caption, decoded by the VidTok itself (no de-tokenizer)
 #   5. a report (tools/demo_report.py --vidtok): per path the losses per stage, how often
 #      the held-out shape colour is named and how often the generated videos show the
-#      caption's colours, next to chance; the tokenizers' held-out PSNR; the run time
+#      caption's colours, next to chance and to the tokenizer's own reconstructions; the
+#      tokenizers' held-out PSNR; the run time
 #      (OUT/report.md, OUT/report.json)
 #
 # Environment: DEMO_DATA (default data/synthetic), DEMO_OUT (default outputs/demo_vidtok),
@@ -67,6 +70,25 @@ path_settings() {
 }
 for path in "${PATHS[@]}"; do path_settings "$path"; done
 
+# round_trip NAME: the held-out videos through the exported tokenizer NAME alone (its
+# frames: 32x32 at 8 fps) into $ROOT/reconstruction/NAME, listed with their captions in
+# reconstructed.jsonl: how well the VidTok itself keeps the colours the LLM is asked for.
+round_trip() {
+  local rec="$ROOT/reconstruction/$1" videos
+  if [[ -f "$rec/reconstructed.jsonl" ]]; then return; fi
+  mapfile -t videos < <(heldout caption video)
+  quiet "$rec.log" divot-infer reconstruct --video-tokenizer "$ROOT/releases/$1/video_tokenizer" \
+    --height 32 --width 32 --fps 8 "${videos[@]}" --out "$rec" > /dev/null
+  python -c "
+import json, pathlib
+out = pathlib.Path('$rec')
+with open(out / 'reconstructed.jsonl', 'w') as jsonl:
+    for index, line in enumerate(open('$DATA/annotations/val_video_caption.jsonl')):
+        video, = out.glob(f'{index:03d}_*.mp4')  # divot-infer reconstruct numbers its outputs
+        jsonl.write(json.dumps({'caption': json.loads(line)['caption'], 'video': str(video)}) + '\\n')"
+  echo "$1: ${#videos[@]} held-out videos reconstructed in $rec"
+}
+
 step "1/6 synthetic data -> $DATA"
 synthetic_data
 
@@ -76,6 +98,7 @@ for path in "${PATHS[@]}"; do
     kl) train_and_export vidtok_kl vidtok "$VIDTOK_STEPS" experiment=vidtok_tiny ;;
     fsq) train_and_export vidtok_fsq vidtok "$VIDTOK_STEPS" experiment=vidtok_tiny video_tokenizer=vidtok_tiny_fsq ;;
   esac
+  round_trip "vidtok_$path"
 done
 
 if [[ " ${PATHS[*]} " == *" kl "* ]]; then

@@ -20,7 +20,9 @@ tests.
 (``runs/vidtok_kl``, ``runs/vidtok_fsq``: losses, held-out PSNR next to the flat guesses),
 and for each path (``kl/``, ``fsq/``: the LLM over KL latents or FSQ codes, laid out as the
 main demo's output) the same stage, comprehension and generation numbers, as markdown
-tables. ``--seconds`` adds the run time; ``--markdown`` writes the printed report to a file.
+tables, with the held-out videos reconstructed through each tokenizer alone
+(``reconstruction/<tokenizer>/reconstructed.jsonl``) scored for colour as the generated
+ones: what the tokenizer's decoder can show at best. ``--seconds`` adds the run time; ``--markdown`` writes the printed report to a file.
 """
 
 from __future__ import annotations
@@ -152,14 +154,21 @@ def report(out: Path, data: Path, stages: tuple[str, ...] = STAGES) -> dict:
 
 
 def vidtok_report(out: Path, data: Path) -> dict:
-    """The numbers of a ``launch/demo_vidtok.sh`` run: its tokenizers' training, and per
-    path that ran (a folder under ``out``) what ``report`` gives for the LLM stages."""
+    """The numbers of a ``launch/demo_vidtok.sh`` run: its tokenizers' training and the
+    colours of the held-out videos reconstructed through each, and per path that ran (a
+    folder under ``out``) what ``report`` gives for the LLM stages."""
     return {
         "tokenizers": {
             # the reconstruction term: the NLL beside it is scaled by a learnt variance
             run: stage_summary(out / "runs" / run, loss="train/rec_loss")
             for run, _ in VIDTOK_PATHS.values()
             if (out / "runs" / run).is_dir()
+        },
+        # the held-out videos through each tokenizer alone: the colours its decoder can show
+        "round_trips": {
+            run: generation_colours(folder / "reconstructed.jsonl", overview=folder / "overview.png")
+            for run, _ in VIDTOK_PATHS.values()
+            if ((folder := out / "reconstruction" / run) / "reconstructed.jsonl").is_file()
         },
         "paths": {
             path: report(out / path, data, LLM_STAGES) for path in VIDTOK_PATHS if (out / path).is_dir()
@@ -218,15 +227,20 @@ def format_vidtok_report(summary: dict, out: Path) -> str:
         "",
         "## Held-out videos and captions",
         "",
-        "| path | comprehension: shape colour named | generated: shape colour | background | both |",
+        "| path | comprehension: shape colour named | video: caption's shape colour | background colour | both |",
         "|---|---|---|---|---|",
     ]
+    for run, g in summary["round_trips"].items():
+        cells = ["–", *(_share(g[k], g["videos"]) for k in ("color", "background", "both"))]
+        lines.append(f"| {run} alone: the held-out videos reconstructed | {' | '.join(cells)} |")
     for path, p in summary["paths"].items():
         c, g = p.get("comprehension"), p.get("generation")
         cells = [_share(c["correct"], c["videos"]) if c else "–"]
         cells += [_share(g[k], g["videos"]) if g else "–" for k in ("color", "background", "both")]
         lines.append(f"| {path}: {VIDTOK_PATHS[path][1]} | {' | '.join(cells)} |")
     lines += [f"| chance | {chance:.0%} | {chance:.0%} | {chance:.0%} | {chance * chance:.1%} |", ""]
+    for run in summary["round_trips"]:
+        lines.append(f"- {run}: reconstructions in {out / 'reconstruction' / run} (overview.png)")
     for path in summary["paths"]:
         lines.append(
             f"- {path}: answers in {out / path / 'comprehension' / 'answers.jsonl'}; videos in "

@@ -84,6 +84,13 @@ def test_vidtok_report_scores_each_path_next_to_chance(tmp_path):
         ],
     )  # fmt: skip
 
+    reconstructed = out / "reconstruction" / "vidtok_kl"  # the tokenizer alone: both colours kept
+    _write_jsonl(
+        reconstructed / "reconstructed.jsonl",
+        [{"caption": "a green circle moving up on a white background",
+          "video": _scene_mp4(reconstructed / "0.mp4", "green", "white")}],
+    )  # fmt: skip
+
     assert tool.main([str(out), "--vidtok", "--data", str(data), "--seconds", "1510",
                       "--json", str(out / "report.json"), "--markdown", str(out / "report.md")]) == 0  # fmt: skip
     summary = json.loads((out / "report.json").read_text())
@@ -100,6 +107,7 @@ def test_vidtok_report_scores_each_path_next_to_chance(tmp_path):
         "videos": 2, "color": 1, "background": 2, "both": 1
     }  # fmt: skip
     assert "generation" not in fsq and (generated / "overview.png").is_file()
+    assert set(summary["round_trips"]) == {"vidtok_kl"} and summary["round_trips"]["vidtok_kl"]["both"] == 1
 
     text = (out / "report.md").read_text()
     assert text.startswith("# VidTok demo report\n\nRun time: 25 min 10 s")
@@ -110,4 +118,8 @@ def test_vidtok_report_scores_each_path_next_to_chance(tmp_path):
     assert "| kl | sft_comp | 500 | 2.000 → 0.100 | – | – |" in text
     assert "| 2/3 (67%) | 1/2 (50%) | 2/2 (100%) | 1/2 (50%) |" in text
     assert "| 0/3 (0%) | – | – | – |" in text
+    assert (
+        "| vidtok_kl alone: the held-out videos reconstructed | – | 1/1 (100%) | 1/1 (100%) | 1/1 (100%) |"
+        in text
+    )
     assert "| chance | 11% | 11% | 11% | 1.2% |" in text
