@@ -26,7 +26,8 @@
 #
 # Environment: DEMO_DATA (default data/synthetic), DEMO_OUT (default outputs/demo_vidtok),
 # DEMO_SEED (0), DEMO_VIDEOS (train videos, 320), DEMO_IMAGES (1000), DEMO_BATCH (per rank,
-# 16), DEMO_VIDTOK_STEPS (each VidTok, 600), DEMO_PRETRAIN_STEPS (500), DEMO_SFT_COMP_STEPS
+# 16), DEMO_VIDTOK_STEPS (each VidTok, 600), DEMO_VIDTOK_ARGS (overrides of both VidTok
+# runs, e.g. "optim.lr=3e-3 data.batch_size=4"), DEMO_PRETRAIN_STEPS (500), DEMO_SFT_COMP_STEPS
 # (500), DEMO_SFT_GEN_STEPS (50), DEMO_PATHS ("kl fsq"), DEMO_KL_GENERATE and
 # DEMO_FSQ_GENERATE (extra divot-infer generate flags per path, e.g. "--mean" or
 # "--temperature 0.5 --top-k 4"). Extra arguments are config overrides for every LLM stage
@@ -46,6 +47,7 @@ SFT_COMP_STEPS=${DEMO_SFT_COMP_STEPS:-500}
 SFT_GEN_STEPS=${DEMO_SFT_GEN_STEPS:-50}
 BATCH=${DEMO_BATCH:-16}
 read -r -a PATHS <<< "${DEMO_PATHS:-kl fsq}"
+read -r -a VIDTOK_ARGS <<< "${DEMO_VIDTOK_ARGS:-}"
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 started=$SECONDS
 
@@ -92,11 +94,13 @@ with open(out / 'reconstructed.jsonl', 'w') as jsonl:
 step "1/6 synthetic data -> $DATA"
 synthetic_data
 
-step "2/6 tiny VidToks on the synthetic clips ($VIDTOK_STEPS steps each, 2 CPU ranks): KL, FSQ"
+step "2/6 tiny VidToks on the synthetic clips ($VIDTOK_STEPS steps each, 2 CPU ranks): ${PATHS[*]}"
 for path in "${PATHS[@]}"; do
   case $path in
-    kl) train_and_export vidtok_kl vidtok "$VIDTOK_STEPS" experiment=vidtok_tiny ;;
-    fsq) train_and_export vidtok_fsq vidtok "$VIDTOK_STEPS" experiment=vidtok_tiny video_tokenizer=vidtok_tiny_fsq ;;
+    kl) train_and_export vidtok_kl vidtok "$VIDTOK_STEPS" experiment=vidtok_tiny "${VIDTOK_ARGS[@]}" ;;
+    fsq)
+      train_and_export vidtok_fsq vidtok "$VIDTOK_STEPS" experiment=vidtok_tiny video_tokenizer=vidtok_tiny_fsq \
+        "${VIDTOK_ARGS[@]}" ;;
   esac
   round_trip "vidtok_$path"
 done
@@ -107,8 +111,8 @@ if [[ " ${PATHS[*]} " == *" kl "* ]]; then
   if [[ -f "$stats/video_tokenizer/tokenizer_config.json" ]]; then
     echo "$stats already there"
   else
-    quiet "$stats.log" divot-data latent-stats --out "$stats" --max-clips 1000 -- "experiment=$EXPERIMENT" "data.root=$DATA" \
-      video_tokenizer=vidtok_tiny "video_tokenizer.pretrained_path=$ROOT/releases/vidtok_kl/video_tokenizer" \
+    quiet "$stats.log" divot-data latent-stats --out "$stats" --max-clips 1000 -- "experiment=$EXPERIMENT" \
+      "data.root=$DATA" video_tokenizer=vidtok_tiny "video_tokenizer.pretrained_path=$ROOT/releases/vidtok_kl/video_tokenizer" \
       "$@" | tail -n 2
   fi
 fi
