@@ -19,7 +19,7 @@ def model_inputs(batch: dict) -> dict:
 
 
 def test_validation_saves_nothing_for_backward_and_calls_the_idle_head(mistral_tokenizer_dir):
-    model = build_divot_llm(tiny_cfg().model, tokens_per_clip=8, feature_dim=16)
+    model = build_divot_llm(tiny_cfg().model, feature_tokens=8, feature_dim=16)
     mixed = hand_batches(mistral_tokenizer_dir, 8, 16, count=1)[0]  # a comprehension + a generation sample
     comprehension_only = {k: v[:1] for k, v in mixed.items()}  # the output projection is idle
     head_inputs: list[int] = []  # dims of what the output projection was called with
