@@ -33,7 +33,6 @@ from transformers import MistralForCausalLM
 from transformers.utils import is_torch_flex_attn_available
 
 from divot_llm.config.schema import ResamplerConfig
-
 from divot_llm.model.attention import (
     EAGER_DENSE,
     FLASH_VARLEN,

@@ -85,7 +85,13 @@ class InputQueryResampler(nn.Module):
     """
 
     def __init__(
-        self, token_module: nn.Module, feature_tokens: int, num_queries: int, hidden: int, heads: int, layers: int
+        self,
+        token_module: nn.Module,
+        feature_tokens: int,
+        num_queries: int,
+        hidden: int,
+        heads: int,
+        layers: int,
     ):
         super().__init__()
         self.token_module = token_module
@@ -115,7 +121,13 @@ class OutputQueryResampler(nn.Module):
     """
 
     def __init__(
-        self, token_module: nn.Module, feature_tokens: int, num_queries: int, hidden: int, heads: int, layers: int
+        self,
+        token_module: nn.Module,
+        feature_tokens: int,
+        num_queries: int,
+        hidden: int,
+        heads: int,
+        layers: int,
     ):
         super().__init__()
         self.num_queries = num_queries

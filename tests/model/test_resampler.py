@@ -42,7 +42,9 @@ def test_queries_map_n_features_to_m_tokens_and_back_with_positions():
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     into = InputQueryResampler(nn.Linear(d, h), feature_tokens=n, num_queries=m, hidden=h, heads=2, layers=2)
-    out_of = OutputQueryResampler(nn.Linear(h, p), feature_tokens=n, num_queries=m, hidden=h, heads=2, layers=2)
+    out_of = OutputQueryResampler(
+        nn.Linear(h, p), feature_tokens=n, num_queries=m, hidden=h, heads=2, layers=2
+    )
     feats_gnd = torch.randn(4, n, d, generator=gen)
     tokens_gmh = into(feats_gnd)
     params_gnp = out_of(tokens_gmh)
@@ -84,7 +86,9 @@ def test_a_divot_llm_with_queries_trains_on_a_mixed_batch(head, tiny_cfg, text_t
     levels = [4, 3, 5, 2] if head != "gmm" else None
     dim = len(levels) if levels else tiny_cfg.video_tokenizer.feature_dim
     torch.manual_seed(0)
-    model = build_divot_llm(queries_cfg(tiny_cfg, m, head), feature_tokens=n, feature_dim=dim, feature_levels=levels)
+    model = build_divot_llm(
+        queries_cfg(tiny_cfg, m, head), feature_tokens=n, feature_dim=dim, feature_levels=levels
+    )
     assert (model.tokens_per_clip, model.feature_tokens) == (m, n)
     batch = mixed_batch(text_tokenizer, m, n, levels, dim)
     assert batch["ids_cmp_mask"].sum() == 2 * m and batch["ids_gen_mask"].sum() == m
@@ -100,7 +104,11 @@ def test_a_divot_llm_with_queries_trains_on_a_mixed_batch(head, tiny_cfg, text_t
     assert params.shape[:2] == target.shape[:2] == (1, n)
     torch.testing.assert_close(out.gmm_loss, model.video_head.nll(params, target).mean())
     out.total_loss.backward()
-    for learned in (model.input_resampler.queries, model.input_resampler.positions, model.output_resampler.positions):
+    for learned in (
+        model.input_resampler.queries,
+        model.input_resampler.positions,
+        model.output_resampler.positions,
+    ):
         assert torch.isfinite(learned.grad).all() and learned.grad.abs().sum() > 0
     # a batch without generation still calls the output module (every rank gathers it under ZeRO)
     model.zero_grad()

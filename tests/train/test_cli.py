@@ -118,14 +118,20 @@ def test_plan_counts_the_learned_queries_over_a_whole_vidtok_latent_grid(mistral
     cfg = compose_config([*kl, *queries])
     plan, model, tokenizer = make_plan(cfg)
     assert (tokenizer.num_tokens, tokenizer.feature_dim) == (5120, 4)
-    assert (plan.tokens_per_clip, plan.feature_tokens) == (model.tokens_per_clip, model.feature_tokens) == (256, 5120)
+    assert (
+        (plan.tokens_per_clip, plan.feature_tokens)
+        == (model.tokens_per_clip, model.feature_tokens)
+        == (256, 5120)
+    )
     h, k = 4096, cfg.model.gmm.num_components
     p = 2 * k * 4 + k  # GMM parameters per feature token
     attention = 4 * (h * h + h) + 2 * 2 * h  # q, k, v, out + two LayerNorms, one layer
     assert plan.head_input_params == (4 * h + h) + (h * h + h) + 5120 * h + 256 * h + attention
     assert plan.head_output_params == 5120 * h + attention + (h * p + p) + (p * p + p)
     assert plan.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert "model.resampler.kind=queries: 256 LLM tokens per clip for 5120 feature tokens" in format_plan(plan, cfg)
+    assert "model.resampler.kind=queries: 256 LLM tokens per clip for 5120 feature tokens" in format_plan(
+        plan, cfg
+    )
     with pytest.raises(ValueError, match=r"5120 tokens per clip, more than the LLM's 256 .* "
                        r"model.resampler.kind=queries .* video_tokenizer.llm_patch_size=8 \(80 tokens"):  # fmt: skip
         make_plan(compose_config(kl))

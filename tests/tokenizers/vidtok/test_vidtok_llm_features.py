@@ -9,11 +9,11 @@ import dataclasses
 import pytest
 import torch
 
+from divot_llm.config.schema import ModelConfig, ResamplerConfig
 from divot_llm.data.feature_cache import tokenizer_fingerprint
+from divot_llm.model import llm_tokens_per_clip
 from divot_llm.text import NUM_FRAME_TOKENS
 from divot_llm.tokenizers import build_video_tokenizer
-from divot_llm.config.schema import ModelConfig, ResamplerConfig
-from divot_llm.model import llm_tokens_per_clip
 
 MEAN = [0.5, -1.0, 0.25, 2.0]
 STD = [2.0, 0.5, 4.0, 1.5]
