@@ -27,29 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from divot_llm.tokenizers.codes import digit_ids, digits_to_index, index_to_digits
+
 MAX_FLAT_CODES = 32768
 # std of a clip token's input embedding at init: transformers' initializer_range, the scale
 # new token rows start at (nn.Embedding's default of 1 would dwarf the text embeddings)
 EMBED_INIT_STD = 0.02
-
-
-def radices(levels: Sequence[int]) -> list[int]:
-    """Place values of the digits of a code, digit 0 least significant: ``[1, L_0, L_0 L_1, ...]``."""
-    return [math.prod(levels[:i]) for i in range(len(levels))]
-
-
-def digits_to_index(digits: torch.Tensor, levels: Sequence[int]) -> torch.Tensor:
-    """``(..., D)`` float digits -> ``(..., )`` long codes (rounded, clamped to the grid)."""
-    d = _digit_ids(digits, levels)
-    place = torch.tensor(radices(levels), dtype=torch.long, device=digits.device)
-    return (d * place).sum(dim=-1)
-
-
-def index_to_digits(index: torch.Tensor, levels: Sequence[int]) -> torch.Tensor:
-    """``(...)`` long codes -> ``(..., D)`` float digits (digit 0 least significant)."""
-    place = torch.tensor(radices(levels), dtype=torch.long, device=index.device)
-    size = torch.tensor(list(levels), dtype=torch.long, device=index.device)
-    return (index.unsqueeze(-1) // place % size).float()
 
 
 def digit_offsets(levels: Sequence[int]) -> list[int]:
@@ -83,14 +66,6 @@ def sample_logits(
     return torch.multinomial(probs_rv, 1, generator=generator).reshape(logits.shape[:-1])
 
 
-def _digit_ids(digits: torch.Tensor, levels: Sequence[int]) -> torch.Tensor:
-    """``(..., D)`` float digits -> long, rounded and clamped to ``[0, L_i)``: a generated
-    feature may come back off the grid after a cast, and an id outside its level would
-    silently pick another level's row."""
-    high = torch.tensor(list(levels), dtype=torch.long, device=digits.device) - 1
-    return digits.round().long().clamp(min=0).minimum(high)
-
-
 class FactorizedCodeEmbedding(nn.Module):
     """Input module of ``fsq_factorized``: the sum of one ``(L_i, H)`` embedding per digit.
     The k tables are stacked in one weight (rows ``offset_i .. offset_i + L_i``) so that a
@@ -106,7 +81,7 @@ class FactorizedCodeEmbedding(nn.Module):
         self.register_buffer("offsets", offsets, persistent=False)  # not a release tensor
 
     def forward(self, digits: torch.Tensor) -> torch.Tensor:
-        rows = _digit_ids(digits, self.levels) + self.offsets  # (..., D)
+        rows = digit_ids(digits, self.levels) + self.offsets  # (..., D)
         return self.embedding(rows).sum(dim=-2)
 
 
@@ -195,7 +170,7 @@ class FactorizedCodeHead(_CodeHead):
         """Per-token sum over digits of their cross-entropies (not divided by D: it is the
         code's negative log-likelihood), fp32, shape ``(...)``."""
         log_probs = self.digit_logits(params).log_softmax(dim=-1)  # (..., D, Lmax)
-        ids = _digit_ids(target, self.levels).unsqueeze(-1)  # (..., D, 1)
+        ids = digit_ids(target, self.levels).unsqueeze(-1)  # (..., D, 1)
         return -log_probs.gather(-1, ids).squeeze(-1).sum(dim=-1)
 
     def sample(
@@ -255,8 +230,8 @@ class FlatCodeHead(_CodeHead):
         """One code drawn per token; ``(..., D)`` float digits."""
         temperature, top_k = self._options(temperature, top_k)
         index = sample_logits(self._check(params), temperature, top_k, generator)
-        return index_to_digits(index, self.levels)
+        return index_to_digits(index, self.levels).float()
 
     def predict(self, params: torch.Tensor) -> torch.Tensor:
         """The likeliest code's digits, ``(..., D)`` float."""
-        return index_to_digits(self._check(params).argmax(dim=-1), self.levels)
+        return index_to_digits(self._check(params).argmax(dim=-1), self.levels).float()

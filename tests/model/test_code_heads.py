@@ -26,8 +26,8 @@ from divot_llm.model import (
     sample_logits,
     save_release,
 )
-from divot_llm.model.code_heads import digits_to_index, index_to_digits
 from divot_llm.text import QUERY, generation_prompt
+from divot_llm.tokenizers.codes import digits_to_index, index_to_digits
 from tests.model.samples import perturb_trainable
 
 LEVELS = [3, 4, 2]

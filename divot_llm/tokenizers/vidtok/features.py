@@ -9,10 +9,10 @@ FSQ digits are the base-L digits of VidTok's code index, channel 0 least signifi
 
 from __future__ import annotations
 
-import math
-
 import torch
 from einops import rearrange
+
+from divot_llm.tokenizers.codes import digits_to_index, index_to_digits
 
 
 def patchify(grid_bcthw: torch.Tensor, patch: int) -> torch.Tensor:
@@ -33,24 +33,12 @@ def unpatchify(feats_bnd: torch.Tensor, grid_thw: tuple[int, int, int], patch: i
     )
 
 
-def _place_values(levels: list[int], device: torch.device) -> torch.Tensor:
-    """``(k,)`` the weight of each digit in the index: 1, L_0, L_0 L_1, ..."""
-    return torch.tensor([math.prod(levels[:c]) for c in range(len(levels))], dtype=torch.long, device=device)
-
-
 def index_digits(indices_bthw: torch.Tensor, levels: list[int]) -> torch.Tensor:
     """``(B, T', h, w)`` FSQ indices -> ``(B, k, T', h, w)`` int64 digits, digit c in [0, L_c)."""
-    place_k = _place_values(levels, indices_bthw.device)
-    levels_k = torch.tensor(levels, dtype=torch.long, device=indices_bthw.device)
-    shape = (1, len(levels), 1, 1, 1)
-    return (indices_bthw.long().unsqueeze(1) // place_k.view(shape)) % levels_k.view(shape)
+    return index_to_digits(indices_bthw, levels).movedim(-1, 1)
 
 
 def digits_index(digits_bkthw: torch.Tensor, levels: list[int]) -> torch.Tensor:
     """``(B, k, T', h, w)`` digits (any floats: generated ones may be off the grid; rounded
     and clamped to [0, L_c) first) -> ``(B, T', h, w)`` int64 FSQ indices."""
-    shape = (1, len(levels), 1, 1, 1)
-    top_k = torch.tensor([level - 1 for level in levels], device=digits_bkthw.device).view(shape)
-    digits = digits_bkthw.float().nan_to_num(0.0).round().clamp(min=0).minimum(top_k).long()
-    place_k = _place_values(levels, digits_bkthw.device)
-    return (digits * place_k.view(shape)).sum(dim=1)
+    return digits_to_index(digits_bkthw.movedim(1, -1), levels)
