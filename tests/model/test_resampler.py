@@ -5,6 +5,7 @@ clip while features, losses and samples stay N per clip, for any N."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -116,6 +117,30 @@ def test_a_divot_llm_with_queries_trains_on_a_mixed_batch(head, tiny_cfg, text_t
     comp["embeds_gen_mask"] = torch.zeros_like(comp["embeds_gen_mask"])
     model(**comp).total_loss.backward()
     assert all(p.grad is not None for p in model.output_resampler.parameters())
+
+
+def test_deepspeed_zero3_steps_with_queries_on_single_task_batches(ds_process_group, tiny_cfg, text_tokenizer):
+    """ZeRO-3 gathers the resampler's parameters (its own tables and its attention layers)
+    on a rank whose batch leaves either side idle, and the steps train them."""
+    import deepspeed
+
+    n, d, m = tiny_cfg.video_tokenizer.num_tokens, tiny_cfg.video_tokenizer.feature_dim, 5
+    torch.manual_seed(0)
+    model = build_divot_llm(queries_cfg(tiny_cfg, m), feature_tokens=n, feature_dim=d)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+              "zero_optimization": {"stage": 3, "ignore_unused_parameters": False}}  # fmt: skip
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    batch = {k: v for k, v in mixed_batch(text_tokenizer, m, n, None, d).items() if k in MODEL_KEYS}
+    with torch.no_grad():
+        before = engine(**batch).gmm_loss.item()
+    for rows in (slice(0, 1), slice(1, 2)):  # comprehension only, then generation only
+        loss = engine(**{k: v[rows] for k, v in batch.items()}).total_loss
+        engine.backward(loss)
+        engine.step()
+    with torch.no_grad():
+        after = engine(**batch).gmm_loss.item()
+    assert math.isfinite(after) and after != before
 
 
 def test_more_feature_tokens_than_frame_tokens_generate_and_comprehend(tiny_cfg, text_tokenizer):
