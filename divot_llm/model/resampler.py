@@ -68,6 +68,13 @@ def _learned(rows: int, hidden: int) -> nn.Parameter:
     return nn.Parameter(torch.randn(rows, hidden) * QUERY_INIT_STD)
 
 
+def _per_clip(table: nn.Parameter, clips: int) -> torch.Tensor:
+    """``(Q, H)`` learned rows -> ``(G, Q, H)``, a copy: a view of a parameter made under
+    no_grad cannot carry the autograd hooks some tools put on module inputs (torch's
+    ``FlopCounterMode`` module tracker)."""
+    return table.unsqueeze(0).repeat(clips, 1, 1)
+
+
 def _check_tokens(what: str, x: torch.Tensor, tokens: int) -> None:
     if x.ndim != 3 or x.shape[1] != tokens:
         raise ValueError(f"{what}: expected (G, {tokens}, dim) per clip, got shape {tuple(x.shape)}")
@@ -102,7 +109,7 @@ class InputQueryResampler(nn.Module):
     def forward(self, feats_gnd: torch.Tensor) -> torch.Tensor:
         _check_tokens("input resampler", feats_gnd, self.positions.shape[0])
         context_gnh = self.token_module(feats_gnd) + self.positions
-        queries_gmh = self.queries.expand(feats_gnd.shape[0], -1, -1)
+        queries_gmh = _per_clip(self.queries, feats_gnd.shape[0])
         for block in self.blocks:
             queries_gmh = block(queries_gmh, context_gnh)
         return queries_gmh
@@ -137,7 +144,7 @@ class OutputQueryResampler(nn.Module):
 
     def forward(self, hidden_gmh: torch.Tensor) -> torch.Tensor:
         _check_tokens("output resampler", hidden_gmh, self.num_queries)
-        positions_gnh = self.positions.expand(hidden_gmh.shape[0], -1, -1)
+        positions_gnh = _per_clip(self.positions, hidden_gmh.shape[0])
         for block in self.blocks:
             positions_gnh = block(positions_gnh, hidden_gmh)
         return self.token_module(positions_gnh)

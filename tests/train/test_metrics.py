@@ -20,6 +20,18 @@ def test_formula_matches_counted_flops_of_a_training_step(mistral_tokenizer_dir,
     projection's first layer needs no input gradient; the formula ignores that). Eager
     attention, because torch's counter does not see the CPU flash-attention kernel."""
     cfg = tiny_cfg(f"stage={stage}", "stage.init_from=null", "model.llm.attn_implementation=eager")
+    assert_formula_matches_counted_flops(cfg, mistral_tokenizer_dir, sample)
+
+
+@pytest.mark.parametrize("sample", [0, 1])
+def test_formula_counts_learned_queries(mistral_tokenizer_dir, sample):
+    """model.resampler.kind=queries: the modules' attention is counted per clip as well."""
+    cfg = tiny_cfg("model.llm.attn_implementation=eager", "model.resampler.kind=queries",
+                   "model.resampler.num_queries=8")  # fmt: skip
+    assert_formula_matches_counted_flops(cfg, mistral_tokenizer_dir, sample)
+
+
+def assert_formula_matches_counted_flops(cfg, mistral_tokenizer_dir, sample: int) -> None:
     model = build_divot_llm(
         cfg.model,
         feature_tokens=8,
