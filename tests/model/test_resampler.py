@@ -119,7 +119,9 @@ def test_a_divot_llm_with_queries_trains_on_a_mixed_batch(head, tiny_cfg, text_t
     assert all(p.grad is not None for p in model.output_resampler.parameters())
 
 
-def test_deepspeed_zero3_steps_with_queries_on_single_task_batches(ds_process_group, tiny_cfg, text_tokenizer):
+def test_deepspeed_zero3_steps_with_queries_on_single_task_batches(
+    ds_process_group, tiny_cfg, text_tokenizer
+):
     """ZeRO-3 gathers the resampler's parameters (its own tables and its attention layers)
     on a rank whose batch leaves either side idle, and the steps train them."""
     import deepspeed
