@@ -27,15 +27,7 @@ from divot_llm.tokenizers import build_video_tokenizer
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="cache folder")
-    parser.add_argument("--batch-clips", type=int, default=32, help="clips per tokenizer forward")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=min(8, (os.cpu_count() or 1) - 1),
-        help="processes decoding videos while this one encodes (default: cores - 1, at most 8; "
-        "0 decodes in this process)",
-    )
-    add_device_arguments(parser)
+    add_encoding_arguments(parser)
     parser.add_argument(
         "--shard",
         type=_shard,
@@ -47,8 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, after --, e.g. experiment=demo")
 
 
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--dtype`` of the recipes that run the video tokenizer."""
+def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--batch-clips``, ``--workers``, ``--device`` and ``--dtype`` of the recipes that run
+    the video tokenizer over a dataset's clips."""
+    parser.add_argument("--batch-clips", type=int, default=32, help="clips per tokenizer forward")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, (os.cpu_count() or 1) - 1),
+        help="processes decoding videos while this one encodes (default: cores - 1, at most 8; "
+        "0 decodes in this process)",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument(
         "--dtype",

@@ -15,12 +15,11 @@ import argparse
 import copy
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from tqdm import tqdm
 
-from data_recipes.features import add_device_arguments, device_and_dtype
+from data_recipes.features import add_encoding_arguments, device_and_dtype
 from divot_llm.config import compose_config
 from divot_llm.data.latent_stats import latent_stats
 from divot_llm.runtime import seed_everything
@@ -36,15 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-clips", type=int, default=None, help="stop after this many clips (default: every train sample)"
     )
-    parser.add_argument("--batch-clips", type=int, default=32, help="clips per tokenizer forward")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=min(8, (os.cpu_count() or 1) - 1),
-        help="processes decoding videos while this one encodes (default: cores - 1, at most 8; "
-        "0 decodes in this process)",
-    )
-    add_device_arguments(parser)
+    add_encoding_arguments(parser)
     parser.add_argument(
         "overrides", nargs="*", help="config overrides, after --, e.g. video_tokenizer=vidtok_tiny"
     )

@@ -185,6 +185,23 @@ class CodeHeadConfig:
     cfg_scale: float = checked(1.0, ge=0)  # classifier-free guidance scale (1: no guidance)
 
 
+RESAMPLER_KINDS = ("tokenwise", "queries")
+
+
+@dataclass
+class ResamplerConfig:
+    """How a clip's N feature tokens become the LLM's tokens per clip (``model.resampler``;
+    divot_llm/model/resampler.py)."""
+
+    # tokenwise: one LLM token per feature token (the video head's modules alone, N <= 256);
+    # queries: num_queries learned queries cross-attend to the N features (input), and N
+    # learned position queries to the LLM's query states (output): any N
+    kind: str = checked("tokenwise", choices=RESAMPLER_KINDS)
+    num_queries: int = checked(64, ge=1, le=256)  # M, LLM tokens per clip (the 256 <frame_i> tokens)
+    heads: int = checked(4, ge=1)  # attention heads of each cross-attention layer (divide the LLM width)
+    layers: int = checked(1, ge=1)  # cross-attention layers on each side
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -197,6 +214,7 @@ class ModelConfig:
     head: str = checked("gmm", choices=VIDEO_HEADS)
     gmm: GMMConfig = field(default_factory=GMMConfig)
     code_head: CodeHeadConfig = field(default_factory=CodeHeadConfig)
+    resampler: ResamplerConfig = field(default_factory=ResamplerConfig)
     lm_loss_scale: float = checked(1.0, ge=0)
     gmm_loss_scale: float = checked(1.0, ge=0)  # weight of the generation head's loss (any head)
 

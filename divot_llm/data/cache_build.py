@@ -61,7 +61,8 @@ def build_feature_cache(
     source with no usable sample is then only reported by a build over all of it."""
     out = Path(out_dir)
     write_info(out, info)
-    specs = split_specs(data_cfg, info.tokens_per_clip, tokenizer.frames_per_clip, info.image_size, splits)
+    # only clips are read: no token sequence is built, so no LLM tokens per clip (0)
+    specs = split_specs(data_cfg, 0, tokenizer.frames_per_clip, info.image_size, splits)
     reads = read_clips(specs, workers, shard, cached_in=out)
     counts: Counter = Counter()
     tick = progress or (lambda n: None)

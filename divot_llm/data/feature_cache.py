@@ -46,7 +46,7 @@ class CacheInfo:
     fps: float
     frame_stride: int
     image_size: int
-    tokens_per_clip: int
+    tokens_per_clip: int  # N: the tokenizer's feature tokens per clip (not the LLM's, model.resampler)
     feature_dim: int
     encode_dtype: str  # features differ between fp32 and bf16 encoding; stored in it (older caches: fp32)
     # the ViT's weights; None where the run does not build it (from a cache: not compared)

@@ -80,7 +80,7 @@ class LoaderSpec:
     batch_size: int
     tokens_per_batch: int | None
     pack_length: int | None  # None: no packing
-    tokens_per_clip: int
+    tokens_per_clip: int  # M: the LLM's, in the sequences (divot_llm.model.llm_tokens_per_clip)
     frames_per_clip: int
     image_size: int
     frames_per_window: int

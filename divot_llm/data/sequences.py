@@ -65,7 +65,8 @@ class SequenceBuilder:
 
     Args:
         tokenizer: the Divot text tokenizer.
-        tokens_per_clip: N, from the video tokenizer.
+        tokens_per_clip: the LLM's tokens per clip (``divot_llm.model.llm_tokens_per_clip``:
+            the video tokenizer's N, or ``model.resampler.num_queries``).
         bidirectional_queries: mark generation queries with -1 (attend within their block).
     """
 

@@ -159,12 +159,7 @@ def merge_release(
     del state
     expected = None
     if verify:  # the unmerged model's outputs, before merge_lora changes it in place
-        batches = verification_batches(
-            text_tokenizer,
-            video_tokenizer.num_tokens,
-            video_tokenizer.feature_dim,
-            feature_levels=video_tokenizer.feature_levels,
-        )
+        batches = verification_batches(text_tokenizer, model, feature_levels=video_tokenizer.feature_levels)
         expected = _Expected(batches, reference_outputs(model, batches))
 
     tmp = out.with_name(out.name + ".tmp")
@@ -227,7 +222,7 @@ def _verify_written(
         VerificationError: they differ beyond the dtype's tolerance; ``tmp`` is removed.
     """
     merged = load_release(
-        tmp, cfg.model, tokens_per_clip=video_tokenizer.num_tokens, feature_dim=video_tokenizer.feature_dim,
+        tmp, cfg.model, feature_tokens=video_tokenizer.num_tokens, feature_dim=video_tokenizer.feature_dim,
         feature_levels=video_tokenizer.feature_levels, dtype=dtype,
     )  # fmt: skip
     comparisons = compare(expected.outputs, reference_outputs(merged, expected.batches), dtype)

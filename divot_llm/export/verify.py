@@ -69,20 +69,20 @@ def random_features(
 
 def verification_batches(
     tokenizer: DivotTextTokenizer,
-    tokens_per_clip: int,
-    feature_dim: int,
+    model: DivotLLM,
     seed: int = 0,
     feature_levels: Sequence[int] | None = None,
 ) -> list[dict]:
-    """Two batches of real task sequences over random clip features (fixed seed; code
-    digits when ``feature_levels`` is given, the video tokenizer's)."""
-    builder = SequenceBuilder(tokenizer, tokens_per_clip)
+    """Two batches of real task sequences for ``model`` (its M tokens per clip) over random
+    clip features of its shape ``(N, D)`` (fixed seed; code digits when ``feature_levels``
+    is given, the video tokenizer's)."""
+    builder = SequenceBuilder(tokenizer, model.tokens_per_clip)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
 
     def example(task: str, clips: int, **text) -> dict:
         seq = builder.build(task, "video", clips, 4096, rng, **text)
-        feats = random_features((clips, tokens_per_clip, feature_dim), feature_levels, gen)
+        feats = random_features((clips, model.feature_tokens, model.feature_dim), feature_levels, gen)
         return sequence_example(seq, task, "video_feats", feats, source="verify", key=task)
 
     comp = example("sft_comp", 2, turns=[("What is shown in the video?", "A red circle moving left.")])

@@ -153,7 +153,7 @@ def load_inference_models(
     if with_llm:
         text_tokenizer = _text_tokenizer(release, cfg)
         model = load_release(
-            release, cfg.model, tokens_per_clip=video_tokenizer.num_tokens,
+            release, cfg.model, feature_tokens=video_tokenizer.num_tokens,
             feature_dim=video_tokenizer.feature_dim, feature_levels=video_tokenizer.feature_levels,
             dtype=dtype, device=device,
         )  # fmt: skip

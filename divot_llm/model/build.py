@@ -5,7 +5,8 @@ train.
 The video tokenizer's feature shape (N tokens per clip, D dims, and for code features
 the levels of each dim) is passed in by the caller (``tokenizer.num_tokens`` /
 ``tokenizer.feature_dim`` / ``tokenizer.feature_levels``), so nothing here assumes
-Divot's 64 x 256.
+Divot's 64 x 256. The LLM's own tokens per clip M (``DivotLLM.tokens_per_clip``) follow
+from N and ``model.resampler``: ``llm_tokens_per_clip`` says how many, and why not.
 
 Everything random at build time -- the tokenizer and LLM of tiny random-init configs, the
 LoRA and projection inits, a random de-tokenizer -- comes from one sequence seeded with
@@ -35,16 +36,17 @@ from divot_llm.model.divot import DivotLLM
 from divot_llm.model.heads import build_video_head
 from divot_llm.model.lora import apply_lora
 from divot_llm.model.release import load_agent_weights
+from divot_llm.model.resampler import QUERIES, llm_tokens
 from divot_llm.runtime import seed_everything
 from divot_llm.text import DivotTextTokenizer, load_text_tokenizer
-from divot_llm.text.special_tokens import NUM_ADDED_TOKENS
+from divot_llm.text.special_tokens import NUM_ADDED_TOKENS, NUM_FRAME_TOKENS
 from divot_llm.tokenizers import VideoTokenizer, build_video_tokenizer
 
 
 def build_divot_llm(
     model_cfg: ModelConfig,
     *,
-    tokens_per_clip: int,
+    feature_tokens: int,
     feature_dim: int,
     feature_levels: Sequence[int] | None = None,
     train_input_proj: bool = True,
@@ -64,7 +66,8 @@ def build_divot_llm(
 
     Args:
         model_cfg: ``cfg.model`` (dataclass or the composed DictConfig).
-        tokens_per_clip: N, from the video tokenizer.
+        feature_tokens: N, from the video tokenizer (``num_tokens``); the model's
+            ``tokens_per_clip`` is ``model_cfg.resampler``'s M.
         feature_dim: D, from the video tokenizer.
         feature_levels: The video tokenizer's ``feature_levels`` (None: continuous
             features); must fit ``model_cfg.head``.
@@ -90,9 +93,10 @@ def build_divot_llm(
     with torch.device(device or "cpu"):
         model = DivotLLM(
             llm,
-            tokens_per_clip=tokens_per_clip,
+            feature_tokens=feature_tokens,
             feature_dim=feature_dim,
             video_head=video_head,
+            resampler=model_cfg.resampler,
             lm_loss_scale=model_cfg.lm_loss_scale,
             gmm_loss_scale=model_cfg.gmm_loss_scale,
             train_input_proj=train_input_proj,
@@ -153,10 +157,16 @@ def build_stage_model(
 ) -> DivotLLM:
     """The model of ``cfg``'s LLM stage (``cfg.model``, ``cfg.stage``) sized to the video
     tokenizer's features: what training builds, and (on ``device="meta"``) what
-    ``plan=true`` counts."""
+    ``plan=true`` counts.
+
+    Raises:
+        ValueError: the tokenizer's tokens do not fit the LLM (``llm_tokens_per_clip``), or
+            ``model.head`` its features.
+    """
+    llm_tokens_per_clip(cfg.model, video_tokenizer)
     return build_divot_llm(
         cfg.model,
-        tokens_per_clip=video_tokenizer.num_tokens,
+        feature_tokens=video_tokenizer.num_tokens,
         feature_dim=video_tokenizer.feature_dim,
         feature_levels=video_tokenizer.feature_levels,
         train_input_proj=cfg.stage.train_input_proj,
@@ -165,6 +175,27 @@ def build_stage_model(
         dtype=dtype,
         device=device,
     )
+
+
+def llm_tokens_per_clip(model_cfg: ModelConfig, video_tokenizer: VideoTokenizer) -> int:
+    """M, the LLM's tokens per clip (placeholders, generation queries: what every sequence
+    is built with) over this tokenizer's N feature tokens per clip: N token by token
+    (``model.resampler.kind=tokenwise``), ``model.resampler.num_queries`` with learned
+    queries.
+
+    Raises:
+        ValueError: token by token, N is more than the LLM's ``<frame_i>`` tokens; the
+            message names both ways out (learned queries, or a tokenizer with fewer tokens).
+    """
+    n = video_tokenizer.num_tokens
+    if model_cfg.resampler.kind != QUERIES and n > NUM_FRAME_TOKENS:
+        raise ValueError(
+            f"the video tokenizer gives {n} tokens per clip, more than the LLM's {NUM_FRAME_TOKENS} frame "
+            f"tokens (model.resampler.kind={model_cfg.resampler.kind}: one LLM token per feature token): set "
+            f"model.resampler.kind=queries (model.resampler.num_queries <= {NUM_FRAME_TOKENS} learned queries "
+            f"read the {n}), or {video_tokenizer.fewer_tokens_hint(NUM_FRAME_TOKENS)}"
+        )
+    return llm_tokens(model_cfg.resampler, n)
 
 
 def build_models(
@@ -252,7 +283,7 @@ def load_release(
     release_dir: str | os.PathLike,
     model_cfg: ModelConfig,
     *,
-    tokens_per_clip: int,
+    feature_tokens: int,
     feature_dim: int,
     feature_levels: Sequence[int] | None = None,
     dtype: torch.dtype = torch.float32,
@@ -262,7 +293,7 @@ def load_release(
     The feature shape as ``build_divot_llm``'s."""
     model = build_divot_llm(
         model_cfg,
-        tokens_per_clip=tokens_per_clip,
+        feature_tokens=feature_tokens,
         feature_dim=feature_dim,
         feature_levels=feature_levels,
         init_from=release_dir,

@@ -1,6 +1,8 @@
 """``DivotLLM``: Mistral (+ LoRA) with an input module for video features, an output
 module to the video head's per-token parameters (GMMs or code logits, ``heads.py``), and
-the losses of both tasks.
+the losses of both tasks. A clip is N feature tokens for the tokenizer and M tokens in
+the sequence (``model.resampler``, ``resampler.py``: M = N token by token, or M learned
+queries).
 
 One batch may mix comprehension samples (video features written over frame-token
 placeholders, LM loss on the text) and generation samples (query tokens whose final
@@ -15,8 +17,8 @@ Batch keys (all ``(B, ...)``; masks are bool unless stated):
 * ``video_feats (B, C, N, D)``: tokenizer features of up to C clips per sample;
 * ``embeds_cmp_mask (B, C)``: clip is a comprehension input;
 * ``embeds_gen_mask (B, C)``: clip is a generation target;
-* ``ids_cmp_mask (B, T)``: placeholder positions, N per comprehension clip, in clip order;
-* ``ids_gen_mask (B, T)``: query positions, N per generation clip, in clip order.
+* ``ids_cmp_mask (B, T)``: placeholder positions, M per comprehension clip, in clip order;
+* ``ids_gen_mask (B, T)``: query positions, M per generation clip, in clip order.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import nn
 from transformers import MistralForCausalLM
 from transformers.utils import is_torch_flex_attn_available
 
+from divot_llm.config.schema import ResamplerConfig
 from divot_llm.model.attention import (
     EAGER_DENSE,
     FLASH_VARLEN,
@@ -41,6 +44,7 @@ from divot_llm.model.attention import (
     attention_kernel,
 )
 from divot_llm.model.heads import VideoHead
+from divot_llm.model.resampler import build_resamplers, llm_tokens
 from divot_llm.text.templates import IGNORE_INDEX, PADDING, QUERY
 
 
@@ -54,7 +58,7 @@ class DivotOutput:
 
     total_loss: torch.Tensor  # () lm_loss_scale·lm + gmm_loss_scale·gmm
     lm_loss: torch.Tensor  # ()
-    gmm_loss: torch.Tensor  # () the video head's NLL per query token
+    gmm_loss: torch.Tensor  # () the video head's NLL per predicted feature token
     lm_loss_per_sample: torch.Tensor  # (B,)
     gmm_loss_per_sample: torch.Tensor  # (B,)
 
@@ -64,10 +68,12 @@ class DivotLLM(nn.Module):
 
     Args:
         llm: ``MistralForCausalLM`` with the Divot vocabulary, optionally wrapped by peft.
-        tokens_per_clip: N, the video tokenizer's tokens per clip (64 for Divot).
+        feature_tokens: N, the video tokenizer's feature tokens per clip (64 for Divot).
         feature_dim: D, the tokenizer's feature dim (256 for Divot).
         video_head: The video head (``build_video_head``; its ``dim`` must equal
             ``feature_dim``): it makes the input and output modules.
+        resampler: ``model.resampler``: the LLM's tokens per clip M
+            (``self.tokens_per_clip``) and the modules around the head's.
         lm_loss_scale: Weight of the LM cross-entropy in ``total_loss``.
         gmm_loss_scale: Weight of the video head's loss in ``total_loss``.
         train_input_proj: Train the input module (frozen in SFT-gen).
@@ -80,9 +86,10 @@ class DivotLLM(nn.Module):
         self,
         llm: MistralForCausalLM | peft.PeftModel,
         *,
-        tokens_per_clip: int,
+        feature_tokens: int,
         feature_dim: int,
         video_head: VideoHead,
+        resampler: ResamplerConfig,
         lm_loss_scale: float = 1.0,
         gmm_loss_scale: float = 1.0,
         train_input_proj: bool = True,
@@ -93,16 +100,17 @@ class DivotLLM(nn.Module):
         if video_head.dim != feature_dim:
             raise ValueError(f"video head dim {video_head.dim} must equal the feature dim {feature_dim}")
         self.llm = llm
-        self.tokens_per_clip = tokens_per_clip
+        self.feature_tokens = feature_tokens  # N: features per clip
+        self.tokens_per_clip = llm_tokens(resampler, feature_tokens)  # M: sequence tokens per clip
         self.feature_dim = feature_dim
         self.video_head = video_head
         self.lm_loss_scale = lm_loss_scale
         self.gmm_loss_scale = gmm_loss_scale
         hidden = self.causal_lm.config.hidden_size
-        # Not resamplers (the token count is unchanged): the attribute names are the key
+        # (G, N, D) -> (G, M, H) and (G, M, H) -> (G, N, P). The attribute names are the key
         # prefixes of the release's agent/ file (and of the reference's code).
-        self.input_resampler = video_head.input_module(hidden)  # (..., D) -> (..., H)
-        self.output_resampler = video_head.output_module(hidden)  # (..., H) -> (..., P)
+        modules = build_resamplers(resampler, video_head, hidden, feature_tokens)
+        self.input_resampler, self.output_resampler = modules
         self.input_resampler.requires_grad_(train_input_proj)
         self.output_resampler.requires_grad_(train_output_proj)
         # What llm.attn_implementation asked for; hidden_states picks each batch's kernel.
@@ -144,20 +152,20 @@ class DivotLLM(nn.Module):
         ids_cmp_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token embeddings ``(B, T, H)`` with projected comprehension clips written over
-        their N placeholders each (clip order = token order within a sample).
+        their M placeholders each (clip order = token order within a sample).
 
         Raises:
-            ValueError: a sample's placeholder count is not N x its comprehension clips.
+            ValueError: a sample's placeholder count is not M x its comprehension clips.
         """
         embeds_bth = self.llm.get_input_embeddings()(input_ids)
         if video_feats is None or embeds_cmp_mask is None or not embeds_cmp_mask.any():
-            idle = _idle_head_term(self.input_resampler, self.feature_dim, embeds_bth)
+            idle = _idle_head_term(self.input_resampler, (self.feature_tokens, self.feature_dim), embeds_bth)
             return embeds_bth if idle is None else embeds_bth + idle.to(embeds_bth.dtype)
         video_feats, embeds_cmp_mask = _with_clip_dim(video_feats, embeds_cmp_mask)
         _check_counts("comprehension placeholder", ids_cmp_mask, embeds_cmp_mask, self.tokens_per_clip)
         clips_gnd = video_feats[embeds_cmp_mask]  # (G, N, D) in (sample, clip) order
-        clips_gnh = self.input_resampler(clips_gnd.to(embeds_bth.dtype))  # (G, N, H)
-        return embeds_bth.masked_scatter(ids_cmp_mask.unsqueeze(-1), clips_gnh)
+        clips_gmh = self.input_resampler(clips_gnd.to(embeds_bth.dtype))  # (G, M, H)
+        return embeds_bth.masked_scatter(ids_cmp_mask.unsqueeze(-1), clips_gmh)
 
     def hidden_states(
         self,
@@ -233,10 +241,10 @@ class DivotLLM(nn.Module):
         return out.last_hidden_state
 
     def query_head_params(self, hidden_bth: torch.Tensor, ids_gen_mask: torch.Tensor) -> torch.Tensor:
-        """Video head parameters ``(G, N, P)`` at the query positions (G clips, in order);
-        the hidden state of a query itself is used, with no shift."""
-        hidden_gnh = hidden_bth[ids_gen_mask].reshape(-1, self.tokens_per_clip, hidden_bth.shape[-1])
-        return self.output_resampler(hidden_gnh)
+        """Video head parameters ``(G, N, P)`` of G clips, in order, from their M query
+        positions each; the hidden state of a query itself is used, with no shift."""
+        hidden_gmh = hidden_bth[ids_gen_mask].reshape(-1, self.tokens_per_clip, hidden_bth.shape[-1])
+        return self.output_resampler(hidden_gmh)
 
     # ------------------------------------------------------------------ forward
 
@@ -258,7 +266,7 @@ class DivotLLM(nn.Module):
         the per-sample losses are per row.
 
         Raises:
-            ValueError: mask counts disagree with N x clips for some sample.
+            ValueError: mask counts disagree with M x clips for some sample.
         """
         embeds_cmp_mask, embeds_gen_mask, ids_cmp_mask, ids_gen_mask = (
             None if m is None else m.bool()
@@ -277,7 +285,9 @@ class DivotLLM(nn.Module):
                 hidden_bth, video_feats, embeds_gen_mask, ids_gen_mask
             )
         else:
-            idle_output = _idle_head_term(self.output_resampler, hidden_bth.shape[-1], hidden_bth)
+            idle_output = _idle_head_term(
+                self.output_resampler, (self.tokens_per_clip, hidden_bth.shape[-1]), hidden_bth
+            )
 
         lm_loss = lm_sum_b.sum() / lm_count_b.sum().clamp(min=1)
         gmm_loss = gmm_sum_b.sum() / gmm_count_b.sum().clamp(min=1)
@@ -317,14 +327,15 @@ class DivotLLM(nn.Module):
         embeds_gen_mask: torch.Tensor,
         ids_gen_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample sum and count of the video head's NLL over query tokens (fp32)."""
+        """Per-sample sum and count of the video head's NLL over the generated clips'
+        feature tokens (fp32)."""
         video_feats, embeds_gen_mask = _with_clip_dim(video_feats, embeds_gen_mask)
         _check_counts("generation query", ids_gen_mask, embeds_gen_mask, self.tokens_per_clip)
         target_gnd = video_feats[embeds_gen_mask]  # (G, N, D)
         nll_gn = self.video_head.nll(self.query_head_params(hidden_bth, ids_gen_mask), target_gnd)
         sample_of_g = embeds_gen_mask.nonzero()[:, 0]
         sum_b = nll_gn.new_zeros(hidden_bth.shape[0]).index_add(0, sample_of_g, nll_gn.sum(dim=1))
-        return sum_b, embeds_gen_mask.sum(dim=1) * self.tokens_per_clip
+        return sum_b, embeds_gen_mask.sum(dim=1) * self.feature_tokens
 
 
 def _with_clip_dim(video_feats: torch.Tensor, clip_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,8 +361,9 @@ def _check_counts(what: str, ids_mask: torch.Tensor | None, clip_mask_bc: torch.
         )
 
 
-def _idle_head_term(head: nn.Module, input_dim: int, like: torch.Tensor) -> torch.Tensor | None:
-    """``0 x head(zeros (1, input_dim)).sum()`` when the head is trainable, else None.
+def _idle_head_term(head: nn.Module, clip_shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor | None:
+    """``0 x head(zeros (1, *clip_shape)).sum()`` when the head is trainable, else None:
+    one clip of zeros, ``(N, D)`` into the input module or ``(M, H)`` into the output one.
 
     A trainable head that a batch does not use must still be called: DeepSpeed (and DDP)
     gather and reduce every trainable parameter on every rank, so a rank that skipped the
@@ -365,5 +377,5 @@ def _idle_head_term(head: nn.Module, input_dim: int, like: torch.Tensor) -> torc
     """
     if not any(p.requires_grad for p in head.parameters()):
         return None
-    dummy = torch.zeros(1, input_dim, dtype=like.dtype, device=like.device)
+    dummy = torch.zeros(1, *clip_shape, dtype=like.dtype, device=like.device)
     return 0.0 * head(dummy).float().sum()

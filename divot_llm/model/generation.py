@@ -2,9 +2,10 @@
 and features (video/image generation), from token ids or from captions.
 
 Feature generation follows the reference's two phases (divot-reference.md §5.8): sample
-text until the model emits ``<vid>`` (``<img>`` for images), then append ``<frame>`` + N
+text until the model emits ``<vid>`` (``<img>`` for images), then append ``<frame>`` + M
 query tokens and run ONE forward pass in which the queries attend to each other; their
-final hidden states go through the output module and the video head is sampled: the GMM,
+final hidden states go through the output module (N feature tokens' parameters, from the
+M states: ``model.resampler``) and the video head is sampled: the GMM,
 or the code heads' softmaxes (temperature, top-k and classifier-free guidance, which runs
 the generation prompt with an empty caption beside each prompt in the same pass).
 """
@@ -65,7 +66,7 @@ class GeneratedFeatures:
     """Output of ``generate_features``."""
 
     feats: torch.Tensor  # (B, N, D) fp32 features (code heads: digits) for the de-tokenizer
-    sequences: list[list[int]]  # per sample: prompt + generated text + <frame> + N queries
+    sequences: list[list[int]]  # per sample: prompt + generated text + <frame> + M queries
 
 
 def generate_text(
@@ -88,7 +89,7 @@ def generate_text(
         tokenizer: Its text tokenizer (special-token ids).
         prompts: Token ids per sample (with bos), e.g. ``[bos] + encode(comprehension_prompt(...))``.
         video_feats: Per sample ``(C, N, D)`` features of the C clips whose frame-token
-            placeholders appear in its prompt, or None for a text-only prompt.
+            placeholders (M per clip) appear in its prompt, or None for a text-only prompt.
         max_new_tokens: Upper bound on generated tokens.
         do_sample: Sample (True) or greedy.
         temperature: Sampling temperature.
@@ -102,8 +103,7 @@ def generate_text(
         The new token ids of each sample, ending with the stop token when it was produced.
     """
     eos = tokenizer.eos_id if eos_token_id is None else eos_token_id
-    n = model.tokens_per_clip
-    frame_ids = tokenizer.frame_token_ids(n)
+    frame_ids = tokenizer.frame_token_ids(model.tokens_per_clip)
     device = model.device
 
     # Left padding: every prompt ends at the same position, where sampling starts.
@@ -117,7 +117,7 @@ def generate_text(
 
     feats, clip_mask, placeholder_mask = None, None, None
     if video_feats is not None and any(v is not None for v in video_feats):
-        feats, clip_mask = _stack_clips(video_feats, n, model.feature_dim, device)
+        feats, clip_mask = _stack_clips(video_feats, model.feature_tokens, model.feature_dim, device)
         has_video_b1 = clip_mask.any(dim=1, keepdim=True)
         placeholder_mask = torch.isin(input_ids, torch.tensor(frame_ids, device=device)) & has_video_b1
 
@@ -167,7 +167,7 @@ def generate_features(
 
     Phase 1 samples text until ``<vid>`` (``<img>``); a sample that does not produce it
     within ``max_new_tokens`` gets it appended (``max_new_tokens=0`` skips phase 1).
-    Phase 2 appends ``<frame>`` + N queries, runs one forward pass with the queries in a
+    Phase 2 appends ``<frame>`` + M queries, runs one forward pass with the queries in a
     bidirectional block, and samples the video head (or takes its prediction: the GMM's
     weighted mean, the likeliest code). With guidance (``cfg_scale != 1``) the same pass
     also runs ``uncond_prompt`` + each sample's phase-1 text + queries, and the head
@@ -207,7 +207,7 @@ def generate_features(
     if guided and uncond_prompt is None:
         raise ValueError(f"classifier-free guidance (cfg_scale={cfg_scale}) needs the unconditional prompt")
     start_id = tokenizer.token_to_id({"video": VID_START, "image": IMG_START}[media])
-    n = model.tokens_per_clip
+    m = model.tokens_per_clip
     if max_new_tokens > 0:
         texts = generate_text(
             model,
@@ -221,7 +221,7 @@ def generate_features(
         )
     else:
         texts = [[] for _ in prompts]
-    queries = [tokenizer.token_to_id(FRAME_START), *tokenizer.frame_token_ids(n)]
+    queries = [tokenizer.token_to_id(FRAME_START), *tokenizer.frame_token_ids(m)]
     sequences, unconditional = [], []
     for prompt, text in zip(prompts, texts, strict=True):
         if not text or text[-1] != start_id:
@@ -230,7 +230,7 @@ def generate_features(
         if guided:
             unconditional.append([*uncond_prompt, *text, *queries])
 
-    # Right padding; the last N real positions of each row are the query block. Guidance
+    # Right padding; the last M real positions of each row are the query block. Guidance
     # appends the unconditional rows after the conditional ones.
     device = model.device
     rows = sequences + unconditional
@@ -240,7 +240,7 @@ def generate_features(
     for row, seq in enumerate(rows):
         input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention_mask[row, : len(seq)] = ATTEND
-        attention_mask[row, len(seq) - n : len(seq)] = QUERY
+        attention_mask[row, len(seq) - m : len(seq)] = QUERY
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     with eval_mode(model), torch.no_grad():
         hidden_bth = model.hidden_states(model.embed(input_ids), attention_mask)

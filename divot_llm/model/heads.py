@@ -5,7 +5,8 @@ Every head has the ``GMMHead`` interface: ``dim`` (D), ``param_dim`` (P, what th
 module emits per query token), ``nll(params, target)`` per token (fp32),
 ``sample(params, generator=..., **options)``, ``predict(params)``, and
 ``input_module(H)`` / ``output_module(H)``, the two trainable modules that ``DivotLLM``
-keeps as ``input_resampler`` / ``output_resampler``.
+keeps as ``input_resampler`` / ``output_resampler`` (token by token, or inside the learned
+queries of ``model.resampler.kind=queries``: ``resampler.py``).
 
 * ``gmm`` (``gmm.py``): continuous features (Divot's ViT features, VidTok KL latents).
 * ``fsq_factorized`` / ``fsq_flat`` (``code_heads.py``): FSQ code digits.

@@ -11,8 +11,9 @@ text encode to the same pieces. That cannot change a sequence's structure — wh
 are supervised and where the media go come from the pieces the builder assembles, never
 from parsing the text — so user text is kept verbatim rather than altered.
 
-``tokens_per_clip`` (N) always comes from the video tokenizer's feature shape (64 for the
-released Divot tokenizer), never from a literal.
+``tokens_per_clip`` always comes from the model's setup (``llm_tokens_per_clip``: the video
+tokenizer's N, 64 for the released Divot tokenizer, or ``model.resampler.num_queries``),
+never from a literal.
 """
 
 from __future__ import annotations

@@ -124,6 +124,12 @@ class VideoTokenizer(PretrainedComponent):
     def num_tokens(self) -> int:
         """N: feature vectors per clip."""
 
+    def fewer_tokens_hint(self, max_tokens: int) -> str:
+        """How to set this tokenizer up for at most ``max_tokens`` feature vectors per clip,
+        in words: the advice of the error an LLM that reads one token per feature vector
+        raises when N is more than its frame tokens (``divot_llm.model.llm_tokens_per_clip``)."""
+        return f"use a video tokenizer with at most {max_tokens} tokens per clip"
+
     @property
     @abc.abstractmethod
     def feature_dim(self) -> int:

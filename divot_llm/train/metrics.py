@@ -6,7 +6,7 @@ of a row is its own ``b``: it attends only to itself):
 
     F_model = sum_b [ T_b * (4 * N_frozen + 6 * N_lora) + 12 * L * d * T_b^2 ]    LLM body
             + M * c_head * V * d                                               LM head
-            + P_in * c_in * N_in + Q * c_out * N_out                           projections
+            + C_in * c_in * F_in + C_out * c_out * F_out                       projections
             + G_video * F_video + G_still * F_still                            video tokenizer
 
 * N_frozen / N_lora: matmul weights of the decoder layers that are frozen (forward 2N +
@@ -15,9 +15,13 @@ of a row is its own ``b``: it attends only to itself):
   T x T matrix, as PaLM and nanoGPT do; causal kernels skip about half of it.
 * The LM head runs only at the M supervised positions (``DivotLLM`` never computes the
   other logits): c_head = 6 when it trains (the reference trains it), else 4.
-* Projections: P_in comprehension placeholders x the input projection (6N trained, 2N
-  frozen: nothing upstream needs its gradient), Q query tokens x the output projection
-  (6N trained, 4N frozen).
+* Projections: C_in comprehension clips x F_in, the forward FLOPs of one clip through the
+  input module (x 3 trained, x 1 frozen: nothing upstream needs its gradient), C_out
+  generation clips x F_out through the output module (x 3 trained, x 2 frozen), both
+  counted once with ``torch.utils.flop_counter``: a token-wise MLP's 2N per token, the
+  attention of learned queries (``model.resampler``), nothing for an embedding lookup. A
+  trained module a batch leaves idle counts one clip (of zeros, run so that ZeRO ranks
+  gather alike).
 * F_video / F_still: forward FLOPs of the frozen video tokenizer for one clip (ViT
   included) and for one still (F identical frames: the ViT runs on one), measured once
   with ``torch.utils.flop_counter`` -- so any tokenizer is counted right -- times the real
@@ -89,9 +93,9 @@ class FlopModel:
     frozen_body: int
     lora_body: int
     head_trainable: bool
-    input_proj: int
+    input_clip_flops: float  # forward FLOPs of one clip through the input module
     input_proj_trainable: bool
-    output_proj: int
+    output_clip_flops: float  # and through the output module
     output_proj_trainable: bool
     tokenizer: TokenizerFlops
     recompute: float  # fraction of the decoder layers recomputed in backward (activation checkpointing)
@@ -116,9 +120,11 @@ class FlopModel:
             frozen_body=frozen,
             lora_body=lora,
             head_trainable=head.requires_grad,
-            input_proj=_matmul_params(model.input_resampler),
+            input_clip_flops=_clip_flops(model.input_resampler, (model.feature_tokens, model.feature_dim)),
             input_proj_trainable=any(p.requires_grad for p in model.input_resampler.parameters()),
-            output_proj=_matmul_params(model.output_resampler),
+            output_clip_flops=_clip_flops(
+                model.output_resampler, (model.tokens_per_clip, config.hidden_size)
+            ),
             output_proj_trainable=any(p.requires_grad for p in model.output_resampler.parameters()),
             tokenizer=tokenizer,
             recompute=recompute,
@@ -132,10 +138,8 @@ class FlopModel:
         attention = 12 * self.layers * self.hidden * squared_lengths
         supervised = float((batch["labels"][:, 1:] != -100).sum())
         head = supervised * (6 if self.head_trainable else 4) * self.vocab * self.hidden
-        proj = float(batch["ids_cmp_mask"].sum()) * (6 if self.input_proj_trainable else 2) * self.input_proj
-        proj += (
-            float(batch["ids_gen_mask"].sum()) * (6 if self.output_proj_trainable else 4) * self.output_proj
-        )
+        proj = _module_flops(batch["embeds_cmp_mask"], self.input_proj_trainable, 1, self.input_clip_flops)
+        proj += _module_flops(batch["embeds_gen_mask"], self.output_proj_trainable, 2, self.output_clip_flops)
         model_flops = body + attention + head + proj + self.tokenizer.batch_flops(batch)
         hardware = model_flops
         if self.recompute:
@@ -160,8 +164,25 @@ def sample_lengths_squared(batch: dict[str, torch.Tensor]) -> float:
     return float((lengths**2).sum())
 
 
-def _matmul_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.ndim == 2)
+def _module_flops(clips_bc: torch.Tensor, trainable: bool, frozen_factor: int, clip_flops: float) -> float:
+    """FLOPs of a video module over a batch's clips: forward, plus weight and input
+    gradients when it trains (x 3), else ``frozen_factor`` (a frozen output module still
+    passes gradients back to the LLM). A trainable module the batch leaves idle still runs
+    one clip of zeros (``DivotLLM``'s idle term: every rank gathers it under ZeRO)."""
+    clips = float(clips_bc.sum())
+    if trainable:
+        return 3 * max(clips, 1.0) * clip_flops
+    return frozen_factor * clips * clip_flops
+
+
+def _clip_flops(module: nn.Module, clip_shape: tuple[int, int]) -> float:
+    """Forward FLOPs of one clip of zeros ``(1, *clip_shape)`` through ``module``, counted by
+    torch: a token-wise module's matmuls over each token, learned queries' attention too
+    (``model.resampler``), an embedding lookup nothing."""
+    weight = next(module.parameters())
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(torch.zeros(1, *clip_shape, dtype=weight.dtype, device=weight.device))
+    return float(counter.get_total_flops())
 
 
 def tokenizer_flops(tokenizer: VideoTokenizer, device: torch.device | str) -> TokenizerFlops:

@@ -23,6 +23,7 @@ from transformers import MistralConfig
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import DataConfig, DeepSpeedConfig, DivotConfig, LoraConfig, MixMode, Precision
 from divot_llm.model import build_stage_model, checkpointed_layers
+from divot_llm.model.resampler import QUERIES
 from divot_llm.tokenizers import VideoTokenizer, build_video_tokenizer
 from divot_llm.train.stages import stage_class
 
@@ -35,8 +36,10 @@ class MemoryPlan:
     trainable_params: int
     frozen_params: int
     tokenizer_params: int
-    head_input_params: int  # the video head's input module (model.head), inside total_params
+    head_input_params: int  # the video head's input module (model.head, model.resampler), inside total_params
     head_output_params: int  # its output module
+    tokens_per_clip: int  # M: the LLM's tokens per clip
+    feature_tokens: int  # N: the video tokenizer's feature tokens per clip
     gpus: int
     frozen_bytes: float
     model_states_bytes: float  # trainable weights + grads + fp32 master + Adam, per GPU
@@ -174,6 +177,8 @@ def make_plan(cfg: DivotConfig) -> tuple[MemoryPlan, nn.Module, VideoTokenizer]:
         tokenizer_params=tokenizer_params,
         head_input_params=sum(p.numel() for p in model.input_resampler.parameters()),
         head_output_params=sum(p.numel() for p in model.output_resampler.parameters()),
+        tokens_per_clip=model.tokens_per_clip,
+        feature_tokens=model.feature_tokens,
         gpus=gpus,
         frozen_bytes=width * (total - trainable) / (gpus if stage == 3 else 1),
         model_states_bytes=states_gpu,
@@ -190,12 +195,18 @@ def format_plan(plan: MemoryPlan, cfg: DivotConfig) -> str:
     """A human-readable report of ``plan``."""
     stage = cfg.deepspeed.zero_stage
     offload = " + optimizer offload" if cfg.deepspeed.offload_optimizer else ""
+    resampled = (
+        f"; model.resampler.kind=queries: {plan.tokens_per_clip} LLM tokens per clip for "
+        f"{plan.feature_tokens} feature tokens"
+        if cfg.model.resampler.kind == QUERIES
+        else ""
+    )
     rows = [
         f"parameters: {plan.total_params / 1e6:,.1f} M in the LLM + heads "
         f"({plan.trainable_params / 1e6:,.2f} M trainable, {plan.frozen_params / 1e6:,.1f} M frozen); "
         f"video tokenizer {plan.tokenizer_params / 1e6:,.1f} M (frozen)",
         f"video head model.head={cfg.model.head}: input module {plan.head_input_params / 1e6:,.2f} M, "
-        f"output module {plan.head_output_params / 1e6:,.2f} M",
+        f"output module {plan.head_output_params / 1e6:,.2f} M{resampled}",
         f"memory per GPU, ZeRO-{stage}{offload}, {plan.gpus} GPUs "
         f"({cfg.train.plan_nodes} node(s) x {cfg.train.plan_gpus_per_node}):",
         f"  frozen LLM weights        {plan.frozen_bytes / GiB:8.2f} GiB",

@@ -34,7 +34,7 @@ def layouts(tmp_path_factory):
     MistralConfig(**TINY_MISTRAL).save_pretrained(root / "hf_model")
     cfg = compose_config()
     torch.manual_seed(0)
-    model = build_divot_llm(cfg.model, tokens_per_clip=8, feature_dim=16, use_lora=False)
+    model = build_divot_llm(cfg.model, feature_tokens=8, feature_dim=16, use_lora=False)
     save_release(model, root / "release")
     build_video_detokenizer(cfg.detokenizer).save_pretrained(root / "detok_export" / "detokenizer")
     (root / "empty").mkdir()

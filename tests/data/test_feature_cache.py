@@ -105,7 +105,7 @@ def test_cached_batches_equal_frame_batches_encoded(setup):
     n = 0
     torch.manual_seed(1)
     model = build_divot_llm(
-        cfg.model, tokens_per_clip=info.tokens_per_clip, feature_dim=info.feature_dim
+        cfg.model, feature_tokens=info.tokens_per_clip, feature_dim=info.feature_dim
     ).eval()
     for from_frames, from_cache in zip(loader(cfg, text), loader(cfg, text, info, cache_dir), strict=False):
         assert from_frames["keys"] == from_cache["keys"]

@@ -73,7 +73,7 @@ def test_packed_and_unpacked_batches_give_the_same_losses(setup):
     assert any(mixed_rows)
     vt = cfg.video_tokenizer
     torch.manual_seed(0)
-    model = build_divot_llm(cfg.model, tokens_per_clip=vt.num_tokens, feature_dim=vt.feature_dim).eval()
+    model = build_divot_llm(cfg.model, feature_tokens=vt.num_tokens, feature_dim=vt.feature_dim).eval()
     flop_model = FlopModel.from_model(model, TokenizerFlops(video=1e6, still=1e5), recompute=1.0)
     for a, b in zip(plain, packed, strict=True):
         # MFU: a packed sample's attention is its own T^2, as unpacked, not the row's

@@ -60,8 +60,8 @@ def test_release_reproduces_the_trained_model(verified_release, zero2_run):
     cfg = load_saved_config(zero2_run / "checkpoints" / "step_00000030" / "config.yaml")
     tok, vtok, trained = build_models(cfg, torch.float32)
     load_training_state_dict(trained, torch.load(zero2_run / "live.pt", weights_only=True))
-    merged = load_release(release, cfg.model, tokens_per_clip=vtok.num_tokens, feature_dim=vtok.feature_dim)
-    batches = verification_batches(tok, vtok.num_tokens, vtok.feature_dim, seed=3)
+    merged = load_release(release, cfg.model, feature_tokens=vtok.num_tokens, feature_dim=vtok.feature_dim)
+    batches = verification_batches(tok, trained, seed=3)
     for result in compare(
         reference_outputs(trained, batches), reference_outputs(merged, batches), torch.float32
     ):

@@ -21,7 +21,7 @@ def parts(mistral_tokenizer_dir, tmp_path_factory):
     torch.manual_seed(0)
     video_tokenizer = build_video_tokenizer(cfg.video_tokenizer)
     model = build_divot_llm(
-        cfg.model, tokens_per_clip=video_tokenizer.num_tokens, feature_dim=video_tokenizer.feature_dim
+        cfg.model, feature_tokens=video_tokenizer.num_tokens, feature_dim=video_tokenizer.feature_dim
     )
     folder = tmp_path_factory.mktemp("media")
     paths = []

@@ -35,7 +35,7 @@ def official(mistral_tokenizer_dir, tmp_path_factory):
         torch.save(detoks[stage].release_state_dict(), weights / f"Divot_detokenizer_stage{stage}.bin")
     models = {}
     for name in ("sft_comp", "sft_gen"):
-        models[name] = build_divot_llm(cfg.model, tokens_per_clip=8, feature_dim=16, use_lora=False).eval()
+        models[name] = build_divot_llm(cfg.model, feature_tokens=8, feature_dim=16, use_lora=False).eval()
         save_release(models[name], root / f"Divot_{name}")  # the official llm/ has no tokenizer files
     text_tokenizer = load_text_tokenizer(mistral_tokenizer_dir)
     text_tokenizer.save_pretrained(root / "cvlm_mistral_instruct_tokenizer")
@@ -48,7 +48,7 @@ def test_official_layout_loads_the_modules_that_wrote_it(official):
         loaded = load_inference_models(official_config(root, task, TINY), want_detokenizer=task == "generate")
         assert loaded.release_dir == root / f"Divot_{stage}"
         assert len(loaded.text_tokenizer) == len(text_tokenizer)
-        batches = verification_batches(loaded.text_tokenizer, 8, 16)
+        batches = verification_batches(loaded.text_tokenizer, models[stage])
         for result in compare(reference_outputs(models[stage], batches), reference_outputs(loaded.model, batches),
                               torch.float32):  # fmt: skip
             assert result.max_abs_diff == 0.0, str(result)

@@ -34,6 +34,6 @@ def make_model(tiny_cfg, feat_shape):
     def make(seed: int = 0, **kwargs):
         torch.manual_seed(seed)
         n, d = feat_shape
-        return build_divot_llm(tiny_cfg.model, tokens_per_clip=n, feature_dim=d, **kwargs)
+        return build_divot_llm(tiny_cfg.model, feature_tokens=n, feature_dim=d, **kwargs)
 
     return make

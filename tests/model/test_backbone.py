@@ -98,7 +98,7 @@ def test_backbone_from_hf_folder_keeps_its_outputs(tiny_cfg, feat_shape, tiny_mi
 
     cfg = apply_overrides(tiny_cfg, [f"model.llm.path={tiny_mistral_dir}"]).model
     n, d = feat_shape
-    model = build_divot_llm(cfg, tokens_per_clip=n, feature_dim=d).eval()
+    model = build_divot_llm(cfg, feature_tokens=n, feature_dim=d).eval()
     reference = MistralForCausalLM.from_pretrained(tiny_mistral_dir).eval()
     ids = torch.tensor([[1, 733, 16289, 28793, 22557]])
     with torch.no_grad():
@@ -121,7 +121,7 @@ def test_7b_trainable_parameters_match_the_reference_on_meta(stage):
     )
     model = build_divot_llm(
         cfg.model,
-        tokens_per_clip=cfg.video_tokenizer.num_tokens,
+        feature_tokens=cfg.video_tokenizer.num_tokens,
         feature_dim=cfg.video_tokenizer.feature_dim,
         train_input_proj=cfg.stage.train_input_proj,
         train_output_proj=cfg.stage.train_output_proj,

@@ -130,7 +130,7 @@ def mixed_batch(tok, n: int, levels: list[int], seed: int = 0) -> dict:
 def test_a_divot_llm_over_codes_trains_on_a_mixed_batch(head, tiny_cfg, text_tokenizer):
     n, levels = tiny_cfg.video_tokenizer.num_tokens, [4, 3, 5, 2]
     torch.manual_seed(0)
-    model = build_divot_llm(code_cfg(tiny_cfg, head), tokens_per_clip=n, feature_dim=4, feature_levels=levels)
+    model = build_divot_llm(code_cfg(tiny_cfg, head), feature_tokens=n, feature_dim=4, feature_levels=levels)
     assert isinstance(model.video_head, HEADS[head])
     batch = mixed_batch(text_tokenizer, n, levels)
     keys = ("input_ids", "attention_mask", "labels", "video_feats", "embeds_cmp_mask", "embeds_gen_mask",
@@ -162,7 +162,7 @@ def test_a_divot_llm_over_codes_trains_on_a_mixed_batch(head, tiny_cfg, text_tok
 def test_guided_generation_samples_the_combined_logits(tiny_cfg, text_tokenizer):
     tok, n, levels = text_tokenizer, tiny_cfg.video_tokenizer.num_tokens, [4, 3, 5, 2]
     torch.manual_seed(0)
-    model = build_divot_llm(code_cfg(tiny_cfg, "fsq_factorized"), tokens_per_clip=n, feature_dim=4,
+    model = build_divot_llm(code_cfg(tiny_cfg, "fsq_factorized"), feature_tokens=n, feature_dim=4,
                             feature_levels=levels).eval()  # fmt: skip
     perturb_trainable(model, scale=0.2)
     prompt = [tok.bos_id, *tok.encode(generation_prompt("a blue square"))]
@@ -196,9 +196,9 @@ def test_merge_verification_passes_for_a_code_head_release(head, tiny_cfg, text_
     n, levels = tiny_cfg.video_tokenizer.num_tokens, [4, 3, 5, 2]
     cfg = code_cfg(tiny_cfg, head)
     torch.manual_seed(0)
-    model = build_divot_llm(cfg, tokens_per_clip=n, feature_dim=4, feature_levels=levels)
+    model = build_divot_llm(cfg, feature_tokens=n, feature_dim=4, feature_levels=levels)
     perturb_trainable(model, scale=0.2)
-    batches = verification_batches(text_tokenizer, n, 4, feature_levels=levels)
+    batches = verification_batches(text_tokenizer, model, feature_levels=levels)
     feats = torch.cat([b["video_feats"].flatten(0, -2) for b in batches])
     assert torch.equal(feats, feats.round()) and feats.min() == 0
     assert torch.equal(
@@ -209,7 +209,7 @@ def test_merge_verification_passes_for_a_code_head_release(head, tiny_cfg, text_
     save_release(model, tmp_path / "release")
     assert sorted(read_agent_file(tmp_path / "release" / "agent")) == [
         "input_resampler.embedding.weight", "output_resampler.bias", "output_resampler.weight"]  # fmt: skip
-    loaded = load_release(tmp_path / "release", cfg, tokens_per_clip=n, feature_dim=4, feature_levels=levels)
+    loaded = load_release(tmp_path / "release", cfg, feature_tokens=n, feature_dim=4, feature_levels=levels)
     comparisons = compare(expected, reference_outputs(loaded, batches), torch.float32)
     assert [c.name for c in comparisons] == ["logits", "head_params"]
     assert all(c.ok and c.max_abs_diff < 1e-4 for c in comparisons), [str(c) for c in comparisons]

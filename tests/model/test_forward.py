@@ -187,7 +187,7 @@ def test_selective_recompute_keeps_losses_and_gradients(samples, text_tokenizer,
             tiny_cfg, ["model.llm.num_hidden_layers=3", f"model.llm.checkpoint_every={every}"]
         )
         torch.manual_seed(0)
-        model = build_divot_llm(cfg.model, tokens_per_clip=feat_shape[0], feature_dim=feat_shape[1])
+        model = build_divot_llm(cfg.model, feature_tokens=feat_shape[0], feature_dim=feat_shape[1])
         # checkpointing only acts in training mode; LoRA dropout off so the runs are equal
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
@@ -248,7 +248,7 @@ def test_compiled_layers_give_the_same_loss_and_gradients(samples, text_tokenize
             tiny_cfg, [f"model.llm.compile={compiled}", "model.llm.checkpoint_every=2"]
         ).model
         torch.manual_seed(0)
-        model = build_divot_llm(cfg, tokens_per_clip=feat_shape[0], feature_dim=feat_shape[1]).cuda()
+        model = build_divot_llm(cfg, feature_tokens=feat_shape[0], feature_dim=feat_shape[1]).cuda()
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0

@@ -62,7 +62,7 @@ def test_release_save_then_load_gives_identical_logits_and_head_params(
     save_release(trained, tmp_path / "release", tokenizer=text_tokenizer, agent_format=agent_format)
 
     n, d = feat_shape
-    loaded = load_release(tmp_path / "release", tiny_cfg.model, tokens_per_clip=n, feature_dim=d)
+    loaded = load_release(tmp_path / "release", tiny_cfg.model, feature_tokens=n, feature_dim=d)
     new_logits, new_gmm = logits_and_gmm(loaded, batch)
     torch.testing.assert_close(new_logits, logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(new_gmm, gmm, atol=1e-5, rtol=1e-5)
@@ -90,7 +90,7 @@ def test_sft_stage_starts_from_a_release(trained, batch, tiny_cfg, feat_shape, t
     n, d = feat_shape
     sft = build_divot_llm(
         tiny_cfg.model,
-        tokens_per_clip=n,
+        feature_tokens=n,
         feature_dim=d,
         train_input_proj=False,
         init_from=tmp_path / "release",

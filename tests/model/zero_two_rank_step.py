@@ -30,7 +30,7 @@ def build(seed: int = 0):
     cfg = compose_config()
     torch.manual_seed(seed)
     model = build_divot_llm(
-        cfg.model, tokens_per_clip=cfg.video_tokenizer.num_tokens, feature_dim=cfg.video_tokenizer.feature_dim
+        cfg.model, feature_tokens=cfg.video_tokenizer.num_tokens, feature_dim=cfg.video_tokenizer.feature_dim
     )
     return model.eval()  # no LoRA dropout: the step must be reproducible in-process
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from transformers import MistralConfig
 
-from divot_llm.train.plan import make_plan
+from divot_llm.train.plan import format_plan, make_plan
 from tests import helpers
 from tests.train.conftest import tiny_cfg
 
@@ -105,6 +105,36 @@ def test_plan_counts_match_the_reference_and_follow_zero_formulas(mistral_7b_con
         added[head] = plan.trainable_params - rest
         assert added[head] == inputs + outputs
     assert added == {"fsq_flat": 268_468_224, "fsq_factorized": 327_720}  # flat: 134M each way
+
+
+def test_plan_counts_the_learned_queries_over_a_whole_vidtok_latent_grid(mistral_7b_config_dir):
+    """17 x 256^2 clips of vidtok_kl_causal_488_4chn at p = 1: 5 x 32 x 32 = 5120 tokens of 4
+    latents, read by 256 queries; one LLM token per feature token fails, naming both remedies."""
+    from divot_llm.config import compose_config
+
+    kl = plan_overrides(mistral_7b_config_dir, "video_tokenizer=vidtok_kl_causal_488_4chn")
+    kl.remove("video_tokenizer.vit_path=null")  # VidTok has no ViT
+    queries = ["model.resampler.kind=queries", "model.resampler.num_queries=256"]
+    cfg = compose_config([*kl, *queries])
+    plan, model, tokenizer = make_plan(cfg)
+    assert (tokenizer.num_tokens, tokenizer.feature_dim) == (5120, 4)
+    assert (
+        (plan.tokens_per_clip, plan.feature_tokens)
+        == (model.tokens_per_clip, model.feature_tokens)
+        == (256, 5120)
+    )
+    h, k = 4096, cfg.model.gmm.num_components
+    p = 2 * k * 4 + k  # GMM parameters per feature token
+    attention = 4 * (h * h + h) + 2 * 2 * h  # q, k, v, out + two LayerNorms, one layer
+    assert plan.head_input_params == (4 * h + h) + (h * h + h) + 5120 * h + 256 * h + attention
+    assert plan.head_output_params == 5120 * h + attention + (h * p + p) + (p * p + p)
+    assert plan.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert "model.resampler.kind=queries: 256 LLM tokens per clip for 5120 feature tokens" in format_plan(
+        plan, cfg
+    )
+    with pytest.raises(ValueError, match=r"5120 tokens per clip, more than the LLM's 256 .* "
+                       r"model.resampler.kind=queries .* video_tokenizer.llm_patch_size=8 \(80 tokens"):  # fmt: skip
+        make_plan(compose_config(kl))
 
 
 def test_plan_runs_from_the_command_line_without_weights(mistral_7b_config_dir, tmp_path):

@@ -40,7 +40,7 @@ def test_inconsistent_offload_is_refused():
 
 def test_norms_and_biases_can_be_kept_out_of_weight_decay():
     cfg = tiny_cfg("optim.no_decay_norms_and_biases=true")
-    model = build_divot_llm(cfg.model, tokens_per_clip=8, feature_dim=16)
+    model = build_divot_llm(cfg.model, feature_tokens=8, feature_dim=16)
     decay, no_decay = param_groups(model, cfg.optim)
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == cfg.optim.weight_decay
     assert all(p.ndim >= 2 for p in decay["params"])
@@ -52,7 +52,7 @@ def test_norms_and_biases_can_be_kept_out_of_weight_decay():
 
 def test_engine_uses_our_clipping_schedule_and_client_adamw(ds_process_group):
     cfg = tiny_cfg("optim.grad_clip=0.25", "optim.lr=2e-3", "optim.warmup_steps=4", "train.max_steps=10")
-    model = build_divot_llm(cfg.model, tokens_per_clip=8, feature_dim=16)
+    model = build_divot_llm(cfg.model, feature_tokens=8, feature_dim=16)
     engine = build_engine(model, cfg, world_size=1, dtype=torch.float32, device=torch.device("cpu"))
     assert engine.gradient_clipping() == 0.25  # DeepSpeed would clip at 1.0 if it were unset
     assert engine.zero_optimization_stage() == 2

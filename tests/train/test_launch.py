@@ -176,7 +176,7 @@ def test_release_holds_the_trained_model_merged(zero2_run, release, mistral_toke
         trained,
         get_fp32_state_dict_from_zero_checkpoint(str(last), tag="engine", exclude_frozen_parameters=True),
     )
-    merged = load_release(release, cfg.model, tokens_per_clip=8, feature_dim=16)
+    merged = load_release(release, cfg.model, feature_tokens=8, feature_dim=16)
     batch = hand_batches(mistral_tokenizer_dir, 8, 16, count=1)[0]
     with torch.no_grad():
         expected, got = trained.eval()(**batch), merged(**batch)

@@ -20,9 +20,21 @@ def test_formula_matches_counted_flops_of_a_training_step(mistral_tokenizer_dir,
     projection's first layer needs no input gradient; the formula ignores that). Eager
     attention, because torch's counter does not see the CPU flash-attention kernel."""
     cfg = tiny_cfg(f"stage={stage}", "stage.init_from=null", "model.llm.attn_implementation=eager")
+    assert_formula_matches_counted_flops(cfg, mistral_tokenizer_dir, sample)
+
+
+@pytest.mark.parametrize("sample", [0, 1])
+def test_formula_counts_learned_queries(mistral_tokenizer_dir, sample):
+    """model.resampler.kind=queries: the modules' attention is counted per clip as well."""
+    cfg = tiny_cfg("model.llm.attn_implementation=eager", "model.resampler.kind=queries",
+                   "model.resampler.num_queries=8")  # fmt: skip
+    assert_formula_matches_counted_flops(cfg, mistral_tokenizer_dir, sample)
+
+
+def assert_formula_matches_counted_flops(cfg, mistral_tokenizer_dir, sample: int) -> None:
     model = build_divot_llm(
         cfg.model,
-        tokens_per_clip=8,
+        feature_tokens=8,
         feature_dim=16,
         train_input_proj=cfg.stage.train_input_proj,
         train_output_proj=cfg.stage.train_output_proj,
@@ -41,7 +53,7 @@ def test_formula_matches_counted_flops_of_a_training_step(mistral_tokenizer_dir,
 
 def test_recompute_adds_one_body_forward(mistral_tokenizer_dir):
     cfg = tiny_cfg()
-    model = build_divot_llm(cfg.model, tokens_per_clip=8, feature_dim=16)
+    model = build_divot_llm(cfg.model, feature_tokens=8, feature_dim=16)
     batch = hand_batches(mistral_tokenizer_dir, 8, 16, count=1)[0]
     plain = FlopModel.from_model(model, TokenizerFlops(), recompute=False)
     model_flops, hardware = FlopModel.from_model(model, TokenizerFlops(), recompute=True).batch_flops(batch)
@@ -56,7 +68,7 @@ def test_tokenizer_flops_count_the_clips_encoded_in_the_step(mistral_tokenizer_d
     """A batch of cached features encodes nothing: MFU counts no tokenizer FLOPs. The same
     batch from frames counts each real clip; a still counts less than a video."""
     cfg = tiny_cfg()
-    model = build_divot_llm(cfg.model, tokens_per_clip=8, feature_dim=16)
+    model = build_divot_llm(cfg.model, feature_tokens=8, feature_dim=16)
     cached = hand_batches(mistral_tokenizer_dir, 8, 16, count=1)[0]  # 3 real clips, 1 padded slot
     counts = FlopModel.from_model(model, TokenizerFlops(video=5e6, still=1e6), recompute=False)
     llm_only = FlopModel.from_model(model, TokenizerFlops(), recompute=False).batch_flops(cached)[0]

@@ -45,7 +45,7 @@ def time_steps(
     loader = build_loader(cfg.data, text, vt.num_tokens, vt.frames_per_clip, video_tokenizer.input_size,
                           cache_info=info if cached else None)  # fmt: skip
     torch.manual_seed(0)
-    model = build_divot_llm(cfg.model, tokens_per_clip=info.tokens_per_clip, feature_dim=info.feature_dim)
+    model = build_divot_llm(cfg.model, feature_tokens=info.tokens_per_clip, feature_dim=info.feature_dim)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batches = iter(loader)
     start = None

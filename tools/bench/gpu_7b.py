@@ -60,6 +60,7 @@ from divot_llm.data.cache_build import build_feature_cache
 from divot_llm.data.feature_cache import expected_info
 from divot_llm.data.loader import build_loader
 from divot_llm.data.synthetic import encode_synthetic_video, sample_video_spec
+from divot_llm.model import llm_tokens_per_clip
 from divot_llm.train import distributed
 from divot_llm.train.fixed_batches import FixedBatches
 from divot_llm.train.metrics import peak_memory_gib
@@ -268,7 +269,7 @@ class Check:
         loader = build_loader(
             case_cfg.data,
             self.trainer.text_tokenizer,
-            tokens_per_clip=tok.num_tokens,
+            tokens_per_clip=llm_tokens_per_clip(case_cfg.model, tok),
             frames_per_clip=tok.frames_per_clip,
             image_size=tok.input_size,
             cache_info=self.info if cached else None,

@@ -14,10 +14,6 @@ from einops import rearrange
 
 from divot_llm.tokenizers.codes import digits_to_index, index_to_digits
 
-# The text tokenizer's <frame_i> tokens (divot_llm.text.NUM_FRAME_TOKENS; tokenizers/ may not
-# import text/, a test checks the two agree): a clip's LLM tokens cannot outnumber them.
-MAX_LLM_TOKENS = 256
-
 
 def patchify(grid_bcthw: torch.Tensor, patch: int) -> torch.Tensor:
     """``(B, C, T', h, w)`` -> ``(B, T' (h/p) (w/p), C p p)`` tokens."""

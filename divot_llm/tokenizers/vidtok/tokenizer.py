@@ -2,8 +2,9 @@
 
 The LLM-facing ``encode`` cuts the latent grid into ``llm_patch_size`` p x p patches
 (``features``): a 17 x 128^2 clip of ``vidtok_kl_causal_488_4chn`` (5 x 16 x 16 latents)
-gives 5 x 8 x 8 = 320 tokens of 4 x 2 x 2 = 16 features at p = 2 -- too many for the
-LLM's 256 frame tokens; p = 4 gives 80 tokens of 64. KL features are the latents
+gives 5 x 8 x 8 = 320 tokens of 4 x 2 x 2 = 16 features at p = 2 -- more than the LLM's
+256 frame tokens when it reads one token per feature token (``model.resampler``: learned
+queries read any number); p = 4 gives 80 tokens of 64. KL features are the latents
 normalised per channel (``latent_mean`` / ``latent_std``, from ``divot-data
 latent-stats``); FSQ features are the code digits. ``decode_features`` inverts that. The
 latent interface (``LatentVideoTokenizer``) encodes to and decodes from latents or FSQ
@@ -24,13 +25,7 @@ from divot_llm.tokenizers.base import LatentVideoTokenizer, config_value
 from divot_llm.tokenizers.registry import register_video_tokenizer
 from divot_llm.tokenizers.vidtok.autoencoder import VIDTOK_WEIGHTS, VidTokAutoencoder, load_vidtok_weights
 from divot_llm.tokenizers.vidtok.config import VidTokConfig, check_llm_features, llm_grid
-from divot_llm.tokenizers.vidtok.features import (
-    MAX_LLM_TOKENS,
-    digits_index,
-    index_digits,
-    patchify,
-    unpatchify,
-)
+from divot_llm.tokenizers.vidtok.features import digits_index, index_digits, patchify, unpatchify
 
 
 @register_video_tokenizer("vidtok")
@@ -100,40 +95,33 @@ class VidTokTokenizer(LatentVideoTokenizer):
 
     @property
     def num_tokens(self) -> int:
-        """N = T' (h/p) (w/p).
-
-        Raises:
-            ValueError: N is more than the LLM's 256 frame tokens (the message suggests a
-                ``video_tokenizer.llm_patch_size`` that fits). Only what feeds the LLM asks
-                for N, so reconstructing or training the VidTok itself never fails here.
-        """
-        return self._llm_tokens()
-
-    def _llm_tokens(self) -> int:
+        """N = T' (h/p) (w/p), any number: whether the LLM reads one token per feature
+        token (at most its 256 frame tokens) or fewer learned queries is the LLM's setting
+        (``divot_llm.model.llm_tokens_per_clip``, ``model.resampler``)."""
         t, h, w = llm_grid(self.config)
-        if t * h * w > MAX_LLM_TOKENS:
-            raise ValueError(self._too_many_tokens(t, h, w))
         return t * h * w
 
-    def _too_many_tokens(self, t: int, h: int, w: int) -> str:
+    def fewer_tokens_hint(self, max_tokens: int) -> str:
+        """The smallest ``video_tokenizer.llm_patch_size`` that gives at most ``max_tokens``
+        tokens per clip, or what else to change when none does."""
+        t, h, w = llm_grid(self.config)
         p = self.config.llm_patch_size
         grid_h, grid_w = h * p, w * p
         fits = [
             q
             for q in range(p + 1, min(grid_h, grid_w) + 1)
-            if grid_h % q == 0 and grid_w % q == 0 and t * (grid_h // q) * (grid_w // q) <= MAX_LLM_TOKENS
+            if grid_h % q == 0 and grid_w % q == 0 and t * (grid_h // q) * (grid_w // q) <= max_tokens
         ]
-        hint = (
-            f"set video_tokenizer.llm_patch_size={fits[0]} ({t * (grid_h // fits[0]) * (grid_w // fits[0])} "
-            f"tokens of {self.latent_channels * fits[0] ** 2} features)"
-            if fits
-            else "use smaller frames (video_tokenizer.input_height / input_width) or fewer frames per clip, "
-            "and a larger video_tokenizer.llm_patch_size"
-        )
+        where = f"{self.config.name}: latent grid {t} x {grid_h} x {grid_w}, llm_patch_size {p}"
+        if not fits:
+            return (
+                f"use smaller frames (video_tokenizer.input_height / input_width) or fewer frames per clip, "
+                f"and a larger video_tokenizer.llm_patch_size ({where})"
+            )
+        q = fits[0]
         return (
-            f"{self.config.name}: {t} x {h} x {w} = {t * h * w} LLM tokens per clip (latent grid "
-            f"{t} x {grid_h} x {grid_w}, llm_patch_size {p}) are more than the LLM's {MAX_LLM_TOKENS} "
-            f"frame tokens: {hint}"
+            f"set video_tokenizer.llm_patch_size={q} ({t * (grid_h // q) * (grid_w // q)} tokens of "
+            f"{self.latent_channels * q**2} features; {where})"
         )
 
     @property
@@ -152,7 +140,6 @@ class VidTokTokenizer(LatentVideoTokenizer):
     # -------------------------------------------------------------------- encoding
 
     def _encode(self, frames_bfchw: torch.Tensor) -> torch.Tensor:
-        self._llm_tokens()  # raises when a clip has more tokens than the LLM takes
         if self.levels is None:
             grid_bcthw = self._normalised(self.encode_latents(frames_bfchw))
         else:

@@ -46,7 +46,7 @@ class DetokAdaptStage(DetokStage):
         cfg, tok = self.cfg, self.video_tokenizer
         self.text_tokenizer = load_text_tokenizer(cfg.model.tokenizer_path)
         llm = load_release(
-            cfg.stage.init_from, cfg.model, tokens_per_clip=tok.num_tokens, feature_dim=tok.feature_dim
+            cfg.stage.init_from, cfg.model, feature_tokens=tok.num_tokens, feature_dim=tok.feature_dim
         )
         self.llm = llm.to(self.device, self.frozen_dtype)
 

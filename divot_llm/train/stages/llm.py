@@ -15,7 +15,7 @@ from divot_llm.config.schema import DivotConfig
 from divot_llm.data.clip_sampling import uint8_to_model_pixels
 from divot_llm.data.feature_cache import CacheInfo, expected_info
 from divot_llm.data.loader import build_loader as build_llm_loader
-from divot_llm.model.build import build_models, recomputed_fraction
+from divot_llm.model.build import build_models, llm_tokens_per_clip, recomputed_fraction
 from divot_llm.train.metrics import FlopModel, TokenizerFlops, tokenizer_flops
 from divot_llm.train.stages.base import Stage
 from divot_llm.train.validate import validate as validate_llm
@@ -65,7 +65,7 @@ class LLMStage(Stage):
         return build_loader(
             self.cfg.data,
             self.text_tokenizer,
-            tokens_per_clip=tok.num_tokens,
+            tokens_per_clip=llm_tokens_per_clip(self.cfg.model, tok),  # M: the sequences' count
             frames_per_clip=tok.frames_per_clip,
             image_size=tok.input_size,
             rank=rank,
@@ -81,7 +81,7 @@ class LLMStage(Stage):
         (``embeds_cmp_mask | embeds_gen_mask``, gathered by the loader, see
         ``divot_llm.data.collate``), so they go to the device and through the tokenizer
         as they are; padded clip slots stay zero. A batch from a feature cache brings
-        ``video_feats``."""
+        ``video_feats``. Features are the tokenizer's N per clip, whatever the LLM's M."""
         keys = MODEL_INPUT_KEYS + CLIP_MASK_KEYS + tuple(k for k in PACKED_KEYS if k in batch)  # packing
         inputs = {k: batch[k].to(self.device, non_blocking=True) for k in keys}
         if "video_feats" in batch:

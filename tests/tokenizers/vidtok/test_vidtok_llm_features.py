@@ -9,10 +9,11 @@ import dataclasses
 import pytest
 import torch
 
+from divot_llm.config.schema import ModelConfig, ResamplerConfig
 from divot_llm.data.feature_cache import tokenizer_fingerprint
+from divot_llm.model import llm_tokens_per_clip
 from divot_llm.text import NUM_FRAME_TOKENS
 from divot_llm.tokenizers import build_video_tokenizer
-from divot_llm.tokenizers.vidtok.features import MAX_LLM_TOKENS
 
 MEAN = [0.5, -1.0, 0.25, 2.0]
 STD = [2.0, 0.5, 4.0, 1.5]
@@ -102,17 +103,20 @@ def test_fsq_features_are_the_index_digits_and_decode_back(fsq_config, p):
 
 
 def test_token_budget_and_config_errors_name_the_key(kl_config, fsq_config):
-    assert MAX_LLM_TOKENS == NUM_FRAME_TOKENS  # the text tokenizer's <frame_i> tokens
     big = build_video_tokenizer(
         dataclasses.replace(kl_config, frames_per_clip=17, input_height=64, input_width=64)
     )
-    message = r"5 x 8 x 8 = 320 LLM tokens per clip .* than the LLM's 256 .* video_tokenizer.llm_patch_size=2 \(80 tokens"
+    # the tokenizer hands over any number of tokens (5 x 8 x 8 latents at p = 1) ...
+    assert big.num_tokens == 320 and big.encode(torch.zeros(1, 17, 3, 64, 64)).shape == (1, 320, 4)
+    # ... the LLM reads at most its 256 <frame_i> tokens one by one: the error names both ways out
+    message = (
+        r"gives 320 tokens per clip, more than the LLM's 256 frame tokens .* model.resampler.kind=queries .* "
+        r"video_tokenizer.llm_patch_size=2 \(80 tokens of 16 features; .* latent grid 5 x 8 x 8"
+    )
     with pytest.raises(ValueError, match=message):
-        big.num_tokens  # noqa: B018 (a property)
-    with pytest.raises(ValueError, match=message):
-        big.encode(torch.zeros(1, 17, 3, 64, 64))
-    # the VidTok itself still encodes and decodes at that size (reconstruction, its training)
-    assert big.encode_latents(torch.zeros(1, 17, 3, 64, 64)).shape == (1, 4, 5, 8, 8)
+        llm_tokens_per_clip(ModelConfig(), big)  # model.resampler.kind=tokenwise
+    queries = ModelConfig(resampler=ResamplerConfig(kind="queries", num_queries=NUM_FRAME_TOKENS))
+    assert llm_tokens_per_clip(queries, big) == NUM_FRAME_TOKENS
     with pytest.raises(ValueError, match=r"video_tokenizer.llm_patch_size=3 must divide the latent grid 4x4"):
         build_video_tokenizer(dataclasses.replace(kl_config, llm_patch_size=3))
     with pytest.raises(ValueError, match="video_tokenizer.latent_mean: an FSQ tokenizer"):
