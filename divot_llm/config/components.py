@@ -34,7 +34,10 @@ from omegaconf import OmegaConf
 COMPONENT_PACKAGES: dict[str, str] = {
     "video_tokenizer": "divot_llm.tokenizers",
     "detokenizer": "divot_llm.detokenizers",
+    "motion_tokenizer": "divot_llm.tokenizers.motion",
 }
+# groups a config may leave empty (null): only the stages that use them need one
+OPTIONAL_GROUPS: frozenset[str] = frozenset({"motion_tokenizer"})
 SCHEMA_PREFIX = "schema_"  # an option's defaults list names its schema schema_<arch>
 CONFIG_MODULE_SUFFIX = "_config"  # <arch>_config.py: a component's schema alone
 

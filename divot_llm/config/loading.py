@@ -18,7 +18,12 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from divot_llm.config.components import COMPONENT_PACKAGES, component_schema, register_component_schemas
+from divot_llm.config.components import (
+    COMPONENT_PACKAGES,
+    OPTIONAL_GROUPS,
+    component_schema,
+    register_component_schemas,
+)
 from divot_llm.config.schema import CHECK, DivotConfig
 
 RESOLVED_CONFIG_NAME = "config.yaml"
@@ -208,6 +213,8 @@ def _onto_schema(saved: DictConfig) -> DictConfig:
         raise ValueError("expected a mapping of config groups")
     typed = OmegaConf.structured(DivotConfig)
     for group, package in COMPONENT_PACKAGES.items():
+        if group in OPTIONAL_GROUPS and OmegaConf.select(saved, group, default=None) is None:
+            continue  # an optional group left empty (or a config written before it existed)
         arch = OmegaConf.select(saved, f"{group}.arch", default=None)
         schema = component_schema(group, arch) if isinstance(arch, str) else None
         if schema is None:

@@ -4,7 +4,7 @@ Hydra merges each YAML in ``conf/`` onto these dataclasses, so a misspelt key
 (``lora.rnak``) or a wrong type (``optim.lr=fast``) fails at start-up with a message
 that names the key, instead of being silently ignored half-way through a 7B run.
 
-The component groups (``video_tokenizer``, ``detokenizer``) have no schema here: each
+The component groups (``video_tokenizer``, ``detokenizer``, ``motion_tokenizer``) have no schema here: each
 component brings its own config dataclass, next to its class, and the option's defaults
 list pulls it in as ``schema_<arch>`` (see ``divot_llm/config/components.py``); their
 top-level fields are typed ``Any`` so that each option can bring its schema.
@@ -246,6 +246,34 @@ class SourceConfig:
 
 
 @dataclass
+class MotionFieldConfig:
+    """Motion-vector fields as Video-LaVIT extracts them (seed-systems.md b.1, b.1a), with
+    PyAV alone (``divot_llm/data/motion_vectors.py``): the video is re-encoded to MPEG-4
+    Part 2 at ``fps`` and ``bitrate`` with an I-frame every ``gop`` frames; a clip is two
+    GOPs (``2 * gop`` frames: I, gop-1 P, I, gop-1 P) whose vectors are max-pooled per
+    ``block`` x ``block`` macroblock and resized to ``height`` x ``width``: one
+    ``(2, 2 * gop, height, width)`` field per clip. The defaults are the released
+    tokenizer's (24 x 20 x 36)."""
+
+    fps: float = checked(6.0, gt=0)  # re-encode frame rate
+    bitrate: int = checked(8_000_000, ge=1)  # re-encode bit rate, bits/s
+    gop: int = checked(12, ge=2)  # frames per GOP; a clip is two
+    block: int = checked(16, ge=1)  # macroblock side: pad to a multiple, max-pool over
+    height: int = checked(20, ge=1)  # field rows after the resize
+    width: int = checked(36, ge=1)  # field columns after the resize
+    # per-axis std of the normalised vectors (x, y); divided by 10 when rescale (tokenizer input)
+    std: list[float] = field(default_factory=lambda: [0.0993703, 0.1130276])
+    rescale: bool = True
+    clip_every: int = checked(2, ge=1)  # keep every n-th qualifying I-frame as a clip start
+    max_clips: int = checked(8, ge=1)  # clips per video, at most
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames per clip: two GOPs."""
+        return 2 * self.gop
+
+
+@dataclass
 class DataConfig:
     root: str = checked(MISSING, path=PathKind.folder)  # every source path must stay inside this folder
     sources: dict[str, SourceConfig] = field(default_factory=dict)
@@ -270,6 +298,7 @@ class DataConfig:
     # stop the run when a reader has skipped more than this fraction of a source's records
     # as bad (size filters aside), checked after its first 100; 1.0 never stops
     max_skip_fraction: float = checked(0.5, ge=0, le=1)
+    motion: MotionFieldConfig = field(default_factory=MotionFieldConfig)  # Video-LaVIT motion fields
 
 
 # ------------------------------------------------------------------ stage / optim
@@ -453,6 +482,7 @@ class DivotConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     video_tokenizer: Any = MISSING  # the chosen tokenizer's config dataclass (its schema_<arch>)
     detokenizer: Any = MISSING  # the chosen de-tokenizer's config dataclass
+    motion_tokenizer: Any = None  # the chosen motion tokenizer's config dataclass (optional group)
     data: DataConfig = field(default_factory=DataConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
