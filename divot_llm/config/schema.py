@@ -375,6 +375,20 @@ class VidTokLossConfig:
 
 
 @dataclass
+class MotionVQConfig:
+    """stage=motion_tokenizer's vector quantisation (``divot_llm.tokenizers.motion.objective``):
+    the codebook follows an exponential moving average of the L2-normalised latents
+    assigned to each code (no gradient reaches it), the encoder is pulled towards its codes
+    by the commitment term, and codes that fall out of use restart from batch latents."""
+
+    commitment_weight: float = checked(0.25, ge=0)  # beta x |z - sg(e)|^2 (VQ-VAE's 0.25)
+    ema_decay: float = checked(0.99, gt=0, lt=1)  # per step, of the assignment counts and latent sums
+    # a code restarts from a batch latent once its average assignments per step fall below
+    # this fraction of the uniform share (assignments per step / codebook size); 0: never
+    restart_threshold: float = checked(0.03, ge=0, lt=1)
+
+
+@dataclass
 class StageConfig:
     name: str = MISSING  # a key of divot_llm.train.stages.STAGES (checked when training starts)
     ema: EmaConfig = field(default_factory=EmaConfig)  # de-tokenizer stages (t2v: on)
@@ -403,6 +417,9 @@ class StageConfig:
     fix_decoder: bool = False
     vidtok_loss: VidTokLossConfig = field(default_factory=VidTokLossConfig)
     disc_optim: OptimConfig = field(default_factory=OptimConfig)  # the discriminator's (stage=vidtok)
+    # motion_tokenizer: the motion tokenizer of motion_tokenizer=<option> (its pretrained_path
+    # or random init) on data.motion fields; recon_clips: clips in the validation strip
+    motion_vq: MotionVQConfig = field(default_factory=MotionVQConfig)
 
 
 @dataclass
