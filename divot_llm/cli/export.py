@@ -5,6 +5,7 @@
     divot-export detokenizer outputs/detok_demo releases/detok_demo      # de-tokenizer stages
     divot-export detokenizer outputs/t2v_tiny releases/t2v_tiny --raw   # not the EMA weights
     divot-export vidtok outputs/vidtok_tiny releases/vidtok_tiny         # stage=vidtok
+    divot-export motion-tokenizer outputs/motion_tokenizer_tiny releases/motion_tokenizer_tiny
 
 CKPT may be a run folder, its checkpoints/ folder, one checkpoints/step_* folder or any
 DeepSpeed checkpoint folder with a 'latest' tag file. Half-written checkpoints are
@@ -63,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint", metavar="CKPT", help="run folder, checkpoints/ folder or checkpoints/step_* folder"
     )
     vidtok.add_argument("out", metavar="OUT", help="output folder")
+    motion = commands.add_parser(
+        "motion-tokenizer",
+        help="a stage=motion_tokenizer checkpoint -> OUT, the motion tokenizer's save_pretrained folder",
+    )
+    motion.add_argument(
+        "checkpoint", metavar="CKPT", help="run folder, checkpoints/ folder or checkpoints/step_* folder"
+    )
+    motion.add_argument("out", metavar="OUT", help="output folder")
     args = parser.parse_args(argv)
     from divot_llm.config.paths import PathError, check_path
     from divot_llm.config.schema import PathKind
@@ -76,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export_detokenizer(args)
     if args.command == "vidtok":
         return _export_vidtok(args)
+    if args.command == "motion-tokenizer":
+        return _export_motion_tokenizer(args)
 
     from divot_llm.export import CheckpointError, zero_to_fp32
 
@@ -112,6 +123,19 @@ def _export_vidtok(args) -> int:
 
     try:
         out = vidtok_checkpoint_to_pretrained(args.checkpoint, args.out)
+    except (CheckpointError, ValueError) as exc:
+        print(f"divot-export: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {', '.join(str(p) for p in sorted(Path(out).iterdir()))}")
+    return 0
+
+
+def _export_motion_tokenizer(args) -> int:
+    from divot_llm.export import CheckpointError
+    from divot_llm.export.motion_tokenizer import motion_tokenizer_checkpoint_to_pretrained
+
+    try:
+        out = motion_tokenizer_checkpoint_to_pretrained(args.checkpoint, args.out)
     except (CheckpointError, ValueError) as exc:
         print(f"divot-export: {exc}", file=sys.stderr)
         return 1

@@ -123,10 +123,11 @@ class EmaCodebook(nn.Module):
         if _distributed():
             dist.broadcast(fresh_nd, src=0)  # rank 0's latents (every rank drew the same rows count)
         codebook_kd[dead_k] = fresh_nd.to(codebook_kd.dtype)
-        # a restarted code starts at the uniform share: about ln(threshold) / ln(decay)
-        # steps of grace before an unused one restarts again
-        self.cluster_size[dead_k] = share
-        self.embed_sum[dead_k] = fresh_nd * share
+        # a restarted code starts at the threshold: one that the next batches leave unused
+        # restarts again at once (unused codes cost nothing, so they keep trying latents)
+        floor = self.threshold * share
+        self.cluster_size[dead_k] = floor
+        self.embed_sum[dead_k] = fresh_nd * floor
         return count
 
 
@@ -169,7 +170,7 @@ class MotionTokenizerObjective(nn.Module):
         z_bnd = self.tokenizer.encode_latents(motion)
         # the look-up in fp32 against the fp32 codebook buffer, whatever the weights' dtype
         zq_bnd, codes_bn = self.tokenizer.quantize_latents(z_bnd.float())
-        recon = self.tokenizer.decode_latents(zq_bnd.to(z_bnd.dtype))
+        recon = self.tokenizer.decode_latents(zq_bnd)  # in the weights' dtype
         mse = F.mse_loss(recon.float(), motion.float())
         e_bnd = self.codebook.float()[codes_bn]
         commit = F.mse_loss(z_bnd.float(), e_bnd)

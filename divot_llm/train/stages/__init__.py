@@ -15,6 +15,8 @@ which losses and rates are logged, and validation. ``Trainer`` keeps the one loo
   caption vectors (text to video).
 * ``VidTokStage`` (``vidtok.py``) -- vidtok: VidTok's autoencoder against a PatchGAN
   discriminator, two engines (two optimizers).
+* ``MotionTokenizerStage`` (``motion_tokenizer.py``) -- motion_tokenizer: Video-LaVIT's
+  motion tokenizer on motion-vector fields, its codebook by EMA.
 
 The models are built on the CPU from ``train.seed`` (``divot_llm.model.build``), so every
 rank, a resumed run and the export rebuild the same frozen values whatever the device.
@@ -30,6 +32,7 @@ from divot_llm.train.stages.base import Stage
 from divot_llm.train.stages.detok import DetokStage, TokenizerStage
 from divot_llm.train.stages.detok_adapt import DetokAdaptStage
 from divot_llm.train.stages.llm import LLMStage
+from divot_llm.train.stages.motion_tokenizer import MotionTokenizerStage
 from divot_llm.train.stages.t2v import T2VStage
 from divot_llm.train.stages.vidtok import VidTokStage
 
@@ -42,6 +45,7 @@ STAGES: dict[str, type[Stage]] = {
     "detok_adapt": DetokAdaptStage,  # de-tokenizer adaptation (stage 2) on features sampled from the LLM's GMM
     "t2v": T2VStage,  # text to video: the VDM de-tokenizer on a frozen text encoder's caption vectors
     "vidtok": VidTokStage,  # VidTok's autoencoder + PatchGAN discriminator (two engines)
+    "motion_tokenizer": MotionTokenizerStage,  # Video-LaVIT's motion tokenizer, EMA codebook
 }
 
 
@@ -80,6 +84,7 @@ __all__ = [
     "DetokAdaptStage",
     "DetokStage",
     "LLMStage",
+    "MotionTokenizerStage",
     "Stage",
     "T2VStage",
     "TokenizerStage",

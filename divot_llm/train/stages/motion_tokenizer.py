@@ -32,7 +32,7 @@ from divot_llm.data.motion_examples import MotionExampleSpec, build_motion_loade
 from divot_llm.data.motion_viz import motion_strip
 from divot_llm.runtime import rng_devices, seed_everything
 from divot_llm.tokenizers.motion.objective import MotionTokenizerObjective, code_histogram, perplexity
-from divot_llm.tokenizers.motion.registry import motion_tokenizer_class
+from divot_llm.tokenizers.motion.registry import build_motion_tokenizer
 from divot_llm.train.stages.base import Stage
 from divot_llm.train.validate import zero_safe_sums
 
@@ -48,7 +48,9 @@ def check_motion_shapes(cfg: DivotConfig) -> None:
     """
     tokenizer = cfg.motion_tokenizer
     if tokenizer is None:
-        raise ConfigError("stage=motion_tokenizer needs a motion tokenizer: add motion_tokenizer=lavit_tiny (or lavit)")
+        raise ConfigError(
+            "stage=motion_tokenizer needs a motion tokenizer: add motion_tokenizer=lavit_tiny (or lavit)"
+        )
     motion = cfg.data.motion
     ours = (tokenizer.frames, tokenizer.height, tokenizer.width)
     data = (motion.clip_frames, motion.height, motion.width)
@@ -64,8 +66,9 @@ def build_motion_objective(cfg: DivotConfig) -> MotionTokenizerObjective:
     weights from its ``pretrained_path`` or random from ``train.seed``."""
     check_motion_shapes(cfg)
     seed_everything(cfg.train.seed)
-    tokenizer = motion_tokenizer_class(cfg.motion_tokenizer.arch).from_config(cfg.motion_tokenizer)
-    return MotionTokenizerObjective(tokenizer, cfg.stage.motion_vq, cfg.train.seed)
+    return MotionTokenizerObjective(
+        build_motion_tokenizer(cfg.motion_tokenizer), cfg.stage.motion_vq, cfg.train.seed
+    )
 
 
 class MotionTokenizerStage(Stage):
@@ -177,7 +180,11 @@ class MotionTokenizerStage(Stage):
     @staticmethod
     def _strip(motion: torch.Tensor, recon: torch.Tensor) -> np.ndarray:
         """Each field's flow-colour strip above its reconstruction's, one sheet."""
-        rows = [np.asarray(motion_strip(f.float().cpu())) for pair in zip(motion, recon, strict=True) for f in pair]
+        rows = [
+            np.asarray(motion_strip(f.float().cpu()))
+            for pair in zip(motion, recon, strict=True)
+            for f in pair
+        ]
         width = max(row.shape[1] for row in rows)
         padded = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
         return np.concatenate(padded)[:-2]
