@@ -61,12 +61,7 @@ CAPTION_SUFFIX = ".txt"  # a folder source's caption file: <name>.txt beside <na
 _MEDIA_MARKERS = ("<video>", "<image>")  # Video-LLaVA puts these in the first question
 
 # The text each task trains on (data/sequences.py): a caption, or question/answer turns.
-TASK_TEXT = {
-    "pretrain_comp": "captions",
-    "pretrain_gen": "captions",
-    "sft_gen": "captions",
-    "sft_comp": "turns",
-}
+TASK_TEXT = {"pretrain_comp": "captions", "pretrain_gen": "captions", "sft_gen": "captions", "sft_comp": "turns"}
 
 # A reader's skip rate is checked against max_skip_fraction only after this many records,
 # so that a few bad records at the start cannot stop a run.
@@ -259,9 +254,7 @@ def parse_annotation(line: dict) -> tuple[str, str, list[str], list[tuple[str, s
         raise RecordError("bad_fields", "no 'video' or 'image' field")
     path = line[kind]
     if not isinstance(path, str) or not path.strip():
-        raise RecordError(
-            "bad_fields", f"{kind!r} must be a non-empty path string, not {type(path).__name__}"
-        )
+        raise RecordError("bad_fields", f"{kind!r} must be a non-empty path string, not {type(path).__name__}")
     try:
         _text(path, kind)
     except RecordError as exc:
@@ -455,9 +448,7 @@ class Source:
             raise  # systemic: stops the run
         except Exception as exc:  # the guard: one record never stops an epoch
             reason, detail = skip_reason(exc)
-            self.skip(
-                reason, self._where(ref), detail, error=exc if reason.startswith("unexpected_") else None
-            )
+            self.skip(reason, self._where(ref), detail, error=exc if reason.startswith("unexpected_") else None)
             return None
         return result
 
@@ -863,9 +854,7 @@ class TarSource(Source):
                 raise RecordError("bad_json_member", f"not a JSON object but {type(fields).__name__}")
             captions, turns = parse_text(fields)
         if wants_turns and not turns and text is not None:
-            raise RecordError(
-                "wrong_task", f"a .txt caption but no question/answer turns, in a {self.task} source"
-            )
+            raise RecordError("wrong_task", f"a .txt caption but no question/answer turns, in a {self.task} source")
         return captions, turns
 
 

@@ -278,9 +278,7 @@ class DynamiCrafterDetokenizer(VideoDetokenizer):
         batch = video_bfchw.shape[0]
         frames = rearrange(video_bfchw, "b f c h w -> (b f) c h w").to(self.dtype)
         with torch.no_grad():
-            posteriors = [
-                self.first_stage_model.encode(chunk).latent_dist for chunk in frames.split(VAE_CHUNK_FRAMES)
-            ]
+            posteriors = [self.first_stage_model.encode(chunk).latent_dist for chunk in frames.split(VAE_CHUNK_FRAMES)]
             if self.config.vae_posterior == "mean":
                 latents = [posterior.mean for posterior in posteriors]
             else:

@@ -24,14 +24,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from divot_llm.tokenizers.preprocess import clip_preprocess
 
 # Fields that must agree between an HF folder's config and the tokenizer config.
-_CHECKED_FIELDS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "patch_size",
-    "image_size",
-)
+_CHECKED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                   "patch_size", "image_size")
 
 
 def clip_vision_config(
@@ -68,10 +62,8 @@ _OPENCLIP_RENAMES = [
     (r"visual\.ln_post\.(weight|bias)", r"post_layernorm.\1"),
     (r"visual\.transformer\.resblocks\.(\d+)\.ln_1\.(weight|bias)", r"encoder.layers.\1.layer_norm1.\2"),
     (r"visual\.transformer\.resblocks\.(\d+)\.ln_2\.(weight|bias)", r"encoder.layers.\1.layer_norm2.\2"),
-    (
-        r"visual\.transformer\.resblocks\.(\d+)\.attn\.out_proj\.(weight|bias)",
-        r"encoder.layers.\1.self_attn.out_proj.\2",
-    ),
+    (r"visual\.transformer\.resblocks\.(\d+)\.attn\.out_proj\.(weight|bias)",
+     r"encoder.layers.\1.self_attn.out_proj.\2"),
     (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"encoder.layers.\1.mlp.fc1.\2"),
     (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"encoder.layers.\1.mlp.fc2.\2"),
 ]
@@ -132,14 +124,9 @@ def load_clip_vision(path: str | os.PathLike | None, config: CLIPVisionConfig) -
     if path is None:
         return CLIPVisionModel._from_config(config, attn_implementation="sdpa")
     if Path(path).is_dir():
-        model, info = CLIPVisionModel.from_pretrained(
-            path, attn_implementation="sdpa", output_loading_info=True
-        )
-        mismatched = [
-            f"{k}: folder {getattr(model.config, k)} != config {getattr(config, k)}"
-            for k in _CHECKED_FIELDS
-            if getattr(model.config, k) != getattr(config, k)
-        ]
+        model, info = CLIPVisionModel.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True)
+        mismatched = [f"{k}: folder {getattr(model.config, k)} != config {getattr(config, k)}"
+                      for k in _CHECKED_FIELDS if getattr(model.config, k) != getattr(config, k)]
         if mismatched:
             raise ValueError(f"CLIP vision tower in {path} does not match the tokenizer config: {mismatched}")
         if info["missing_keys"]:
@@ -147,13 +134,9 @@ def load_clip_vision(path: str | os.PathLike | None, config: CLIPVisionConfig) -
         return model.float()  # fp32 like the rest of the tokenizer; the caller picks the dtype
     model = CLIPVisionModel._from_config(config, attn_implementation="sdpa")
     try:
-        _vision_transformer(model).load_state_dict(
-            openclip_to_hf_vision(load_weights_file(path)), strict=True
-        )
+        _vision_transformer(model).load_state_dict(openclip_to_hf_vision(load_weights_file(path)), strict=True)
     except RuntimeError as err:  # missing / mis-shaped keys
-        raise ValueError(
-            f"open_clip checkpoint {path} does not fit the tokenizer's ViT config: {err}"
-        ) from err
+        raise ValueError(f"open_clip checkpoint {path} does not fit the tokenizer's ViT config: {err}") from err
     return model
 
 

@@ -22,9 +22,7 @@ from torch import nn
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
 
 
-def multi_head_attention(
-    q_bld: torch.Tensor, k_bsd: torch.Tensor, v_bsd: torch.Tensor, heads: int
-) -> torch.Tensor:
+def multi_head_attention(q_bld: torch.Tensor, k_bsd: torch.Tensor, v_bsd: torch.Tensor, heads: int) -> torch.Tensor:
     """Unmasked softmax attention, 1/sqrt(head_dim) scaling, heads split from the last dim.
 
     ``(B, L, H*d)`` queries against ``(B, S, H*d)`` keys/values -> ``(B, L, H*d)``.
@@ -104,9 +102,7 @@ class TemporalEncoder(nn.Module):
     weights here follow the reference's non-zero-init scheme instead.
     """
 
-    def __init__(
-        self, input_dim: int, output_dim: int, width: int, layers: int, heads: int, frames: int
-    ) -> None:
+    def __init__(self, input_dim: int, output_dim: int, width: int, layers: int, heads: int, frames: int) -> None:
         super().__init__()
         self.transformer = TemporalTransformer(width, layers, heads)
         self.input_proj = nn.Linear(input_dim, width)
@@ -212,14 +208,7 @@ class PerceiverResampler(nn.Module):
     """Learned latents read the ST tokens -> ``(B, num_queries, output_dim)`` (reference ``Resampler_DC``)."""
 
     def __init__(
-        self,
-        dim: int,
-        depth: int,
-        dim_head: int,
-        heads: int,
-        num_queries: int,
-        embedding_dim: int,
-        output_dim: int,
+        self, dim: int, depth: int, dim_head: int, heads: int, num_queries: int, embedding_dim: int, output_dim: int
     ) -> None:
         super().__init__()
         self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)

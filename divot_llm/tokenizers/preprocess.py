@@ -19,9 +19,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def gaussian_blur(
-    x_bchw: torch.Tensor, kernel_hw: tuple[int, int], sigma_hw: tuple[float, float]
-) -> torch.Tensor:
+def gaussian_blur(x_bchw: torch.Tensor, kernel_hw: tuple[int, int], sigma_hw: tuple[float, float]) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding, shape preserved."""
     for dim, size, sigma in zip((2, 3), kernel_hw, sigma_hw, strict=True):  # along H, then W
         taps = gaussian_kernel1d(size, sigma, torch.float64, torch.device("cpu")).tolist()
