@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_recipes import cc3m, features, inspect_shards, latent_stats, synthetic, videollava, webvid
+from data_recipes import cc3m, features, inspect_shards, latent_stats, motion, synthetic, videollava, webvid
 
 RECIPES = {
     "synthetic": synthetic,
@@ -15,6 +15,7 @@ RECIPES = {
     "inspect": inspect_shards,
     "features": features,
     "latent-stats": latent_stats,
+    "motion": motion,
 }
 
 
