@@ -10,6 +10,7 @@ from data_recipes import (
     features,
     inspect_shards,
     latent_stats,
+    motion,
     motion_cache,
     synthetic,
     videollava,
@@ -25,6 +26,7 @@ RECIPES = {
     "features": features,
     "latent-stats": latent_stats,
     "motion-cache": motion_cache,
+    "motion": motion,
 }
 
 
