@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import DivotConfig
 from divot_llm.data.motion_examples import MotionExampleSpec, build_motion_loader
+from divot_llm.data.motion_viz import GAP as STRIP_GAP
 from divot_llm.data.motion_viz import motion_strip
 from divot_llm.runtime import rng_devices, seed_everything
 from divot_llm.tokenizers.motion.objective import MotionTokenizerObjective, code_histogram, perplexity
@@ -37,6 +38,7 @@ from divot_llm.train.stages.base import Stage
 from divot_llm.train.validate import zero_safe_sums
 
 STRIP_TAG = "val/motion"
+STRIP_FRAMES = 6  # of each field in the validation strip, evenly spread
 
 
 def check_motion_shapes(cfg: DivotConfig) -> None:
@@ -179,15 +181,22 @@ class MotionTokenizerStage(Stage):
 
     @staticmethod
     def _strip(motion: torch.Tensor, recon: torch.Tensor) -> np.ndarray:
-        """Each field's flow-colour strip above its reconstruction's, one sheet."""
-        rows = [
-            np.asarray(motion_strip(f.float().cpu()))
-            for pair in zip(motion, recon, strict=True)
-            for f in pair
-        ]
-        width = max(row.shape[1] for row in rows)
-        padded = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-        return np.concatenate(padded)[:-2]
+        """Each field's flow-colour strip above its reconstruction's, one sheet.
+
+        ``motion_strip`` draws one colour scale per strip; to draw a field and its
+        reconstruction on the same scale (a faint reconstruction must look faint), the
+        pair goes in as one clip -- the field's shown frames, then the reconstruction's --
+        and the strip is cut in half and stacked."""
+        frames = motion.shape[2]
+        shown = np.unique(np.linspace(0, frames - 1, min(STRIP_FRAMES, frames)).round().astype(np.int64))
+        sheets = []
+        for field, rec in zip(motion.float().cpu(), recon.float().cpu(), strict=True):
+            pair = torch.cat((field[:, shown], rec[:, shown]), dim=1)
+            strip = np.asarray(motion_strip(pair, max_frames=2 * len(shown)))
+            half = (strip.shape[1] + STRIP_GAP) // 2  # a tile + its gap, times the shown frames
+            sheets += [strip[:, : half - STRIP_GAP], strip[:, half:]]
+        gap = np.full((STRIP_GAP, sheets[0].shape[1], 3), 255, dtype=np.uint8)
+        return np.concatenate([part for sheet in sheets for part in (sheet, gap)][:-1])
 
     def validation_images(self) -> dict[str, np.ndarray]:
         return dict(self._images)
