@@ -12,10 +12,15 @@ import math
 import pytest
 import torch
 
+from divot_llm.cli.export import main as export_main
 from divot_llm.config import compose_config
 from divot_llm.config.schema import MotionVQConfig
+from divot_llm.data.motion_examples import build_motion_loader
 from divot_llm.tokenizers.motion.objective import EmaCodebook, MotionTokenizerObjective, perplexity
-from divot_llm.tokenizers.motion.registry import build_motion_tokenizer
+from divot_llm.tokenizers.motion.registry import build_motion_tokenizer, load_motion_tokenizer
+from divot_llm.train import checkpoint
+from divot_llm.train.trainer import FINISHED, INTERRUPTED
+from tests.train.conftest import read_metrics, run_trainer, sigterm_at
 
 
 def test_ema_codebook_follows_the_assigned_latents_and_restarts_dead_codes(ds_process_group):
@@ -85,3 +90,94 @@ def test_objective_trains_the_tokenizer_and_moves_the_codebook_outside_autograd(
     assert torch.allclose(objective.codebook.norm(dim=1), torch.ones(64))
     head = objective.tokenizer.encode_task_layer[0].weight  # reached through the straight-through path
     assert head.grad is not None and head.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- through the trainer
+
+STEPS, SIGTERM_AT = 16, 6
+PERPLEXITY_FLOOR = 4.0  # of 64 codes: the 4 x 135 validation codes are spread at least this wide
+# The held-out curve takes minutes (docs/lavit.md); here the stage learns its own clips:
+# training reads the same fixed first clip of each held-out video that validation scores.
+FIXED_CLIPS = ("data.sources.videos.paths=[val/videos/shard-*.tar]", "+data.sources.videos.start_index=0")
+
+
+def motion_cfg(data_root, out, *overrides):
+    return compose_config(
+        [
+            "experiment=motion_tokenizer_tiny",
+            f"data.root={data_root}",
+            f"train.output_dir={out}",
+            "data.num_workers=0",
+            "data.batch_size=2",
+            *FIXED_CLIPS,
+            f"train.max_steps={STEPS}",
+            "train.save_every=8",
+            "train.log_every=1",
+            f"train.eval_every={STEPS}",
+            "train.max_eval_batches=2",
+            "train.progress_bar=false",
+            "optim.warmup_steps=0",
+            "optim.lr=2e-3",
+            *overrides,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def motion_run(ds_process_group, train_data, tmp_path_factory):
+    """The uninterrupted reference, validated before the first step and after the last."""
+    out = tmp_path_factory.mktemp("motion_reference")
+    status, trainer = run_trainer(motion_cfg(train_data, out))
+    assert status == FINISHED
+    return out, trainer
+
+
+def test_motion_tokenizer_learns_validates_and_exports(motion_run, tmp_path):
+    out, trainer = motion_run
+    train = read_metrics(out)
+    assert sorted(train) == list(range(1, STEPS + 1))
+    assert train[1]["train/restarts"] > 0  # the first step seeds the codebook from the batch
+    val = read_metrics(out, kind="val")
+    assert sorted(val) == [0, STEPS]
+    start, end = val[0], val[STEPS]
+    assert start["val/mse_zero"] == end["val/mse_zero"] > 0  # the same clips
+    assert end["val/mse"] < end["val/mse_zero"] < start["val/mse"], (start, end)
+    assert end["val/perplexity"] > PERPLEXITY_FLOOR and 0 < end["val/usage"] <= 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Images("val/motion")] == [0, STEPS]
+
+    # the codebook travels in the checkpoint as a buffer of the module (frozen parameters
+    # are left out of our checkpoints), and the export loads back as the trained tokenizer
+    engine_dir = out / "checkpoints" / checkpoint.step_dir_name(STEPS) / "engine"
+    saved = torch.load(next(engine_dir.rglob("mp_rank_00_model_states.pt")), weights_only=False)
+    assert "tokenizer.quantize.embedding.weight" in saved["buffer_names"]
+    assert export_main(["motion-tokenizer", str(out), str(tmp_path / "export")]) == 0
+    loaded = load_motion_tokenizer(tmp_path / "export")
+    trained = trainer.stage.module.tokenizer.state_dict()
+    assert loaded.state_dict().keys() == trained.keys()
+    for name, tensor in trained.items():
+        assert torch.equal(loaded.state_dict()[name], tensor.cpu()), name
+
+
+def test_motion_tokenizer_resumes_exactly(motion_run, train_data, tmp_path):
+    reference, ref_trainer = motion_run
+    quiet = ("train.eval_every=0", "train.eval_at_start=false")
+    status, first = run_trainer(
+        motion_cfg(train_data, tmp_path, *quiet), build_loader=sigterm_at(SIGTERM_AT, build_motion_loader)
+    )
+    assert status == INTERRUPTED and first.step == SIGTERM_AT
+    status, second = run_trainer(motion_cfg(train_data, tmp_path, *quiet))  # train.resume=auto
+    assert status == FINISHED and second.resumed_from == tmp_path / "checkpoints" / checkpoint.step_dir_name(
+        SIGTERM_AT
+    )
+    ref, resumed = read_metrics(reference), read_metrics(tmp_path)
+    for step in range(1, STEPS + 1):
+        for name in ("loss", "mse", "commit_loss", "perplexity", "restarts"):
+            key = f"train/{name}"
+            assert resumed[step][key] == pytest.approx(ref[step][key], abs=1e-6), (step, name)
+    ours, theirs = second.stage.module, ref_trainer.stage.module
+    assert int(ours.ema.updates) == STEPS
+    for name, tensor in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name  # the codebook and EMA state included
