@@ -8,17 +8,20 @@ uninterrupted run (losses and the codebook bit for bit), and the export's round 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
 from divot_llm.cli.export import main as export_main
 from divot_llm.config import compose_config
+from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import MotionVQConfig
 from divot_llm.data.motion_examples import build_motion_loader
 from divot_llm.tokenizers.motion.objective import EmaCodebook, MotionTokenizerObjective, perplexity
 from divot_llm.tokenizers.motion.registry import build_motion_tokenizer, load_motion_tokenizer
 from divot_llm.train import checkpoint
+from divot_llm.train.stages import make_stage
 from divot_llm.train.trainer import FINISHED, INTERRUPTED
 from tests.train.conftest import read_metrics, run_trainer, sigterm_at
 
@@ -90,6 +93,19 @@ def test_objective_trains_the_tokenizer_and_moves_the_codebook_outside_autograd(
     assert torch.allclose(objective.codebook.norm(dim=1), torch.ones(64))
     head = objective.tokenizer.encode_task_layer[0].weight  # reached through the straight-through path
     assert head.grad is not None and head.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("deepspeed=zero3", "needs deepspeed.zero_stage <= 2"),
+        ("data.motion.gop=12", "data.motion gives (24, 10, 18)"),  # the tokenizer takes 12 frames
+    ],
+)
+def test_the_stage_refuses_zero3_and_fields_of_another_size(override, message):
+    cfg = compose_config(["experiment=motion_tokenizer_tiny", "data.root=unused", override])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_stage(cfg, torch.device("cpu"), torch.float32).build()
 
 
 # ---------------------------------------------------------------- through the trainer
