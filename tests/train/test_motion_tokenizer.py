@@ -57,6 +57,13 @@ def test_ema_codebook_follows_the_assigned_latents_and_restarts_dead_codes(ds_pr
     again.update(again_kd, z_nd, codes_n)
     assert torch.equal(again_kd, codebook_kd)
 
+    # a non-finite latent (a NaN step the trainer skips) leaves everything as it was
+    state = {name: tensor.clone() for name, tensor in again.state_dict().items()}
+    kept_kd = again_kd.clone()
+    again.update(again_kd, torch.full_like(z_nd, float("nan")), codes_n)
+    assert torch.equal(again_kd, kept_kd)
+    assert all(torch.equal(again.state_dict()[name], tensor) for name, tensor in state.items())
+
     # without restarts the unused code keeps its direction (its sum only decays)
     still_kd = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     quiet = EmaCodebook(still_kd, MotionVQConfig(ema_decay=0.5, restart_threshold=0.0), seed=7)

@@ -83,14 +83,17 @@ class EmaCodebook(nn.Module):
             ``counts`` (K,): the step's assignments over all ranks; ``restarts``: codes restarted.
         """
         size = codebook_kd.shape[0]
-        stats = torch.zeros(
-            size, 1 + z_nd.shape[1], device=z_nd.device
-        )  # counts | latent sums: one all-reduce
+        # counts | latent sums, summed over ranks in one all-reduce
+        stats = torch.zeros(size, 1 + z_nd.shape[1], device=z_nd.device)
         stats[:, 0] = code_histogram(codes_n, size)
         stats[:, 1:].index_add_(0, codes_n, z_nd.float())
         if _distributed():
             dist.all_reduce(stats)
         counts_k, sums_kd = stats[:, 0], stats[:, 1:]
+        if not bool(torch.isfinite(sums_kd).all()):
+            # a non-finite latent on some rank (the all-reduce carries it to every rank): the
+            # trainer skips this micro-batch, and the codebook stays as it was on all ranks
+            return {"counts": counts_k, "restarts": z_nd.new_zeros((), dtype=torch.float32)}
         self.cluster_size.mul_(self.decay).add_(counts_k, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums_kd, alpha=1 - self.decay)
         self.updates += 1
@@ -107,7 +110,7 @@ class EmaCodebook(nn.Module):
         many. The decision reads only all-reduced values, so every rank takes it alike."""
         if self.threshold <= 0:
             return 0
-        share = counts_k.sum() / counts_k.numel()  # assignments per code were use uniform
+        share = counts_k.sum() / counts_k.numel()  # assignments per code if use were uniform
         dead_k = self.cluster_size < self.threshold * share
         count = int(dead_k.sum())
         if count == 0:

@@ -195,7 +195,7 @@ class MotionTokenizerStage(Stage):
             strip = np.asarray(motion_strip(pair, max_frames=2 * len(shown)))
             half = (strip.shape[1] + STRIP_GAP) // 2  # a tile + its gap, times the shown frames
             sheets += [strip[:, : half - STRIP_GAP], strip[:, half:]]
-        gap = np.full((STRIP_GAP, sheets[0].shape[1], 3), 255, dtype=np.uint8)
+        gap = np.zeros((STRIP_GAP, sheets[0].shape[1], 3), dtype=np.uint8)  # black, as motion_strip's
         return np.concatenate([part for sheet in sheets for part in (sheet, gap)][:-1])
 
     def validation_images(self) -> dict[str, np.ndarray]:
