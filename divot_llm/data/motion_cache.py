@@ -105,10 +105,10 @@ class MotionCache:
         if got.format != want.format:
             diffs.append(f"layout version: cache {got.format} != {want.format}")
         if diffs:
+            rebuild = f"`divot-data motion-cache --out {self.dir} -- <this run's overrides>`"
             raise ValueError(
-                f"motion cache {self.dir} was made for a different setup: " + "; ".join(diffs)
-                + f". Rebuild it for this config (`divot-data motion-cache --out {self.dir} -- <overrides>`) "
-                "or set data.motion_cache=null to extract motion while loading."
+                f"motion cache {self.dir} was made for a different setup: {'; '.join(diffs)}. Rebuild it "
+                f"for this config ({rebuild}) or set data.motion_cache=null to extract motion while loading."
             )
 
 

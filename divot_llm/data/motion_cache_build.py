@@ -67,7 +67,9 @@ def build_motion_cache(
     tick = progress or (lambda n: None)
     pending: list[tuple[str, str, MotionRecord]] = []
     usable: set[str] = set()  # cache groups with at least one sample cached or to cache
-    for group, key, record, read_counts in read_clips(specs, workers, shard, cached_in=out, read=motion_record):
+    for group, key, record, read_counts in read_clips(
+        specs, workers, shard, cached_in=out, read=motion_record
+    ):
         counts.update(read_counts)
         if key:
             tick(1)

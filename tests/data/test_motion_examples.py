@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import tarfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -20,11 +20,14 @@ import torch
 from data_recipes.__main__ import main
 from divot_llm.config import compose_config
 from divot_llm.config.schema import SourceConfig, SourceKind
-from divot_llm.data.motion_cache import MotionCacheInfo
+from divot_llm.data.motion_cache import MotionCacheInfo, motion_tokenizer_fingerprint
 from divot_llm.data.motion_cache_build import build_motion_cache
 from divot_llm.data.motion_examples import MotionExampleSpec, build_motion_loader
+from divot_llm.data.motion_vectors import motion_clips
 from divot_llm.data.synthetic import sample_video_spec
 from divot_llm.data.video_codec import encode_video
+from divot_llm.runtime import seed_everything
+from divot_llm.tokenizers.motion.registry import MOTION_TOKENIZERS
 from tests.data.conftest import SMALL_COUNTS
 
 # the tiny experiment's clips (2 s: two GOPs of 6 frames at 6 fps) on a small field grid
@@ -45,9 +48,9 @@ def cache(data_cfg, tmp_path_factory):
     rest (skipping what is there). Returns (folder, shard 0's counts, the command's output)."""
     out = tmp_path_factory.mktemp("motion") / "cache"
     first = build_motion_cache(data_cfg, MotionCacheInfo.of(data_cfg.motion), out, shard=(0, 2))
+    overrides = [*MOTION, f"data.root={data_cfg.root}"]
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        command = ["motion-cache", "--out", str(out), "--workers", "0", "--", *MOTION, f"data.root={data_cfg.root}"]
-        assert main(command) == 0
+        assert main(["motion-cache", "--out", str(out), "--workers", "0", "--", *overrides]) == 0
     return out, first, printed.getvalue()
 
 
@@ -85,7 +88,10 @@ def test_every_sample_once_per_epoch_over_2_ranks_x_2_workers(live_epoch, data_c
     assert sorted(seen) == TRAIN_KEYS  # each once: the readers partition the epoch
     motion = data_cfg.motion
     for key, (field, start) in examples.items():
-        assert field.shape == (2, motion.clip_frames, motion.height, motion.width) and field.dtype == torch.float32
+        assert (
+            field.shape == (2, motion.clip_frames, motion.height, motion.width)
+            and field.dtype == torch.float32
+        )
         assert start % motion.gop == 0, key  # a clip starts at an I-frame
         assert field.abs().amax() > 0, key  # every synthetic video has a moving shape
 
@@ -94,7 +100,10 @@ def test_the_cache_gives_the_live_examples_up_to_fp16(cache, live_epoch, data_cf
     out, first, printed = cache
     files = sorted(f.relative_to(out).as_posix() for f in out.rglob("*.safetensors"))
     assert len(files) == len(TRAIN_KEYS) + len(VAL_KEYS) and 0 < first["written"] < len(files)
-    assert f"already_cached {first['written']}" in printed and f"written {len(files) - first['written']}" in printed
+    assert (
+        f"already_cached {first['written']}" in printed
+        and f"written {len(files) - first['written']}" in printed
+    )
 
     cached_cfg = replace(data_cfg, motion_cache=str(out))
     spec = MotionExampleSpec(data_cfg.motion)
@@ -104,13 +113,16 @@ def test_the_cache_gives_the_live_examples_up_to_fp16(cache, live_epoch, data_cf
     for key, (field, start) in live.items():  # the same clip of each video, its field rounded to fp16
         assert cached[key][1] == start, key
         assert torch.equal(cached[key][0], field.half().float()), key
-    # validation: each video's first clip, the same from the videos and from the cache
+    # validation (start_index 0): each video's first clip, from the videos and from the cache
     val_live = by_key(build_motion_loader(data_cfg, spec, split="val"))
     val_cached = by_key(build_motion_loader(cached_cfg, spec, split="val"))
     assert sorted(val_live) == sorted(val_cached) == VAL_KEYS
-    for key, (field, start) in val_live.items():
-        assert start == 0 and val_cached[key][1] == 0
-        assert torch.equal(val_cached[key][0], field.half().float()), key
+    for i, key in enumerate(VAL_KEYS):
+        video = sample_video_spec(4, "val", i)
+        clips = motion_clips(data_cfg.root + f"/media/videos/{video.key}.{video.extension}", data_cfg.motion)
+        assert val_live[key][1] == val_cached[key][1] == clips.start_frames[0], key
+        assert torch.equal(val_live[key][0], clips.fields[0]), key
+        assert torch.equal(val_cached[key][0], clips.fields[0].half().float()), key
 
 
 def test_a_resumed_loader_continues_the_exact_batches(cache, data_cfg):
@@ -196,3 +208,34 @@ def test_a_cache_made_for_other_settings_is_refused(cache, data_cfg):
     # a build never adds another setup's samples to a cache
     with pytest.raises(ValueError, match="data.motion.gop"):
         build_motion_cache(data_cfg, MotionCacheInfo.of(other), out)
+
+
+def test_a_tokens_cache_holds_the_motion_tokenizers_codes_of_each_clip(data_cfg, tmp_path):
+    """``--tokens``: the codes the configured motion tokenizer gives each clip, read back as
+    ``motion_codes``; a run with another tokenizer refuses them."""
+    out = tmp_path / "tokens"
+    overrides = [*MOTION, f"data.root={data_cfg.root}", "motion_tokenizer=lavit_tiny"]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["motion-cache", "--out", str(out), "--tokens", "--workers", "0", "--", *overrides]) == 0
+        assert main(["motion-cache", "--out", str(tmp_path / "none"), "--tokens", "--", *MOTION]) == 2
+    assert "--tokens needs a motion tokenizer" in printed.getvalue()
+
+    cfg = compose_config(overrides)
+    seed_everything(cfg.train.seed)  # the tokenizer the command built (random init: tiny config)
+    cls, config = MOTION_TOKENIZERS.resolve(cfg.motion_tokenizer)
+    tokenizer = cls.from_config(config).eval()
+    spec = MotionExampleSpec(cfg.data.motion, motion_tokenizer_fingerprint(tokenizer, asdict(config)))
+    cached = replace(cfg.data, motion_cache=str(out))
+    batches = list(build_motion_loader(cached, spec, split="val"))
+    codes = {k: c for b in batches for k, c in zip(b["keys"], b["motion_codes"], strict=True)}
+    assert sorted(codes) == VAL_KEYS
+    for i, key in enumerate(VAL_KEYS):
+        video = sample_video_spec(4, "val", i)
+        clips = motion_clips(data_cfg.root + f"/media/videos/{video.key}.{video.extension}", cfg.data.motion)
+        expected = tokenizer.encode(clips.fields[:1])[0]
+        assert codes[key].dtype == torch.int64 and torch.equal(codes[key], expected), key
+
+    torch.manual_seed(1)
+    other = motion_tokenizer_fingerprint(cls.from_config(config), asdict(config))  # other weights
+    with pytest.raises(ValueError, match="motion tokenizer: cache lavit_motion_tiny .* != run"):
+        build_motion_loader(cached, replace(spec, tokenizer_fingerprint=other))
