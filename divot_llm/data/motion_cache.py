@@ -146,7 +146,7 @@ def load_motion_record(cache_dir: Path, group: str, key: str) -> MotionRecord:
         raise MediaError("not_in_cache", f"no cached motion for {group} {key} ({path})")
     try:
         with safe_open(path, "pt") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
             metadata = handle.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types on a damaged file
         raise MediaError("corrupt_cache_file", f"{path}: {type(exc).__name__}: {exc}") from exc

@@ -207,7 +207,7 @@ def test_a_cache_made_for_other_settings_is_refused(cache, data_cfg):
         build_motion_loader(data_cfg, tokens)
     # a build never adds another setup's samples to a cache
     with pytest.raises(ValueError, match="data.motion.gop"):
-        build_motion_cache(data_cfg, MotionCacheInfo.of(other), out)
+        build_motion_cache(replace(data_cfg, motion=other), MotionCacheInfo.of(other), out)
 
 
 def test_a_tokens_cache_holds_the_motion_tokenizers_codes_of_each_clip(data_cfg, tmp_path):
