@@ -25,7 +25,8 @@ Writes, into ``--out`` (default ``tests/fixtures/lavit``):
   8 x 8 x 12 fields -> 1 x 2 x 3 codes of 16) -- its weights under LaVIT's key names
   (LaVIT's initialisation with seed 0, then every tensor redrawn from seed 1 so that biases
   and norms are not the constants it initialises them to, and the codebook rows' lengths
-  spread around 1 since LaVIT uses them as stored), and under ``fixture.*``: the input
+  spread over [0.6, 1.4]: LaVIT uses them as stored, and the script checks that re-normalised
+  rows would pick other codes), and under ``fixture.*``: the input
   fields (seed 2), the unit latents, LaVIT's codes (``get_codebook_indices``), its decoded
   reconstruction (``decode(encode(x))``) and its de-tokenizer condition
   (``reconstruct(x, *CONDITION_HW)``). The metadata holds ``TINY`` and the commit.
@@ -155,7 +156,7 @@ def tiny_model(lavit_module):
         for key, tensor in sorted(model.state_dict().items()):
             noise = torch.randn(tensor.shape, generator=generator)
             if key == "quantize.embedding.weight":
-                lengths = 1.0 + 0.2 * torch.rand(tensor.shape[0], 1, generator=generator) - 0.1
+                lengths = 0.6 + 0.8 * torch.rand(tensor.shape[0], 1, generator=generator)
                 tensor.copy_(F.normalize(noise, dim=-1) * lengths)
             elif key.endswith(("norm0.weight", "norm1.weight", "norm2.weight", "norm.weight")):
                 tensor.copy_(1.0 + 0.2 * noise)
@@ -181,9 +182,13 @@ def tiny_outputs(model) -> dict[str, torch.Tensor]:
         condition = model.reconstruct(fields, *CONDITION_HW)
         codebook = model.quantize.embedding.weight
         dist = (z.flatten(0, 3)[:, None, :] - codebook[None]).pow(2).sum(-1).sort(dim=1).values
+        unit_rows = F.normalize(codebook, dim=-1)
+        renormalised = (z.flatten(0, 3)[:, None, :] - unit_rows[None]).pow(2).sum(-1).argmin(dim=1)
     margin = float((dist[:, 1] - dist[:, 0]).min())
     if margin < MIN_CODE_MARGIN:
         raise SystemExit(f"a code is within {margin:.2e} of its runner-up: pick other seeds")
+    if torch.equal(renormalised.view_as(codes), codes):
+        raise SystemExit("re-normalised codebook rows give LaVIT's codes too: the fixture would not tell")
     return {
         "fixture.fields": fields,
         "fixture.z": z.flatten(1, 3).contiguous(),

@@ -15,6 +15,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from divot_llm.config import compose_config
 from divot_llm.layout import MOTION_TOKENIZER_CONFIG
@@ -36,9 +37,10 @@ def key_table() -> dict[str, list[int]]:
 @pytest.fixture(scope="module")
 def tiny() -> tuple[LaVITMotionConfig, dict[str, torch.Tensor], dict[str, torch.Tensor], tuple[int, int]]:
     """The tiny fixture: our config of it, LaVIT's weights (its key names), its outputs."""
-    with safe_open(FIXTURES / "tiny_motion.safetensors", "pt") as file:
+    path = FIXTURES / "tiny_motion.safetensors"
+    with safe_open(path, "pt") as file:
         metadata = file.metadata()
-        tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    tensors = load_file(path)
     weights = {key: value for key, value in tensors.items() if not key.startswith("fixture.")}
     outputs = {
         key.removeprefix("fixture."): value for key, value in tensors.items() if key.startswith("fixture.")
