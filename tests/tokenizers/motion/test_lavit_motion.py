@@ -113,8 +113,9 @@ def test_save_pretrained_round_trip(tiny, tmp_path):
     loaded = load_motion_tokenizer(tmp_path / "saved")  # the arch in the json picks the class
     assert isinstance(loaded, LaVITMotionTokenizer)
     assert dataclasses.replace(loaded.config, pretrained_path=None) == config
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
+    saved, reloaded = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == reloaded.keys()
+    assert all(torch.equal(reloaded[key], value) for key, value in saved.items())
     assert torch.equal(loaded.encode(expected["fields"]), expected["codes"])
 
 
