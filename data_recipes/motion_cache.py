@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import torch
 from tqdm import tqdm
 
 from data_recipes.features import add_encoding_arguments, add_shard_argument, device_and_dtype
@@ -58,7 +59,11 @@ def tokens_encoder(cfg: DivotConfig, args: argparse.Namespace) -> tuple[MotionCa
     seed_everything(cfg.train.seed)
     tokenizer = cls.from_config(config).to(device, dtype).eval()
     fingerprint = motion_tokenizer_fingerprint(tokenizer, dataclasses.asdict(config))
-    return MotionCacheInfo.of(motion, config.name, fingerprint), lambda f: tokenizer.encode(f.to(device, dtype))
+
+    def encode(fields_b2fhw: torch.Tensor) -> torch.Tensor:
+        return tokenizer.encode(fields_b2fhw.to(device, dtype))
+
+    return MotionCacheInfo.of(motion, config.name, fingerprint), encode
 
 
 def run(args: argparse.Namespace) -> int:

@@ -160,7 +160,11 @@ class _Readers(torch.utils.data.IterableDataset):
     worker's share of each source."""
 
     def __init__(
-        self, specs: list[tuple[str, LoaderSpec]], cached_in: Path | None, shard: tuple[int, int], read: SampleReader
+        self,
+        specs: list[tuple[str, LoaderSpec]],
+        cached_in: Path | None,
+        shard: tuple[int, int],
+        read: SampleReader,
     ):
         super().__init__()
         self.specs, self.cached_in, self.shard, self.read = specs, cached_in, shard, read

@@ -159,7 +159,9 @@ def write_sample(cache_dir: Path, source: str, key: str, feats_cnd: torch.Tensor
     return save_sample_file(sample_file(cache_dir, source, key), {"feats": feats_cnd})
 
 
-def save_sample_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+def save_sample_file(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
     """Write one sample's safetensors file (the feature and motion caches) so that the final
     name only ever holds a whole file: a build killed mid-write resumes cleanly."""
     path.parent.mkdir(parents=True, exist_ok=True)

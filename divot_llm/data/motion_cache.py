@@ -105,10 +105,10 @@ class MotionCache:
         if got.format != want.format:
             diffs.append(f"layout version: cache {got.format} != {want.format}")
         if diffs:
+            rebuild = f"`divot-data motion-cache --out {self.dir} -- <this run's overrides>`"
             raise ValueError(
-                f"motion cache {self.dir} was made for a different setup: " + "; ".join(diffs)
-                + f". Rebuild it for this config (`divot-data motion-cache --out {self.dir} -- <overrides>`) "
-                "or set data.motion_cache=null to extract motion while loading."
+                f"motion cache {self.dir} was made for a different setup: {'; '.join(diffs)}. Rebuild it "
+                f"for this config ({rebuild}) or set data.motion_cache=null to extract motion while loading."
             )
 
 
@@ -146,7 +146,7 @@ def load_motion_record(cache_dir: Path, group: str, key: str) -> MotionRecord:
         raise MediaError("not_in_cache", f"no cached motion for {group} {key} ({path})")
     try:
         with safe_open(path, "pt") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
             metadata = handle.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types on a damaged file
         raise MediaError("corrupt_cache_file", f"{path}: {type(exc).__name__}: {exc}") from exc

@@ -11,13 +11,14 @@ the cache with its reason (``MotionRecord.skip``) and counted under it.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from divot_llm.config.schema import DataConfig, SourceConfig
+from divot_llm.config.schema import DataConfig, MotionFieldConfig, SourceConfig
 from divot_llm.data.cache_build import check_every_source_usable, read_clips, split_specs
 from divot_llm.data.errors import MediaError
 from divot_llm.data.loader import LoaderSpec
@@ -48,7 +49,8 @@ def build_motion_cache(
     progress: Callable[[int], None] | None = None,
 ) -> Counter:
     """Cache the motion of every sample of ``cfg.data``'s sources: every clip's field, or
-    with ``encode`` (and an ``info`` naming the tokenizer) its codes. Returns counts
+    with ``encode`` its codes. ``info`` labels the cache: ``MotionCacheInfo.of(data_cfg.motion)``,
+    with the tokenizer's name and fingerprint for codes. Returns counts
     (``written``, ``already_cached`` and skip reasons). ``workers``: extracting processes
     (0: here); ``shard=(i, n)``: the i-th of n shares of every source; ``batch_clips``:
     clips per ``encode`` call.
@@ -67,7 +69,8 @@ def build_motion_cache(
     tick = progress or (lambda n: None)
     pending: list[tuple[str, str, MotionRecord]] = []
     usable: set[str] = set()  # cache groups with at least one sample cached or to cache
-    for group, key, record, read_counts in read_clips(specs, workers, shard, cached_in=out, read=motion_record):
+    read = functools.partial(motion_record, data_cfg.motion)
+    for group, key, record, read_counts in read_clips(specs, workers, shard, cached_in=out, read=read):
         counts.update(read_counts)
         if key:
             tick(1)
@@ -93,14 +96,17 @@ def build_motion_cache(
     return counts
 
 
-def motion_record(raw: RawSample, src: SourceConfig, spec: LoaderSpec) -> MotionRecord:
-    """A sample's clips for the cache (a ``cache_build.SampleReader``): every clip, or the
-    reason it has none. The size filters are not applied here but when the cache is read."""
+def motion_record(
+    motion: MotionFieldConfig, raw: RawSample, src: SourceConfig, spec: LoaderSpec
+) -> MotionRecord:
+    """A sample's clips for the cache (with ``motion`` bound, a ``cache_build.SampleReader``):
+    every clip, or the reason it has none. The size filters are not applied here but when
+    the cache is read."""
     size = None
     try:
         info = probe_for_motion(raw)
         size = (info.width, info.height)
-        clips = motion_clips(raw.media, spec.example_kind.motion, worker_threads())
+        clips = motion_clips(raw.media, motion, worker_threads())
     except MediaError as exc:
         return MotionRecord(None, None, size, (exc.reason, exc.detail))
     return MotionRecord(clips.fields, clips.start_frames, size)

@@ -92,7 +92,9 @@ def clip_index(num_clips: int, start_index: int | None, rng: np.random.Generator
     return int(rng.integers(num_clips))
 
 
-def motion_example(raw: RawSample, source: SourceConfig, spec: MotionExampleSpec, seed: int, epoch: int) -> dict:
+def motion_example(
+    raw: RawSample, source: SourceConfig, spec: MotionExampleSpec, seed: int, epoch: int
+) -> dict:
     """One motion clip of a raw sample (extracted, or read from ``spec.cache``).
 
     Raises:

@@ -139,7 +139,9 @@ class LaVITMotionTokenizer(PretrainedComponent):
                 f"expected (B, N={self.num_tokens}, code_dim={self.code_dim}) code vectors, got shape "
                 f"{tuple(zq_bnd.shape)}"
             )
-        feats_bthwd = self.decoder(zq_bnd.unflatten(1, self.token_grid).to(self.dtype))
+        feats_bthwd = self.decoder(
+            zq_bnd.unflatten(1, self.token_grid).to(device=self.device, dtype=self.dtype)
+        )
         return self.decode_task_layer(feats_bthwd).permute(0, 4, 1, 2, 3)
 
     # ---------------------------------------------------------------- public use
