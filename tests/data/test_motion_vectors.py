@@ -22,12 +22,14 @@ from divot_llm.data.motion_vectors import (
     clip_fields,
     clip_starts,
     motion_clips,
+    motion_clips_from_stream,
     pool_frame_vectors,
     pooled_motion,
     reencode_for_motion,
 )
 from divot_llm.data.video_codec import encode_video
 from tests.data.motion_media import SIDE, SIZE, START, moving_square
+from tests.helpers import REPO_ROOT
 
 MOTION = MotionFieldConfig()
 STD = np.asarray(MOTION.std) / 10  # rescale=True: the tokenizer's input scale
@@ -242,3 +244,16 @@ def test_too_short_and_corrupt_videos_raise_media_errors():
     with pytest.raises(MediaError) as cut:
         motion_clips(video[: len(video) // 3], MOTION)  # mp4 with its index cut off
     assert cut.value.reason == "corrupt_video"
+
+
+def test_fields_equal_upstreams_recipe_on_the_same_stream():
+    """tools/lavit_motion_fixture.py ran upstream's transform.py (its clip rule, scatter,
+    pooling, frame-12 fill and resize) on one of our re-encoded streams: same fields, exactly."""
+    fixture = np.load(REPO_ROOT / "tests" / "fixtures" / "lavit" / "motion_fields.npz")
+    height, width = fixture["field_size"].tolist()
+    clips = motion_clips_from_stream(
+        fixture["stream"].tobytes(), dataclasses.replace(MOTION, height=height, width=width)
+    )
+    assert clips.start_frames.tolist() == [12, 36] and clips.num_frames == 60
+    torch.testing.assert_close(clips.fields, torch.from_numpy(fixture["fields"]), rtol=0, atol=0)
+    assert clips.fields.abs().max() > 1  # there is motion to compare
