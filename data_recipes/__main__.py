@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_recipes import cc3m, features, inspect_shards, latent_stats, motion, synthetic, videollava, webvid
+from data_recipes import (
+    cc3m,
+    features,
+    inspect_shards,
+    latent_stats,
+    motion,
+    motion_cache,
+    synthetic,
+    videollava,
+    webvid,
+)
 
 RECIPES = {
     "synthetic": synthetic,
@@ -16,6 +26,7 @@ RECIPES = {
     "features": features,
     "latent-stats": latent_stats,
     "motion": motion,
+    "motion-cache": motion_cache,
 }
 
 

@@ -28,6 +28,12 @@ from divot_llm.tokenizers import build_video_tokenizer
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="cache folder")
     add_encoding_arguments(parser)
+    add_shard_argument(parser)
+    parser.add_argument("overrides", nargs="*", help="config overrides, after --, e.g. experiment=demo")
+
+
+def add_shard_argument(parser: argparse.ArgumentParser) -> None:
+    """``--shard I/N`` of the recipes that fill a cache."""
     parser.add_argument(
         "--shard",
         type=_shard,
@@ -36,7 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="build only the I-th of N shares of every source (0-based): run N at once, one per GPU "
         "(--device cuda:I), into the same --out (default 0/1: everything)",
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides, after --, e.g. experiment=demo")
 
 
 def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:

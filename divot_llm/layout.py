@@ -57,3 +57,4 @@ RELEASE_INFO = "release.json"  # stage, source checkpoint, config hash, dtype, v
 # ------------------------------------------------- saved components (save_pretrained)
 TOKENIZER_CONFIG = "tokenizer_config.json"  # a video tokenizer's config, with its arch
 DETOKENIZER_CONFIG = "detokenizer_config.json"  # a de-tokenizer's config, with its arch
+MOTION_TOKENIZER_CONFIG = "motion_tokenizer_config.json"  # a motion tokenizer's config, with its arch

@@ -241,7 +241,8 @@ class SourceConfig:
     # source frames (VidTok trains at 3, validates at 8); null = every frame
     sample_fps: float | None = checked(None, gt=0)
     # VidTok examples: every clip starts at this frame (fixed validation clips, VidTok's
-    # start_index); null = a random start per sample and epoch
+    # start_index); motion examples: every example is this clip of its video (clamped to
+    # the last); null = a random start / clip per sample and epoch
     start_index: int | None = checked(None, ge=0)
 
 
@@ -299,6 +300,9 @@ class DataConfig:
     # as bad (size filters aside), checked after its first 100; 1.0 never stops
     max_skip_fraction: float = checked(0.5, ge=0, le=1)
     motion: MotionFieldConfig = field(default_factory=MotionFieldConfig)  # Video-LaVIT motion fields
+    # precomputed motion fields or motion codes (`divot-data motion-cache`): the motion
+    # loader reads them instead of re-encoding videos; null = extract while loading
+    motion_cache: str | None = checked(None, path=PathKind.folder)
 
 
 # ------------------------------------------------------------------ stage / optim

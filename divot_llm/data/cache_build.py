@@ -19,6 +19,7 @@ import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +27,7 @@ from divot_llm.config.schema import DataConfig, SourceConfig
 from divot_llm.data.clip_sampling import uint8_to_model_pixels
 from divot_llm.data.feature_cache import CacheInfo, sample_file, write_info, write_sample
 from divot_llm.data.loader import (
+    ExampleKind,
     LoaderSpec,
     cache_group,
     loader_spec,
@@ -37,10 +39,13 @@ from divot_llm.data.loader import (
 from divot_llm.data.sources import Consumer, DataError, RawSample
 from divot_llm.data.worker_signals import worker_init_fn
 
-# What a reader hands the encoder: (cache group, key, uint8 clips (C, F, 3, S, S) or None,
-# counts). A sample to encode has clips; a cached sample has None and counts one
-# ``already_cached``; an exhausted source has no key and its reader's skip counts.
-Read = tuple[str, str, "torch.Tensor | None", dict[str, int]]
+# What a reader hands the encoder: (cache group, key, uint8 clips (C, F, 3, S, S) -- or
+# what its ``SampleReader`` makes of the sample -- or None, counts). A sample to encode has
+# clips; a cached sample has None and counts one ``already_cached``; an exhausted source
+# has no key and its reader's skip counts.
+Read = tuple[str, str, Any, dict[str, int]]
+# What a reader makes of a raw sample (a module-level function: it is pickled to the workers).
+SampleReader = Callable[[RawSample, SourceConfig, LoaderSpec], Any]
 
 
 def build_feature_cache(
@@ -84,18 +89,24 @@ def build_feature_cache(
     return counts
 
 
+def epoch0_clips(raw: RawSample, src: SourceConfig, spec: LoaderSpec) -> torch.Tensor:
+    """A sample's uint8 clips (C, F, 3, S, S) as the loader samples them in epoch 0."""
+    return sample_clips(raw, src, spec, sample_rngs(spec.seed, raw.key, 0)[0])
+
+
 def read_clips(
     specs: list[tuple[str, LoaderSpec]],
     workers: int = 0,
     shard: tuple[int, int] = (0, 1),
     cached_in: Path | None = None,
+    read: SampleReader = epoch0_clips,
 ) -> torch.utils.data.DataLoader:
-    """Every sample's clips as the loader samples them in epoch 0, read by ``workers``
-    processes (0: here): an iterable of ``Read`` tuples (see above), in source order with
-    ``workers=0``. ``shard=(i, n)``: only the i-th of n shares of every source. A sample
-    already in the feature cache ``cached_in`` is not decoded (its clips are None)."""
+    """Every sample's clips as the loader samples them in epoch 0 (or what ``read`` makes of
+    it), read by ``workers`` processes (0: here): an iterable of ``Read`` tuples (see
+    above), in source order with ``workers=0``. ``shard=(i, n)``: only the i-th of n shares
+    of every source. A sample already in the cache ``cached_in`` is not read (None)."""
     return torch.utils.data.DataLoader(
-        _Readers(specs, cached_in, shard),
+        _Readers(specs, cached_in, shard, read),
         batch_size=None,
         num_workers=workers,
         prefetch_factor=4 if workers else None,
@@ -124,13 +135,19 @@ def check_every_source_usable(
 
 
 def split_specs(
-    data_cfg: DataConfig, tokens_per_clip: int, frames_per_clip: int, image_size: int, splits: tuple[str, ...]
+    data_cfg: DataConfig,
+    tokens_per_clip: int,
+    frames_per_clip: int,
+    image_size: int,
+    splits: tuple[str, ...],
+    example_kind: ExampleKind | None = None,
 ) -> list[tuple[str, LoaderSpec]]:
     """``(split, loader_spec)`` of each split of ``splits`` that has sources (train must)."""
     specs = []
     for split in splits:
         try:
-            specs.append((split, loader_spec(data_cfg, tokens_per_clip, frames_per_clip, image_size, split)))
+            spec = loader_spec(data_cfg, tokens_per_clip, frames_per_clip, image_size, split, example_kind)
+            specs.append((split, spec))
         except DataError:
             if split == "train":
                 raise
@@ -142,9 +159,15 @@ class _Readers(torch.utils.data.IterableDataset):
     """Reads and samples every not-yet-cached sample; in a dataloader worker, only that
     worker's share of each source."""
 
-    def __init__(self, specs: list[tuple[str, LoaderSpec]], cached_in: Path | None, shard: tuple[int, int]):
+    def __init__(
+        self,
+        specs: list[tuple[str, LoaderSpec]],
+        cached_in: Path | None,
+        shard: tuple[int, int],
+        read: SampleReader,
+    ):
         super().__init__()
-        self.specs, self.cached_in, self.shard = specs, cached_in, shard
+        self.specs, self.cached_in, self.shard, self.read = specs, cached_in, shard, read
 
     def __iter__(self) -> Iterator[Read]:
         with picklable_errors():
@@ -165,7 +188,7 @@ class _Readers(torch.utils.data.IterableDataset):
     def _read(self, group: str, src: SourceConfig, spec: LoaderSpec, raw: RawSample) -> Read:
         if self.cached_in is not None and sample_file(self.cached_in, group, raw.key).is_file():
             return group, raw.key, None, {"already_cached": 1}
-        return group, raw.key, sample_clips(raw, src, spec, sample_rngs(spec.seed, raw.key, 0)[0]), {}
+        return group, raw.key, self.read(raw, src, spec), {}
 
 
 def _flush(pending: list[tuple[str, str, torch.Tensor]], tokenizer, out: Path) -> int:

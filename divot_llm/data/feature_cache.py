@@ -62,16 +62,22 @@ def tokenizer_fingerprint(tokenizer: torch.nn.Module, config: dict) -> str:
     fill in settings the composed config leaves null -- VidTok's latent statistics, stored
     in the folder ``pretrained_path`` names -- and they change the features too."""
     settings = config | asdict(tokenizer.config)
+    frame_encoder = tokenizer.frame_encoder
+    prefix = next((f"{name}." for name, m in tokenizer.named_modules() if m is frame_encoder), None)
+    return component_fingerprint(
+        settings,
+        {k: v for k, v in tokenizer.state_dict().items() if prefix is None or not k.startswith(prefix)},
+    )
+
+
+def component_fingerprint(settings: dict, state_dict: dict[str, torch.Tensor]) -> str:
+    """A signature of a frozen component (a tokenizer) by what determines its outputs: its
+    settings without file paths (which differ between machines) and its weights."""
     digest = hashlib.sha256()
     digest.update(
         json.dumps({k: v for k, v in settings.items() if not k.endswith("_path")}, sort_keys=True).encode()
     )
-    frame_encoder = tokenizer.frame_encoder
-    prefix = next((f"{name}." for name, m in tokenizer.named_modules() if m is frame_encoder), None)
-    _update_with_weights(
-        digest,
-        {k: v for k, v in tokenizer.state_dict().items() if prefix is None or not k.startswith(prefix)},
-    )
+    _update_with_weights(digest, state_dict)
     return digest.hexdigest()[:20]
 
 
@@ -149,11 +155,18 @@ def write_info(cache_dir: Path, info: CacheInfo) -> None:
 
 
 def write_sample(cache_dir: Path, source: str, key: str, feats_cnd: torch.Tensor) -> Path:
-    path = sample_file(cache_dir, source, key)
+    # in the dtype encoded: bf16 from a GPU build, half the bytes of fp32
+    return save_sample_file(sample_file(cache_dir, source, key), {"feats": feats_cnd})
+
+
+def save_sample_file(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    """Write one sample's safetensors file (the feature and motion caches) so that the final
+    name only ever holds a whole file: a build killed mid-write resumes cleanly."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    # in the dtype encoded: bf16 from a GPU build, half the bytes of fp32
-    save_file({"feats": feats_cnd.detach().to("cpu").contiguous()}, str(tmp))
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     tmp.replace(path)  # never leave a half-written file under the final name
     return path
 

@@ -1,0 +1,87 @@
+"""Precompute Video-LaVIT motion fields, or motion tokens, for a config's data (the motion cache).
+
+    divot-data motion-cache --out data/cache/motion -- data=synthetic_motion data.root=data/synthetic data.motion.gop=6 data.motion.height=10 data.motion.width=18
+
+Re-encodes every train and validation video as the motion loader does (data.motion) and
+writes every clip's motion field, in fp16, one safetensors file per sample. With --tokens
+the config's motion tokenizer (motion_tokenizer=...) encodes the clips and the cache holds
+their codes instead. Train with data.motion_cache=<out>; a run whose data.motion (or motion
+tokenizer) differs refuses the cache. Re-running resumes. With several processes or GPUs,
+run N commands with --shard I/N (and --device cuda:I) into the same --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+from tqdm import tqdm
+
+from data_recipes.features import add_encoding_arguments, add_shard_argument, device_and_dtype
+from divot_llm.config import compose_config
+from divot_llm.config.schema import DivotConfig
+from divot_llm.data.motion_cache import MotionCacheInfo, motion_tokenizer_fingerprint
+from divot_llm.data.motion_cache_build import Encode, build_motion_cache
+from divot_llm.runtime import seed_everything
+from divot_llm.tokenizers.motion.registry import MOTION_TOKENIZERS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="cache folder")
+    parser.add_argument(
+        "--tokens",
+        action="store_true",
+        help="store the codes of the config's motion tokenizer (motion_tokenizer=...) instead of the fields",
+    )
+    add_encoding_arguments(parser)  # --batch-clips, --device and --dtype only matter with --tokens
+    add_shard_argument(parser)
+    parser.add_argument("overrides", nargs="*", help="config overrides, after --, e.g. data=synthetic_motion")
+
+
+def tokens_encoder(cfg: DivotConfig, args: argparse.Namespace) -> tuple[MotionCacheInfo, Encode]:
+    """The config's motion tokenizer as the cache's encoder, and the info naming it.
+
+    Raises:
+        ValueError: no motion tokenizer configured, or one for other fields than data.motion.
+    """
+    if cfg.motion_tokenizer is None:
+        raise ValueError("--tokens needs a motion tokenizer: add motion_tokenizer=<option> (e.g. lavit)")
+    cls, config = MOTION_TOKENIZERS.resolve(cfg.motion_tokenizer)
+    motion = cfg.data.motion
+    if (config.frames, config.height, config.width) != (motion.clip_frames, motion.height, motion.width):
+        raise ValueError(
+            f"motion tokenizer {config.name} takes {config.frames} x {config.height} x {config.width} fields, "
+            f"data.motion gives {motion.clip_frames} x {motion.height} x {motion.width} (2 * gop x height x width)"
+        )
+    device, dtype = device_and_dtype(args)
+    # seeded as a run builds it: a random-init tokenizer (tiny configs) is then the run's own
+    seed_everything(cfg.train.seed)
+    tokenizer = cls.from_config(config).to(device, dtype).eval()
+    fingerprint = motion_tokenizer_fingerprint(tokenizer, dataclasses.asdict(config))
+
+    def encode(fields_b2fhw: torch.Tensor) -> torch.Tensor:
+        return tokenizer.encode(fields_b2fhw.to(device, dtype))
+
+    return MotionCacheInfo.of(motion, config.name, fingerprint), encode
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = compose_config(args.overrides)
+    if args.tokens:
+        try:
+            info, encode = tokens_encoder(cfg, args)
+        except ValueError as exc:
+            print(f"error: {exc}")
+            return 2
+    else:
+        info, encode = MotionCacheInfo.of(cfg.data.motion), None
+    with tqdm(desc="motion", unit="video") as bar:
+        counts = build_motion_cache(cfg.data, info, args.out, encode, workers=args.workers, shard=args.shard,
+                                    batch_clips=args.batch_clips, progress=bar.update)  # fmt: skip
+    print(f"motion cache {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    read = sum(counts.values()) - counts["already_cached"]  # the samples this run looked at
+    skipped = read - counts["written"]
+    print(f"skipped {skipped} of the {read} samples read ({skipped / max(1, read):.0%}); the reasons above")
+    print(f"train with: data.motion_cache={args.out}")
+    return 0
