@@ -7,8 +7,9 @@ both steps run inside PyAV's bundled FFmpeg:
    filter (what ``ffmpeg -filter:v fps=6`` runs; display rotation applied first, as the
    ffmpeg command line does), encode MPEG-4 Part 2 (``mpeg4``) at ``motion.bitrate`` into a
    raw elementary stream in memory. Two choices differ from the ffmpeg command line on
-   purpose: scene-change I-frames are off (``sc_threshold``), so an I-frame comes exactly
-   every ``motion.gop`` frames and every GOP can start a clip; and the encoder runs on one
+   purpose: scene-change I-frames are off (``sc_threshold``; the source's keyframe flags
+   are cleared, as the command line does), so an I-frame comes exactly every
+   ``motion.gop`` frames and every GOP can start a clip; and the encoder runs on one
    thread, because the mpeg4 encoder splits a frame into one slice per thread and the
    vectors then depend on the machine's core count.
 2. ``pooled_motion``: decode that stream with ``flags2=+export_mvs`` and reduce each frame's
@@ -29,8 +30,11 @@ both steps run inside PyAV's bundled FFmpeg:
    antialias; newer torchvision defaults to antialias and changes fields by up to ~1.2).
 
 Where upstream differs: with fewer than two qualifying I-frames it falls back to every
-I-frame and pads clips that run past the end with empty frames; here a clip is always
-whole, and a video without one raises ``MediaError("no_motion_clip")``.
+I-frame and pads clips that run past the end with empty frames, and it lets B-frames sit
+between the two I-frames; here a clip is always whole and I, P..., I, and a video without
+one raises ``MediaError("no_motion_clip")``. On our own streams (no B-frames, regular
+GOPs) the two rules pick the same clips whenever at least two qualify; the fields then
+equal upstream's exactly (``tools/lavit_motion_fixture.py``).
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ def reencode_for_motion(
     return out.getvalue()
 
 
-def _open(media: bytes | str | os.PathLike):
+def _open(media: bytes | str | os.PathLike) -> av.container.InputContainer:
     try:
         handle = io.BytesIO(media) if isinstance(media, (bytes, bytearray, memoryview)) else os.fspath(media)
         return av.open(handle)
@@ -122,7 +126,9 @@ def _open(media: bytes | str | os.PathLike):
         raise MediaError("corrupt_video", f"{type(exc).__name__}: {exc}") from exc
 
 
-def _resampled(container, rate: Fraction, threads: int) -> Iterator[av.VideoFrame]:
+def _resampled(
+    container: av.container.InputContainer, rate: Fraction, threads: int
+) -> Iterator[av.VideoFrame]:
     """The first video stream's frames through ``fps=rate`` (upright, yuv420p)."""
     if not container.streams.video:
         raise MediaError("corrupt_video", "no video stream")
@@ -163,7 +169,9 @@ def _drain(graph: av.filter.Graph) -> Iterator[av.VideoFrame]:
             return
 
 
-def _mpeg4_stream(writer, first: av.VideoFrame, rate: Fraction, motion: MotionFieldConfig):
+def _mpeg4_stream(
+    writer: av.container.OutputContainer, first: av.VideoFrame, rate: Fraction, motion: MotionFieldConfig
+) -> av.video.stream.VideoStream:
     # no scene-change I-frames: the GOP stays regular
     stream = writer.add_stream("mpeg4", rate=rate, options={"sc_threshold": "1000000000"})
     stream.width, stream.height, stream.pix_fmt = first.width, first.height, "yuv420p"
