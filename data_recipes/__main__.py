@@ -25,8 +25,8 @@ RECIPES = {
     "inspect": inspect_shards,
     "features": features,
     "latent-stats": latent_stats,
-    "motion-cache": motion_cache,
     "motion": motion,
+    "motion-cache": motion_cache,
 }
 
 
