@@ -10,6 +10,7 @@ from data_recipes import (
     features,
     inspect_shards,
     latent_stats,
+    motion,
     motion_cache,
     synthetic,
     videollava,
@@ -24,6 +25,7 @@ RECIPES = {
     "inspect": inspect_shards,
     "features": features,
     "latent-stats": latent_stats,
+    "motion": motion,
     "motion-cache": motion_cache,
 }
 

@@ -10,7 +10,12 @@ matches). With --verify-synthetic, also checks that each synthetic sample's pixe
 what its caption says (colours, shape, direction). --show N prints the first N samples
 (media size, caption or first QA turn, video size/fps/duration); --contact-sheet OUT.png
 draws, for the first --sheet-rows samples, the 5 frames of one clip picked by the
-training sampler (an image: its static clip).
+training sampler (an image: its static clip). --motion extracts the Video-LaVIT motion
+clips (``data.motion`` defaults) of the first --motion-samples videos and prints, per
+video, its clips and their mean vector length, or why it has none (too short: no
+``no_motion_clip``, which motion training skips, is not counted as a problem); with
+--png-dir DIR it also draws each video's first clip (frames above flow colours, as
+``divot-data motion``) to DIR/<shard>_<key>.png.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import functools
 import glob
 import io
 import os
+import re
 import stat
 from collections import Counter
 from collections.abc import Iterator
@@ -31,9 +37,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_recipes.contact_sheet import compose_sheet, sample_row
+from data_recipes.motion import describe, draw_clip
 from divot_llm.cli.display import printable
+from divot_llm.config.schema import MotionFieldConfig
 from divot_llm.data.clip_sampling import probe_video
+from divot_llm.data.errors import MediaError
 from divot_llm.data.images import open_rgb
+from divot_llm.data.motion_vectors import motion_clips_from_stream, reencode_for_motion
 from divot_llm.data.sources import DataError, RawSample, SkipCounter, TarSource
 from divot_llm.data.synthetic import (
     COLORS,
@@ -66,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the reader's sample order and of the sheet's clips"
     )
+    parser.add_argument("--motion", action="store_true", help="extract and report motion-vector clips")
+    parser.add_argument(
+        "--motion-samples", type=int, default=8, metavar="N", help="videos to extract motion from (default 8)"
+    )
+    parser.add_argument("--png-dir", type=Path, help="with --motion: draw each video's first clip here")
 
 
 # ------------------------------------------------------------------------ shards
@@ -235,6 +250,25 @@ def _text_line(raw: RawSample) -> str:
     return "no text"
 
 
+def motion_report(raw: RawSample, name: str, shard: Path, png_dir: Path | None) -> list[str]:
+    """A video's motion clips (``data.motion`` defaults), one line each, or why it has none;
+    with ``png_dir`` the first clip drawn there."""
+    motion = MotionFieldConfig()
+    try:
+        stream = reencode_for_motion(raw.media, motion)
+        clips = motion_clips_from_stream(stream, motion)
+    except MediaError as exc:
+        return [f"{printable(name, 300)}: no motion clip ({exc.reason}): {printable(exc.detail, 300)}"]
+    lines = [f"{printable(name, 300)}: {len(clips.start_frames)} clips, {clips.num_frames} frames"]
+    lines += describe(clips)
+    if png_dir is not None:
+        png_dir.mkdir(parents=True, exist_ok=True)
+        out = png_dir / re.sub(r"[^\w.-]", "_", f"{shard.stem}_{raw.key.rsplit(':', 1)[-1]}.png")
+        draw_clip(stream, clips, 0, max_frames=12).save(out)
+        lines.append(f"  clip 0 -> {out}")
+    return lines
+
+
 def _sheet_row(raw: RawSample, index: int, args: argparse.Namespace) -> np.ndarray | None:
     rng = np.random.default_rng([args.seed, index])
     try:
@@ -252,6 +286,8 @@ class Findings:
     shard_problems: list[str] = field(default_factory=list)
     sample_problems: list[str] = field(default_factory=list)
     sheet_rows: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    motion_lines: list[str] = field(default_factory=list)
+    motion_videos: int = 0  # videos whose motion was extracted
 
 
 def inspect_shard(shard: Path, shown: str, args: argparse.Namespace, findings: Findings, bar: tqdm) -> None:
@@ -271,6 +307,9 @@ def inspect_shard(shard: Path, shown: str, args: argparse.Namespace, findings: F
             row = _sheet_row(raw, index, args)
             if row is not None:
                 findings.sheet_rows.append((printable(name.rsplit(":", 1)[-1], 24), row))
+        if args.motion and raw.media_kind == "video" and findings.motion_videos < args.motion_samples:
+            findings.motion_videos += 1
+            findings.motion_lines += motion_report(raw, name, shard, args.png_dir)
         problem = None if args.no_decode else check_sample(raw, args.verify_synthetic)
         if problem:
             findings.sample_problems.append(f"{printable(name, 300)}: {printable(problem, 300)}")
@@ -311,6 +350,10 @@ def run(args: argparse.Namespace) -> int:
     )
     _print_list("problem shards", findings.shard_problems, args.max_errors)
     _print_list("problem samples", findings.sample_problems, args.max_errors)
+    if args.motion:
+        print(f"motion: {findings.motion_videos} videos (data.motion defaults)")
+        for line in findings.motion_lines:
+            print("  " + line)
     if args.contact_sheet:
         if findings.sheet_rows:
             args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,9 @@ both steps run inside PyAV's bundled FFmpeg:
    filter (what ``ffmpeg -filter:v fps=6`` runs; display rotation applied first, as the
    ffmpeg command line does), encode MPEG-4 Part 2 (``mpeg4``) at ``motion.bitrate`` into a
    raw elementary stream in memory. Two choices differ from the ffmpeg command line on
-   purpose: scene-change I-frames are off (``sc_threshold``), so an I-frame comes exactly
-   every ``motion.gop`` frames and every GOP can start a clip; and the encoder runs on one
+   purpose: scene-change I-frames are off (``sc_threshold``; the source's keyframe flags
+   are cleared, as the command line does), so an I-frame comes exactly every
+   ``motion.gop`` frames and every GOP can start a clip; and the encoder runs on one
    thread, because the mpeg4 encoder splits a frame into one slice per thread and the
    vectors then depend on the machine's core count.
 2. ``pooled_motion``: decode that stream with ``flags2=+export_mvs`` and reduce each frame's
@@ -29,8 +30,11 @@ both steps run inside PyAV's bundled FFmpeg:
    antialias; newer torchvision defaults to antialias and changes fields by up to ~1.2).
 
 Where upstream differs: with fewer than two qualifying I-frames it falls back to every
-I-frame and pads clips that run past the end with empty frames; here a clip is always
-whole, and a video without one raises ``MediaError("no_motion_clip")``.
+I-frame and pads clips that run past the end with empty frames, and it lets B-frames sit
+between the two I-frames; here a clip is always whole and I, P..., I, and a video without
+one raises ``MediaError("no_motion_clip")``. On our own streams (no B-frames, regular
+GOPs) the two rules pick the same clips whenever at least two qualify; the fields then
+equal upstream's exactly (``tools/lavit_motion_fixture.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from av.sidedata.sidedata import SideDataContainer
 
 from divot_llm.config.schema import MotionFieldConfig
 from divot_llm.data.errors import MediaError
@@ -111,7 +116,7 @@ def reencode_for_motion(
     return out.getvalue()
 
 
-def _open(media: bytes | str | os.PathLike):
+def _open(media: bytes | str | os.PathLike) -> av.container.InputContainer:
     try:
         handle = io.BytesIO(media) if isinstance(media, (bytes, bytearray, memoryview)) else os.fspath(media)
         return av.open(handle)
@@ -121,7 +126,9 @@ def _open(media: bytes | str | os.PathLike):
         raise MediaError("corrupt_video", f"{type(exc).__name__}: {exc}") from exc
 
 
-def _resampled(container, rate: Fraction, threads: int) -> Iterator[av.VideoFrame]:
+def _resampled(
+    container: av.container.InputContainer, rate: Fraction, threads: int
+) -> Iterator[av.VideoFrame]:
     """The first video stream's frames through ``fps=rate`` (upright, yuv420p)."""
     if not container.streams.video:
         raise MediaError("corrupt_video", "no video stream")
@@ -162,7 +169,9 @@ def _drain(graph: av.filter.Graph) -> Iterator[av.VideoFrame]:
             return
 
 
-def _mpeg4_stream(writer, first: av.VideoFrame, rate: Fraction, motion: MotionFieldConfig):
+def _mpeg4_stream(
+    writer: av.container.OutputContainer, first: av.VideoFrame, rate: Fraction, motion: MotionFieldConfig
+) -> av.video.stream.VideoStream:
     # no scene-change I-frames: the GOP stays regular
     stream = writer.add_stream("mpeg4", rate=rate, options={"sc_threshold": "1000000000"})
     stream.width, stream.height, stream.pix_fmt = first.width, first.height, "yuv420p"
@@ -191,15 +200,25 @@ def pooled_motion(stream: bytes, motion: MotionFieldConfig, threads: int = 0) ->
             video.codec_context.options = {"flags2": "+export_mvs"}
             for frame in container.decode(video):
                 width, height = frame.width, frame.height
-                side = frame.side_data.get("MOTION_VECTORS")
-                vectors = side.to_ndarray() if side is not None and len(side) else None
-                cells.append(pool_frame_vectors(vectors, width, height, motion.block, std))
                 types.append(_FRAME_TYPE.get(frame.pict_type, "?"))
+                vectors = _frame_vectors(frame)
+                cells.append(pool_frame_vectors(vectors, width, height, motion.block, std))
     except av.error.FFmpegError as exc:
         raise MediaError("corrupt_video", f"re-encoded stream: {type(exc).__name__}: {exc}") from exc
     if not cells:
         raise MediaError("corrupt_video", "the re-encoded stream has no frames")
     return PooledMotion(np.stack(cells), np.asarray(types), width, height)
+
+
+def _frame_vectors(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's motion vectors (PyAV's structured array, copied out of the frame).
+
+    Not through ``frame.side_data``: the frame caches that container, which refers back to
+    the frame, and only a full garbage collection frees such a cycle -- a 30-s 1080p stream
+    piled up ~450 MB of decoded frames before one ran. A container of our own is freed with
+    the frame."""
+    side = SideDataContainer(frame).get("MOTION_VECTORS")
+    return side.to_ndarray().copy() if side is not None and len(side) else None
 
 
 def pool_frame_vectors(
