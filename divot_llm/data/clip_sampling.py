@@ -35,6 +35,12 @@ STRIDE = 4  # keep every 4th window frame plus the last -> 5 frames per clip
 # ----------------------------------------------------------------- index arithmetic
 
 
+def decoder_threads() -> int:
+    """Threads a video decoder may use here: one inside a dataloader worker (the workers
+    already use the cores), else 0 (the decoder's choice)."""
+    return 1 if torch.utils.data.get_worker_info() is not None else 0
+
+
 def clip_positions(window: int = WINDOW_FRAMES, stride: int = STRIDE) -> np.ndarray:
     """Positions kept from a window: 0, stride, 2*stride, ... plus the last (0,4,8,12,15)."""
     return np.asarray([*range(0, window, stride), window - 1]) if stride else np.arange(window)

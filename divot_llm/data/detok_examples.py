@@ -29,6 +29,7 @@ import torch
 from divot_llm.config.schema import DataConfig, SourceConfig
 from divot_llm.data.clip_sampling import (
     check_media_size,
+    decoder_threads,
     image_clip,
     plan_windows,
     probe_video,
@@ -139,8 +140,7 @@ def detok_example(
         video_fchw = still_detok_video(raw.media, spec, source)
         times_f = np.zeros(spec.num_frames)
     else:
-        # one decoder thread per dataloader worker: the workers already use the cores
-        threads = 1 if torch.utils.data.get_worker_info() is not None else 0
+        threads = decoder_threads()
         video_fchw, times_f = read_detok_video(
             raw.media, spec, clip_rng, source.min_resolution, source.min_aspect_ratio, threads
         )

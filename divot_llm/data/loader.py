@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from divot_llm.config.schema import DataConfig, MixMode, SourceConfig, SourceKind, Task
-from divot_llm.data.clip_sampling import clip_positions, image_clip, sample_video_clips
+from divot_llm.data.clip_sampling import clip_positions, decoder_threads, image_clip, sample_video_clips
 from divot_llm.data.collate import collate, pack
 from divot_llm.data.errors import MediaError
 from divot_llm.data.feature_cache import CacheInfo, FeatureCache
@@ -121,8 +121,7 @@ def sample_clips(
         stride=spec.stride,
         min_resolution=source.min_resolution,
         min_aspect_ratio=source.min_aspect_ratio,
-        # one decoder thread per dataloader worker: the workers already use the cores
-        threads=1 if torch.utils.data.get_worker_info() is not None else 0,
+        threads=decoder_threads(),
         as_uint8=True,  # converted on the accelerator (uint8_to_model_pixels): 4x fewer bytes to move
     )
 

@@ -20,6 +20,7 @@ import torch
 
 from divot_llm.config.schema import DataConfig, MotionFieldConfig, SourceConfig
 from divot_llm.data.cache_build import check_every_source_usable, read_clips, split_specs
+from divot_llm.data.clip_sampling import decoder_threads
 from divot_llm.data.errors import MediaError
 from divot_llm.data.loader import LoaderSpec
 from divot_llm.data.motion_cache import (
@@ -30,7 +31,7 @@ from divot_llm.data.motion_cache import (
     write_motion_info,
     write_motion_record,
 )
-from divot_llm.data.motion_examples import MotionExampleSpec, probe_for_motion, worker_threads
+from divot_llm.data.motion_examples import MotionExampleSpec, probe_for_motion
 from divot_llm.data.motion_vectors import motion_clips
 from divot_llm.data.sources import RawSample
 
@@ -106,7 +107,7 @@ def motion_record(
     try:
         info = probe_for_motion(raw)
         size = (info.width, info.height)
-        clips = motion_clips(raw.media, motion, worker_threads())
+        clips = motion_clips(raw.media, motion, decoder_threads())
     except MediaError as exc:
         return MotionRecord(None, None, size, (exc.reason, exc.detail))
     return MotionRecord(clips.fields, clips.start_frames, size)

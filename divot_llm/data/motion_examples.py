@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from divot_llm.config.schema import DataConfig, MotionFieldConfig, SourceConfig
-from divot_llm.data.clip_sampling import VideoInfo, check_media_size, probe_video
+from divot_llm.data.clip_sampling import VideoInfo, check_media_size, decoder_threads, probe_video
 from divot_llm.data.errors import MediaError
 from divot_llm.data.loader import DivotLoader, build_loader, cache_group, sample_rngs
 from divot_llm.data.motion_cache import MotionCache, MotionCacheInfo, load_motion_record
@@ -79,11 +79,6 @@ def probe_for_motion(raw: RawSample) -> VideoInfo:
     return probe_video(raw.media)
 
 
-def worker_threads() -> int:
-    """Decoder threads: one per dataloader worker (the workers already use the cores)."""
-    return 1 if torch.utils.data.get_worker_info() is not None else 0
-
-
 def clip_index(num_clips: int, start_index: int | None, rng: np.random.Generator) -> int:
     """Which of a video's ``num_clips`` clips an example takes: ``start_index`` (clamped to
     the last clip) when the source fixes it, else a random one."""
@@ -112,7 +107,7 @@ def motion_example(
     else:
         info = probe_for_motion(raw)
         check_media_size(info.width, info.height, source.min_resolution, source.min_aspect_ratio)
-        clips = motion_clips(raw.media, spec.motion, worker_threads())
+        clips = motion_clips(raw.media, spec.motion, decoder_threads())
         values, start_frames = clips.fields, clips.start_frames
     k = clip_index(len(start_frames), source.start_index, clip_rng)
     return {

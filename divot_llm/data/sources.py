@@ -67,9 +67,10 @@ TASK_TEXT = {"pretrain_comp": "captions", "pretrain_gen": "captions", "sft_gen":
 # so that a few bad records at the start cannot stop a run.
 SKIP_RATE_MIN_RECORDS = 100
 NOT_SKIPS = ("truncated_kept",)  # counted with the skips, but the sample was used
-# Records the source's own settings filter out (min_resolution, min_aspect_ratio): not bad
-# data, so they do not count towards the skip rate (they do count as records read).
-FILTERED = ("too_small", "bad_aspect_ratio")
+# Records the settings filter out (min_resolution, min_aspect_ratio; no_motion_clip: a video
+# too short for one data.motion clip): not bad data, so they do not count towards the skip
+# rate (they do count as records read).
+FILTERED = ("too_small", "bad_aspect_ratio", "no_motion_clip")
 
 
 # ------------------------------------------------------------------------ samples

@@ -29,6 +29,7 @@ import torch
 from divot_llm.config.schema import DataConfig, SourceConfig
 from divot_llm.data.clip_sampling import (
     check_media_size,
+    decoder_threads,
     image_clip,
     probe_video,
     read_frames_at,
@@ -160,8 +161,7 @@ def vidtok_example(
                           min_aspect_ratio=source.min_aspect_ratio)  # fmt: skip
         video_fchw, indices_f = clip[0], np.zeros(spec.num_frames, dtype=np.int64)
     else:
-        # one decoder thread per dataloader worker: the workers already use the cores
-        threads = 1 if torch.utils.data.get_worker_info() is not None else 0
+        threads = decoder_threads()
         video_fchw, indices_f = read_vidtok_clip(raw.media, spec, source, clip_rng, threads)
     return {
         "video": video_fchw,
