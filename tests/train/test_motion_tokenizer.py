@@ -4,7 +4,7 @@ tokenizer, and the stage through the trainer in-process (1 rank, real DeepSpeed 
 the synthetic set's motion fields at gop 6, 10 x 18): validation MSE below the zero-motion
 guess's, codebook perplexity above a floor, SIGTERM + resume=auto equal to the
 uninterrupted run (losses and the codebook bit for bit), and the export's round trip; and
-two real gloo ranks (forked) keeping one codebook."""
+two real gloo ranks (spawned) keeping one codebook."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from divot_llm.train import checkpoint
 from divot_llm.train.stages import make_stage
 from divot_llm.train.trainer import FINISHED, INTERRUPTED
 from tests.train.conftest import read_metrics, run_trainer, sigterm_at
+from tests.train.motion_ema_ranks import ema_inputs, ema_rank
 
 
 def test_ema_codebook_follows_the_assigned_latents_and_restarts_dead_codes(ds_process_group):
@@ -207,50 +208,15 @@ def test_motion_tokenizer_resumes_exactly(motion_run, train_data, tmp_path):
         assert torch.equal(ours.state_dict()[name], tensor), name  # the codebook and EMA state included
 
 
-def _ema_rank(rank: int, store: str, out: str) -> None:
-    """One of two gloo ranks: the same start codebook, its own latents; a few updates."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        for restart_threshold in (0.0, 0.5):
-            codebook_kd, ema, z_snd, codes_sn = _ema_inputs(restart_threshold, rank)
-            for z_nd, codes_n in zip(z_snd, codes_sn, strict=True):
-                ema.update(codebook_kd, z_nd, codes_n)
-            torch.save(
-                {"codebook": codebook_kd, **ema.state_dict()}, f"{out}/rank{rank}_{restart_threshold}.pt"
-            )
-    finally:
-        dist.destroy_process_group()
-
-
-def _ema_inputs(restart_threshold: float, rank: int | None):
-    """Start codebook (8 x 4) and EMA, and 3 steps of latents: rank r's (5 each, its own
-    seed), or both ranks' concatenated (rank None)."""
-    start_kd = torch.nn.functional.normalize(
-        torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=1
-    )
-    ema = EmaCodebook(start_kd, MotionVQConfig(ema_decay=0.7, restart_threshold=restart_threshold), seed=3)
-    ranks = [rank] if rank is not None else [0, 1]
-    steps = []
-    for step in range(3):
-        z_nd = torch.cat([
-            torch.nn.functional.normalize(torch.randn(5, 4, generator=torch.Generator().manual_seed(10 * r + step)), dim=1)
-            for r in ranks
-        ])  # fmt: skip
-        steps.append(z_nd)
-    codes = [(z_nd @ start_kd.T).argmax(dim=1) for z_nd in steps]  # any assignment will do
-    return start_kd.clone(), ema, steps, codes
-
-
 def test_two_ranks_keep_one_codebook_equal_to_one_process_over_both_batches(tmp_path):
     """Two real gloo ranks with different latents: without restarts their codebooks and
     averages equal one process's over both batches (the all-reduce sums them); with
     restarts the ranks still agree bit for bit (rank 0's latents, broadcast)."""
     import torch.multiprocessing as mp
 
+    # spawned, not forked: a forked child would inherit this process's 1-rank group
     mp.start_processes(
-        _ema_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="fork"
+        ema_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn"
     )
     saved = {
         (rank, threshold): torch.load(tmp_path / f"rank{rank}_{threshold}.pt", weights_only=True)
@@ -263,7 +229,7 @@ def test_two_ranks_keep_one_codebook_equal_to_one_process_over_both_batches(tmp_
     # the restarts did restart codes (else the second case would test nothing new)
     assert not torch.equal(saved[0, 0.5]["codebook"], saved[0, 0.0]["codebook"])
 
-    codebook_kd, ema, z_snd, codes_sn = _ema_inputs(0.0, None)
+    codebook_kd, ema, z_snd, codes_sn = ema_inputs(0.0, None)
     for z_nd, codes_n in zip(z_snd, codes_sn, strict=True):
         ema.update(codebook_kd, z_nd, codes_n)
     assert torch.allclose(saved[0, 0.0]["codebook"], codebook_kd, atol=1e-6)
