@@ -18,34 +18,17 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import load_file
 
 from divot_llm.config import load_saved_config
 from divot_llm.config.loading import RESOLVED_CONFIG_NAME
 from divot_llm.detokenizers.training import TokenizerDiffusionObjective
+from divot_llm.export.trained import load_trained_tensors
 from divot_llm.export.zero import resolve_checkpoint
 from divot_llm.layout import DETOKENIZER_DIR, EMA_FILE, VIDEO_TOKENIZER_DIR
 from divot_llm.train.ema import load_averaged
 from divot_llm.train.stages import stage_class
-
-
-def load_trained_tensors(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a checkpoint's trainable tensors (plus any buffers it carries) into a rebuilt
-    module whose frozen weights are already in place.
-
-    Raises:
-        ValueError: a trainable parameter the checkpoint lacks, or a tensor the module
-            does not have (the checkpoint is of another stage or config).
-    """
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    untrained = sorted(set(missing) & {n for n, p in module.named_parameters() if p.requires_grad})
-    if untrained or unexpected:
-        raise ValueError(
-            "the checkpoint does not fit the stage's module: "
-            f"trainable but not saved: {untrained[:5]}, unknown: {sorted(unexpected)[:5]}"
-        )
 
 
 def detok_checkpoint_to_pretrained(

@@ -16,12 +16,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-from divot_llm.config import load_saved_config
-from divot_llm.config.loading import RESOLVED_CONFIG_NAME
-from divot_llm.export.detokenizer import load_trained_tensors
-from divot_llm.export.zero import resolve_checkpoint
+from divot_llm.export.trained import trained_module
 from divot_llm.tokenizers.motion.registry import build_motion_tokenizer
 from divot_llm.train.stages.motion_tokenizer import build_motion_objective
 
@@ -45,17 +40,10 @@ def motion_tokenizer_checkpoint_to_pretrained(
         CheckpointError: no complete checkpoint at ``checkpoint``.
         ValueError: the checkpoint is not of stage motion_tokenizer, or lacks a trained tensor.
     """
-    ckpt = resolve_checkpoint(checkpoint)  # refuses half-written / incomplete checkpoints
-    cfg = load_saved_config(ckpt.dir / RESOLVED_CONFIG_NAME)
-    if cfg.stage.name != "motion_tokenizer":
-        raise ValueError(f"{ckpt.dir} is a {cfg.stage.name} checkpoint, not a motion_tokenizer one")
-    objective = build_motion_objective(cfg)  # fp32, CPU, from the run's starting weights
-    state = get_fp32_state_dict_from_zero_checkpoint(
-        str(ckpt.dir), tag=ckpt.tag, exclude_frozen_parameters=True
-    )
+    # fp32, CPU, from the run's starting weights
+    cfg, state, objective = trained_module(checkpoint, "motion_tokenizer", build_motion_objective)
     if TOKENIZER_PREFIX + "quantize.embedding.weight" not in state:
-        raise ValueError(f"{ckpt.dir} holds no codebook (tokenizer.quantize.embedding.weight)")
-    load_trained_tensors(objective, state)
+        raise ValueError(f"{checkpoint} holds no codebook (tokenizer.quantize.embedding.weight)")
     weights = {
         name.removeprefix(TOKENIZER_PREFIX): tensor.detach().contiguous()
         for name, tensor in objective.state_dict().items()

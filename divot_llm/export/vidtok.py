@@ -18,12 +18,8 @@ import os
 from pathlib import Path
 
 import torch
-from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-from divot_llm.config import load_saved_config
-from divot_llm.config.loading import RESOLVED_CONFIG_NAME
-from divot_llm.export.detokenizer import load_trained_tensors
-from divot_llm.export.zero import resolve_checkpoint
+from divot_llm.export.trained import trained_module
 from divot_llm.layout import VIDEO_TOKENIZER_DIR
 from divot_llm.tokenizers import build_video_tokenizer
 from divot_llm.train.stages.vidtok import build_vidtok_models
@@ -47,15 +43,8 @@ def vidtok_checkpoint_to_pretrained(checkpoint: str | os.PathLike, out_dir: str 
         CheckpointError: no complete checkpoint at ``checkpoint``.
         ValueError: the checkpoint is not of stage vidtok.
     """
-    ckpt = resolve_checkpoint(checkpoint)  # refuses half-written / incomplete checkpoints
-    cfg = load_saved_config(ckpt.dir / RESOLVED_CONFIG_NAME)
-    if cfg.stage.name != "vidtok":
-        raise ValueError(f"{ckpt.dir} is a {cfg.stage.name} checkpoint, not a vidtok one")
-    objective, _ = build_vidtok_models(cfg)  # fp32, CPU, a frozen half as the run had it
-    state = get_fp32_state_dict_from_zero_checkpoint(
-        str(ckpt.dir), tag=ckpt.tag, exclude_frozen_parameters=True
-    )
-    load_trained_tensors(objective, state)
+    # fp32, CPU, a frozen half as the run had it
+    cfg, _, objective = trained_module(checkpoint, "vidtok", lambda cfg: build_vidtok_models(cfg)[0])
     weights = {
         name: tensor.detach().contiguous()
         for name, tensor in objective.autoencoder.state_dict().items()

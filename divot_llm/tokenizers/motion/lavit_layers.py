@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from divot_llm.tokenizers.divot_layers import ViTMlp
 from divot_llm.tokenizers.motion.lavit_config import LaVITMotionConfig
 
 # Every layer norm of the release (blocks and the final ones) uses eps 1e-5: the
@@ -54,17 +55,6 @@ class BiasedQVAttention(nn.Module):
         return self.proj(out_bhnc.transpose(1, 2).reshape(batch, length, dim))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class SpaceTimeBlock(nn.Module):
     """Factorized attention: each frame's positions attend to each other, then each
     position's frames, then the MLP (pre-norm residuals)."""
@@ -76,7 +66,7 @@ class SpaceTimeBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=NORM_EPS)
         self.temporal_attention = BiasedQVAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=NORM_EPS)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = ViTMlp(dim, int(dim * mlp_ratio))  # fc1, GELU, fc2: the released keys
 
     def forward(self, x_btsd: torch.Tensor) -> torch.Tensor:
         batch, frames, positions, dim = x_btsd.shape
