@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from divot_llm.layout import EXPORT_INFO
@@ -105,37 +106,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export_detokenizer(args) -> int:
-    from divot_llm.export import CheckpointError
     from divot_llm.export.detokenizer import detok_checkpoint_to_pretrained
 
-    try:
-        out = detok_checkpoint_to_pretrained(args.checkpoint, args.out, raw=args.raw)
-    except (CheckpointError, ValueError) as exc:
-        print(f"divot-export: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {', '.join(str(p) for p in sorted(Path(out).iterdir()))}")
-    return 0
+    return _write_folder(lambda: detok_checkpoint_to_pretrained(args.checkpoint, args.out, raw=args.raw))
 
 
 def _export_vidtok(args) -> int:
-    from divot_llm.export import CheckpointError
     from divot_llm.export.vidtok import vidtok_checkpoint_to_pretrained
 
-    try:
-        out = vidtok_checkpoint_to_pretrained(args.checkpoint, args.out)
-    except (CheckpointError, ValueError) as exc:
-        print(f"divot-export: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {', '.join(str(p) for p in sorted(Path(out).iterdir()))}")
-    return 0
+    return _write_folder(lambda: vidtok_checkpoint_to_pretrained(args.checkpoint, args.out))
 
 
 def _export_motion_tokenizer(args) -> int:
-    from divot_llm.export import CheckpointError
     from divot_llm.export.motion_tokenizer import motion_tokenizer_checkpoint_to_pretrained
 
+    return _write_folder(lambda: motion_tokenizer_checkpoint_to_pretrained(args.checkpoint, args.out))
+
+
+def _write_folder(export: Callable[[], Path]) -> int:
+    """Run one checkpoint export and name the files it wrote; a checkpoint it refuses is one line."""
+    from divot_llm.export import CheckpointError
+
     try:
-        out = motion_tokenizer_checkpoint_to_pretrained(args.checkpoint, args.out)
+        out = export()
     except (CheckpointError, ValueError) as exc:
         print(f"divot-export: {exc}", file=sys.stderr)
         return 1
