@@ -176,7 +176,7 @@ def test_motion_tokenizer_learns_validates_and_exports(motion_run, tmp_path):
     # the codebook travels in the checkpoint as a buffer of the module (frozen parameters
     # are left out of our checkpoints), and the export loads back as the trained tokenizer
     engine_dir = out / "checkpoints" / checkpoint.step_dir_name(STEPS) / "engine"
-    saved = torch.load(next(engine_dir.rglob("mp_rank_00_model_states.pt")), weights_only=False)
+    saved = torch.load(next(engine_dir.rglob("mp_rank_00_model_states.pt")), weights_only=True)
     assert "tokenizer.quantize.embedding.weight" in saved["buffer_names"]
     assert export_main(["motion-tokenizer", str(out), str(tmp_path / "export")]) == 0
     loaded = load_motion_tokenizer(tmp_path / "export")
