@@ -70,6 +70,8 @@ def ds_process_group():
     import deepspeed.ops
     import torch.distributed as dist
 
+    from divot_llm.train.engine import skip_deepspeed_muon
+
     if not dist.is_initialized():
         os.environ.update(
             RANK="0",
@@ -81,6 +83,7 @@ def ds_process_group():
         )
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="gloo")
+    skip_deepspeed_muon()  # engines built here without build_engine start as fast too
     yield dist
 
 

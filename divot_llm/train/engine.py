@@ -17,6 +17,8 @@ from a plain ``deepspeed.initialize(config=...)``:
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 import torch
@@ -134,6 +136,36 @@ def build_optimizer(
     return torch.optim.AdamW(groups, fused=True, **kwargs)
 
 
+# DeepSpeed's ZeRO optimizers import its Muon optimizer (to ask whether ours is one), and that
+# module torch.compile's its kernels when imported: torch._dynamo and inductor, ~2 s of every
+# process that builds an engine (each rank of every launch). We build AdamW only
+# (``build_optimizer``), so those two modules are replaced by stand-ins: a class nothing is
+# an instance of, and an update that refuses to run.
+DEEPSPEED_MUON_MODULES = (
+    "deepspeed.runtime.zero.muon.muon_optimizer",
+    "deepspeed.runtime.zero.muon.original_muon",
+)
+
+
+class _NotMuon:
+    """Stands for DeepSpeed's ``MuonWithAuxAdam``: no optimizer here is one."""
+
+
+def _no_muon_update(*args, **kwargs):
+    raise RuntimeError("DeepSpeed's Muon optimizer is not available in divot-llm (it trains with AdamW)")
+
+
+def skip_deepspeed_muon() -> None:
+    """Put the stand-ins for DeepSpeed's Muon modules in ``sys.modules`` (see above); a
+    process that imported the real ones keeps them."""
+    if DEEPSPEED_MUON_MODULES[0] in sys.modules or DEEPSPEED_MUON_MODULES[1] in sys.modules:
+        return
+    optimizer, update = (types.ModuleType(name) for name in DEEPSPEED_MUON_MODULES)
+    optimizer.MuonWithAuxAdam = _NotMuon
+    update.muon_update = _no_muon_update
+    sys.modules.update(zip(DEEPSPEED_MUON_MODULES, (optimizer, update), strict=True))
+
+
 def build_engine(
     model: nn.Module,
     cfg: DivotConfig,
@@ -156,6 +188,7 @@ def build_engine(
 
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("the model has no trainable parameters (check stage.* and model.lora)")
+    skip_deepspeed_muon()
     optim = optim or cfg.optim
     optimizer = build_optimizer(model, cfg, optim)
     config = deepspeed_config(cfg, world_size, dtype, on_gpu=device.type == "cuda", optim=optim)

@@ -59,9 +59,12 @@ def main(tokenizer_dir: str, out_dir: str, zero_stages: list[int]) -> None:
     import deepspeed
     import deepspeed.ops
 
+    from divot_llm.train.engine import skip_deepspeed_muon
+
     torch.set_num_threads(1)
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no JIT build; gloo does it all
     deepspeed.init_distributed(dist_backend="gloo")
+    skip_deepspeed_muon()
     for zero_stage in zero_stages:
         step(tokenizer_dir, out_dir, zero_stage)
 
