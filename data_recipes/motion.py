@@ -15,16 +15,19 @@ drawn frames' vector lengths, so that a few stray vectors do not wash the rest o
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
-import av
 import numpy as np
 
 from divot_llm.config import compose_config
 from divot_llm.config.schema import MotionFieldConfig
 from divot_llm.data.errors import MediaError
-from divot_llm.data.motion_vectors import MotionClips, motion_clips_from_stream, reencode_for_motion
+from divot_llm.data.motion_vectors import (
+    MotionClips,
+    motion_clips_from_stream,
+    reencode_for_motion,
+    stream_frames,
+)
 from divot_llm.data.motion_viz import motion_strip
 
 FRAME_SIDE = 144  # px: clip frames are decoded at most this wide for the picture
@@ -45,21 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def stream_frames(stream: bytes, indices: np.ndarray, max_width: int = FRAME_SIDE) -> np.ndarray:
-    """(len(indices), h, w, 3) uint8 RGB frames of a re-encoded stream, at most ``max_width`` wide."""
-    wanted = set(int(i) for i in indices)
-    frames: dict[int, np.ndarray] = {}
-    with av.open(io.BytesIO(stream), format="m4v") as container:
-        for number, frame in enumerate(container.decode(video=0)):
-            if number in wanted:
-                width = min(max_width, frame.width)
-                height = max(1, round(frame.height * width / frame.width))
-                frames[number] = frame.to_ndarray(format="rgb24", width=width, height=height)
-            if number >= max(wanted):
-                break
-    return np.stack([frames[int(i)] for i in indices])
-
-
 def describe(clips: MotionClips) -> list[str]:
     """One line per clip: where it starts and how much it moves."""
     lines = []
@@ -75,7 +63,7 @@ def describe(clips: MotionClips) -> list[str]:
 def draw_clip(stream: bytes, clips: MotionClips, clip: int, max_frames: int):
     """The clip's frames above its flow colours (a PIL image)."""
     start = int(clips.start_frames[clip])
-    frames = stream_frames(stream, np.arange(start, start + clips.fields.shape[2]))
+    frames = np.stack(stream_frames(stream, np.arange(start, start + clips.fields.shape[2]), FRAME_SIDE))
     return motion_strip(clips.fields[clip], frames, max_frames=max_frames)
 
 

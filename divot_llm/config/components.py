@@ -35,9 +35,10 @@ COMPONENT_PACKAGES: dict[str, str] = {
     "video_tokenizer": "divot_llm.tokenizers",
     "detokenizer": "divot_llm.detokenizers",
     "motion_tokenizer": "divot_llm.tokenizers.motion",
+    "keyframe_tokenizer": "divot_llm.tokenizers.keyframe",
 }
 # groups a config may leave empty (null): only the stages that use them need one
-OPTIONAL_GROUPS: frozenset[str] = frozenset({"motion_tokenizer"})
+OPTIONAL_GROUPS: frozenset[str] = frozenset({"motion_tokenizer", "keyframe_tokenizer"})
 SCHEMA_PREFIX = "schema_"  # an option's defaults list names its schema schema_<arch>
 CONFIG_MODULE_SUFFIX = "_config"  # <arch>_config.py: a component's schema alone
 

@@ -4,7 +4,8 @@ Hydra merges each YAML in ``conf/`` onto these dataclasses, so a misspelt key
 (``lora.rnak``) or a wrong type (``optim.lr=fast``) fails at start-up with a message
 that names the key, instead of being silently ignored half-way through a 7B run.
 
-The component groups (``video_tokenizer``, ``detokenizer``, ``motion_tokenizer``) have no schema here: each
+The component groups (``video_tokenizer``, ``detokenizer``, ``motion_tokenizer``,
+``keyframe_tokenizer``) have no schema here: each
 component brings its own config dataclass, next to its class, and the option's defaults
 list pulls it in as ``schema_<arch>`` (see ``divot_llm/config/components.py``); their
 top-level fields are typed ``Any`` so that each option can bring its schema.
@@ -504,6 +505,7 @@ class DivotConfig:
     video_tokenizer: Any = MISSING  # the chosen tokenizer's config dataclass (its schema_<arch>)
     detokenizer: Any = MISSING  # the chosen de-tokenizer's config dataclass
     motion_tokenizer: Any = None  # the chosen motion tokenizer's config dataclass (optional group)
+    keyframe_tokenizer: Any = None  # the chosen keyframe (image) tokenizer's config dataclass (optional group)
     data: DataConfig = field(default_factory=DataConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

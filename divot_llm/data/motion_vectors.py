@@ -285,6 +285,40 @@ def clip_fields(pooled: PooledMotion, starts: np.ndarray, motion: MotionFieldCon
     return resized.reshape(k, f, c, motion.height, motion.width).permute(0, 2, 1, 3, 4).contiguous()
 
 
+def stream_frames(
+    stream: bytes, indices: np.ndarray | Sequence[int], max_width: int | None = None, threads: int = 0
+) -> list[np.ndarray]:
+    """RGB uint8 frames ``(h, w, 3)`` of a ``reencode_for_motion`` stream by frame index
+    (``MotionClips.start_frames`` count in the same frames): a clip's keyframe is
+    ``start_frames[k]``, its frames the ``clip_frames`` from there. Decodes forward and
+    stops after the last index; ``max_width`` scales wider frames down (aspect kept).
+
+    Raises:
+        MediaError: ``corrupt_video`` when the stream is unreadable or shorter than an index.
+    """
+    order = [int(i) for i in indices]
+    wanted = set(order)
+    frames: dict[int, np.ndarray] = {}
+    try:
+        with av.open(io.BytesIO(stream), format="m4v") as container:
+            video = container.streams.video[0]
+            video.thread_type = "AUTO"
+            video.codec_context.thread_count = threads
+            for number, frame in enumerate(container.decode(video)):
+                if number in wanted:
+                    width = frame.width if max_width is None else min(max_width, frame.width)
+                    height = max(1, round(frame.height * width / frame.width))
+                    frames[number] = frame.to_ndarray(format="rgb24", width=width, height=height)
+                if number >= max(wanted, default=-1):
+                    break
+    except av.error.FFmpegError as exc:
+        raise MediaError("corrupt_video", f"re-encoded stream: {type(exc).__name__}: {exc}") from exc
+    missing = wanted - frames.keys()
+    if missing:
+        raise MediaError("corrupt_video", f"the re-encoded stream has no frame {min(missing)}")
+    return [frames[i] for i in order]
+
+
 def motion_clips_from_stream(stream: bytes, motion: MotionFieldConfig, threads: int = 0) -> MotionClips:
     """``motion_clips`` of an already re-encoded stream (``reencode_for_motion``)."""
     pooled = pooled_motion(stream, motion, threads)

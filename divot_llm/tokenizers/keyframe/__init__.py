@@ -1,0 +1,1 @@
+"""Keyframe (image) tokenizers: Video-LaVIT's dynamic visual tokenizer (``lavit``)."""
