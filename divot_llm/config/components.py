@@ -36,9 +36,10 @@ COMPONENT_PACKAGES: dict[str, str] = {
     "detokenizer": "divot_llm.detokenizers",
     "motion_tokenizer": "divot_llm.tokenizers.motion",
     "keyframe_tokenizer": "divot_llm.tokenizers.keyframe",
+    "motion_detokenizer": "divot_llm.detokenizers.motion",
 }
 # groups a config may leave empty (null): only the stages that use them need one
-OPTIONAL_GROUPS: frozenset[str] = frozenset({"motion_tokenizer", "keyframe_tokenizer"})
+OPTIONAL_GROUPS: frozenset[str] = frozenset({"motion_tokenizer", "keyframe_tokenizer", "motion_detokenizer"})
 SCHEMA_PREFIX = "schema_"  # an option's defaults list names its schema schema_<arch>
 CONFIG_MODULE_SUFFIX = "_config"  # <arch>_config.py: a component's schema alone
 

@@ -5,7 +5,7 @@ Hydra merges each YAML in ``conf/`` onto these dataclasses, so a misspelt key
 that names the key, instead of being silently ignored half-way through a 7B run.
 
 The component groups (``video_tokenizer``, ``detokenizer``, ``motion_tokenizer``,
-``keyframe_tokenizer``) have no schema here: each
+``keyframe_tokenizer``, ``motion_detokenizer``) have no schema here: each
 component brings its own config dataclass, next to its class, and the option's defaults
 list pulls it in as ``schema_<arch>`` (see ``divot_llm/config/components.py``); their
 top-level fields are typed ``Any`` so that each option can bring its schema.
@@ -506,6 +506,7 @@ class DivotConfig:
     detokenizer: Any = MISSING  # the chosen de-tokenizer's config dataclass
     motion_tokenizer: Any = None  # the chosen motion tokenizer's config dataclass (optional group)
     keyframe_tokenizer: Any = None  # the chosen keyframe (image) tokenizer's config dataclass (optional group)
+    motion_detokenizer: Any = None  # keyframe + motion -> clip de-tokenizer's config dataclass (optional group)
     data: DataConfig = field(default_factory=DataConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
