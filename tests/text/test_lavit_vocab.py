@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
-from divot_llm.model.lavit_vocab import LaVITVocab, VideoTokenConstraint
+from divot_llm.text.lavit_vocab import LaVITVocab, VideoTokenConstraint
 
 SMALL = LaVITVocab(text_size=50, visual_codes=30, motion_codes=20, motion_tokens=6)
 EOS = 2
