@@ -203,6 +203,30 @@ class ResamplerConfig:
     layers: int = checked(1, ge=1)  # cross-attention layers on each side
 
 
+# model.lavit.keyframe_input: how the LLM reads a keyframe (divot_llm/model/lavit_llm.py)
+LAVIT_KEYFRAME_INPUTS = ("codes", "features")
+LAVIT_FAMILIES = ("llama", "mistral")
+
+
+@dataclass
+class LaVITModelConfig:
+    """Video-LaVIT's LLM over text + keyframe codes + motion codes (``model.lavit``;
+    ``divot_llm/model/lavit_llm.py``): the id layout of ``divot_llm.text.lavit_vocab`` on
+    top of the text tokenizer's vocabulary (``model.llm.vocab_size``)."""
+
+    # the architecture of a random build from model.llm's shape fields (tests); a loaded
+    # folder (model.llm.path: a released language_model/) brings its own
+    family: str = checked("llama", choices=LAVIT_FAMILIES)
+    visual_codes: int = checked(16384, ge=1)  # the keyframe tokenizer's codebook
+    motion_codes: int = checked(1024, ge=1)  # the motion tokenizer's codebook
+    motion_tokens: int = checked(135, ge=1)  # motion codes per clip
+    max_visual_tokens: int = checked(256, ge=1)  # the most keyframe codes generation draws
+    # codes: a keyframe enters as its visual-code ids (what generation writes); features:
+    # the keyframe tokenizer's continuous features replace those ids' embeddings (the
+    # release's understanding path; the data then brings ``keyframe_feats``)
+    keyframe_input: str = checked("codes", choices=LAVIT_KEYFRAME_INPUTS)
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -218,6 +242,8 @@ class ModelConfig:
     resampler: ResamplerConfig = field(default_factory=ResamplerConfig)
     lm_loss_scale: float = checked(1.0, ge=0)
     gmm_loss_scale: float = checked(1.0, ge=0)  # weight of the generation head's loss (any head)
+    # Video-LaVIT's LLM (model=lavit_tiny | lavit_7b; stage=lavit_pretrain | lavit_sft); null: Divot's
+    lavit: LaVITModelConfig | None = None
 
 
 # --------------------------------------------------------------------------- data
