@@ -6,7 +6,10 @@ Re-encodes every train and validation video as the motion loader does (data.moti
 writes every clip's motion field, in fp16, one safetensors file per sample. With --tokens
 the config's motion tokenizer (motion_tokenizer=...) encodes the clips and the cache holds
 their codes instead. Train with data.motion_cache=<out>; a run whose data.motion (or motion
-tokenizer) differs refuses the cache. Re-running resumes. With several processes or GPUs,
+tokenizer) differs refuses the cache. With --tokens and a keyframe tokenizer
+(keyframe_tokenizer=...) every clip's keyframe (its first frame in the re-encoded stream,
+resized to the tokenizer's input) is encoded too and every image gets its keyframe codes:
+the tokens cache Video-LaVIT's LLM trains on (stage=lavit_pretrain | lavit_sft). Re-running resumes. With several processes or GPUs,
 run N commands with --shard I/N (and --device cuda:I) into the same --out.
 """
 
@@ -22,7 +25,7 @@ from data_recipes.features import add_encoding_arguments, add_shard_argument, de
 from divot_llm.config import compose_config
 from divot_llm.config.schema import DivotConfig
 from divot_llm.data.motion_cache import MotionCacheInfo, motion_tokenizer_fingerprint
-from divot_llm.data.motion_cache_build import Encode, build_motion_cache
+from divot_llm.data.motion_cache_build import Encode, EncodeKeyframes, build_motion_cache
 from divot_llm.runtime import seed_everything
 from divot_llm.tokenizers.motion.registry import MOTION_TOKENIZERS
 
@@ -66,19 +69,41 @@ def tokens_encoder(cfg: DivotConfig, args: argparse.Namespace) -> tuple[MotionCa
     return MotionCacheInfo.of(motion, config.name, fingerprint), encode
 
 
+def keyframe_encoder(cfg: DivotConfig, args: argparse.Namespace) -> tuple[str, str, int, EncodeKeyframes]:
+    """The config's keyframe tokenizer as the cache's keyframe encoder: (its name, its
+    fingerprint, its input size, encode)."""
+    from divot_llm.tokenizers.keyframe.registry import KEYFRAME_TOKENIZERS, build_keyframe_tokenizer
+
+    _, config = KEYFRAME_TOKENIZERS.resolve(cfg.keyframe_tokenizer)
+    device, dtype = device_and_dtype(args)
+    seed_everything(cfg.train.seed)  # a random-init tokenizer (tiny configs) is then reproducible
+    tokenizer = build_keyframe_tokenizer(cfg.keyframe_tokenizer).to(device, dtype).eval()
+    fingerprint = motion_tokenizer_fingerprint(tokenizer, dataclasses.asdict(config))
+
+    def encode(images_b3ss: torch.Tensor) -> list[torch.Tensor]:
+        return tokenizer.encode(images_b3ss.to(device))
+
+    return config.name, fingerprint, tokenizer.input_size, encode
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = compose_config(args.overrides)
+    keyframes, keyframe_size = None, 224
     if args.tokens:
         try:
             info, encode = tokens_encoder(cfg, args)
         except ValueError as exc:
             print(f"error: {exc}")
             return 2
+        if cfg.keyframe_tokenizer is not None:
+            name, fingerprint, keyframe_size, keyframes = keyframe_encoder(cfg, args)
+            info = dataclasses.replace(info, keyframe_tokenizer=name, keyframe_fingerprint=fingerprint)
     else:
         info, encode = MotionCacheInfo.of(cfg.data.motion), None
     with tqdm(desc="motion", unit="video") as bar:
         counts = build_motion_cache(cfg.data, info, args.out, encode, workers=args.workers, shard=args.shard,
-                                    batch_clips=args.batch_clips, progress=bar.update)  # fmt: skip
+                                    batch_clips=args.batch_clips, progress=bar.update, keyframes=keyframes,
+                                    keyframe_size=keyframe_size)  # fmt: skip
     print(f"motion cache {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     read = sum(counts.values()) - counts["already_cached"]  # the samples this run looked at
     skipped = read - counts["written"]

@@ -10,6 +10,13 @@ Layout (one safetensors file per sample read, named as in the feature cache)::
         codes         (K, N) int32              the motion tokenizer's codes of each clip (a tokens cache)
         start_frames  (K,) int64                each clip's I-frame in the re-encoded stream
         size          (2,) int64                the video's displayed width and height
+        keyframe_codes    (sum n_k,) int32      with a keyframe tokenizer (Video-LaVIT's LLM data):
+        keyframe_lengths  (K,) int64            each clip's keyframe codes, concatenated, and their counts
+
+With a keyframe tokenizer a clip's keyframe is frame ``start_frames[k]`` of the re-encoded
+stream (``stream_frames``), resized and centre-cropped to the tokenizer's input as the
+loader's clips are (``resized_uint8``); an image sample is its own keyframe: it gets
+``keyframe_codes`` (one) without motion, where a motion-only cache records it as skipped.
 
 Every clip of a video is kept, not one: the loader picks a clip per epoch from the same
 per-sample generator as when it extracts them, so the cache serves every epoch exactly as
@@ -46,10 +53,19 @@ class MotionCacheInfo:
     tokenizer: str | None = None  # the motion tokenizer's name (a tokens cache); None: fields
     tokenizer_fingerprint: str | None = None  # ``motion_tokenizer_fingerprint``
     format: int = FORMAT
+    keyframe_tokenizer: str | None = None  # the keyframe tokenizer's name; None: no keyframe codes
+    keyframe_fingerprint: str | None = None  # ``motion_tokenizer_fingerprint`` of it (any module)
 
     @classmethod
-    def of(cls, motion: MotionFieldConfig, tokenizer: str | None = None, fingerprint: str | None = None):
-        return cls(asdict(motion), tokenizer, fingerprint)
+    def of(
+        cls,
+        motion: MotionFieldConfig,
+        tokenizer: str | None = None,
+        fingerprint: str | None = None,
+        keyframe_tokenizer: str | None = None,
+        keyframe_fingerprint: str | None = None,
+    ):
+        return cls(asdict(motion), tokenizer, fingerprint, FORMAT, keyframe_tokenizer, keyframe_fingerprint)
 
     @property
     def holds_codes(self) -> bool:
@@ -72,6 +88,10 @@ class MotionRecord:
     start_frames: np.ndarray | None  # (K,) int64
     size: tuple[int, int] | None  # displayed (width, height); None if the video could not be probed
     skip: tuple[str, str] | None = None  # (reason, detail) of a sample without a clip
+    # with a keyframe tokenizer: each clip's keyframe codes (n_k,) int64 -- an image's one,
+    # with ``values`` None; while building, the keyframes to encode, (K, 3, S, S) uint8
+    keyframe_codes: list[torch.Tensor] | None = None
+    keyframe_pixels: torch.Tensor | None = None
 
 
 class MotionCache:
@@ -102,6 +122,11 @@ class MotionCache:
                 f"motion tokenizer: cache {got.tokenizer} {got.tokenizer_fingerprint} != run "
                 f"{want.tokenizer_fingerprint} (other weights, config or dtype)"
             )
+        if want.keyframe_fingerprint is not None and got.keyframe_fingerprint != want.keyframe_fingerprint:
+            has = f"keyframe tokenizer {got.keyframe_tokenizer} {got.keyframe_fingerprint}"
+            diffs.append(
+                f"{has if got.keyframe_fingerprint else 'no keyframe codes'} != run {want.keyframe_fingerprint}"
+            )
         if got.format != want.format:
             diffs.append(f"layout version: cache {got.format} != {want.format}")
         if diffs:
@@ -126,6 +151,11 @@ def write_motion_record(cache_dir: Path, group: str, key: str, record: MotionRec
     if record.skip is not None:
         metadata = {"skip_reason": record.skip[0], "skip_detail": record.skip[1]}
         return save_sample_file(sample_file(cache_dir, group, key), tensors, metadata)
+    if record.keyframe_codes is not None:
+        tensors["keyframe_codes"] = torch.cat([c.reshape(-1) for c in record.keyframe_codes]).to(torch.int32)
+        tensors["keyframe_lengths"] = torch.tensor([c.numel() for c in record.keyframe_codes], dtype=torch.int64)
+    if record.values is None:  # an image: its keyframe codes alone
+        return save_sample_file(sample_file(cache_dir, group, key), tensors)
     if record.values.is_floating_point():
         tensors["fields"] = record.values.to(torch.float16)
     else:
@@ -153,5 +183,11 @@ def load_motion_record(cache_dir: Path, group: str, key: str) -> MotionRecord:
     size = tuple(tensors["size"].tolist()) if "size" in tensors else None
     if "skip_reason" in metadata:
         return MotionRecord(None, None, size, (metadata["skip_reason"], metadata.get("skip_detail", "")))
+    keyframes = None
+    if "keyframe_codes" in tensors:
+        lengths = tensors["keyframe_lengths"].tolist()
+        keyframes = list(tensors["keyframe_codes"].long().split(lengths))
+    if "start_frames" not in tensors:  # an image: keyframe codes only
+        return MotionRecord(None, None, size, keyframe_codes=keyframes)
     values = tensors["fields"].float() if "fields" in tensors else tensors["codes"].long()
-    return MotionRecord(values, tensors["start_frames"].numpy(), size)
+    return MotionRecord(values, tensors["start_frames"].numpy(), size, keyframe_codes=keyframes)

@@ -103,6 +103,8 @@ def motion_example(
             check_media_size(*record.size, source.min_resolution, source.min_aspect_ratio)
         if record.skip is not None:
             raise MediaError(*record.skip)
+        if record.values is None:  # an image's keyframe codes (a cache for Video-LaVIT's LLM)
+            raise MediaError("no_motion_clip", "an image has no motion")
         values, start_frames = record.values, record.start_frames
     else:
         info = probe_for_motion(raw)

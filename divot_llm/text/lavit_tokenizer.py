@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from divot_llm.text.tokenizer import SP_MODEL_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE
+from divot_llm.text.tokenizer import SP_MODEL_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, bundled_sp_model
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
@@ -73,3 +73,10 @@ class LaVITTextTokenizer:
         """Text of ``ids``; bos / eos / unk and ids beyond the text vocabulary are dropped."""
         dropped = {self.bos_id, self.eos_id, self.unk_id}
         return self._sp.decode([i for i in map(int, ids) if i not in dropped and 0 <= i < self.base_vocab_size])
+
+
+def load_lavit_text_tokenizer(path: str | os.PathLike | None) -> LaVITTextTokenizer:
+    """The configured text tokenizer (``model.tokenizer_path``: a ``tokenizer.model`` or a
+    ``language_model/`` folder); ``None``: the Mistral v0.1 ``tokenizer.model`` bundled with
+    mistral-common (32000 pieces, LLaMA's size: the tiny configs)."""
+    return LaVITTextTokenizer.from_pretrained(bundled_sp_model() if path is None else path)

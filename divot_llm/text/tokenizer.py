@@ -365,6 +365,15 @@ def load_text_tokenizer(path: str | os.PathLike | None) -> DivotTextTokenizer:
     """
     if path is not None:
         return DivotTextTokenizer.from_pretrained(path)
+    return DivotTextTokenizer.from_pretrained(bundled_sp_model())
+
+
+def bundled_sp_model() -> str:
+    """The Mistral v0.1 ``tokenizer.model`` shipped in ``mistral-common`` (tests, demos).
+
+    Raises:
+        FileNotFoundError: mistral-common is not installed.
+    """
     try:
         import importlib.resources
 
@@ -374,4 +383,4 @@ def load_text_tokenizer(path: str | os.PathLike | None) -> DivotTextTokenizer:
             "model.tokenizer_path is not set and mistral-common (which ships the Mistral "
             "tokenizer.model) is not installed; set model.tokenizer_path"
         ) from err
-    return DivotTextTokenizer.from_pretrained(str(bundled))
+    return str(bundled)
