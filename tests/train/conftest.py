@@ -253,3 +253,11 @@ def sigterm_at(at: int, base=None):
         return SigtermAt(loader, at) if split == "train" else loader
 
     return build
+
+
+@pytest.fixture(scope="session")
+def lavit_tokens_cache(train_data, tmp_path_factory) -> Path:
+    """The LaVIT tokens cache of ``train_data`` (tests/train/lavit_cache.py), built once."""
+    from tests.train.lavit_cache import build_lavit_cache
+
+    return build_lavit_cache(train_data, tmp_path_factory.mktemp("lavit_tokens_cache"))

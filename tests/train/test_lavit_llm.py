@@ -1,0 +1,133 @@
+"""stage=lavit_pretrain / lavit_sft: Video-LaVIT's LLM (model=lavit_tiny) on a tokens cache of
+the synthetic set (tests/train/lavit_cache.py: motion codes + keyframe codes per clip,
+keyframe codes per image), through the real loader and the trainer in-process (1 rank, real
+DeepSpeed ZeRO-2): the sequences carry the cache's codes, both stages' validation loss
+falls, and SIGTERM + resume=auto repeats the uninterrupted run's losses exactly."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from divot_llm.config import compose_config
+from divot_llm.config.loading import ConfigError
+from divot_llm.data.lavit_sequences import LaVITSequenceSpec, build_lavit_loader
+from divot_llm.data.loader import cache_group
+from divot_llm.data.motion_cache import load_motion_record
+from divot_llm.text.lavit_tokenizer import load_lavit_text_tokenizer
+from divot_llm.text.lavit_vocab import LaVITVocab
+from divot_llm.train import checkpoint
+from divot_llm.train.stages import make_stage
+from divot_llm.train.trainer import FINISHED, INTERRUPTED
+from tests.train.conftest import read_metrics, run_trainer, sigterm_at
+
+STEPS, SIGTERM_AT = 6, 3
+VOCAB = LaVITVocab(32000, visual_codes=64, motion_codes=64)
+
+
+def lavit_cfg(stage: str, data_root, cache, out, *overrides):
+    return compose_config(
+        [
+            f"experiment=lavit_{stage}_tiny",
+            f"data.root={data_root}",
+            f"data.motion_cache={cache}",
+            f"train.output_dir={out}",
+            "data.num_workers=0",
+            "data.batch_size=2",
+            f"train.max_steps={STEPS}",
+            "train.save_every=3",
+            "train.log_every=1",
+            f"train.eval_every={STEPS}",
+            "train.max_eval_batches=1",
+            "train.progress_bar=false",
+            "optim.warmup_steps=0",
+            "optim.lr=1e-2",
+            *overrides,
+        ]
+    )
+
+
+def spans(ids: list[int], start: int, end: int) -> list[list[int]]:
+    """The ids between each ``start`` marker and the next ``end``."""
+    out, at = [], None
+    for i, tok in enumerate(ids):
+        if tok == start:
+            at = i
+        elif tok == end and at is not None:
+            out.append(ids[at + 1 : i])
+            at = None
+    return out
+
+
+def test_sequences_carry_the_cached_keyframe_and_motion_codes(train_data, lavit_tokens_cache):
+    """Held-out video_comp rows (start_index 0, two clips): clips 0 and 1 of the video, each
+    its keyframe codes then its motion codes; the caption supervised after them."""
+    cfg = lavit_cfg("pretrain", train_data, lavit_tokens_cache, "unused")
+    spec = LaVITSequenceSpec(VOCAB, load_lavit_text_tokenizer(None))
+    batch = next(iter(build_lavit_loader(cfg.data, spec, split="val")))
+    checked = 0
+    for row, (source, key) in enumerate(zip(batch["sources"], batch["keys"], strict=True)):
+        if source != "video_comp":
+            continue
+        record = load_motion_record(Path(lavit_tokens_cache), cache_group("val", source), key)
+        ids = batch["input_ids"][row][batch["attention_mask"][row] == 1].tolist()
+        visual = spans(ids, VOCAB.img_start, VOCAB.img_end)
+        motion = spans(ids, VOCAB.mov_start, VOCAB.mov_end)
+        clips = min(2, record.values.shape[0])
+        assert len(visual) == len(motion) == clips
+        for k in range(clips):
+            assert VOCAB.visual_codes_of(torch.tensor(visual[k])).tolist() == record.keyframe_codes[k].tolist()
+            assert VOCAB.motion_codes_of(torch.tensor(motion[k])).tolist() == record.values[k].tolist()
+        labels = batch["labels"][row]
+        assert not labels[batch["visual_mask"][row] | batch["motion_mask"][row]].ne(-100).any()
+        checked += 1
+    assert checked
+
+
+def test_the_stage_needs_a_lavit_model_and_a_tokens_cache(train_data, lavit_tokens_cache, tmp_path):
+    cfg = lavit_cfg("pretrain", train_data, lavit_tokens_cache, tmp_path, "model=tiny")
+    with pytest.raises(ConfigError, match="choose model=lavit_tiny"):
+        make_stage(cfg, torch.device("cpu"), torch.float32).build()
+    stage = make_stage(lavit_cfg("pretrain", train_data, "null", tmp_path), torch.device("cpu"), torch.float32)
+    stage.build()
+    with pytest.raises(ValueError, match=re.escape("set data.motion_cache")):
+        stage.loader("train", 0, 1)
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(ds_process_group, train_data, lavit_tokens_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lavit_pretrain")
+    status, _ = run_trainer(lavit_cfg("pretrain", train_data, lavit_tokens_cache, out, "train.eval_at_start=true"))
+    assert status == FINISHED
+    return out
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft"])
+def test_the_llm_loss_falls(stage, pretrain_run, ds_process_group, train_data, lavit_tokens_cache, tmp_path):
+    out = pretrain_run
+    if stage == "sft":
+        out = tmp_path
+        status, _ = run_trainer(lavit_cfg("sft", train_data, lavit_tokens_cache, out, "train.eval_at_start=true"))
+        assert status == FINISHED
+    train, val = read_metrics(out), read_metrics(out, kind="val")
+    assert sorted(train) == list(range(1, STEPS + 1)) and sorted(val) == [0, STEPS]
+    assert val[STEPS]["val/loss"] < val[0]["val/loss"] - 0.5, (val[0], val[STEPS])
+    assert train[STEPS]["train/loss"] < train[1]["train/loss"]
+
+
+def test_lavit_pretrain_resumes_exactly(pretrain_run, ds_process_group, train_data, lavit_tokens_cache, tmp_path):
+    status, first = run_trainer(
+        lavit_cfg("pretrain", train_data, lavit_tokens_cache, tmp_path),
+        build_loader=sigterm_at(SIGTERM_AT, build_lavit_loader),
+    )
+    assert status == INTERRUPTED and first.step == SIGTERM_AT
+    status, second = run_trainer(lavit_cfg("pretrain", train_data, lavit_tokens_cache, tmp_path))  # resume=auto
+    assert status == FINISHED
+    assert second.resumed_from == tmp_path / "checkpoints" / checkpoint.step_dir_name(SIGTERM_AT)
+    reference, resumed = read_metrics(pretrain_run), read_metrics(tmp_path)
+    for step in range(1, STEPS + 1):
+        for name in ("loss", "text_loss", "visual_loss", "motion_loss"):
+            assert resumed[step][f"train/{name}"] == reference[step][f"train/{name}"], (step, name)
