@@ -79,7 +79,9 @@ class LaVITSequenceSpec:
         return collate_lavit(examples, self.tokenizer.pad_id)
 
 
-def sample_clips_tokens(raw: RawSample, source: SourceConfig, spec: LaVITSequenceSpec, rng) -> list[ClipTokens]:
+def sample_clips_tokens(
+    raw: RawSample, source: SourceConfig, spec: LaVITSequenceSpec, rng
+) -> list[ClipTokens]:
     """The sample's clips (or image) from the cache.
 
     Raises:
@@ -122,7 +124,9 @@ def build_sequence(
     return text_to_video(tok, vocab, caption, clips[0])
 
 
-def lavit_example(raw: RawSample, source: SourceConfig, spec: LaVITSequenceSpec, seed: int, epoch: int) -> dict:
+def lavit_example(
+    raw: RawSample, source: SourceConfig, spec: LaVITSequenceSpec, seed: int, epoch: int
+) -> dict:
     """One example of a raw sample (see the module docstring).
 
     Raises:
@@ -204,4 +208,3 @@ def build_lavit_loader(
     spec = replace(spec, cache=str(Path(data_cfg.motion_cache).resolve()), split=split)
     return build_loader(data_cfg, None, 0, data_cfg.motion.clip_frames, 0, rank, world_size, split,
                         example_kind=spec, pin_memory=pin_memory)  # fmt: skip
-

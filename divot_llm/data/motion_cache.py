@@ -153,7 +153,9 @@ def write_motion_record(cache_dir: Path, group: str, key: str, record: MotionRec
         return save_sample_file(sample_file(cache_dir, group, key), tensors, metadata)
     if record.keyframe_codes is not None:
         tensors["keyframe_codes"] = torch.cat([c.reshape(-1) for c in record.keyframe_codes]).to(torch.int32)
-        tensors["keyframe_lengths"] = torch.tensor([c.numel() for c in record.keyframe_codes], dtype=torch.int64)
+        tensors["keyframe_lengths"] = torch.tensor(
+            [c.numel() for c in record.keyframe_codes], dtype=torch.int64
+        )
     if record.values is None:  # an image: its keyframe codes alone
         return save_sample_file(sample_file(cache_dir, group, key), tensors)
     if record.values.is_floating_point():

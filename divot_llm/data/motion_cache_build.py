@@ -28,6 +28,7 @@ from divot_llm.config.schema import DataConfig, MotionFieldConfig, SourceConfig
 from divot_llm.data.cache_build import check_every_source_usable, read_clips, split_specs
 from divot_llm.data.clip_sampling import decoder_threads, resized_uint8
 from divot_llm.data.errors import MediaError
+from divot_llm.data.images import open_rgb
 from divot_llm.data.loader import LoaderSpec
 from divot_llm.data.motion_cache import (
     MOTION_INFO_FILE,
@@ -38,7 +39,6 @@ from divot_llm.data.motion_cache import (
     write_motion_record,
 )
 from divot_llm.data.motion_examples import MotionExampleSpec, probe_for_motion
-from divot_llm.data.images import open_rgb
 from divot_llm.data.motion_vectors import motion_clips_from_stream, reencode_for_motion, stream_frames
 from divot_llm.data.sources import RawSample
 
@@ -121,7 +121,9 @@ def motion_record(
     try:
         if keyframe_size is not None and raw.media_kind == "image":
             image = open_rgb(raw.media)
-            return MotionRecord(None, None, image.size, keyframe_pixels=resized_uint8([np.asarray(image)], keyframe_size))
+            return MotionRecord(
+                None, None, image.size, keyframe_pixels=resized_uint8([np.asarray(image)], keyframe_size)
+            )
         info = probe_for_motion(raw)
         size = (info.width, info.height)
         stream = reencode_for_motion(raw.media, motion, threads)
@@ -139,7 +141,10 @@ def _clips(record: MotionRecord) -> int:
 
 
 def _encode_and_write(
-    pending: list[tuple[str, str, MotionRecord]], encode: Encode | None, out: Path, keyframes: EncodeKeyframes | None
+    pending: list[tuple[str, str, MotionRecord]],
+    encode: Encode | None,
+    out: Path,
+    keyframes: EncodeKeyframes | None,
 ) -> int:
     """Encode the pending samples' fields (``encode``) and keyframes (``keyframes``) in one
     batch each, and write them."""

@@ -42,7 +42,9 @@ def _device(llm: LaVITLLM) -> torch.device:
 def _sampling(temperature: float, top_k: int, top_p: float) -> dict:
     """``generate``'s sampling arguments; temperature 0 is greedy."""
     if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+        raise ValueError(
+            f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}"
+        )
     if temperature == 0:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": temperature, "top_k": top_k or None, "top_p": top_p}

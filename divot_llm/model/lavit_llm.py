@@ -139,27 +139,36 @@ class LaVITLLM(nn.Module):
         mask = attention_mask
         if segment_ids is not None:
             mask = packed_mask(segment_ids)
-        logits_btv = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids).logits
+        base = self.base_model
+        # the decoder alone: the lm_head then runs on the supervised positions only (most
+        # of a comprehension sequence is its clips' ids, never targets)
+        hidden_bth = base.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids)[
+            0
+        ]
+        head = base.get_output_embeddings()
+        logits = head(hidden_bth) if return_logits or labels is None else None
         if labels is None:
-            zero = logits_btv.new_zeros(())
-            return LaVITOutput(zero, zero, zero, zero, logits_btv)
-        return self.losses(logits_btv, labels, return_logits)
+            zero = hidden_bth.new_zeros(())
+            return LaVITOutput(zero, zero, zero, zero, logits)
+        targets_bt = labels[:, 1:]
+        kept_bt = targets_bt != IGNORE_INDEX
+        logits_nv = head(hidden_bth[:, :-1][kept_bt])  # (N, V): the N supervised positions
+        return self.losses(logits_nv, targets_bt[kept_bt], logits)
 
-    def losses(self, logits_btv: torch.Tensor, labels_bt: torch.Tensor, return_logits: bool = False) -> LaVITOutput:
-        targets = labels_bt[:, 1:]
-        ce = F.cross_entropy(
-            logits_btv[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-        ).view_as(targets)
-        supervised = targets != IGNORE_INDEX
+    def losses(
+        self, logits_nv: torch.Tensor, targets_n: torch.Tensor, logits: torch.Tensor | None = None
+    ) -> LaVITOutput:
+        """Mean cross-entropy of the N supervised positions' logits, and per target kind."""
+        ce_n = F.cross_entropy(logits_nv.float(), targets_n, reduction="none")
         v = self.vocab
         kinds = {
-            "text": supervised & (targets < v.text_size),
-            "visual": (targets >= v.img_start) & (targets < v.mov_start),
-            "motion": (targets >= v.mov_start) & (targets < v.size),
+            "text": targets_n < v.text_size,
+            "visual": (targets_n >= v.img_start) & (targets_n < v.mov_start),
+            "motion": (targets_n >= v.mov_start) & (targets_n < v.size),
         }
-        loss = (ce * supervised).sum() / supervised.sum().clamp(min=1)
-        split = {k: ((ce * m).sum() / m.sum().clamp(min=1)).detach() for k, m in kinds.items()}
-        logits = logits_btv if return_logits else None
+        # an empty batch of targets gives 0 (not NaN), still connected to the graph
+        loss = ce_n.sum() / max(ce_n.numel(), 1)
+        split = {k: ((ce_n * m).sum() / m.sum().clamp(min=1)).detach() for k, m in kinds.items()}
         return LaVITOutput(loss, split["text"], split["visual"], split["motion"], logits)
 
     @torch.no_grad()
@@ -175,7 +184,9 @@ class LaVITLLM(nn.Module):
             return copy.deepcopy(self.llm).merge_and_unload()
         return self.llm
 
-    def save_pretrained(self, out_dir: str | os.PathLike, text_tokenizer: LaVITTextTokenizer | None = None) -> Path:
+    def save_pretrained(
+        self, out_dir: str | os.PathLike, text_tokenizer: LaVITTextTokenizer | None = None
+    ) -> Path:
         """An HF folder with the grown vocabulary (a released ``language_model/`` less its
         ``visual_weight.bin``), the text tokenizer's files and our sidecar."""
         out = Path(out_dir)
@@ -189,7 +200,10 @@ class LaVITLLM(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | os.PathLike, dtype: torch.dtype = torch.float32, config: LaVITModelConfig | None = None
+        cls,
+        folder: str | os.PathLike,
+        dtype: torch.dtype = torch.float32,
+        config: LaVITModelConfig | None = None,
     ) -> LaVITLLM:
         """Our ``save_pretrained`` folder, or a released ``language_model/`` (no sidecar: the
         release's layout, its text vocabulary what the embeddings leave). ``config``
@@ -238,7 +252,9 @@ def build_lavit_llm(model_cfg: ModelConfig, text_size: int, dtype: torch.dtype =
     llm_cfg = model_cfg.llm
     if llm_cfg.path is not None:
         implementation = backbone_attn_implementation(llm_cfg.attn_implementation)
-        model = AutoModelForCausalLM.from_pretrained(llm_cfg.path, dtype=dtype, attn_implementation=implementation)
+        model = AutoModelForCausalLM.from_pretrained(
+            llm_cfg.path, dtype=dtype, attn_implementation=implementation
+        )
     elif model_cfg.lavit.family == "mistral":
         model = load_backbone(llm_cfg, dtype=dtype)
     else:

@@ -112,9 +112,7 @@ def _media(vocab: LaVITVocab, clips: Sequence[ClipTokens]) -> torch.Tensor:
     return torch.cat([clip_ids(vocab, clip) for clip in clips])
 
 
-def _chat_pieces(
-    tok: TextIds, media: torch.Tensor, turns: Sequence[tuple[str, str | None]]
-) -> list[Piece]:
+def _chat_pieces(tok: TextIds, media: torch.Tensor, turns: Sequence[tuple[str, str | None]]) -> list[Piece]:
     """The chat's pieces; an answer of None ends the prompt at ``ASSISTANT:`` (generation)."""
     if not turns:
         raise ValueError("a chat needs at least one (question, answer) turn")
@@ -167,14 +165,18 @@ def text_to_video(tok: TextIds, vocab: LaVITVocab, caption: str, clip: ClipToken
     return assemble(vocab, [(tok.encode_text(caption), False), ([*clip_ids(vocab, clip), tok.eos_id], True)])
 
 
-def image_to_video(tok: TextIds, vocab: LaVITVocab, clip: ClipTokens, caption: str | None = None) -> LaVITSequence:
+def image_to_video(
+    tok: TextIds, vocab: LaVITVocab, clip: ClipTokens, caption: str | None = None
+) -> LaVITSequence:
     """(Caption +) the keyframe in the prompt -> its motion: ``[MOV] m.. [/MOV] </s>`` supervised."""
     if clip.is_image:
         raise ValueError("image to video needs a clip with motion codes")
     ids = clip_ids(vocab, clip)
     keyframe_len = clip.visual_codes.numel() + 2  # [IMG] v.. [/IMG]
     text = tok.encode_text(caption) if caption else []
-    return assemble(vocab, [(text, False), (ids[:keyframe_len], False), ([*ids[keyframe_len:], tok.eos_id], True)])
+    return assemble(
+        vocab, [(text, False), (ids[:keyframe_len], False), ([*ids[keyframe_len:], tok.eos_id], True)]
+    )
 
 
 def long_video(

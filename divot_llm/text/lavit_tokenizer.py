@@ -17,7 +17,12 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from divot_llm.text.tokenizer import SP_MODEL_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, bundled_sp_model
+from divot_llm.text.tokenizer import (
+    SP_MODEL_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    TOKENIZER_CONFIG_FILE,
+    bundled_sp_model,
+)
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
@@ -72,7 +77,9 @@ class LaVITTextTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; bos / eos / unk and ids beyond the text vocabulary are dropped."""
         dropped = {self.bos_id, self.eos_id, self.unk_id}
-        return self._sp.decode([i for i in map(int, ids) if i not in dropped and 0 <= i < self.base_vocab_size])
+        return self._sp.decode(
+            [i for i in map(int, ids) if i not in dropped and 0 <= i < self.base_vocab_size]
+        )
 
 
 def load_lavit_text_tokenizer(path: str | os.PathLike | None) -> LaVITTextTokenizer:

@@ -41,20 +41,27 @@ def llm(tok):
 
 def clip(seed: int, visual: int = 5) -> ClipTokens:
     gen = torch.Generator().manual_seed(seed)
-    return ClipTokens(torch.randint(64, (visual,), generator=gen), torch.randint(64, (MOTION,), generator=gen))
+    return ClipTokens(
+        torch.randint(64, (visual,), generator=gen), torch.randint(64, (MOTION,), generator=gen)
+    )
 
 
 def test_the_vocabulary_grows_and_the_loss_splits_by_target_kind(llm, tok):
     v = llm.vocab
     assert (v.text_size, v.size) == (32000, 32000 + 2 + 64 + 2 + 64)
     base = llm.base_model
-    assert base.get_input_embeddings().weight.shape[0] == base.get_output_embeddings().weight.shape[0] == v.size
+    assert (
+        base.get_input_embeddings().weight.shape[0] == base.get_output_embeddings().weight.shape[0] == v.size
+    )
     assert all(p.requires_grad for p in llm.parameters())  # lora.enabled=false: full fine-tuning
     # new input rows start at the mean of the text rows
     rows = base.get_input_embeddings().weight
     assert torch.allclose(rows[v.img_start], rows[: v.text_size].mean(0), atol=1e-6)
 
-    seqs = [text_to_video(tok, v, "a red circle", clip(1)), video_comprehension(tok, v, [clip(2)], caption="hi")]
+    seqs = [
+        text_to_video(tok, v, "a red circle", clip(1)),
+        video_comprehension(tok, v, [clip(2)], caption="hi"),
+    ]
     length = max(len(s) for s in seqs)
     ids = torch.stack([F.pad(s.input_ids, (0, length - len(s)), value=tok.pad_id) for s in seqs])
     labels = torch.stack([F.pad(s.labels, (0, length - len(s)), value=IGNORE_INDEX) for s in seqs])
@@ -62,7 +69,9 @@ def test_the_vocabulary_grows_and_the_loss_splits_by_target_kind(llm, tok):
     with torch.no_grad():
         out = llm(ids, mask, labels, return_logits=True)
     targets = labels[:, 1:]
-    ce = F.cross_entropy(out.logits[:, :-1].transpose(1, 2), targets, reduction="none", ignore_index=IGNORE_INDEX)
+    ce = F.cross_entropy(
+        out.logits[:, :-1].transpose(1, 2), targets, reduction="none", ignore_index=IGNORE_INDEX
+    )
     kept = targets != IGNORE_INDEX
     assert float(out.loss) == pytest.approx(float(ce[kept].mean()), rel=1e-5)
     kinds = {
@@ -90,7 +99,11 @@ def test_keyframe_features_replace_the_code_embeddings(tok):
     assert torch.allclose(other[:, :first], plain[:, :first], atol=1e-5)  # causal: before them unchanged
     assert not torch.allclose(other[:, first:], plain[:, first:], atol=1e-3)
     with pytest.raises(ValueError, match="5 keyframe features for 4"):
-        llm(ids, keyframe_feats=torch.randn(5, own.shape[1]), visual_mask=mask.clone().index_fill_(1, torch.tensor([first]), False))
+        llm(
+            ids,
+            keyframe_feats=torch.randn(5, own.shape[1]),
+            visual_mask=mask.clone().index_fill_(1, torch.tensor([first]), False),
+        )
 
 
 def test_a_packed_row_equals_its_sequences_apart(llm, tok):
@@ -134,10 +147,17 @@ def test_save_pretrained_writes_an_hf_folder_with_lora_merged(tok, tmp_path):
 
 
 def test_generate_clip_codes_draws_keyframe_codes_then_exactly_135_motion_codes(llm, tok):
-    draws = [generate_clip_codes(llm, tok, "a red circle moving left", temperature=1.5, seed=s) for s in range(3)]
+    draws = [
+        generate_clip_codes(llm, tok, "a red circle moving left", temperature=1.5, seed=s) for s in range(3)
+    ]
     for visual, motion in draws:
         assert 1 <= visual.numel() <= llm.config.max_visual_tokens and motion.shape == (MOTION,)
-        assert 0 <= int(visual.min()) and int(visual.max()) < 64 and 0 <= int(motion.min()) and int(motion.max()) < 64
+        assert (
+            0 <= int(visual.min())
+            and int(visual.max()) < 64
+            and 0 <= int(motion.min())
+            and int(motion.max()) < 64
+        )
     assert len({visual.numel() for visual, _ in draws}) > 1  # the keyframe's length is drawn, not fixed
     again = generate_clip_codes(llm, tok, "a red circle moving left", temperature=1.5, seed=0)
     assert all(torch.equal(x, y) for x, y in zip(again, draws[0], strict=True))  # seeded

@@ -89,7 +89,9 @@ def test_video_comprehension_captions_and_chats(tok):
 def test_image_comprehension_reads_the_keyframe_alone(tok):
     seq = image_comprehension(tok, VOCAB, torch.tensor([0, 5]), turns=[("Colour?", "Red.")])
     check_masks(seq)
-    assert [IMG, 32002, 32007, IMG_END] == seq.input_ids[len(tok.encode_text(f"{SYSTEM} USER: ")) + 1 :][:4].tolist()
+    assert [IMG, 32002, 32007, IMG_END] == seq.input_ids[len(tok.encode_text(f"{SYSTEM} USER: ")) + 1 :][
+        :4
+    ].tolist()
     assert not seq.motion_mask.any() and supervised(seq) == [*tok.encode_text("Red."), tok.eos_id]
 
 

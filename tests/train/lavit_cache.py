@@ -16,6 +16,13 @@ from divot_llm.runtime import seed_everything
 from divot_llm.tokenizers.motion.registry import build_motion_tokenizer
 
 KEYFRAME_SIZE = 32
+# The tests' share of each experiment's sources (each source is a cache group of its own,
+# its videos re-encoded once per group): the generation source of SFT and the held-out
+# generation source of pretraining are left out.
+TRIMMED = {
+    "lavit_pretrain_tiny": ("~data.val_sources.video_gen",),
+    "lavit_sft_tiny": ("~data.sources.video_gen",),
+}
 GRID = 4  # keyframe patches per side
 
 
@@ -31,14 +38,18 @@ def colour_codes(images_b3ss: torch.Tensor) -> list[torch.Tensor]:
     return [k if k.numel() else row[:1] for k, row in zip(kept, codes_bp, strict=True)]
 
 
-def build_lavit_cache(data_root: Path, out: Path, experiments=("lavit_pretrain_tiny", "lavit_sft_tiny")) -> Path:
-    """One cache folder for the experiments' data configs (their sources differ, their
-    extraction settings do not)."""
-    for experiment in experiments:
-        cfg = compose_config([f"experiment={experiment}", f"data.root={data_root}", "data.num_workers=0"])
+def build_lavit_cache(data_root: Path, out: Path) -> Path:
+    """One cache folder for both tiny experiments' (trimmed) data configs: their sources
+    differ, their extraction settings do not."""
+    for experiment, trimmed in TRIMMED.items():
+        cfg = compose_config(
+            [f"experiment={experiment}", f"data.root={data_root}", "data.num_workers=0", *trimmed]
+        )
         seed_everything(cfg.train.seed)
         tokenizer = build_motion_tokenizer(cfg.motion_tokenizer).eval()
-        info = MotionCacheInfo.of(cfg.data.motion, "lavit_motion_tiny", "tiny-motion", "colour_codes", "colours")
+        info = MotionCacheInfo.of(
+            cfg.data.motion, "lavit_motion_tiny", "tiny-motion", "colour_codes", "colours"
+        )
         with torch.no_grad():
             build_motion_cache(cfg.data, info, out, tokenizer.encode, keyframes=colour_codes,
                                keyframe_size=KEYFRAME_SIZE)  # fmt: skip

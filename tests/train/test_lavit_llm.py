@@ -23,6 +23,7 @@ from divot_llm.train import checkpoint
 from divot_llm.train.stages import make_stage
 from divot_llm.train.trainer import FINISHED, INTERRUPTED
 from tests.train.conftest import read_metrics, run_trainer, sigterm_at
+from tests.train.lavit_cache import TRIMMED
 
 STEPS, SIGTERM_AT = 6, 3
 VOCAB = LaVITVocab(32000, visual_codes=64, motion_codes=64)
@@ -45,6 +46,7 @@ def lavit_cfg(stage: str, data_root, cache, out, *overrides):
             "train.progress_bar=false",
             "optim.warmup_steps=0",
             "optim.lr=1e-2",
+            *TRIMMED[f"lavit_{stage}_tiny"],
             *overrides,
         ]
     )
@@ -79,7 +81,9 @@ def test_sequences_carry_the_cached_keyframe_and_motion_codes(train_data, lavit_
         clips = min(2, record.values.shape[0])
         assert len(visual) == len(motion) == clips
         for k in range(clips):
-            assert VOCAB.visual_codes_of(torch.tensor(visual[k])).tolist() == record.keyframe_codes[k].tolist()
+            assert (
+                VOCAB.visual_codes_of(torch.tensor(visual[k])).tolist() == record.keyframe_codes[k].tolist()
+            )
             assert VOCAB.motion_codes_of(torch.tensor(motion[k])).tolist() == record.values[k].tolist()
         labels = batch["labels"][row]
         assert not labels[batch["visual_mask"][row] | batch["motion_mask"][row]].ne(-100).any()
@@ -91,7 +95,9 @@ def test_the_stage_needs_a_lavit_model_and_a_tokens_cache(train_data, lavit_toke
     cfg = lavit_cfg("pretrain", train_data, lavit_tokens_cache, tmp_path, "model=tiny")
     with pytest.raises(ConfigError, match="choose model=lavit_tiny"):
         make_stage(cfg, torch.device("cpu"), torch.float32).build()
-    stage = make_stage(lavit_cfg("pretrain", train_data, "null", tmp_path), torch.device("cpu"), torch.float32)
+    stage = make_stage(
+        lavit_cfg("pretrain", train_data, "null", tmp_path), torch.device("cpu"), torch.float32
+    )
     stage.build()
     with pytest.raises(ValueError, match=re.escape("set data.motion_cache")):
         stage.loader("train", 0, 1)
@@ -100,7 +106,9 @@ def test_the_stage_needs_a_lavit_model_and_a_tokens_cache(train_data, lavit_toke
 @pytest.fixture(scope="module")
 def pretrain_run(ds_process_group, train_data, lavit_tokens_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("lavit_pretrain")
-    status, _ = run_trainer(lavit_cfg("pretrain", train_data, lavit_tokens_cache, out, "train.eval_at_start=true"))
+    status, _ = run_trainer(
+        lavit_cfg("pretrain", train_data, lavit_tokens_cache, out, "train.eval_at_start=true")
+    )
     assert status == FINISHED
     return out
 
@@ -110,7 +118,9 @@ def test_the_llm_loss_falls(stage, pretrain_run, ds_process_group, train_data, l
     out = pretrain_run
     if stage == "sft":
         out = tmp_path
-        status, _ = run_trainer(lavit_cfg("sft", train_data, lavit_tokens_cache, out, "train.eval_at_start=true"))
+        status, _ = run_trainer(
+            lavit_cfg("sft", train_data, lavit_tokens_cache, out, "train.eval_at_start=true")
+        )
         assert status == FINISHED
     train, val = read_metrics(out), read_metrics(out, kind="val")
     assert sorted(train) == list(range(1, STEPS + 1)) and sorted(val) == [0, STEPS]
@@ -118,13 +128,17 @@ def test_the_llm_loss_falls(stage, pretrain_run, ds_process_group, train_data, l
     assert train[STEPS]["train/loss"] < train[1]["train/loss"]
 
 
-def test_lavit_pretrain_resumes_exactly(pretrain_run, ds_process_group, train_data, lavit_tokens_cache, tmp_path):
+def test_lavit_pretrain_resumes_exactly(
+    pretrain_run, ds_process_group, train_data, lavit_tokens_cache, tmp_path
+):
     status, first = run_trainer(
         lavit_cfg("pretrain", train_data, lavit_tokens_cache, tmp_path),
         build_loader=sigterm_at(SIGTERM_AT, build_lavit_loader),
     )
     assert status == INTERRUPTED and first.step == SIGTERM_AT
-    status, second = run_trainer(lavit_cfg("pretrain", train_data, lavit_tokens_cache, tmp_path))  # resume=auto
+    status, second = run_trainer(
+        lavit_cfg("pretrain", train_data, lavit_tokens_cache, tmp_path)
+    )  # resume=auto
     assert status == FINISHED
     assert second.resumed_from == tmp_path / "checkpoints" / checkpoint.step_dir_name(SIGTERM_AT)
     reference, resumed = read_metrics(pretrain_run), read_metrics(tmp_path)

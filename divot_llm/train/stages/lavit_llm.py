@@ -97,7 +97,12 @@ class LaVITLLMStage(Stage):
                 "visual": int(((targets >= vocab.img_start) & (targets < vocab.mov_start)).sum()),
                 "motion": int(((targets >= vocab.mov_start) & (targets < vocab.size)).sum()),
             }
-            means = {"all": out.loss, "text": out.text_loss, "visual": out.visual_loss, "motion": out.motion_loss}
+            means = {
+                "all": out.loss,
+                "text": out.text_loss,
+                "visual": out.visual_loss,
+                "motion": out.motion_loss,
+            }
             return [x for k in counts for x in (float(means[k]) * counts[k], float(counts[k]))]
 
         result = zero_safe_sums(engine, val_loader, max_batches, self.device, batch_sums)
