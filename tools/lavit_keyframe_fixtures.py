@@ -52,7 +52,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import init_empty_weights
-from lavit_fixtures import export_lavit, prepare_imports
 from safetensors.torch import save_file
 from torch import nn
 
@@ -276,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.scratch.resolve().is_relative_to(REPO_ROOT):
         raise SystemExit("--scratch must be outside the project: LaVIT's code never enters it")
     torch.set_num_threads(1)
+    from lavit_fixtures import export_lavit, prepare_imports  # beside this script (run as one)
+
     # transformers checks for torchvision when first imported: before the stand-ins go in
     importlib.import_module("transformers").LlamaForCausalLM  # noqa: B018 (loads the lazy module)
     commit = export_lavit(args.lavit, args.commit, args.scratch, MODEL_FILES)

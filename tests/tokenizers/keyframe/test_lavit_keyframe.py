@@ -13,6 +13,8 @@ import math
 
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -216,3 +218,28 @@ def test_wrong_files_and_inputs_are_refused(tiny, tmp_path):
         encode_only.decode_embeds([torch.tensor([1])])
     with pytest.raises(ValueError, match="input_size 30 must be a multiple of patch_size 7"):
         LaVITKeyframeTokenizer(dataclasses.replace(config, input_size=30))
+
+
+def test_tiny_option_encodes_and_decodes():
+    """conf/keyframe_tokenizer/lavit_tiny.yaml on the schema (composing costs ~0.5 s; the
+    release's test composes): shapes of every output, and seeded draws repeat."""
+    fields = yaml.safe_load(
+        (helpers.REPO_ROOT / "conf" / "keyframe_tokenizer" / "lavit_tiny.yaml").read_text()
+    )
+    assert fields.pop("defaults") == ["schema_lavit", "_self_"]
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaVITKeyframeConfig), fields))
+    model = LaVITKeyframeTokenizer.from_config(config)
+    images = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
+    codes = model.encode(images, torch.Generator().manual_seed(0))
+    features = model.encode_features(images, torch.Generator().manual_seed(0))
+    assert [len(row) for row in codes] == [len(row) for row in features]
+    assert (
+        all(row.shape[1:] == (32,) for row in features)
+        and max(len(row) for row in codes) <= model.max_tokens == 16
+    )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(codes, model.encode(images, torch.Generator().manual_seed(0)), strict=True)
+    )
+    context, pooled = model.decode_embeds([row if len(row) else torch.tensor([0]) for row in codes])
+    assert context.shape == (2, 16, 16) and pooled.shape == (2, 8)
