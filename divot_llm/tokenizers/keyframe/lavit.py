@@ -207,8 +207,9 @@ class LaVITKeyframeTokenizer(PretrainedComponent):
         self, images_b3ss: torch.Tensor, generator: torch.Generator | None = None
     ) -> list[torch.Tensor]:
         """uint8 ``(B, 3, S, S)`` -> B int64 code tensors ``(n_i,)`` in [0, codebook_size), the
-        kept patches in raster order. The keep draw uses ``generator`` (the default one when
-        None: then like LaVIT's ``tokenize_image`` after ``torch.manual_seed``)."""
+        kept patches in raster order. The keep draw uses ``generator`` (on the model's device;
+        the default one when None: then like LaVIT's ``tokenize_image`` after
+        ``torch.manual_seed``)."""
         merged_bpd, keep_bp = self.merged_features(images_b3ss, generator)
         head = self.encode_task_layer
         z_nc = F.normalize(head(merged_bpd[keep_bp].to(head[-1].weight.dtype)), dim=-1)
