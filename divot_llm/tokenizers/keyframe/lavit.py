@@ -30,7 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from divot_llm.layout import KEYFRAME_TOKENIZER_CONFIG
+from divot_llm.layout import (
+    KEYFRAME_TOKENIZER_CONFIG,
+    LAVIT_EVA_VIT,
+    LAVIT_TOKENIZER_DECODER,
+    LAVIT_TOKENIZER_ENCODER,
+)
 from divot_llm.tokenizers.base import PretrainedComponent, config_value
 from divot_llm.tokenizers.keyframe.lavit_config import LaVITKeyframeConfig, check_config, num_patches
 from divot_llm.tokenizers.keyframe.lavit_layers import (
@@ -45,12 +50,10 @@ from divot_llm.tokenizers.motion.lavit import read_state_dict  # a released .bin
 from divot_llm.tokenizers.motion.lavit_layers import CosineCodebook
 from divot_llm.tokenizers.preprocess import CLIP_MEAN, CLIP_STD
 
-# the release's file names (visual_tokenizer/), which save_pretrained also writes
-ENCODER_FILE = "tokenizer_encoder.bin"
-DECODER_FILE = "highres_tokenizer_decoder.bin"
-# upstream reads the ViT's weights from this file beside the encoder's (build_eva_clip), then
-# the encoder file over them, non-strictly; the two together must cover the encoder here
-EVA_FILE = "eva_vitg_psz14.bin"
+# the release's file names (visual_tokenizer/), which save_pretrained also writes. LaVIT reads
+# the ViT's weights from EVA_FILE beside the encoder's (build_eva_clip), then the encoder file
+# over them, non-strictly; the two together must cover the encoder here.
+ENCODER_FILE, DECODER_FILE, EVA_FILE = LAVIT_TOKENIZER_ENCODER, LAVIT_TOKENIZER_DECODER, LAVIT_EVA_VIT
 EVA_PREFIX = "encoder."
 
 

@@ -16,7 +16,6 @@ import torch
 from divot_llm.tokenizers.keyframe.lavit import LaVITKeyframeTokenizer, check_state_dict, load_encoder_state
 from divot_llm.tokenizers.motion.lavit import LaVITMotionTokenizer, read_state_dict
 
-VISUAL_WEIGHT_FILE = "visual_weight.bin"
 PREFIXES = {"keyframe_tokenizer": "model.visual_tokenizer.", "motion_tokenizer": "model.motion_tokenizer."}
 
 
