@@ -68,9 +68,9 @@ FIELD_STD = 3.0  # rescaled motion (data.motion.rescale) spans a few units
 MIN_CODE_MARGIN = 1e-4  # second-nearest minus nearest distance: codes robust to rounding
 
 
-def export_lavit(lavit: Path, commit: str, scratch: Path) -> str:
-    """Write LaVIT's model files at ``commit`` into ``scratch/models/`` (with an empty
-    ``__init__``); returns the full commit hash."""
+def export_lavit(lavit: Path, commit: str, scratch: Path, names: list[str] = MODEL_FILES) -> str:
+    """Write LaVIT's model files ``names`` at ``commit`` into ``scratch/models/`` (with an
+    empty ``__init__``); returns the full commit hash."""
     git = ["git", "-C", str(lavit)]
     full = subprocess.run(
         [*git, "rev-parse", commit], check=True, capture_output=True, text=True
@@ -78,7 +78,7 @@ def export_lavit(lavit: Path, commit: str, scratch: Path) -> str:
     models = scratch / "models"
     models.mkdir(parents=True, exist_ok=True)
     (models / "__init__.py").write_text("")
-    for name in MODEL_FILES:
+    for name in names:
         source = subprocess.run(
             [*git, "show", f"{full}:VideoLaVIT/models/{name}"], check=True, capture_output=True, text=True
         ).stdout
