@@ -80,8 +80,12 @@ def keyframe_encoder(cfg: DivotConfig, args: argparse.Namespace) -> tuple[str, s
     tokenizer = build_keyframe_tokenizer(cfg.keyframe_tokenizer).to(device, dtype).eval()
     fingerprint = motion_tokenizer_fingerprint(tokenizer, dataclasses.asdict(config))
 
+    # the token predictor's keep decisions are drawn: from one generator seeded by
+    # train.seed, so a build (same data, shard and batching) gives the same codes again
+    generator = torch.Generator(device).manual_seed(cfg.train.seed)
+
     def encode(images_b3ss: torch.Tensor) -> list[torch.Tensor]:
-        return tokenizer.encode(images_b3ss.to(device))
+        return tokenizer.encode(images_b3ss.to(device), generator)
 
     return config.name, fingerprint, tokenizer.input_size, encode
 
