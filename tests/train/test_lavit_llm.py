@@ -1,11 +1,13 @@
 """stage=lavit_pretrain / lavit_sft: Video-LaVIT's LLM (model=lavit_tiny) on a tokens cache of
-the synthetic set (tests/train/lavit_cache.py: motion codes + keyframe codes per clip,
-keyframe codes per image), through the real loader and the trainer in-process (1 rank, real
+the synthetic set (tests/train/lavit_cache.py: ``divot-data motion-cache --tokens`` with the
+tiny motion and keyframe tokenizers: motion codes + keyframe codes per clip, keyframe codes
+per image), through the real loader and the trainer in-process (1 rank, real
 DeepSpeed ZeRO-2): the sequences carry the cache's codes, both stages' validation loss
 falls, and SIGTERM + resume=auto repeats the uninterrupted run's losses exactly."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -89,6 +91,19 @@ def test_sequences_carry_the_cached_keyframe_and_motion_codes(train_data, lavit_
         assert not labels[batch["visual_mask"][row] | batch["motion_mask"][row]].ne(-100).any()
         checked += 1
     assert checked
+    # an image is its keyframe alone: one [IMG] span, no motion, the caption after it
+    loader = build_lavit_loader(cfg.data, spec, split="train")
+    for batch in itertools.islice(loader, 20):
+        if "image_comp" in batch["sources"]:
+            break
+    row = batch["sources"].index("image_comp")
+    ids = batch["input_ids"][row][batch["attention_mask"][row] == 1].tolist()
+    record = load_motion_record(
+        Path(lavit_tokens_cache), cache_group("train", "image_comp"), batch["keys"][row]
+    )
+    assert record.values is None and len(record.keyframe_codes) == 1
+    assert spans(ids, VOCAB.img_start, VOCAB.img_end) == [VOCAB.visual_ids(record.keyframe_codes[0]).tolist()]
+    assert VOCAB.mov_start not in ids
 
 
 def test_the_stage_needs_a_lavit_model_and_a_tokens_cache(train_data, lavit_tokens_cache, tmp_path):
