@@ -20,7 +20,8 @@ workers, mixing, skip counts and the exact resumable state are the loader's
 
     input_ids, labels, attention_mask   (B, T) int64   pad id / -100 / 0 beyond a row
     visual_mask, motion_mask            (B, T) bool    keyframe-code / motion-code positions
-    sources, keys
+    segment_ids, position_ids           (B, T) int64   packed batches only (data.packing)
+    sources, keys                                      (``+``-joined when packed)
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import torch
 
 from divot_llm.config.schema import DataConfig, SourceConfig, Task
 from divot_llm.data.clip_sampling import check_media_size
+from divot_llm.data.collate import PACKED_KEYS, pack_rows
 from divot_llm.data.errors import MediaError
-from divot_llm.data.loader import DivotLoader, build_loader, cache_group, sample_rngs
+from divot_llm.data.loader import DivotLoader, build_loader, cache_group, pack_length_of, sample_rngs
 from divot_llm.data.motion_cache import MotionCache, load_motion_record
 from divot_llm.data.motion_examples import clip_index
 from divot_llm.data.sequences import SequenceTooLong
@@ -70,12 +72,16 @@ class LaVITSequenceSpec:
     tokenizer: LaVITTextTokenizer
     cache: str | None = None
     split: str = "train"
+    pack_length: int | None = None  # data.packing: rows of this many ids (``build_lavit_loader`` sets it)
     needs_text: ClassVar[bool] = True
+    packs: ClassVar[bool] = True  # collate packs rows itself (the loader's ``ExampleKind``)
 
     def example(self, raw: RawSample, source: SourceConfig, seed: int, epoch: int) -> dict:
         return lavit_example(raw, source, self, seed, epoch)
 
     def collate(self, examples: list[dict]) -> dict:
+        if self.pack_length is not None:
+            return pack_lavit(examples, self.tokenizer.pad_id, self.pack_length)
         return collate_lavit(examples, self.tokenizer.pad_id)
 
 
@@ -150,14 +156,14 @@ def lavit_example(
 
 
 def collate_lavit(examples: list[dict], pad_id: int) -> dict:
-    """Right-pad examples to the longest."""
+    """Right-pad examples (or packed rows) to the longest."""
     if not examples:
         raise ValueError("cannot collate an empty batch")
     length = max(len(e["input_ids"]) for e in examples)
     fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0, "visual_mask": False,
-            "motion_mask": False}  # fmt: skip
+            "motion_mask": False, "segment_ids": 0, "position_ids": 0}  # fmt: skip
     batch: dict = {}
-    for key in BATCH_KEYS:
+    for key in BATCH_KEYS + (PACKED_KEYS if "segment_ids" in examples[0] else ()):
         out = torch.full((len(examples), length), fill[key], dtype=examples[0][key].dtype)
         for row, example in enumerate(examples):
             out[row, : len(example[key])] = example[key]
@@ -165,6 +171,28 @@ def collate_lavit(examples: list[dict], pad_id: int) -> dict:
     batch["sources"] = [e["source"] for e in examples]
     batch["keys"] = [e["key"] for e in examples]
     return batch
+
+
+def pack_lavit(examples: list[dict], pad_id: int, pack_length: int) -> dict:
+    """Sequence packing as the LLM loader's (``collate.pack``): examples fill rows of at most
+    ``pack_length`` ids in order, each a segment (``segment_ids`` 1-based, 0 padding) whose
+    ``position_ids`` restart at 0; ``LaVITLLM`` keeps each segment to itself."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    for example, length in zip(examples, lengths, strict=True):
+        if length > pack_length:
+            raise ValueError(f"example {example['key']} has {length} tokens > pack_length {pack_length}")
+    rows = []
+    for row in pack_rows(lengths, pack_length):
+        parts = [examples[i] for i in row]
+        merged = {key: torch.cat([e[key] for e in parts]) for key in BATCH_KEYS}
+        merged["segment_ids"] = torch.cat(
+            [torch.full((len(e["input_ids"]),), i + 1) for i, e in enumerate(parts)]
+        )
+        merged["position_ids"] = torch.cat([torch.arange(len(e["input_ids"])) for e in parts])
+        merged["source"] = "+".join(e["source"] for e in parts)
+        merged["key"] = "+".join(e["key"] for e in parts)
+        rows.append(merged)
+    return collate_lavit(rows, pad_id)
 
 
 def check_lavit_cache(cache: MotionCache) -> None:
@@ -205,6 +233,10 @@ def build_lavit_loader(
     cache = MotionCache(data_cfg.motion_cache)
     check_lavit_cache(cache)
     cache.check(replace(cache.info, motion=asdict(data_cfg.motion)))  # made for these clips
-    spec = replace(spec, cache=str(Path(data_cfg.motion_cache).resolve()), split=split)
+    sources = data_cfg.sources if split == "train" else data_cfg.val_sources
+    pack_length = pack_length_of(data_cfg, sources) if sources else None  # no sources: loader_spec says so
+    spec = replace(
+        spec, cache=str(Path(data_cfg.motion_cache).resolve()), split=split, pack_length=pack_length
+    )
     return build_loader(data_cfg, None, 0, data_cfg.motion.clip_frames, 0, rank, world_size, split,
                         example_kind=spec, pin_memory=pin_memory)  # fmt: skip

@@ -62,6 +62,8 @@ class ExampleKind(Protocol):
     (``detok_examples.DetokExampleSpec``, ``vidtok_examples.VidTokExampleSpec``)."""
 
     needs_text: bool  # whether its examples need a caption (vidtok_csv sources have none)
+    # A kind whose ``collate`` packs rows itself (LaVIT sequences) also has ``packs = True``;
+    # the others leave it out and data.packing is refused for them.
 
     def example(self, raw: RawSample, source: SourceConfig, seed: int, epoch: int) -> dict: ...
     def collate(self, examples: list[dict]) -> dict: ...
@@ -448,7 +450,8 @@ def loader_spec(
         raise DataError(
             f"no {split} data sources configured (data.{'sources' if split == 'train' else 'val_sources'})"
         )
-    if example_kind is not None and (data_cfg.packing or data_cfg.feature_cache):
+    packs = example_kind is not None and getattr(example_kind, "packs", False)
+    if example_kind is not None and ((data_cfg.packing and not packs) or data_cfg.feature_cache):
         raise ValueError(
             "de-tokenizer examples are decoded pixels: set data.packing=false and data.feature_cache=null"
         )

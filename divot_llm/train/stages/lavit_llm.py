@@ -23,6 +23,7 @@ from torch import nn
 
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import DivotConfig
+from divot_llm.data.collate import PACKED_KEYS
 from divot_llm.data.lavit_sequences import LaVITSequenceSpec, build_lavit_loader
 from divot_llm.model.lavit_llm import LaVITLLM, LaVITOutput, build_lavit_llm
 from divot_llm.runtime import seed_everything
@@ -71,7 +72,8 @@ class LaVITLLMStage(Stage):
 
     @torch.no_grad()
     def prepare(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {k: batch[k].to(self.device, non_blocking=True) for k in INPUT_KEYS}
+        keys = INPUT_KEYS + tuple(k for k in PACKED_KEYS if k in batch)  # data.packing
+        return {k: batch[k].to(self.device, non_blocking=True) for k in keys}
 
     def loss_terms(self, out: LaVITOutput) -> list[torch.Tensor]:
         return [out.loss, out.text_loss, out.visual_loss, out.motion_loss]
