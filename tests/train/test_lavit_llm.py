@@ -19,6 +19,8 @@ from divot_llm.config.loading import ConfigError
 from divot_llm.data.lavit_sequences import LaVITSequenceSpec, build_lavit_loader
 from divot_llm.data.loader import cache_group
 from divot_llm.data.motion_cache import load_motion_record
+from divot_llm.export.lavit_llm import lavit_llm_checkpoint_to_pretrained
+from divot_llm.model.lavit_llm import LaVITLLM
 from divot_llm.text.lavit_tokenizer import load_lavit_text_tokenizer
 from divot_llm.text.lavit_vocab import LaVITVocab
 from divot_llm.train import checkpoint
@@ -145,19 +147,41 @@ def pretrain_run(ds_process_group, train_data, lavit_tokens_cache, tmp_path_fact
     return out
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "sft"])
-def test_the_llm_loss_falls(stage, pretrain_run, ds_process_group, train_data, lavit_tokens_cache, tmp_path):
-    out = pretrain_run
-    if stage == "sft":
-        out = tmp_path
-        status, _ = run_trainer(
-            lavit_cfg("sft", train_data, lavit_tokens_cache, out, "train.eval_at_start=true")
-        )
-        assert status == FINISHED
+def check_loss_falls(out):
     train, val = read_metrics(out), read_metrics(out, kind="val")
     assert sorted(train) == list(range(1, STEPS + 1)) and sorted(val) == [0, STEPS]
     assert val[STEPS]["val/loss"] < val[0]["val/loss"] - 0.5, (val[0], val[STEPS])
     assert train[STEPS]["train/loss"] < train[1]["train/loss"]
+    return val
+
+
+def test_lavit_pretrain_loss_falls(pretrain_run):
+    check_loss_falls(pretrain_run)
+
+
+def test_lavit_sft_starts_from_the_exported_pretrained_llm_and_its_loss_falls(
+    pretrain_run, ds_process_group, train_data, lavit_tokens_cache, tmp_path
+):
+    """The pretraining run's last checkpoint as an HF folder (its trained weights), which
+    SFT then reads as its LLM and text tokenizer."""
+    folder = lavit_llm_checkpoint_to_pretrained(pretrain_run, tmp_path / "language_model")
+    loaded = LaVITLLM.from_pretrained(folder)
+    trained = torch.load(
+        next(
+            (pretrain_run / "checkpoints" / checkpoint.step_dir_name(STEPS)).rglob(
+                "mp_rank_00_model_states.pt"
+            )
+        ),
+        weights_only=False,
+    )["module"]
+    assert torch.equal(loaded.llm.lm_head.weight, trained["llm.lm_head.weight"].float())
+    out = tmp_path / "sft"
+    overrides = (f"model.llm.path={folder}", f"model.tokenizer_path={folder}", "train.eval_at_start=true")
+    status, _ = run_trainer(lavit_cfg("sft", train_data, lavit_tokens_cache, out, *overrides))
+    assert status == FINISHED
+    val = check_loss_falls(out)
+    pretrained_start = read_metrics(pretrain_run, kind="val")[0]["val/loss"]
+    assert val[0]["val/loss"] < pretrained_start  # SFT did not start from a random LLM
 
 
 def test_lavit_pretrain_resumes_exactly(
