@@ -169,3 +169,15 @@ def test_generate_clip_codes_draws_keyframe_codes_then_exactly_135_motion_codes(
 def test_answer_is_text(llm, tok):
     reply = answer(llm, tok, "What moves?", [clip(6)], max_new_tokens=6)
     assert isinstance(reply, str) and reply  # a random model's words, text ids only (else decode drops them)
+
+
+def test_a_mistral_backbone_carries_the_vocabulary_too(tok):
+    llm = build_lavit_llm(tiny_model_cfg("model.lavit.family=mistral"), tok.base_vocab_size)
+    assert type(llm.base_model).__name__ == "MistralForCausalLM"
+    seq = text_to_video(tok, llm.vocab, "a cat", clip(7, visual=2))
+    out = llm(seq.input_ids[None], labels=seq.labels[None])
+    out.loss.backward()
+    assert (
+        torch.isfinite(out.loss)
+        and llm.base_model.get_output_embeddings().weight.grad[llm.vocab.motion_offset :].abs().sum() > 0
+    )
