@@ -103,13 +103,26 @@ def answer(
     question: str,
     clips: Sequence[ClipTokens],
     max_new_tokens: int = 256,
+    keyframe_feats: Sequence[torch.Tensor] | None = None,
 ) -> str:
     """The greedy answer to ``question`` about ``clips`` (a video's clips in order, or one
-    image's ``ClipTokens`` without motion), text ids only, up to ``</s>``."""
+    image's ``ClipTokens`` without motion), text ids only, up to ``</s>``.
+
+    ``keyframe_feats``: per clip, its keyframe's continuous features ``(n_i, H)`` (the
+    keyframe tokenizer's ``encode_features``, H the LLM width: the release's understanding
+    input) in place of its codes; the clips' ``visual_codes`` then only count the
+    positions (``n_i`` each)."""
     ids = understanding_prompt(text_tokenizer, llm.vocab, clips, question)
     input_ids = torch.tensor([ids], device=_device(llm))
+    inputs: dict = {"input_ids": input_ids}
+    if keyframe_feats is not None:
+        if len(keyframe_feats) != len(clips):
+            raise ValueError(f"{len(keyframe_feats)} keyframe feature sets for {len(clips)} clips")
+        visual_mask = (input_ids >= llm.vocab.visual_offset) & (input_ids < llm.vocab.mov_start)
+        feats = torch.cat(list(keyframe_feats)).to(input_ids.device)
+        inputs = {"inputs_embeds": llm.input_embeds(input_ids, feats, visual_mask)}
     out = llm.generate(
-        input_ids=input_ids,
+        **inputs,
         attention_mask=torch.ones_like(input_ids),
         logits_processor=LogitsProcessorList([TextOnly(llm.vocab.text_size)]),
         max_new_tokens=max_new_tokens,
@@ -117,4 +130,5 @@ def answer(
         eos_token_id=text_tokenizer.eos_id,
         pad_token_id=text_tokenizer.pad_id,
     )
-    return text_tokenizer.decode(out[0, len(ids) :].tolist()).strip()
+    new = out[0] if keyframe_feats is not None else out[0, len(ids) :]  # from embeds: new ids only
+    return text_tokenizer.decode(new.tolist()).strip()

@@ -166,9 +166,15 @@ def test_generate_clip_codes_draws_keyframe_codes_then_exactly_135_motion_codes(
     assert torch.equal(visual, keyframe) and motion.shape == (MOTION,)
 
 
-def test_answer_is_text(llm, tok):
-    reply = answer(llm, tok, "What moves?", [clip(6)], max_new_tokens=6)
-    assert isinstance(reply, str) and reply  # a random model's words, text ids only (else decode drops them)
+def test_answer_is_text_from_codes_or_from_keyframe_features(llm, tok):
+    one = clip(6)
+    reply = answer(llm, tok, "What moves?", [one], max_new_tokens=6)
+    assert isinstance(reply, str) and reply
+    # features equal to the codes' own embedding rows: the same greedy answer
+    rows = llm.llm.get_input_embeddings()(llm.vocab.visual_ids(one.visual_codes))
+    assert answer(llm, tok, "What moves?", [one], max_new_tokens=6, keyframe_feats=[rows]) == reply
+    with pytest.raises(ValueError, match="4 keyframe features for 5"):
+        answer(llm, tok, "What moves?", [one], max_new_tokens=6, keyframe_feats=[rows[:4]])
 
 
 def test_a_mistral_backbone_carries_the_vocabulary_too(tok):
