@@ -58,3 +58,5 @@ RELEASE_INFO = "release.json"  # stage, source checkpoint, config hash, dtype, v
 TOKENIZER_CONFIG = "tokenizer_config.json"  # a video tokenizer's config, with its arch
 DETOKENIZER_CONFIG = "detokenizer_config.json"  # a de-tokenizer's config, with its arch
 MOTION_TOKENIZER_CONFIG = "motion_tokenizer_config.json"  # a motion tokenizer's config, with its arch
+# a motion-conditioned video de-tokenizer's config (beside the release's vae/ scheduler/ unet/)
+MOTION_DETOKENIZER_CONFIG = "motion_detokenizer_config.json"
