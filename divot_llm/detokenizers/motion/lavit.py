@@ -135,7 +135,8 @@ class LaVITVideoDetokenizer(PretrainedComponent):
         )
         self.vae = AutoencoderKLTemporalDecoder(**vae_arguments(config))
         self.vae.requires_grad_(False)  # frozen in training too
-        self.scheduler = EulerDiscreteScheduler(**SCHEDULER_CONFIG)
+        with torch.device("cpu"):  # its tables are plain CPU tensors, also when the modules are on meta
+            self.scheduler = EulerDiscreteScheduler(**SCHEDULER_CONFIG)
 
     # ------------------------------------------------------------- build / save / load
 
