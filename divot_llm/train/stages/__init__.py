@@ -17,6 +17,8 @@ which losses and rates are logged, and validation. ``Trainer`` keeps the one loo
   discriminator, two engines (two optimizers).
 * ``MotionTokenizerStage`` (``motion_tokenizer.py``) -- motion_tokenizer: Video-LaVIT's
   motion tokenizer on motion-vector fields, its codebook by EMA.
+* ``LaVITDetokStage`` (``lavit_detok.py``) -- lavit_detok: Video-LaVIT's video de-tokenizer
+  on motion clips and their frames.
 
 The models are built on the CPU from ``train.seed`` (``divot_llm.model.build``), so every
 rank, a resumed run and the export rebuild the same frozen values whatever the device.
@@ -31,6 +33,7 @@ from divot_llm.config.schema import DivotConfig
 from divot_llm.train.stages.base import Stage
 from divot_llm.train.stages.detok import DetokStage, TokenizerStage
 from divot_llm.train.stages.detok_adapt import DetokAdaptStage
+from divot_llm.train.stages.lavit_detok import LaVITDetokStage
 from divot_llm.train.stages.llm import LLMStage
 from divot_llm.train.stages.motion_tokenizer import MotionTokenizerStage
 from divot_llm.train.stages.t2v import T2VStage
@@ -46,6 +49,7 @@ STAGES: dict[str, type[Stage]] = {
     "t2v": T2VStage,  # text to video: the VDM de-tokenizer on a frozen text encoder's caption vectors
     "vidtok": VidTokStage,  # VidTok's autoencoder + PatchGAN discriminator (two engines)
     "motion_tokenizer": MotionTokenizerStage,  # Video-LaVIT's motion tokenizer, EMA codebook
+    "lavit_detok": LaVITDetokStage,  # Video-LaVIT's video de-tokenizer: frame 0 + motion field -> clip
 }
 
 
