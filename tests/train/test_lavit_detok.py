@@ -20,7 +20,7 @@ from divot_llm.train.stages import make_stage
 from divot_llm.train.trainer import FINISHED, INTERRUPTED
 from tests.train.conftest import read_metrics, run_trainer, sigterm_at
 
-STEPS, SIGTERM_AT = 8, 3
+STEPS, SIGTERM_AT = 6, 3
 # training reads the fixed first clip of each held-out video that validation scores
 FIXED_CLIPS = ("data.sources.videos.paths=[val/videos/shard-*.tar]", "+data.sources.videos.start_index=0")
 
@@ -34,7 +34,7 @@ def detok_cfg(data_root, out, *overrides):
             "data.num_workers=0",
             *FIXED_CLIPS,
             f"train.max_steps={STEPS}",
-            "train.save_every=4",
+            "train.save_every=3",
             "train.log_every=1",
             f"train.eval_every={STEPS}",
             "train.max_eval_batches=2",
@@ -69,7 +69,7 @@ def test_lavit_detok_learns_validates_and_exports(detok_run, tmp_path):
     assert sorted(read_metrics(out)) == list(range(1, STEPS + 1))
     val = read_metrics(out, kind="val")
     assert sorted(val) == [0, STEPS]
-    assert val[STEPS]["val/loss"] < 0.8 * val[0]["val/loss"], (val[0], val[STEPS])
+    assert val[STEPS]["val/loss"] < 0.85 * val[0]["val/loss"], (val[0], val[STEPS])
     assert 0 < val[STEPS]["val/psnr"] < 60 and val[STEPS]["val/samples"] > 0
 
     module = trainer.stage.module

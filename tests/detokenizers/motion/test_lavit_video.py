@@ -126,3 +126,24 @@ def test_decode_gives_clips_in_range_that_encode_to_mp4(tmp_path):
         assert sum(1 for _ in container.decode(video=0)) == 12
     with pytest.raises(ValueError, match="F=12"):
         model.decode(keyframe, motion[:, :, :8])
+
+
+def test_image_detokenizer_decodes_embeddings_and_round_trips(tmp_path):
+    """The keyframe de-tokenizer (tiny, random) on random decode_embeds-shaped inputs; its
+    save_pretrained folder is the release's image_detokenizer/ layout and loads back."""
+    from divot_llm.detokenizers.motion.image import LaVITImageDetokenizer
+
+    model = LaVITImageDetokenizer.random(context_dim=16, pooled_dim=8)
+    generator = torch.Generator().manual_seed(0)
+    context, pooled = torch.randn(2, 5, 16, generator=generator), torch.randn(2, 8, generator=generator)
+    images = model.decode(context, pooled, height=32, width=32, steps=2, seed=1)
+    assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+    model.save_pretrained(tmp_path / "image_detokenizer")
+    assert sorted(p.name for p in (tmp_path / "image_detokenizer").iterdir()) == ["scheduler", "unet", "vae"]
+    loaded = LaVITImageDetokenizer.from_pretrained(tmp_path / "image_detokenizer")
+    assert type(loaded.scheduler) is type(model.scheduler)
+    assert torch.equal(loaded.decode(context, pooled, height=32, width=32, steps=2, seed=1), images)
+    # the condition matters: another context, another image
+    assert not torch.allclose(
+        model.decode(context.flip(0), pooled, height=32, width=32, steps=2, seed=1), images
+    )
