@@ -29,6 +29,19 @@ SFT stage and ``divot-infer`` start from)::
     <release>/detokenizer/      has no weights file elsewhere (random-init tiny configs)
     <release>/config.yaml, release.json
 
+A Video-LaVIT release (``rain1011/Video-LaVIT-v1``'s layout; ``divot_llm.model.lavit_release``
+reads it, our LaVIT exports write it, each component with an optional ``*_config.json``
+sidecar of ours when it is not the release's size)::
+
+    <root>/language_model/       HF Llama folder (+ text tokenizer) + visual_weight.bin
+    <root>/language_model_sft/   the same after SFT
+    <root>/visual_tokenizer/     tokenizer_encoder.bin, highres_tokenizer_decoder.bin
+                                 (+ eva_vitg_psz14.bin: the ViT, read beside the encoder)
+    <root>/motion_tokenizer.bin  (ours may be a motion_tokenizer/ save_pretrained folder)
+    <root>/video_detokenizer/    diffusers vae/, scheduler/, unet/ (+ the motion encoder)
+    <root>/image_detokenizer/    diffusers vae/, scheduler/, unet/
+    <root>/video_3d_unet.bin
+
 The resolved ``config.yaml`` every run, checkpoint, export and release carries is named
 by ``divot_llm.config.loading.RESOLVED_CONFIG_NAME``, beside the code that writes it.
 """
@@ -58,5 +71,20 @@ RELEASE_INFO = "release.json"  # stage, source checkpoint, config hash, dtype, v
 TOKENIZER_CONFIG = "tokenizer_config.json"  # a video tokenizer's config, with its arch
 DETOKENIZER_CONFIG = "detokenizer_config.json"  # a de-tokenizer's config, with its arch
 MOTION_TOKENIZER_CONFIG = "motion_tokenizer_config.json"  # a motion tokenizer's config, with its arch
+KEYFRAME_TOKENIZER_CONFIG = "keyframe_tokenizer_config.json"  # a keyframe tokenizer's config, with its arch
 # a motion-conditioned video de-tokenizer's config (beside the release's vae/ scheduler/ unet/)
 MOTION_DETOKENIZER_CONFIG = "motion_detokenizer_config.json"
+
+# ------------------------------------------------------- Video-LaVIT releases (see above)
+LAVIT_LLM_DIR = "language_model"
+LAVIT_SFT_LLM_DIR = "language_model_sft"
+LAVIT_VISUAL_WEIGHT = "visual_weight.bin"  # in an LLM folder: its keyframe + motion tokenizer weights
+LAVIT_VISUAL_TOKENIZER_DIR = "visual_tokenizer"
+LAVIT_TOKENIZER_ENCODER = "tokenizer_encoder.bin"
+LAVIT_TOKENIZER_DECODER = "highres_tokenizer_decoder.bin"
+LAVIT_EVA_VIT = "eva_vitg_psz14.bin"  # beside the encoder: the ViT's weights, as LaVIT reads them
+LAVIT_MOTION_TOKENIZER = "motion_tokenizer.bin"
+LAVIT_MOTION_TOKENIZER_DIR = "motion_tokenizer"  # ours: a save_pretrained folder instead of the .bin
+LAVIT_VIDEO_DETOKENIZER_DIR = "video_detokenizer"
+LAVIT_IMAGE_DETOKENIZER_DIR = "image_detokenizer"
+LAVIT_VIDEO_3D_UNET = "video_3d_unet.bin"

@@ -46,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from divot_llm.detokenizers.motion.lavit import LaVITVideoDetokenizer  # noqa: E402  (before the torchvision stand-ins)
 from divot_llm.detokenizers.motion.lavit_config import LaVITVideoDetokenizerConfig  # noqa: E402
-from tools.lavit_fixtures import export_lavit, prepare_imports  # noqa: E402
+from tools.lavit_fixtures import MODEL_FILES, export_lavit, prepare_imports  # noqa: E402
 
 # our config's fields (LaVITVideoDetokenizerConfig): conf/motion_detokenizer/lavit_tiny.yaml's sizes
 TINY = {
@@ -174,9 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.scratch.resolve().is_relative_to(REPO_ROOT):
         raise SystemExit("--scratch must be outside the project: LaVIT's code never enters it")
     torch.set_num_threads(1)
-    files = ("models/video_detokenizer.py", "models/modeling_3d_unet.py", "models/modeling_unet_3d_blocks.py",
-             "models/modeling_transformer_temporal.py", "models/modeling_motion_condition.py", "utils.py")  # fmt: skip
-    commit = export_lavit(args.lavit, args.commit, args.scratch, files)
+    names = [*MODEL_FILES, "video_detokenizer.py", "modeling_3d_unet.py", "modeling_unet_3d_blocks.py",
+             "modeling_transformer_temporal.py", "modeling_motion_condition.py"]  # fmt: skip
+    commit = export_lavit(args.lavit, args.commit, args.scratch, names, extra=("utils.py",))
     prepare_imports(args.scratch)
 
     tables = key_tables(

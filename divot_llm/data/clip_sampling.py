@@ -311,7 +311,7 @@ def to_model_pixels(frames_hw3: list[np.ndarray], size: int | tuple[int, int] = 
     """The reference image transform: PIL bilinear resize of the shorter side to ``size``,
     centre crop, [0, 255] -> [-1, 1]. Returns (F, 3, size, size) float32; a ``size`` of
     ``(height, width)`` gives (F, 3, height, width) frames (see ``_resize_crop_into``)."""
-    return uint8_to_model_pixels(_resized_uint8(frames_hw3, size))
+    return uint8_to_model_pixels(resized_uint8(frames_hw3, size))
 
 
 def model_pixels_to_uint8(clip_fchw: torch.Tensor) -> np.ndarray:
@@ -321,7 +321,7 @@ def model_pixels_to_uint8(clip_fchw: torch.Tensor) -> np.ndarray:
     return frames.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _resized_uint8(frames_hw3: list[np.ndarray], size: int | tuple[int, int]) -> torch.Tensor:
+def resized_uint8(frames_hw3: list[np.ndarray], size: int | tuple[int, int]) -> torch.Tensor:
     """Resized and centre-cropped frames, (F, 3, H, W) uint8 (``size``: S for S x S, or
     (H, W)): a quarter of the float32 bytes to move when clips repeat frames."""
     height, width = (size, size) if isinstance(size, int) else size
@@ -453,6 +453,6 @@ def image_clip(
     """
     rgb = to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
     check_media_size(*rgb.size, min_resolution, min_aspect_ratio)
-    pixels = _resized_uint8([np.asarray(rgb)], image_size)  # (1, 3, H, W)
+    pixels = resized_uint8([np.asarray(rgb)], image_size)  # (1, 3, H, W)
     clip_uint8 = pixels.expand(frames_per_clip, -1, -1, -1).unsqueeze(0).clone()
     return clip_uint8 if as_uint8 else uint8_to_model_pixels(clip_uint8)
