@@ -8,12 +8,13 @@ at ``data.motion.fps``); the example is one of its clips, chosen exactly as
 motion example of this (seed, sample, epoch) takes), with the clip's ``clip_frames`` frames
 decoded from the same re-encoded stream from its I-frame on (``stream_frames``; the release
 takes its keyframe from that stream too), resized and centre-cropped like every clip here
-(``to_model_pixels``) to the de-tokenizer's size. Skips and counts, sharding, mixing and the
+(``resized_uint8``: ``to_model_pixels`` before its scaling, a quarter of the bytes) to the
+de-tokenizer's size. Skips and counts, sharding, mixing and the
 exact resumable state are the loader's. No motion cache: the frames come from the video.
 Batches are::
 
     motion        (B, 2, F, H, W) float32   the fields (data.motion units), F = clip_frames
-    clip          (B, F, 3, S_h, S_w) float32 in [-1, 1]
+    clip          (B, F, 3, S_h, S_w) uint8     (``uint8_to_model_pixels``: [-1, 1])
     start_frame   (B,) int64                the clip's I-frame in the re-encoded stream
     sources, keys
 """
@@ -26,7 +27,7 @@ from typing import ClassVar
 import torch
 
 from divot_llm.config.schema import DataConfig, MotionFieldConfig, SourceConfig
-from divot_llm.data.clip_sampling import check_media_size, decoder_threads, to_model_pixels
+from divot_llm.data.clip_sampling import check_media_size, decoder_threads, resized_uint8
 from divot_llm.data.loader import DivotLoader, build_loader, sample_rngs
 from divot_llm.data.motion_examples import clip_index, probe_for_motion
 from divot_llm.data.motion_vectors import motion_clips_from_stream, reencode_for_motion, stream_frames
@@ -81,7 +82,7 @@ def lavit_clip_example(
     frames = stream_frames(stream, range(start, start + spec.motion.clip_frames), threads=threads)
     return {
         "motion": clips.fields[k],
-        "clip": to_model_pixels(frames, (spec.height, spec.width)),
+        "clip": resized_uint8(frames, (spec.height, spec.width)),
         "start_frame": torch.tensor(start),
         "source": raw.source,
         "key": raw.key,

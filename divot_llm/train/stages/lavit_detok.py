@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import DivotConfig
+from divot_llm.data.clip_sampling import uint8_to_model_pixels
 from divot_llm.data.lavit_clips import LaVITClipSpec, build_lavit_clip_loader
 from divot_llm.detokenizers.motion.lavit import LaVITVideoDetokenizer
 from divot_llm.detokenizers.motion.registry import build_motion_detokenizer
@@ -90,7 +91,7 @@ class LaVITDetokStage(Stage):
     @torch.no_grad()
     def prepare(self, batch: dict) -> dict[str, torch.Tensor]:
         return {
-            "clip": batch["clip"].to(self.device, non_blocking=True).to(self.dtype),
+            "clip": uint8_to_model_pixels(batch["clip"].to(self.device, non_blocking=True)).to(self.dtype),
             "motion": batch["motion"].to(self.device, non_blocking=True).to(self.dtype),
         }
 
