@@ -72,6 +72,8 @@ TOKENIZER_CONFIG = "tokenizer_config.json"  # a video tokenizer's config, with i
 DETOKENIZER_CONFIG = "detokenizer_config.json"  # a de-tokenizer's config, with its arch
 MOTION_TOKENIZER_CONFIG = "motion_tokenizer_config.json"  # a motion tokenizer's config, with its arch
 KEYFRAME_TOKENIZER_CONFIG = "keyframe_tokenizer_config.json"  # a keyframe tokenizer's config, with its arch
+# a motion-conditioned video de-tokenizer's config (beside the release's vae/ scheduler/ unet/)
+MOTION_DETOKENIZER_CONFIG = "motion_detokenizer_config.json"
 
 # ------------------------------------------------------- Video-LaVIT releases (see above)
 LAVIT_LLM_DIR = "language_model"

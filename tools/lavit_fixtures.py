@@ -68,9 +68,12 @@ FIELD_STD = 3.0  # rescaled motion (data.motion.rescale) spans a few units
 MIN_CODE_MARGIN = 1e-4  # second-nearest minus nearest distance: codes robust to rounding
 
 
-def export_lavit(lavit: Path, commit: str, scratch: Path, names: list[str] = MODEL_FILES) -> str:
+def export_lavit(
+    lavit: Path, commit: str, scratch: Path, names: list[str] = MODEL_FILES, extra: tuple[str, ...] = ()
+) -> str:
     """Write LaVIT's model files ``names`` at ``commit`` into ``scratch/models/`` (with an
-    empty ``__init__``); returns the full commit hash."""
+    empty ``__init__``), and ``extra`` (paths under ``VideoLaVIT/``) to the same paths under
+    ``scratch``; returns the full commit hash."""
     git = ["git", "-C", str(lavit)]
     full = subprocess.run(
         [*git, "rev-parse", commit], check=True, capture_output=True, text=True
@@ -78,11 +81,11 @@ def export_lavit(lavit: Path, commit: str, scratch: Path, names: list[str] = MOD
     models = scratch / "models"
     models.mkdir(parents=True, exist_ok=True)
     (models / "__init__.py").write_text("")
-    for name in names:
+    for name in [f"models/{name}" for name in names] + list(extra):
         source = subprocess.run(
-            [*git, "show", f"{full}:VideoLaVIT/models/{name}"], check=True, capture_output=True, text=True
+            [*git, "show", f"{full}:VideoLaVIT/{name}"], check=True, capture_output=True, text=True
         ).stdout
-        (models / name).write_text(source)
+        (scratch / name).write_text(source)
     return full
 
 

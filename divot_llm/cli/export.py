@@ -6,6 +6,7 @@
     divot-export detokenizer outputs/t2v_tiny releases/t2v_tiny --raw   # not the EMA weights
     divot-export vidtok outputs/vidtok_tiny releases/vidtok_tiny         # stage=vidtok
     divot-export motion-tokenizer outputs/motion_tokenizer_tiny releases/motion_tokenizer_tiny
+    divot-export motion-detokenizer outputs/lavit_detok_tiny releases/lavit_detok_tiny/video_detokenizer
 
 CKPT may be a run folder, its checkpoints/ folder, one checkpoints/step_* folder or any
 DeepSpeed checkpoint folder with a 'latest' tag file. Half-written checkpoints are
@@ -73,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint", metavar="CKPT", help="run folder, checkpoints/ folder or checkpoints/step_* folder"
     )
     motion.add_argument("out", metavar="OUT", help="output folder")
+    motion_detok = commands.add_parser(
+        "motion-detokenizer",
+        help="a stage=lavit_detok checkpoint -> OUT, the video de-tokenizer in the release's "
+        "video_detokenizer/ layout ({vae,scheduler,unet}) + our config",
+    )
+    motion_detok.add_argument(
+        "checkpoint", metavar="CKPT", help="run folder, checkpoints/ folder or checkpoints/step_* folder"
+    )
+    motion_detok.add_argument("out", metavar="OUT", help="output folder")
     args = parser.parse_args(argv)
     from divot_llm.config.paths import PathError, check_path
     from divot_llm.config.schema import PathKind
@@ -88,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export_vidtok(args)
     if args.command == "motion-tokenizer":
         return _export_motion_tokenizer(args)
+    if args.command == "motion-detokenizer":
+        return _export_motion_detokenizer(args)
 
     from divot_llm.export import CheckpointError, zero_to_fp32
 
@@ -121,6 +133,12 @@ def _export_motion_tokenizer(args) -> int:
     from divot_llm.export.motion_tokenizer import motion_tokenizer_checkpoint_to_pretrained
 
     return _write_folder(lambda: motion_tokenizer_checkpoint_to_pretrained(args.checkpoint, args.out))
+
+
+def _export_motion_detokenizer(args) -> int:
+    from divot_llm.export.motion_detokenizer import motion_detokenizer_checkpoint_to_pretrained
+
+    return _write_folder(lambda: motion_detokenizer_checkpoint_to_pretrained(args.checkpoint, args.out))
 
 
 def _write_folder(export: Callable[[], Path]) -> int:

@@ -177,11 +177,7 @@ class LaVITMotionTokenizer(PretrainedComponent):
         """A (reconstructed) field as the video de-tokenizer's motion condition: each frame
         bicubic-resized (no antialias) to ``height x width`` in fp32, times
         ``condition_scale`` (undoing ``data.motion.rescale``), back in the input's dtype."""
-        batch, channels, frames = fields_b2fhw.shape[:3]
-        frames_nchw = fields_b2fhw.transpose(1, 2).flatten(0, 1).float()
-        resized = F.interpolate(frames_nchw, size=(height, width), mode="bicubic")
-        resized = resized.view(batch, frames, channels, height, width).transpose(1, 2)
-        return (resized * self.config.condition_scale).to(fields_b2fhw.dtype)
+        return motion_condition(fields_b2fhw, height, width, self.config.condition_scale)
 
     def _check_fields(self, fields: torch.Tensor) -> None:
         c = self.config
@@ -197,6 +193,17 @@ class LaVITMotionTokenizer(PretrainedComponent):
             )
         if not fields.is_floating_point():
             raise ValueError(f"expected {expected}, got dtype {fields.dtype}")
+
+
+def motion_condition(fields_b2fhw: torch.Tensor, height: int, width: int, scale: float) -> torch.Tensor:
+    """A field ``(B, 2, F, h, w)`` in the tokenizer's units as the video de-tokenizer's motion
+    channels ``(B, 2, F, height, width)``: each frame bicubic-resized (no antialias) in fp32,
+    times ``scale`` (the release's 1/10), back in the input's dtype."""
+    batch, channels, frames = fields_b2fhw.shape[:3]
+    frames_nchw = fields_b2fhw.transpose(1, 2).flatten(0, 1).float()
+    resized = F.interpolate(frames_nchw, size=(height, width), mode="bicubic")
+    resized = resized.view(batch, frames, channels, height, width).transpose(1, 2)
+    return (resized * scale).to(fields_b2fhw.dtype)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

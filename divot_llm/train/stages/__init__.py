@@ -19,6 +19,8 @@ which losses and rates are logged, and validation. ``Trainer`` keeps the one loo
   motion tokenizer on motion-vector fields, its codebook by EMA.
 * ``LaVITLLMStage`` (``lavit_llm.py``) -- lavit_pretrain / lavit_sft: Video-LaVIT's LLM
   on text + keyframe-code + motion-code sequences from a tokens cache.
+* ``LaVITDetokStage`` (``lavit_detok.py``) -- lavit_detok: Video-LaVIT's video de-tokenizer
+  on motion clips and their frames.
 
 The models are built on the CPU from ``train.seed`` (``divot_llm.model.build``), so every
 rank, a resumed run and the export rebuild the same frozen values whatever the device.
@@ -33,6 +35,7 @@ from divot_llm.config.schema import DivotConfig
 from divot_llm.train.stages.base import Stage
 from divot_llm.train.stages.detok import DetokStage, TokenizerStage
 from divot_llm.train.stages.detok_adapt import DetokAdaptStage
+from divot_llm.train.stages.lavit_detok import LaVITDetokStage
 from divot_llm.train.stages.lavit_llm import LaVITLLMStage
 from divot_llm.train.stages.llm import LLMStage
 from divot_llm.train.stages.motion_tokenizer import MotionTokenizerStage
@@ -51,6 +54,7 @@ STAGES: dict[str, type[Stage]] = {
     "motion_tokenizer": MotionTokenizerStage,  # Video-LaVIT's motion tokenizer, EMA codebook
     "lavit_pretrain": LaVITLLMStage,  # Video-LaVIT's LLM: captions + generation over keyframe/motion codes
     "lavit_sft": LaVITLLMStage,  # the same from a pretrained language_model/: QA chats + generation
+    "lavit_detok": LaVITDetokStage,  # Video-LaVIT's video de-tokenizer: frame 0 + motion field -> clip
 }
 
 
