@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_SKIPPED = 3  # as divot-infer: some inputs could not be used, the rest were written
+from divot_llm.cli.display import EXIT_SKIPPED
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@
     divot-infer reconstruct --video-tokenizer vidtok_kl_causal_488_4chn --ckpt checkpoints/vidtok_kl_causal_488_4chn.ckpt clip.mp4 --out recon/
     divot-infer comprehend --official pretrained/ demo_videos/wine.mp4      # Divot's own files
     divot-infer t2v "a red circle moving left" --release releases/t2v --cond-scale 2 --steps 50 --out x.mp4
+    divot-infer lavit t2v --release /models/Video-LaVIT-v1 "a panda eating bamboo" --out gen/   # also i2v, long,
+                                                                          # reconstruct, comprehend
 
 --release takes a ``divot-merge`` output (its config.yaml says how it was built); for t2v,
 a ``divot-export detokenizer`` output of a stage=t2v run;
@@ -43,15 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from divot_llm.cli.display import printable
+from divot_llm.cli.display import PATH_LIMIT, SkippedInputs, printable
 from divot_llm.cli.eval import READ_DEFAULTS, add_reconstruction_args
+from divot_llm.cli.infer_lavit import add_lavit_parser, run_lavit
 
 if TYPE_CHECKING:
     import torch
 
 DEFAULT_QUESTION = "What does this video describe?"  # the reference's comprehension demo
-EXIT_SKIPPED = 3  # some inputs could not be used; every other result was written
-PATH_LIMIT = 4096  # characters of a file name shown (PATH_MAX): never cut a real one
 
 
 def _add_model_args(p: argparse.ArgumentParser, video_tokenizer: bool = False) -> None:
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="config change (repeatable), e.g. --set stage.text_encoder.path=/ckpt/bert")  # fmt: skip
     t2v.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     t2v.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
+    add_lavit_parser(commands)
     return parser
 
 
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "t2v":
             return _t2v(args)
+        if args.command == "lavit":
+            return run_lavit(args)
         if args.command == "reconstruct" and args.video_tokenizer:
             return _reconstruct_with_video_tokenizer(args)
         if args.command == "reconstruct":
@@ -217,30 +221,6 @@ def _load(args, cfg):
 def _is_pretrain(models) -> bool:
     """A pretrain release was trained to caption and to generate from a bare caption."""
     return models.cfg.stage.name == "pretrain"
-
-
-class SkippedInputs:
-    """Inputs of a batch command that could not be used: each is named on stderr when it
-    happens, and the exit code says whether there were any (``EXIT_SKIPPED``)."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.count = 0
-
-    def report(self, name: object, reason: str, detail: str) -> None:
-        self.count += 1
-        line = f"divot-infer: skipped {printable(name, PATH_LIMIT)} ({reason}): {printable(detail, 500)}"
-        print(line, file=sys.stderr, flush=True)
-
-    def exit_code(self) -> int:
-        if not self.count:
-            return 0
-        print(
-            f"divot-infer: {self.total - self.count} of {self.total} inputs done, "
-            f"{self.count} skipped (named above)",
-            file=sys.stderr,
-        )
-        return EXIT_SKIPPED
 
 
 @contextlib.contextmanager

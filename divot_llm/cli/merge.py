@@ -5,7 +5,10 @@
     divot-merge --checkpoint run/ --out rel/ --set model.llm.path=/models/Mistral-7B-Instruct-v0.1
 
 --checkpoint takes a run folder, a checkpoints/step_* folder or a ``divot-export
-zero-to-fp32`` output. The base model is rebuilt from the run's resolved config; --set
+zero-to-fp32`` output. A Video-LaVIT LLM run (stage=lavit_pretrain or lavit_sft) is written
+as a release's language_model/ folder instead: the HF model with the LoRA merged and the
+text tokenizer, visual_weight.bin (the run's keyframe + motion tokenizers), config.yaml and
+release.json -- give --out ROOT/language_model (or ROOT/language_model_sft). The base model is rebuilt from the run's resolved config; --set
 changes it (e.g. the base weights moved). The release (llm/, agent/, config.yaml,
 release.json) is what ``stage.init_from`` of an SFT stage and ``divot-infer --release``
 take. --verify compares the unmerged and the merged model on a few batches and writes
@@ -48,16 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     from divot_llm.config.paths import check_path
     from divot_llm.config.schema import PathKind
     from divot_llm.export import CheckpointError, VerificationError, merge_release
+    from divot_llm.export.lavit_release import is_lavit_llm_checkpoint, merge_lavit_llm
 
     def log(message: str) -> None:
         print(f"divot-merge: {message}", file=sys.stderr)
 
     try:
         check_path(args.checkpoint, PathKind.checkpoint, "--checkpoint")
-        result = merge_release(
-            args.checkpoint, args.out, dtype=args.dtype, verify=args.verify, overrides=args.overrides,
-            max_shard_size=args.max_shard_size, overwrite=args.overwrite, log=log,
-        )  # fmt: skip
+        if is_lavit_llm_checkpoint(args.checkpoint):  # a Video-LaVIT LLM: its language_model/ folder
+            result = merge_lavit_llm(args.checkpoint, args.out, args.dtype, args.verify, args.overwrite, log)
+        else:
+            result = merge_release(
+                args.checkpoint, args.out, dtype=args.dtype, verify=args.verify, overrides=args.overrides,
+                max_shard_size=args.max_shard_size, overwrite=args.overwrite, log=log,
+            )  # fmt: skip
     except ConfigError as exc:
         log(str(exc))
         return 2

@@ -531,8 +531,12 @@ class DivotConfig:
     video_tokenizer: Any = MISSING  # the chosen tokenizer's config dataclass (its schema_<arch>)
     detokenizer: Any = MISSING  # the chosen de-tokenizer's config dataclass
     motion_tokenizer: Any = None  # the chosen motion tokenizer's config dataclass (optional group)
-    keyframe_tokenizer: Any = None  # the chosen keyframe (image) tokenizer's config dataclass (optional group)
-    motion_detokenizer: Any = None  # keyframe + motion -> clip de-tokenizer's config dataclass (optional group)
+    keyframe_tokenizer: Any = (
+        None  # the chosen keyframe (image) tokenizer's config dataclass (optional group)
+    )
+    motion_detokenizer: Any = (
+        None  # keyframe + motion -> clip de-tokenizer's config dataclass (optional group)
+    )
     data: DataConfig = field(default_factory=DataConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

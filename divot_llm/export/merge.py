@@ -169,7 +169,7 @@ def merge_release(
     comparisons = []
     if expected is not None:
         comparisons = _verify_written(tmp, cfg, video_tokenizer, expected, DTYPES[dtype], log)
-    info = _release_info(cfg, source, dtype, comparisons)
+    info = release_info(cfg, source, dtype, comparisons)
     (tmp / RELEASE_INFO).write_text(json.dumps(info, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
@@ -239,7 +239,7 @@ def _verify_written(
     return comparisons
 
 
-def _release_info(cfg: DivotConfig, source: dict, dtype: str, comparisons: list[Comparison]) -> dict:
+def release_info(cfg: DivotConfig, source: dict, dtype: str, comparisons: list[Comparison]) -> dict:
     """The release's ``release.json``: what it was made from and how it was checked."""
     return {
         "stage": cfg.stage.name,

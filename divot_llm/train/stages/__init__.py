@@ -93,6 +93,7 @@ __all__ = [
     "DetokAdaptStage",
     "DetokStage",
     "LLMStage",
+    "LaVITDetokStage",
     "LaVITLLMStage",
     "MotionTokenizerStage",
     "Stage",
