@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo demo-vidtok test test-fast lint clean
+.PHONY: install demo demo-vidtok lavit-tiny test test-fast lint clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: install
 # nor of the tests; see README "The VidTok demo".
 demo-vidtok: install
 	PATH="$(abspath $(BIN)):$$PATH" bash launch/demo_vidtok.sh
+
+# Video-LaVIT at tiny size, every part and every mode (README "Video-LaVIT"); the tests run it
+# at fewer steps (tests/launch/test_lavit_tiny.py).
+lavit-tiny: install
+	PATH="$(abspath $(BIN)):$$PATH" bash launch/lavit_tiny.sh
 
 # worksteal: the worker busy with the demo (started first) keeps no queue of its own; the
 # other takes the tests as it goes, whole runs of a module at a time, so module fixtures
