@@ -74,6 +74,29 @@ class PretrainedComponent(nn.Module, abc.ABC):
         return cls.config_class(**(fields | replaced))
 
 
+def state_dict_mismatch(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``weights`` from loading strictly into a module whose state dict is ``own``
+    -- keys missing, keys unexpected, tensors of other shapes (e.g. a config that is not the
+    file's), each kind counted and the first few named -- or None when they fit."""
+    missing = sorted(own.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - own.keys())
+    reshaped = [
+        f"{key} {tuple(weights[key].shape)} (model {tuple(own[key].shape)})"
+        for key in sorted(own.keys() & weights.keys())
+        if weights[key].shape != own[key].shape
+    ]
+    problems = [
+        f"{len(items)} {kind}: {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
+        for kind, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("other shapes", reshaped),
+        )
+        if items
+    ]
+    return "; ".join(problems) or None
+
+
 def config_value(name: str) -> property:
     """A read-only property that is ``self.config.<name>``: the shape members of a component
     whose config states them."""

@@ -48,7 +48,7 @@ from divot_llm.detokenizers.motion.lavit_config import LaVITVideoDetokenizerConf
 from divot_llm.detokenizers.motion.lavit_layers import CONDITION_GRID, MotionConditionEncoder, MotionUNet
 from divot_llm.detokenizers.motion.registry import register_motion_detokenizer
 from divot_llm.layout import MOTION_DETOKENIZER_CONFIG
-from divot_llm.tokenizers.base import PretrainedComponent, config_value
+from divot_llm.tokenizers.base import PretrainedComponent, config_value, state_dict_mismatch
 from divot_llm.tokenizers.motion.lavit import motion_condition, read_state_dict
 
 UNET_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # in unet/
@@ -397,24 +397,7 @@ def strict_load(model: torch.nn.Module, weights: dict, prefixes: tuple[str, ...]
         ValueError: missing / unexpected keys or other shapes, each kind counted and named.
     """
     own = {key: value for key, value in model.state_dict().items() if key.startswith(prefixes)}
-    missing = sorted(own.keys() - weights.keys())
-    unexpected = sorted(weights.keys() - own.keys())
-    reshaped = [
-        f"{key} {tuple(weights[key].shape)} (model {tuple(own[key].shape)})"
-        for key in sorted(own.keys() & weights.keys())
-        if weights[key].shape != own[key].shape
-    ]
-    problems = [
-        f"{len(items)} {what}: {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
-        for what, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("other shapes", reshaped),
-        )
-        if items
-    ]
+    problems = state_dict_mismatch(own, weights)
     if problems:
-        raise ValueError(
-            f"{source} does not fit the de-tokenizer config {model.config.name!r}: " + "; ".join(problems)
-        )
+        raise ValueError(f"{source} does not fit the de-tokenizer config {model.config.name!r}: {problems}")
     model.load_state_dict(weights, strict=False)  # the other parts keep their weights

@@ -36,7 +36,7 @@ from divot_llm.layout import (
     LAVIT_TOKENIZER_DECODER,
     LAVIT_TOKENIZER_ENCODER,
 )
-from divot_llm.tokenizers.base import PretrainedComponent, config_value
+from divot_llm.tokenizers.base import PretrainedComponent, config_value, state_dict_mismatch
 from divot_llm.tokenizers.keyframe.lavit_config import LaVITKeyframeConfig, check_config, num_patches
 from divot_llm.tokenizers.keyframe.lavit_layers import (
     CodesDecoder,
@@ -268,25 +268,9 @@ class LaVITKeyframeTokenizer(PretrainedComponent):
 def check_state_dict(module: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
     """Raise ValueError naming the keys missing from or unexpected in ``weights`` and those
     of other shapes than ``module``'s (e.g. a config that is not the file's)."""
-    own = module.state_dict()
-    missing = sorted(own.keys() - weights.keys())
-    unexpected = sorted(weights.keys() - own.keys())
-    reshaped = [
-        f"{key} {tuple(weights[key].shape)} (model {tuple(own[key].shape)})"
-        for key in sorted(own.keys() & weights.keys())
-        if weights[key].shape != own[key].shape
-    ]
-    problems = [
-        f"{len(items)} {kind}: {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
-        for kind, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("other shapes", reshaped),
-        )
-        if items
-    ]
+    problems = state_dict_mismatch(module.state_dict(), weights)
     if problems:
-        raise ValueError(f"{what} does not fit: " + "; ".join(problems))
+        raise ValueError(f"{what} does not fit: {problems}")
 
 
 def load_encoder_weights(model: LaVITKeyframeTokenizer, path: str | os.PathLike) -> None:

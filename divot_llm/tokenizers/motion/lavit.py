@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from divot_llm.layout import MOTION_TOKENIZER_CONFIG
-from divot_llm.tokenizers.base import PretrainedComponent, config_value
+from divot_llm.tokenizers.base import PretrainedComponent, config_value, state_dict_mismatch
 from divot_llm.tokenizers.motion.lavit_config import LaVITMotionConfig, check_config, token_grid
 from divot_llm.tokenizers.motion.lavit_layers import CosineCodebook, MotionDecoder, MotionEncoder
 from divot_llm.tokenizers.motion.registry import register_motion_tokenizer
@@ -234,25 +234,7 @@ def load_motion_tokenizer_weights(model: LaVITMotionTokenizer, path: str | os.Pa
             shapes (e.g. a config that is not the file's) -- each named.
     """
     weights = read_state_dict(path)
-    own = model.state_dict()
-    missing = sorted(own.keys() - weights.keys())
-    unexpected = sorted(weights.keys() - own.keys())
-    reshaped = [
-        f"{key} {tuple(weights[key].shape)} (model {tuple(own[key].shape)})"
-        for key in sorted(own.keys() & weights.keys())
-        if weights[key].shape != own[key].shape
-    ]
-    problems = [
-        f"{len(items)} {what}: {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
-        for what, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("other shapes", reshaped),
-        )
-        if items
-    ]
+    problems = state_dict_mismatch(model.state_dict(), weights)
     if problems:
-        raise ValueError(
-            f"{path} does not fit the motion tokenizer config {model.config.name!r}: " + "; ".join(problems)
-        )
+        raise ValueError(f"{path} does not fit the motion tokenizer config {model.config.name!r}: {problems}")
     model.load_state_dict(weights, strict=True)
