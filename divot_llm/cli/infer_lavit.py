@@ -22,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 
+from divot_llm.cli.display import PATH_LIMIT, printable
+
 MODES = ("t2v", "i2v", "long", "reconstruct", "comprehend")
 
 
@@ -117,18 +119,22 @@ def _sampling(args):
     return Sampling(**options)
 
 
-def _write(out: Path, name: str, clips, keyframe=None, fps: float = 6.0) -> str:
-    """``out/name.mp4`` of the clips back to back, and its strip (the keyframe first)."""
-    import torch
-
+def _write(out: Path, name: str, video, strip_rows: list, fps: float) -> str:
+    """``out/name.mp4`` (``video``: ``(F, 3, H, W)``) and ``out/name_strip.png`` (one row per
+    clip of ``strip_rows``, at most 12 frames each); a line saying so."""
     from divot_llm.data.media_out import frame_strip, write_mp4
 
     out.mkdir(parents=True, exist_ok=True)
-    video = torch.cat(clips)
     write_mp4(out / f"{name}.mp4", video, fps)
-    rows = [video] if keyframe is None else [torch.cat((keyframe[None], video))]
-    frame_strip(rows, max_frames=min(len(rows[0]), 12)).save(out / f"{name}_strip.png")
+    frame_strip(strip_rows, max_frames=12).save(out / f"{name}_strip.png")
     return f"{out / name}.mp4 ({len(video)} frames), {name}_strip.png"
+
+
+def _write_clip(out: Path, name: str, clip, fps: float) -> str:
+    """A generated clip, its strip led by the keyframe it was drawn from."""
+    import torch
+
+    return _write(out, name, clip.video, [torch.cat((clip.keyframe[None], clip.video))], fps)
 
 
 def _t2v(args, models, sampling, skipped) -> None:
@@ -137,10 +143,8 @@ def _t2v(args, models, sampling, skipped) -> None:
 
     for index, prompt in enumerate(args.prompts):
         clip = text_to_video(models, prompt, sampling, args.seed + index)
-        name = f"{index:03d}_{slug(prompt)}"
-        print(
-            f"{prompt!r}: {len(clip.visual_codes)} keyframe codes -> {_write(Path(args.out), name, [clip.video], clip.keyframe)}"
-        )
+        written = _write_clip(Path(args.out), f"{index:03d}_{slug(prompt)}", clip, models.motion.fps)
+        print(f"{printable(prompt)!r}: {len(clip.visual_codes)} keyframe codes -> {written}")
 
 
 def _read_image(path: str, skipped):
@@ -157,6 +161,7 @@ def _read_image(path: str, skipped):
 
 
 def _i2v(args, models, sampling, skipped) -> None:
+    from divot_llm.data.media_out import slug
     from divot_llm.infer.lavit import image_to_video
 
     for index, path in enumerate(args.images):
@@ -164,13 +169,13 @@ def _i2v(args, models, sampling, skipped) -> None:
         if image is None:
             continue
         clip = image_to_video(models, image, args.prompt, sampling, args.seed + index)
-        name = f"{index:03d}_{Path(path).stem}"
-        print(
-            f"{path}: {len(clip.visual_codes)} keyframe codes -> {_write(Path(args.out), name, [clip.video], clip.keyframe)}"
-        )
+        written = _write_clip(Path(args.out), f"{index:03d}_{slug(Path(path).stem)}", clip, models.motion.fps)
+        print(f"{printable(path, PATH_LIMIT)}: {len(clip.visual_codes)} keyframe codes -> {written}")
 
 
 def _long(args, models, sampling, skipped) -> None:
+    import torch
+
     from divot_llm.infer.lavit import long_video
 
     image = None
@@ -179,7 +184,8 @@ def _long(args, models, sampling, skipped) -> None:
         if image is None:
             return
     clips = long_video(models, args.prompts, sampling, image)
-    written = _write(Path(args.out), "long", [c.video for c in clips])
+    video = torch.cat([c.video for c in clips])
+    written = _write(Path(args.out), "long", video, [c.video for c in clips], models.motion.fps)
     print(f"{len(clips)} segments -> {written}")
 
 
@@ -188,6 +194,7 @@ def _reconstruct(args, models, sampling, skipped) -> None:
 
     from divot_llm.config.schema import EvalConfig
     from divot_llm.data.errors import MediaError
+    from divot_llm.data.media_out import slug
     from divot_llm.infer.evaluate import score_video
     from divot_llm.infer.lavit import reconstruct_video
     from divot_llm.metrics.lpips import load_lpips
@@ -205,17 +212,14 @@ def _reconstruct(args, models, sampling, skipped) -> None:
         except MediaError as exc:
             skipped.report(path, exc.reason, exc.detail)
             continue
-        name = Path(path).stem
+        name = slug(Path(path).stem)
         inputs, outputs = torch.cat(result.inputs), torch.cat(result.outputs)
         scores = score_video(name, outputs, inputs, lpips)
-        _write(out, name, result.outputs, fps=result.fps)
-        from divot_llm.data.media_out import frame_strip
-
-        frame_strip([inputs, outputs], max_frames=12).save(out / f"{name}_strip.png")
+        _write(out, name, outputs, [inputs, outputs], result.fps)
         records.append({"video": str(path), "clips": len(result.outputs), "frames": scores.frames,
                         "psnr": scores.psnr, "ssim": scores.ssim, "lpips": scores.lpips})  # fmt: skip
         lpips_text = f", LPIPS {scores.lpips:.4f}" if scores.lpips is not None else ""
-        print(f"{path}: {len(result.outputs)} clips, PSNR {scores.psnr:.2f} dB, SSIM {scores.ssim:.4f}{lpips_text} "
+        print(f"{printable(path, PATH_LIMIT)}: {len(result.outputs)} clips, PSNR {scores.psnr:.2f} dB, SSIM {scores.ssim:.4f}{lpips_text} "
               f"-> {out / name}.mp4, {name}_strip.png")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(records, indent=1) + "\n")
@@ -231,4 +235,4 @@ def _comprehend(args, models, sampling, skipped) -> None:
         except MediaError as exc:
             skipped.report(path, exc.reason, exc.detail)
             continue
-        print(f"{path}: {text}", flush=True)
+        print(f"{printable(path, PATH_LIMIT)}: {printable(text, 4000)}", flush=True)

@@ -17,13 +17,18 @@ Every clip is ``(F, 3, H, W)`` in [-1, 1], frames before channels, as every othe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from divot_llm.data.clip_sampling import resized_uint8, uint8_to_model_pixels
-from divot_llm.data.motion_vectors import motion_clips_from_stream, reencode_for_motion, stream_frames
+from divot_llm.data.motion_vectors import (
+    MotionClips,
+    motion_clips_from_stream,
+    reencode_for_motion,
+    stream_frames,
+)
 from divot_llm.model.lavit_generation import answer, generate_clip_codes
 from divot_llm.model.lavit_release import LaVITModels
 from divot_llm.text.lavit_templates import ClipTokens
@@ -151,6 +156,22 @@ def pixels_to_hw3(frame_3hw: torch.Tensor) -> np.ndarray:
     return ((frame_3hw.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+def video_motion_clips(
+    models: LaVITModels, video: str | os.PathLike | bytes, max_clips: int | None = None
+) -> tuple[bytes, MotionClips]:
+    """A video's re-encoded stream and its first ``max_clips`` motion clips (all: None), as
+    the release's motion tokenizer reads them (``models.motion``).
+
+    Raises:
+        MediaError: ``corrupt_video``, ``no_motion_clip``.
+    """
+    stream = reencode_for_motion(video, models.motion)
+    clips = motion_clips_from_stream(stream, models.motion)
+    if max_clips is not None:
+        clips = replace(clips, fields=clips.fields[:max_clips], start_frames=clips.start_frames[:max_clips])
+    return stream, clips
+
+
 @dataclass
 class ReconstructedVideo:
     """A video's motion clips re-drawn from their tokens, next to the frames they came from."""
@@ -172,10 +193,9 @@ def reconstruct_video(
         MediaError: ``corrupt_video``, ``no_motion_clip``.
     """
     motion = models.motion
-    stream = reencode_for_motion(video, motion)
-    clips = motion_clips_from_stream(stream, motion)
-    count = len(clips.start_frames) if max_clips is None else min(max_clips, len(clips.start_frames))
-    codes_kn = models.motion_tokenizer.encode(clips.fields[:count].to(models.device))
+    stream, clips = video_motion_clips(models, video, max_clips)
+    count = len(clips.start_frames)
+    codes_kn = models.motion_tokenizer.encode(clips.fields.to(models.device))
     height, width = models.video_detokenizer.image_size
     inputs, outputs = [], []
     for k in range(count):
@@ -199,14 +219,11 @@ def video_clip_tokens(
     Raises:
         MediaError: ``corrupt_video``, ``no_motion_clip``.
     """
-    motion = models.motion
-    stream = reencode_for_motion(video, motion)
-    clips = motion_clips_from_stream(stream, motion)
-    count = len(clips.start_frames) if max_clips is None else min(max_clips, len(clips.start_frames))
-    keyframes = stream_frames(stream, clips.start_frames[:count])
+    stream, clips = video_motion_clips(models, video, max_clips)
+    keyframes = stream_frames(stream, clips.start_frames)
     tokenizer = models.keyframe_tokenizer
     visual = tokenizer.encode(resized_uint8(keyframes, tokenizer.input_size).to(models.device))
-    motion_kn = models.motion_tokenizer.encode(clips.fields[:count].to(models.device))
+    motion_kn = models.motion_tokenizer.encode(clips.fields.to(models.device))
     return [ClipTokens(v.cpu(), m.cpu()) for v, m in zip(visual, motion_kn, strict=True)]
 
 
