@@ -66,8 +66,6 @@ def _check_config(overrides: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from divot_llm.config.paths import check_config_paths
-    from divot_llm.train.stages import training_reads
-    from divot_llm.train.trainer import check_ema_and_sampling
 
     try:
         node = compose_dictconfig(overrides)  # names a missing value where it is set
@@ -75,6 +73,11 @@ def _check_config(overrides: list[str]) -> None:
         if missing:
             raise ConfigError("these values must be set: " + ", ".join(missing))
         cfg = to_typed(node)
+        # Only now the stages (torch, transformers, DeepSpeed: ~4 CPU-s): a mistyped key or a
+        # missing value is refused in well under a second, before any of them loads.
+        from divot_llm.train.stages import training_reads
+        from divot_llm.train.trainer import check_ema_and_sampling
+
         check_ema_and_sampling(cfg)  # stage.ema / train.sample_every where they cannot work
         check_config_paths(cfg, training_reads(cfg))
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:

@@ -22,6 +22,7 @@ would take ``divot-config`` from under a second to several); that module is impo
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 
@@ -90,20 +91,31 @@ def register_component_schemas(conf_dir: Path) -> None:
     """Import the components whose schemas the options under ``conf_dir`` name (and that
     have not registered yet), so that Hydra finds every ``<group>/schema_<arch>``. A name
     no module provides is left for Hydra to report when an option using it is chosen."""
+    store = ConfigStore.instance()
     for group in COMPONENT_PACKAGES:
         for arch in sorted(_schemas_named(conf_dir / group)):
-            component_schema(group, arch)
+            if store.get_type(f"{group}/{SCHEMA_PREFIX}{arch}.yaml") != ObjectType.CONFIG:
+                component_schema(group, arch)
 
 
 def _schemas_named(group_dir: Path) -> set[str]:
     """The ``<arch>`` of every ``schema_<arch>`` in the defaults lists of ``group_dir/*.yaml``."""
     found = set()
     for option in group_dir.glob("*.yaml"):
-        data = yaml.safe_load(option.read_text())
-        defaults = (data.get("defaults") or []) if isinstance(data, dict) else []
-        found.update(
-            entry.removeprefix(SCHEMA_PREFIX)
-            for entry in defaults
-            if isinstance(entry, str) and entry.startswith(SCHEMA_PREFIX)
-        )
+        stat = option.stat()
+        found.update(_option_schemas(option, stat.st_mtime_ns, stat.st_size))
     return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _option_schemas(option: Path, mtime_ns: int, size: int) -> frozenset[str]:
+    """The ``<arch>`` of the ``schema_<arch>`` entries in one option's defaults list, read
+    once per version of the file: every compose registers, and parsing all the options
+    again was a quarter of a compose's time (tests compose hundreds of times)."""
+    data = yaml.safe_load(option.read_text())
+    defaults = (data.get("defaults") or []) if isinstance(data, dict) else []
+    return frozenset(
+        entry.removeprefix(SCHEMA_PREFIX)
+        for entry in defaults
+        if isinstance(entry, str) and entry.startswith(SCHEMA_PREFIX)
+    )

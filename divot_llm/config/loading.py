@@ -50,7 +50,9 @@ def register_configs(conf_dir: str | os.PathLike | None = None) -> None:
     """Register the schemas Hydra merges the YAML files onto (idempotent): ``DivotConfig``
     as ``divot_schema``, and the schema of every component that the options under
     ``conf_dir`` (default ``CONF_DIR``) name, by importing its module (see ``components``)."""
-    ConfigStore.instance().store(name="divot_schema", node=DivotConfig)
+    store = ConfigStore.instance()
+    if "divot_schema.yaml" not in store.repo:  # once: structuring the schema takes ~30 ms
+        store.store(name="divot_schema", node=DivotConfig)
     register_component_schemas(Path(conf_dir) if conf_dir is not None else CONF_DIR)
 
 

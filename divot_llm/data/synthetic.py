@@ -142,9 +142,9 @@ class VideoSpec:
 
 
 @functools.lru_cache(maxsize=16)
-def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column coordinates (H, W) float32 of a frame size, computed once (read-only)."""
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+def _pixel_coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row (H,) and column (W,) coordinates float32 of a frame size, computed once (read-only)."""
+    ys, xs = np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32)
     ys.flags.writeable = xs.flags.writeable = False
     return ys, xs
 
@@ -159,20 +159,28 @@ def _plain_frame(height: int, width: int, color: str) -> np.ndarray:
 
 
 def _draw_scene(scene: Scene, width: int, height: int, centers_xy: list[tuple[float, float]]) -> np.ndarray:
-    """Render one RGB frame (H, W, 3) with a copy of the shape at each centre (pixels).
+    """Render one RGB frame (H, W, 3) with a copy of the shape at each centre (pixels)."""
+    frame = _plain_frame(height, width, scene.background).copy()
+    _draw_shape(frame, scene, centers_xy)
+    return frame
+
+
+def _draw_shape(frame_hw3: np.ndarray, scene: Scene, centers_xy: list[tuple[float, float]]) -> None:
+    """Paint the scene's shape at each centre (pixels) onto a background frame, in place.
 
     Each shape is tested only inside its bounding box (every test below is false farther
-    than ``r`` from its centre): the same pixels as testing the whole frame, several times
-    faster, and rendering is most of the cost of writing the synthetic set."""
-    ys, xs = _pixel_grid(height, width)
+    than ``r`` from its centre), and on the box's row and column offsets, broadcast: the
+    same float32 arithmetic per pixel as on whole coordinate grids, so the same pixels,
+    several times faster -- rendering is most of the cost of writing the synthetic set."""
+    height, width = frame_hw3.shape[:2]
+    ys, xs = _pixel_coords(height, width)
     r = scene.radius_frac * min(width, height)
-    frame = _plain_frame(height, width, scene.background).copy()
     for cx, cy in centers_xy:
         x0, x1 = max(0, math.floor(cx - r) - 1), min(width, math.ceil(cx + r) + 2)
         y0, y1 = max(0, math.floor(cy - r) - 1), min(height, math.ceil(cy + r) + 2)
         if x0 >= x1 or y0 >= y1:  # this copy of the shape is entirely off the frame
             continue
-        dx, dy = xs[y0:y1, x0:x1] - cx, ys[y0:y1, x0:x1] - cy
+        dx, dy = (xs[x0:x1] - cx)[None, :], (ys[y0:y1] - cy)[:, None]  # (1, w), (h, 1)
         if scene.shape == "circle":
             inside = dx * dx + dy * dy <= r * r
         elif scene.shape == "square":
@@ -180,8 +188,10 @@ def _draw_scene(scene: Scene, width: int, height: int, centers_xy: list[tuple[fl
             inside = (np.abs(dx) <= half) & (np.abs(dy) <= half)
         else:  # triangle, apex up: half-width grows linearly from the apex to the base
             inside = (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
-        frame[y0:y1, x0:x1][inside] = COLORS[scene.color]
-    return frame
+        box_hw3 = frame_hw3[y0:y1, x0:x1]
+        # a channel at a time: 8x faster than box_hw3[inside] = rgb, the same pixels
+        for channel, value in enumerate(COLORS[scene.color]):
+            box_hw3[..., channel][inside] = value
 
 
 def _shape_centers(spec: VideoSpec, t_s: float) -> list[tuple[float, float]]:
@@ -211,9 +221,10 @@ def frame_times(spec: VideoSpec) -> np.ndarray:
 def render_video(spec: VideoSpec) -> tuple[np.ndarray, np.ndarray]:
     """Frames (T, H, W, 3) uint8 and their times (T,) in seconds."""
     times = frame_times(spec)
-    frames = np.stack(
-        [_draw_scene(spec.scene, spec.width, spec.height, _shape_centers(spec, t)) for t in times]
-    )
+    frames = np.empty((len(times), spec.height, spec.width, 3), dtype=np.uint8)
+    frames[:] = _plain_frame(spec.height, spec.width, spec.scene.background)  # whole frames copied
+    for frame, t in zip(frames, times, strict=True):
+        _draw_shape(frame, spec.scene, _shape_centers(spec, t))
     return frames, times
 
 

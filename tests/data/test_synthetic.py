@@ -25,12 +25,15 @@ SMALL = SyntheticCounts(train_videos=10, val_videos=3, images=6, samples_per_sha
 
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory) -> Path:
-    """Written through the real recipe CLI, as a user would."""
+    """Written through the real recipe CLI, as a user would; in one process: each spawned
+    worker imports the recipes (torch included) anew, twice the CPU of this small set
+    (several workers write the same bytes: test_same_seed_writes_identical_bytes...)."""
     out = tmp_path_factory.mktemp("synthetic") / "set"
     helpers.run_command(
         [helpers.PYTHON, "-m", "data_recipes", "synthetic", "--out", str(out), "--seed", "3",
          "--train-videos", str(SMALL.train_videos), "--val-videos", str(SMALL.val_videos),
-         "--images", str(SMALL.images), "--samples-per-shard", str(SMALL.samples_per_shard)],
+         "--images", str(SMALL.images), "--samples-per-shard", str(SMALL.samples_per_shard),
+         "--workers", "1"],
         cwd=helpers.REPO_ROOT,
     )  # fmt: skip
     return out

@@ -69,7 +69,9 @@ def test_training_lowers_the_loss_and_reconstructions_follow_the_conditioning(ti
     )
     gen = torch.Generator().manual_seed(1)
     batch, batch_features = video.repeat(2, 1, 1, 1, 1), features.repeat(2, 1, 1)
-    for _ in range(110):
+    # 80 steps: the loss falls to ~0.27 of its start and each clip's own features decode
+    # ~3 dB closer than the other clip's (110 steps: 0.19, 5-6 dB); 40 steps: 0.46, < 1 dB
+    for _ in range(80):
         loss = detok(batch, batch_features, generator=gen)  # forward = loss, with CFG dropout
         optimizer.zero_grad()
         loss.backward()
