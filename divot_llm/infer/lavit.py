@@ -236,5 +236,32 @@ def comprehend_video(
     max_clips: int | None = None,
 ) -> str:
     """The LLM's answer to a question about a video (its clips' keyframe + motion codes)."""
+    if models.llm.config.keyframe_input == "features":  # the release's understanding input
+        clips, feats = video_clip_features(models, video, max_clips)
+        return answer(
+            models.llm, models.text_tokenizer, question, clips, max_new_tokens, keyframe_feats=feats
+        )
     clips = video_clip_tokens(models, video, max_clips)
     return answer(models.llm, models.text_tokenizer, question, clips, max_new_tokens=max_new_tokens)
+
+
+@torch.no_grad()
+def video_clip_features(
+    models: LaVITModels, video: str | os.PathLike | bytes, max_clips: int | None = None
+) -> tuple[list[ClipTokens], list[torch.Tensor]]:
+    """A video's clips as the released understanding model reads them: each keyframe's
+    continuous features ``(n_i, H)`` (the keyframe tokenizer's ``encode_features``) with
+    ``ClipTokens`` that hold ``n_i`` placeholder codes (the positions) and the motion codes.
+
+    Raises:
+        MediaError: ``corrupt_video``, ``no_motion_clip``.
+    """
+    stream, clips = video_motion_clips(models, video, max_clips)
+    tokenizer = models.keyframe_tokenizer
+    pixels = resized_uint8(stream_frames(stream, clips.start_frames), tokenizer.input_size).to(models.device)
+    feats = tokenizer.encode_features(pixels)
+    motion_kn = models.motion_tokenizer.encode(clips.fields.to(models.device)).cpu()
+    tokens = [
+        ClipTokens(torch.zeros(len(f), dtype=torch.long), m) for f, m in zip(feats, motion_kn, strict=True)
+    ]
+    return tokens, [f.to(models.dtype) for f in feats]

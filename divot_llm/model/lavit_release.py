@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from divot_llm.config.schema import MotionFieldConfig
+from divot_llm.config.schema import LaVITModelConfig, MotionFieldConfig
 from divot_llm.detokenizers.motion.image import LaVITImageDetokenizer
 from divot_llm.detokenizers.motion.registry import load_motion_detokenizer
 from divot_llm.layout import (
@@ -28,10 +28,13 @@ from divot_llm.layout import (
     LAVIT_SFT_LLM_DIR,
     LAVIT_VIDEO_DETOKENIZER_DIR,
     LAVIT_VISUAL_TOKENIZER_DIR,
+    LAVIT_VISUAL_WEIGHT,
 )
+from divot_llm.model.lavit_llm import SIDECAR as LAVIT_LLM_SIDECAR
 from divot_llm.model.lavit_llm import LaVITLLM
 from divot_llm.text.lavit_tokenizer import LaVITTextTokenizer
 from divot_llm.tokenizers.keyframe.registry import load_keyframe_tokenizer
+from divot_llm.tokenizers.keyframe.visual_weight import load_visual_weight
 from divot_llm.tokenizers.motion.lavit_config import LaVITMotionConfig
 from divot_llm.tokenizers.motion.registry import build_motion_tokenizer, load_motion_tokenizer
 
@@ -78,7 +81,15 @@ class LaVITModels:
 
     @property
     def llm(self) -> LaVITLLM:
-        return self._part("llm", lambda: LaVITLLM.from_pretrained(self.llm_dir, dtype=self.dtype))
+        return self._part("llm", self._load_llm)
+
+    def _load_llm(self) -> LaVITLLM:
+        folder = self.llm_dir
+        config = None
+        if not (folder / LAVIT_LLM_SIDECAR).is_file() and folder.name == LAVIT_SFT_LLM_DIR:
+            # the released understanding model reads keyframes as continuous features
+            config = LaVITModelConfig(keyframe_input="features")
+        return LaVITLLM.from_pretrained(folder, dtype=self.dtype, config=config)
 
     @property
     def text_tokenizer(self) -> LaVITTextTokenizer:
@@ -88,13 +99,26 @@ class LaVITModels:
 
     @property
     def keyframe_tokenizer(self):
-        return self._part(
-            "keyframe_tokenizer", lambda: load_keyframe_tokenizer(self._path(LAVIT_VISUAL_TOKENIZER_DIR))
-        )
+        return self._tokenizers()[0]
 
     @property
     def motion_tokenizer(self):
-        return self._part("motion_tokenizer", self._load_motion_tokenizer)
+        return self._tokenizers()[1]
+
+    def _tokenizers(self) -> tuple:
+        """(keyframe, motion) tokenizer. For comprehension (``sft``) they carry the LLM
+        folder's ``visual_weight.bin`` when it has one: the copies the LLM was trained to
+        read, as LaVIT's understanding model loads them; otherwise the root's."""
+        if "tokenizers" not in self._parts:
+            keyframe = load_keyframe_tokenizer(self._path(LAVIT_VISUAL_TOKENIZER_DIR))
+            motion = self._load_motion_tokenizer()
+            weight = self.llm_dir / LAVIT_VISUAL_WEIGHT if self.sft else None
+            if weight is not None and weight.is_file():
+                load_visual_weight(weight, keyframe, motion)
+            self._parts["tokenizers"] = tuple(
+                t.to(self.device).eval().requires_grad_(False) for t in (keyframe, motion)
+            )
+        return self._parts["tokenizers"]
 
     def _load_motion_tokenizer(self):
         path = self._path(LAVIT_MOTION_TOKENIZER_DIR, LAVIT_MOTION_TOKENIZER)

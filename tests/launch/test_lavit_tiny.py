@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import av
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
+from divot_llm.config.schema import LaVITModelConfig
+from divot_llm.infer.lavit import comprehend_video, video_clip_features
 from divot_llm.layout import (
     LAVIT_IMAGE_DETOKENIZER_DIR,
     LAVIT_LLM_DIR,
@@ -26,6 +30,7 @@ from divot_llm.layout import (
     LAVIT_VISUAL_WEIGHT,
 )
 from divot_llm.model.lavit_llm import LaVITLLM
+from divot_llm.model.lavit_release import open_lavit_release
 from divot_llm.tokenizers.keyframe.registry import load_keyframe_tokenizer
 from divot_llm.tokenizers.motion.registry import load_motion_tokenizer
 from tests import helpers
@@ -100,3 +105,33 @@ def test_every_mode_writes_videos_that_decode(lavit_run, export_data):
     assert [line.split(": ")[0] for line in answers] == [
         str(export_data / "media" / "videos" / f"val-vid-{i:06d}.mp4") for i in range(2)
     ]
+
+
+def test_comprehension_reads_the_llm_folders_visual_weight_and_keyframe_features(
+    lavit_run, export_data, tmp_path
+):
+    """The understanding path as released: the tokenizers are the LLM folder's own copies
+    (its visual_weight.bin, here with a changed vit_proj), and an LLM that reads keyframes as
+    continuous features (``keyframe_input=features``) gets the keyframe tokenizer's features."""
+    root = tmp_path / "release"
+    root.mkdir()
+    for part in (LAVIT_VISUAL_TOKENIZER_DIR, LAVIT_MOTION_TOKENIZER_DIR):
+        (root / part).symlink_to(lavit_run / "release" / part)
+    shutil.copytree(lavit_run / "release" / LAVIT_SFT_LLM_DIR, root / LAVIT_SFT_LLM_DIR)
+    weight_file = root / LAVIT_SFT_LLM_DIR / LAVIT_VISUAL_WEIGHT
+    weights = torch.load(weight_file, weights_only=True)
+    weights["model.visual_tokenizer.vit_proj.weight"] = weights["model.visual_tokenizer.vit_proj.weight"] * 2
+    torch.save(weights, weight_file)
+
+    models = open_lavit_release(root, torch.device("cpu"), sft=True)
+    assert torch.equal(
+        models.keyframe_tokenizer.vit_proj.weight, weights["model.visual_tokenizer.vit_proj.weight"]
+    )
+    models._parts["llm"] = LaVITLLM.from_pretrained(  # as the released language_model_sft/ is read
+        root / LAVIT_SFT_LLM_DIR, config=LaVITModelConfig(keyframe_input="features")
+    ).eval()
+    video = export_data / "media" / "videos" / "val-vid-000000.mp4"
+    clips, feats = video_clip_features(models, video, max_clips=2)
+    assert [len(c.visual_codes) for c in clips] == [len(f) for f in feats]
+    assert all(f.shape[1] == models.llm.hidden_size for f in feats)
+    assert isinstance(comprehend_video(models, video, "What color is the shape?", 4, max_clips=2), str)
