@@ -49,7 +49,7 @@ def test_plus_typos_and_out_of_range_values_are_named(capsys):
 def test_an_unknown_stage_is_named_with_the_known_ones(capsys):
     assert refused("stage.name=finetune", capsys=capsys).strip() == (
         "divot-train: config error: stage.name='finetune' is not a stage; known stages: pretrain, sft_comp, "
-        "sft_gen, detok, tokenizer, detok_adapt, t2v, vidtok, motion_tokenizer"
+        "sft_gen, detok, tokenizer, detok_adapt, t2v, vidtok, motion_tokenizer, lavit_pretrain, lavit_sft, lavit_detok"
     )
 
 
