@@ -15,11 +15,12 @@
 #      -> ROOT/language_model/, then stage=lavit_sft from it -> ROOT/language_model_sft/
 #   5. the video de-tokenizer (stage=lavit_detok) -> ROOT/video_detokenizer/
 #   6. divot-infer lavit t2v, i2v, long, reconstruct, comprehend on held-out inputs -> OUT/infer/
+#      (one process: tools/lavit_modes.py runs the five command lines, printing each)
 #
 # Environment: LAVIT_DATA (default data/synthetic), LAVIT_OUT (outputs/lavit_tiny),
 # LAVIT_SEED (0), LAVIT_VIDEOS (train videos when the data is written, 64), NPROC (ranks of
 # every training run, 1), LAVIT_MOTION_STEPS (60), LAVIT_PRETRAIN_STEPS (40),
-# LAVIT_SFT_STEPS (20), LAVIT_DETOK_STEPS (20), LAVIT_INFER_STEPS (de-tokenizer sampler
+# LAVIT_SFT_STEPS (20; 0 skips SFT), LAVIT_DETOK_STEPS (20), LAVIT_INFER_STEPS (de-tokenizer sampler
 # steps, 2). Parts already written are kept (delete LAVIT_OUT to start over).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,7 +38,7 @@ INFER_STEPS=${LAVIT_INFER_STEPS:-2}
 export NPROC=${NPROC:-1} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 started=$SECONDS
 source launch/demo_common.sh
-mkdir -p "$OUT/release"
+mkdir -p "$OUT/release" "$OUT/infer"
 OUT=$(cd "$OUT" && pwd)
 ROOT=$OUT/release  # the Video-LaVIT-v1 layout
 
@@ -49,7 +50,8 @@ train() {
   shift 2
   local run="$OUT/runs/$name"
   local args=("$@" "data.root=$DATA" "train.output_dir=$run" "train.max_steps=$steps" "train.save_every=$steps"
-              "train.eval_every=$steps" "train.log_every=$(( steps / 5 > 0 ? steps / 5 : 1 ))" train.progress_bar=false)
+              "train.eval_every=$steps" train.eval_at_start=false "train.log_every=$(( steps / 5 > 0 ? steps / 5 : 1 ))"
+              train.progress_bar=false)
   if [[ $NPROC == 1 ]]; then
     divot-train "${args[@]}" 2>&1 | grep -E '^(divot-train|step|finished|resumed|stopped)' || true
   else
@@ -86,9 +88,11 @@ TOKENIZERS=("motion_tokenizer.pretrained_path=$ROOT/motion_tokenizer" "keyframe_
 
 step "LLM pretraining ($PRETRAIN_STEPS steps) -> $ROOT/language_model"
 train_llm lavit_pretrain "$PRETRAIN_STEPS" "$ROOT/language_model" experiment=lavit_pretrain_tiny
-step "LLM SFT ($SFT_STEPS steps) -> $ROOT/language_model_sft"
-train_llm lavit_sft "$SFT_STEPS" "$ROOT/language_model_sft" experiment=lavit_sft_tiny \
-  "model.llm.path=$ROOT/language_model" "model.tokenizer_path=$ROOT/language_model"
+if (( SFT_STEPS > 0 )); then  # 0: no SFT (comprehend then asks language_model/)
+  step "LLM SFT ($SFT_STEPS steps) -> $ROOT/language_model_sft"
+  train_llm lavit_sft "$SFT_STEPS" "$ROOT/language_model_sft" experiment=lavit_sft_tiny \
+    "model.llm.path=$ROOT/language_model" "model.tokenizer_path=$ROOT/language_model"
+fi
 
 step "video de-tokenizer ($DETOK_STEPS steps) -> $ROOT/video_detokenizer"
 if [[ ! -d "$ROOT/video_detokenizer" ]]; then
@@ -100,15 +104,9 @@ step "every mode on held-out inputs -> $OUT/infer"
 mapfile -t videos < <(heldout caption video | sed -n 1,2p)
 mapfile -t captions < <(heldout caption caption | sed -n 1,2p)
 image=$(find "$DATA/media/images" -name 'img-*.jpg' | sort | head -n 1)  # the keyframe of i2v
-INFER=(--release "$ROOT" --seed "$SEED")
-GEN=(--steps "$INFER_STEPS" --keyframe-steps "$INFER_STEPS")
-quiet "$OUT/infer/t2v.log" divot-infer lavit t2v "${INFER[@]}" "${GEN[@]}" "${captions[@]}" --out "$OUT/infer/t2v"
-quiet "$OUT/infer/reconstruct.log" divot-infer lavit reconstruct "${INFER[@]}" --steps "$INFER_STEPS" \
-  --max-clips 1 "${videos[@]}" --out "$OUT/infer/reconstruct"
-quiet "$OUT/infer/i2v.log" divot-infer lavit i2v "${INFER[@]}" "${GEN[@]}" "$image" --prompt "${captions[0]}" \
-  --out "$OUT/infer/i2v"
-quiet "$OUT/infer/long.log" divot-infer lavit long "${INFER[@]}" "${GEN[@]}" "${captions[@]}" --out "$OUT/infer/long"
-quiet "$OUT/infer/comprehend.log" divot-infer lavit comprehend "${INFER[@]}" --max-clips 2 "${videos[@]}" \
-  -q "What color is the shape in the video?" > "$OUT/infer/answers.txt"
+# every divot-infer lavit mode, in one process (the command lines are printed as they run)
+quiet "$OUT/infer.log" python tools/lavit_modes.py --release "$ROOT" --out "$OUT/infer" --seed "$SEED" \
+  --steps "$INFER_STEPS" --captions "${captions[@]}" --videos "${videos[@]}" --image "$image" > "$OUT/infer/modes.txt"
+grep -E '^(\$|.*-> )' "$OUT/infer/modes.txt" | cut -c1-160
 cat "$OUT/infer/answers.txt"
 step "done: $ROOT (release layout), $OUT/infer (videos, strips, metrics.json, answers.txt)"

@@ -68,16 +68,16 @@ def test_the_release_root_has_the_published_layout(lavit_run):
     root = lavit_run / "release"
     keyframe_tokenizer = load_keyframe_tokenizer(root / LAVIT_VISUAL_TOKENIZER_DIR)
     motion_tokenizer = load_motion_tokenizer(root / LAVIT_MOTION_TOKENIZER_DIR)
-    for llm in (LAVIT_LLM_DIR, LAVIT_SFT_LLM_DIR):
-        assert (root / llm / LAVIT_VISUAL_WEIGHT).is_file(), llm
-        assert json.loads((root / llm / "release.json").read_text())["verified"], llm
-        # an HF folder any transformers user reads, with LaVIT's ids on the Mistral text vocabulary:
-        # as many visual and motion codes as the release's tokenizers have
-        model = AutoModelForCausalLM.from_pretrained(root / llm)
-        vocab = LaVITLLM.from_pretrained(root / llm).vocab
-        assert model.get_input_embeddings().weight.shape[0] == vocab.size
-        codebooks = (keyframe_tokenizer.codebook_size, motion_tokenizer.codebook_size)
-        assert (vocab.text_size, vocab.visual_codes, vocab.motion_codes) == (32000, *codebooks)
+    llm = root / LAVIT_LLM_DIR
+    assert (llm / LAVIT_VISUAL_WEIGHT).is_file()
+    assert json.loads((llm / "release.json").read_text())["verified"]
+    # an HF folder any transformers user reads, with LaVIT's ids on the Mistral text vocabulary:
+    # as many visual and motion codes as the release's tokenizers have
+    model = AutoModelForCausalLM.from_pretrained(llm)
+    vocab = LaVITLLM.from_pretrained(llm).vocab
+    assert model.get_input_embeddings().weight.shape[0] == vocab.size
+    codebooks = (keyframe_tokenizer.codebook_size, motion_tokenizer.codebook_size)
+    assert (vocab.text_size, vocab.visual_codes, vocab.motion_codes) == (32000, *codebooks)
     for name in (LAVIT_TOKENIZER_ENCODER, LAVIT_TOKENIZER_DECODER):
         assert (root / LAVIT_VISUAL_TOKENIZER_DIR / name).is_file()
     assert (root / LAVIT_MOTION_TOKENIZER_DIR).is_dir()
@@ -117,7 +117,7 @@ def test_comprehension_reads_the_llm_folders_visual_weight_and_keyframe_features
     root.mkdir()
     for part in (LAVIT_VISUAL_TOKENIZER_DIR, LAVIT_MOTION_TOKENIZER_DIR):
         (root / part).symlink_to(lavit_run / "release" / part)
-    shutil.copytree(lavit_run / "release" / LAVIT_SFT_LLM_DIR, root / LAVIT_SFT_LLM_DIR)
+    shutil.copytree(lavit_run / "release" / LAVIT_LLM_DIR, root / LAVIT_SFT_LLM_DIR)  # as the SFT LLM
     weight_file = root / LAVIT_SFT_LLM_DIR / LAVIT_VISUAL_WEIGHT
     weights = torch.load(weight_file, weights_only=True)
     weights["model.visual_tokenizer.vit_proj.weight"] = weights["model.visual_tokenizer.vit_proj.weight"] * 2
