@@ -19,9 +19,11 @@
 #
 # Environment: LAVIT_DATA (default data/synthetic), LAVIT_OUT (outputs/lavit_tiny),
 # LAVIT_SEED (0), LAVIT_VIDEOS (train videos when the data is written, 64), NPROC (ranks of
-# every training run, 1), LAVIT_MOTION_STEPS (60), LAVIT_PRETRAIN_STEPS (40),
-# LAVIT_SFT_STEPS (20; 0 skips SFT), LAVIT_DETOK_STEPS (20), LAVIT_INFER_STEPS (de-tokenizer sampler
-# steps, 2). Parts already written are kept (delete LAVIT_OUT to start over).
+# every training run, 1), LAVIT_MOTION_STEPS (60; 0: an untrained one), LAVIT_PRETRAIN_STEPS (40),
+# LAVIT_SFT_STEPS (20; 0 skips SFT), LAVIT_DETOK_STEPS (20; 0: an untrained one), LAVIT_INFER_STEPS (de-tokenizer sampler
+# steps, 2). Parts already written are kept (delete LAVIT_OUT to start over). The test runs it
+# with LAVIT_MOTION_STEPS=0, LAVIT_SFT_STEPS=0 and LAVIT_DETOK_STEPS=0: the LLM pretraining,
+# the release layout and every mode, in CI time (each skipped stage has its own tests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -43,14 +45,14 @@ OUT=$(cd "$OUT" && pwd)
 ROOT=$OUT/release  # the Video-LaVIT-v1 layout
 
 # train NAME STEPS OVERRIDES...: one stage into $OUT/runs/NAME (resuming if stopped), STEPS steps,
-# one checkpoint and one validation at the end; NPROC ranks through the deepspeed launcher
+# one checkpoint and one validation (one batch) at the end; NPROC ranks through the deepspeed launcher
 # (launch/train_cpu.sh), or one process without it.
 train() {
   local name=$1 steps=$2
   shift 2
   local run="$OUT/runs/$name"
   local args=("$@" "data.root=$DATA" "train.output_dir=$run" "train.max_steps=$steps" "train.save_every=$steps"
-              "train.eval_every=$steps" train.eval_at_start=false "train.log_every=$(( steps / 5 > 0 ? steps / 5 : 1 ))"
+              "train.eval_every=$steps" train.eval_at_start=false train.max_eval_batches=1 "train.log_every=$(( steps / 5 > 0 ? steps / 5 : 1 ))"
               train.progress_bar=false)
   if [[ $NPROC == 1 ]]; then
     divot-train "${args[@]}" 2>&1 | grep -E '^(divot-train|step|finished|resumed|stopped)' || true
@@ -63,14 +65,20 @@ train() {
 step "synthetic data -> $DATA"
 synthetic_data
 
-step "motion tokenizer ($MOTION_STEPS steps) -> $ROOT/motion_tokenizer"
-if [[ ! -d "$ROOT/motion_tokenizer" ]]; then
-  train motion_tokenizer "$MOTION_STEPS" experiment=motion_tokenizer_tiny
-  divot-export motion-tokenizer "$OUT/runs/motion_tokenizer" "$ROOT/motion_tokenizer" 2>&1 | tail -n 1
+UNTRAINED=()
+if (( MOTION_STEPS > 0 )); then
+  step "motion tokenizer ($MOTION_STEPS steps) -> $ROOT/motion_tokenizer"
+  if [[ ! -d "$ROOT/motion_tokenizer" ]]; then
+    train motion_tokenizer "$MOTION_STEPS" experiment=motion_tokenizer_tiny
+    divot-export motion-tokenizer "$OUT/runs/motion_tokenizer" "$ROOT/motion_tokenizer" 2>&1 | tail -n 1
+  fi
+else  # 0: an untrained one (its training is tested on its own: tests/train/test_motion_tokenizer.py)
+  UNTRAINED+=(--motion-tokenizer lavit_tiny)
 fi
+(( DETOK_STEPS > 0 )) || UNTRAINED+=(--motion-detokenizer lavit_tiny)  # (tests/train/test_lavit_detok.py)
 
-step "keyframe tokenizer and image de-tokenizer (random, tiny) -> $ROOT/visual_tokenizer, $ROOT/image_detokenizer"
-python tools/lavit_random_parts.py --out "$ROOT" --seed "$SEED"
+step "untrained tiny parts -> $ROOT (tools/lavit_random_parts.py)"
+python tools/lavit_random_parts.py --out "$ROOT" --seed "$SEED" "${UNTRAINED[@]}"
 
 # train_llm NAME STEPS TARGET OVERRIDES...: the tokens cache of the stage's data, the stage
 # (train), then divot-merge --verify its language_model/ folder to TARGET; kept when TARGET is there.
@@ -94,10 +102,12 @@ if (( SFT_STEPS > 0 )); then  # 0: no SFT (comprehend then asks language_model/)
     "model.llm.path=$ROOT/language_model" "model.tokenizer_path=$ROOT/language_model"
 fi
 
-step "video de-tokenizer ($DETOK_STEPS steps) -> $ROOT/video_detokenizer"
-if [[ ! -d "$ROOT/video_detokenizer" ]]; then
-  train lavit_detok "$DETOK_STEPS" experiment=lavit_detok_tiny
-  divot-export motion-detokenizer "$OUT/runs/lavit_detok" "$ROOT/video_detokenizer" 2>&1 | tail -n 1
+if (( DETOK_STEPS > 0 )); then  # 0: an untrained one, written with the keyframe tokenizer above
+  step "video de-tokenizer ($DETOK_STEPS steps) -> $ROOT/video_detokenizer"
+  if [[ ! -d "$ROOT/video_detokenizer" ]]; then
+    train lavit_detok "$DETOK_STEPS" experiment=lavit_detok_tiny
+    divot-export motion-detokenizer "$OUT/runs/lavit_detok" "$ROOT/video_detokenizer" 2>&1 | tail -n 1
+  fi
 fi
 
 step "every mode on held-out inputs -> $OUT/infer"

@@ -1,8 +1,9 @@
-"""Video-LaVIT end to end (launch/lavit_tiny.sh) at test size: every part trained or built,
-assembled into a release root in the published Video-LaVIT-v1 layout, and every
-``divot-infer lavit`` mode run on it -- each writes an mp4 that decodes, with the frames the
-de-tokenizer makes. Learning is each stage's own tests' business (tests/train/test_lavit_*,
-test_motion_tokenizer): here each stage runs a few steps, enough to write a checkpoint."""
+"""Video-LaVIT end to end (launch/lavit_tiny.sh) at test size: the parts built, the LLM
+pretrained and merged, assembled into a release root in the published Video-LaVIT-v1 layout,
+and every ``divot-infer lavit`` mode run on it -- each writes an mp4 that decodes, with the
+frames the de-tokenizer makes. Learning is each stage's own tests' business
+(tests/train/test_lavit_*, test_motion_tokenizer): here the LLM runs a few steps, and the
+other stages are left to those tests (see STEPS)."""
 
 from __future__ import annotations
 
