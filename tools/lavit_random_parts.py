@@ -29,6 +29,19 @@ from divot_llm.tokenizers.keyframe.registry import build_keyframe_tokenizer, loa
 from divot_llm.tokenizers.motion.registry import build_motion_tokenizer
 
 
+def random_component(folder: Path, group: str, option: str, build, seed: int, load=None):
+    """``folder``'s component, or a random one of ``group=option`` drawn from ``seed`` and
+    saved there; returns it when ``load`` reads a saved one back (else None if it was there)."""
+    if folder.is_dir():
+        print(f"{folder} already there")
+        return load(folder) if load is not None else None
+    seed_everything(seed)
+    component = build(getattr(compose_config([f"{group}={option}"]), group))
+    component.save_pretrained(folder)
+    print(f"{group} ({option}, random, seed {seed}) -> {folder}")
+    return component
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -42,30 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    video = args.out / LAVIT_VIDEO_DETOKENIZER_DIR
-    if args.motion_detokenizer and not video.is_dir():
-        seed_everything(args.seed)
-        config = compose_config([f"motion_detokenizer={args.motion_detokenizer}"]).motion_detokenizer
-        build_motion_detokenizer(config).save_pretrained(video)
-        print(f"video de-tokenizer ({args.motion_detokenizer}, random, seed {args.seed}) -> {video}")
-
-    motion = args.out / LAVIT_MOTION_TOKENIZER_DIR
-    if args.motion_tokenizer and not motion.is_dir():
-        seed_everything(args.seed)
-        config = compose_config([f"motion_tokenizer={args.motion_tokenizer}"]).motion_tokenizer
-        build_motion_tokenizer(config).save_pretrained(motion)
-        print(f"motion tokenizer ({args.motion_tokenizer}, random, seed {args.seed}) -> {motion}")
-
-    visual = args.out / LAVIT_VISUAL_TOKENIZER_DIR
-    if visual.is_dir():
-        tokenizer = load_keyframe_tokenizer(visual)
-        print(f"{visual} already there")
-    else:
-        seed_everything(args.seed)
-        config = compose_config([f"keyframe_tokenizer={args.keyframe_tokenizer}"]).keyframe_tokenizer
-        tokenizer = build_keyframe_tokenizer(config)
-        tokenizer.save_pretrained(visual)
-        print(f"keyframe tokenizer ({args.keyframe_tokenizer}, random, seed {args.seed}) -> {visual}")
+    if args.motion_detokenizer:
+        random_component(args.out / LAVIT_VIDEO_DETOKENIZER_DIR, "motion_detokenizer", args.motion_detokenizer,
+                         build_motion_detokenizer, args.seed)  # fmt: skip
+    if args.motion_tokenizer:
+        random_component(args.out / LAVIT_MOTION_TOKENIZER_DIR, "motion_tokenizer", args.motion_tokenizer,
+                         build_motion_tokenizer, args.seed)  # fmt: skip
+    tokenizer = random_component(args.out / LAVIT_VISUAL_TOKENIZER_DIR, "keyframe_tokenizer",
+                                 args.keyframe_tokenizer, build_keyframe_tokenizer, args.seed,
+                                 load=load_keyframe_tokenizer)  # fmt: skip
     image = args.out / LAVIT_IMAGE_DETOKENIZER_DIR
     if image.is_dir():
         print(f"{image} already there")
