@@ -166,14 +166,9 @@ def test_lavit_sft_starts_from_the_exported_pretrained_llm_and_its_loss_falls(
     SFT then reads as its LLM and text tokenizer."""
     folder = lavit_llm_checkpoint_to_pretrained(pretrain_run, tmp_path / "language_model")
     loaded = LaVITLLM.from_pretrained(folder)
-    trained = torch.load(
-        next(
-            (pretrain_run / "checkpoints" / checkpoint.step_dir_name(STEPS)).rglob(
-                "mp_rank_00_model_states.pt"
-            )
-        ),
-        weights_only=True,  # DeepSpeed's model states: plain tensors, names and numbers
-    )["module"]
+    engine_dir = pretrain_run / "checkpoints" / checkpoint.step_dir_name(STEPS)
+    states = next(engine_dir.rglob("mp_rank_00_model_states.pt"))
+    trained = torch.load(states, weights_only=True)["module"]  # DeepSpeed's: plain tensors and names
     assert torch.equal(loaded.llm.lm_head.weight, trained["llm.lm_head.weight"].float())
     out = tmp_path / "sft"
     overrides = (f"model.llm.path={folder}", f"model.tokenizer_path={folder}", "train.eval_at_start=true")
