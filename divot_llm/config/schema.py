@@ -255,7 +255,13 @@ class SourceConfig:
     # what the source's text trains: required by the LLM stages; the de-tokenizer and VidTok
     # stages read any caption source (null: captions or QA), and a vidtok_csv source has no text
     task: Task | None = None
-    paths: list[str] = MISSING  # shard / jsonl / csv paths or globs (folder kind: folders), under data.root
+    # shard / jsonl / csv paths or globs (folder kind: folders), under data.root; a webdataset
+    # source's entries may also be pipe:CMD, http(s):// URLs, URLs of a data.stream.commands
+    # scheme (s3://, gs://) and brace patterns (shard-{000..099}.tar); see data/shard_stream.py
+    paths: list[str] = field(default_factory=list)
+    # webdataset: a text file under data.root naming one shard per line, as paths entries
+    # (no globs; blank lines and # comments ignored), read after paths: for millions of shards
+    shard_list: str | None = None
     media_root: str | None = None  # jsonl / vidtok_csv media folder, relative to data.root
     weight: float = checked(1.0, gt=0)  # mixing weight (normalised across sources)
     batch_size: int = checked(8, ge=1)  # used by "batch" mixing
@@ -302,6 +308,24 @@ class MotionFieldConfig:
 
 
 @dataclass
+class StreamConfig:
+    """How a webdataset source's streamed shards (URLs, ``pipe:``) are read
+    (``divot_llm/data/shard_stream.py``); local shards are read by random access."""
+
+    # samples a reader holds to shuffle a streamed shard's samples, emptied at the shard's
+    # end (memory: this x the sample size, per dataloader worker); 1 = tar order
+    shuffle_buffer: int = checked(100, ge=1)
+    timeout: float = checked(60.0, gt=0)  # seconds without a byte before a read fails
+    retries: int = checked(3, ge=0)  # re-reads of a shard whose transport failed, then its rest is skipped
+    retry_backoff: float = checked(1.0, ge=0)  # seconds before the first retry, doubled before each next
+    # the command reading a URL of each other scheme to stdout: split with shlex, the URL
+    # replaces the {url} word (one argument; no shell); the user's CLI and credentials
+    commands: dict[str, str] = field(
+        default_factory=lambda: {"s3": "aws s3 cp {url} -", "gs": "gcloud storage cat {url}"}
+    )
+
+
+@dataclass
 class DataConfig:
     root: str = checked(MISSING, path=PathKind.folder)  # every source path must stay inside this folder
     sources: dict[str, SourceConfig] = field(default_factory=dict)
@@ -326,6 +350,7 @@ class DataConfig:
     # stop the run when a reader has skipped more than this fraction of a source's records
     # as bad (size filters aside), checked after its first 100; 1.0 never stops
     max_skip_fraction: float = checked(0.5, ge=0, le=1)
+    stream: StreamConfig = field(default_factory=StreamConfig)  # streamed webdataset shards
     motion: MotionFieldConfig = field(default_factory=MotionFieldConfig)  # Video-LaVIT motion fields
     # precomputed motion fields or motion codes (`divot-data motion-cache`): the motion
     # loader reads them instead of re-encoding videos; null = extract while loading

@@ -26,20 +26,21 @@ import pickle
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from divot_llm.config.schema import DataConfig, MixMode, SourceConfig, SourceKind, Task
+from divot_llm.config.schema import DataConfig, MixMode, SourceConfig, SourceKind, StreamConfig, Task
 from divot_llm.data.clip_sampling import clip_positions, decoder_threads, image_clip, sample_video_clips
 from divot_llm.data.collate import collate, pack
 from divot_llm.data.errors import MediaError
 from divot_llm.data.feature_cache import CacheInfo, FeatureCache
 from divot_llm.data.mixing import BatchSchedule, Mixer, MixSource, padded_tokens
 from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder, sequence_example
+from divot_llm.data.shard_stream import Shard, StreamTarSource, list_shards, refuse_streams
 from divot_llm.data.sources import (
     Consumer,
     DataError,
@@ -92,6 +93,7 @@ class LoaderSpec:
     split: str = "train"
     example_kind: ExampleKind | None = None  # e.g. de-tokenizer videos instead of token sequences
     max_skip_fraction: float | None = None  # stop when a reader skips more (sources.Source)
+    stream: StreamConfig = field(default_factory=StreamConfig)  # how streamed shards are read
 
 
 # ------------------------------------------------------------------------ examples
@@ -213,9 +215,33 @@ def cache_group(split: str, source: str) -> str:
     return f"{split}-{source}"
 
 
+def source_key(split: str, name: str) -> str:
+    """A source's config key: ``data.sources.<name>`` (train) or ``data.val_sources.<name>``."""
+    return f"data.{'sources' if split == 'train' else 'val_sources'}.{name}"
+
+
+def source_files(spec: LoaderSpec, name: str, src: SourceConfig) -> list[Shard]:
+    """What a source reads: its files under ``spec.root`` -- for a webdataset source, its
+    shards (``shard_stream.list_shards``: local ``Path``s and streamed URL / ``pipe:``
+    entries, from ``paths`` and ``shard_list``).
+
+    Raises:
+        DataError: naming the source's key: nothing matches; a shard list, URL or ``pipe:``
+            entry in a source of another kind; an unknown scheme (see ``list_shards``).
+    """
+    key = source_key(spec.split, name)
+    if src.kind is SourceKind.webdataset:
+        return list_shards(spec.root, key, list(src.paths), src.shard_list, dict(spec.stream.commands))
+    refuse_streams(key, src.kind.value, list(src.paths), src.shard_list)
+    return expand_paths(spec.root, src.paths, name, folders=src.kind is SourceKind.folder)
+
+
 def open_source(spec: LoaderSpec, name: str, src: SourceConfig, consumer: Consumer, infinite: bool) -> Source:
-    """The raw-sample reader of one configured source (records checked against its task)."""
-    files = expand_paths(spec.root, src.paths, name, folders=src.kind is SourceKind.folder)
+    """The raw-sample reader of one configured source (records checked against its task).
+    A webdataset source whose shards are all local reads them by random access
+    (``TarSource``); one with a URL or ``pipe:`` entry reads every shard as a stream
+    (``shard_stream.StreamTarSource``, with ``spec.stream``)."""
+    files = source_files(spec, name, src)
     task = src.task.value if src.task is not None else None
     checks = {"task": task, "max_skip_fraction": spec.max_skip_fraction}
     if src.kind is SourceKind.jsonl:
@@ -226,7 +252,9 @@ def open_source(spec: LoaderSpec, name: str, src: SourceConfig, consumer: Consum
         return VidTokCsvSource(name, files, media_root, spec.seed, consumer, infinite, spec.max_skip_fraction)
     if src.kind is SourceKind.folder:
         return FolderSource(name, files, spec.root, spec.seed, consumer, infinite, **checks)
-    return TarSource(name, files, spec.seed, consumer, infinite, **checks)
+    if all(isinstance(shard, Path) for shard in files):
+        return TarSource(name, files, spec.seed, consumer, infinite, **checks)
+    return StreamTarSource(name, files, spec.stream, spec.seed, consumer, infinite, **checks)
 
 
 def check_sources_usable(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None) -> None:
@@ -246,7 +274,8 @@ def check_sources_usable(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None)
             )
             raise DataError(
                 f"{spec.split} source {name} has no usable sample: {why}; "
-                f"paths {list(src.paths)} under {spec.root}, kind {src.kind.value}"
+                f"paths {list(src.paths)}{f' and shard list {src.shard_list}' if src.shard_list else ''} "
+                f"under {spec.root}, kind {src.kind.value}"
                 f"{f', task {src.task.value}' if src.task is not None else ''}."
             )
 
@@ -481,9 +510,10 @@ def loader_spec(
         split=split,
         example_kind=example_kind,
         max_skip_fraction=data_cfg.max_skip_fraction,
+        stream=data_cfg.stream,
     )
     for name, source in spec.sources.items():  # fail at start-up, naming the source, not in a worker
-        expand_paths(spec.root, source.paths, name, folders=source.kind is SourceKind.folder)
+        source_files(spec, name, source)
     return spec
 
 

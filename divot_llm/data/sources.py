@@ -11,7 +11,8 @@ Ordering: jsonl lines, CSV rows and folder files are shuffled globally (every li
 indexed by byte offset, every media file of a folder listed up front). Tar
 shards are shuffled, dealt to consumers shard by shard (or sample by sample when there
 are fewer shards than consumers), and the samples inside each shard are shuffled too;
-tar members are read by offset, so shards must be local files (or a mounted store).
+``TarSource`` reads local shards' members by offset. Shards behind URLs or ``pipe:``
+commands are read as streams by its subclass ``shard_stream.StreamTarSource``.
 
 No single record stops a source. Everything that turns a record into a sample (read,
 parse, check the fields' shapes and that they fit the source's task, resolve the media
@@ -36,6 +37,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -157,17 +159,30 @@ def expand_paths(root: Path, patterns: list[str], source: str, folders: bool = F
     """Regular files (``folders``: folders) matching the source's globs, all inside
     ``root``; none matching is an error (what a glob matches of the other kind, and
     special files, are left out)."""
-    wanted = os.path.isdir if folders else os.path.isfile
-    files: list[Path] = []
-    for pattern in patterns:
-        if os.path.isabs(pattern) or ".." in Path(pattern).parts:
-            raise DataError(f"source {source}: path {pattern!r} must be relative to data.root without '..'")
-        matched = sorted(glob.glob(str(root / pattern), recursive=True))
-        files.extend(safe_join(root, os.path.relpath(m, root)) for m in matched if wanted(m))
+    files = [path for pattern in patterns for path in glob_under(root, pattern, source, folders)]
     if not files:
         what = "folder" if folders else "file"
         raise DataError(f"source {source}: no {what} matches {patterns} under {root}")
     return files
+
+
+def glob_under(root: Path, pattern: str, source: str, folders: bool = False) -> list[Path]:
+    """The regular files (``folders``: folders) one glob matches under ``root``, sorted
+    (possibly none).
+
+    Raises:
+        DataError: an absolute pattern or one with ``..``.
+    """
+    check_relative(pattern, f"source {source}: path")
+    wanted = os.path.isdir if folders else os.path.isfile
+    matched = sorted(glob.glob(str(root / pattern), recursive=True))
+    return [safe_join(root, os.path.relpath(m, root)) for m in matched if wanted(m)]
+
+
+def check_relative(path: str, what: str) -> None:
+    """Raise DataError (``what`` names the path) for an absolute path or one with ``..``."""
+    if os.path.isabs(path) or ".." in Path(path).parts:
+        raise DataError(f"{what} {path!r} must be relative to data.root without '..'")
 
 
 def escape_undecodable(text: str) -> str:
@@ -395,10 +410,8 @@ class Source:
         reading or ``convert`` raises (anything but DataError), or that ``convert`` turns
         into None, is skipped; the rest are yielded and count as used."""
         while True:
-            for position, (borrowed, ref) in enumerate(self._epoch_refs(self.epoch)):
-                if position < self.position:
-                    continue  # resuming: consumed before the checkpoint
-                self.position = position + 1
+            for borrowed, ref in self._resumed_refs(self.epoch):
+                self.position += 1
                 self._borrowing = borrowed
                 result = self._record(ref, convert)
                 if result is None:
@@ -417,6 +430,11 @@ class Source:
             if not self.infinite:
                 return
             self.epoch, self.position, self.used_in_epoch = self.epoch + 1, 0, 0
+
+    def _resumed_refs(self, epoch: int) -> Iterator[tuple[bool, Any]]:
+        """``_epoch_refs`` after the ``position`` records consumed before a checkpoint (they
+        are listed again and passed over; a streamed source starts at its cursor instead)."""
+        return itertools.islice(self._epoch_refs(epoch), self.position, None)
 
     def _epoch_refs(self, epoch: int) -> Iterator[tuple[bool, Any]]:
         """(borrowed, record) in this reader's order of an epoch: its share, then -- on an
@@ -687,6 +705,11 @@ def _media_files(root: Path, folders: list[Path]) -> list[str]:
     return sorted(found)
 
 
+# The members a sample is made of (the rest of a tar is read past): what a streamed shard
+# keeps in memory.
+SAMPLE_MEMBERS = MEDIA_EXTS | {"txt", "json"}
+
+
 @dataclass(frozen=True)
 class _TarItem:
     key: str
@@ -694,6 +717,8 @@ class _TarItem:
     # the last sample before a shard's cut: it may lack members that came after; if it is
     # unusable it is one with the cut, counted as the shard's truncated_shard
     at_cut: bool = False
+    # the SAMPLE_MEMBERS' contents when read from a stream; None: read at their offsets
+    data: dict[str, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -701,13 +726,16 @@ class _TarRef:
     """One record of a shard: a sample, or None for a shard without one (it still takes
     a position, so that the shard's problems are counted by exactly one reader)."""
 
-    shard: Path
+    shard: Any  # a local shard's Path; a streamed shard's URL (shard_stream)
     item: _TarItem | None
     notices: tuple[tuple[str, str, str], ...] = ()  # the shard's problems (reason, where, detail)
 
 
 class TarSource(Source):
-    """webdataset shards: members ``<key>.<ext>`` grouped by key; media + ``.txt``/``.json``."""
+    """webdataset shards: members ``<key>.<ext>`` grouped by key; media + ``.txt``/``.json``.
+
+    Shards are local files read by random access (indexed, then each sample's members read
+    at their offsets); ``shard_stream.StreamTarSource`` reads shards as streams instead."""
 
     def __init__(self, name, shards: list[Path], seed=0, consumer=Consumer(), infinite=True,
                  task: str | None = None, max_skip_fraction: float | None = None):  # fmt: skip
@@ -715,21 +743,38 @@ class TarSource(Source):
         self.shards = shards
 
     def _refs(self, epoch, reader, salt=()):
-        shard_order = np.random.default_rng(stable_seed(self.seed, self.name, epoch, *salt)).permutation(
-            len(self.shards)
-        )
-        # Deal whole shards when there are enough of them; otherwise deal samples.
-        by_shard = len(self.shards) >= reader.count
-        shards = shard_order[reader.index :: reader.count] if by_shard else shard_order
+        shards, by_shard = self._dealt_shards(epoch, reader, salt)
         dealt = 0  # every record seen, when dealing samples
         for s in shards:
             shard = self.shards[int(s)]
-            for ref in self._shard_refs(shard, stable_seed(self.seed, self.name, epoch, *salt, shard.name)):
+            for ref in self._shard_refs(shard, self._shard_seed(epoch, salt, shard)):
                 if not by_shard:
                     dealt += 1
                     if (dealt - 1) % reader.count != reader.index:
                         continue
                 yield ref
+
+    def _dealt_shards(self, epoch: int, reader: Consumer, salt: tuple) -> tuple[np.ndarray, bool]:
+        """(shards to read, in order; whether they are dealt whole). The shards are shuffled
+        per epoch and dealt whole when there are at least as many as readers (``reader``
+        reads its share); otherwise every reader reads every shard and is dealt samples."""
+        order = np.random.default_rng(stable_seed(self.seed, self.name, epoch, *salt)).permutation(
+            len(self.shards)
+        )
+        by_shard = len(self.shards) >= reader.count
+        return (order[reader.index :: reader.count] if by_shard else order), by_shard
+
+    def _shard_seed(self, epoch: int, salt: tuple, shard: Any) -> list[int]:
+        """The seed of the order of a shard's samples in an epoch."""
+        return stable_seed(self.seed, self.name, epoch, *salt, self._shard_name(shard))
+
+    def _shard_name(self, shard: Any) -> str:
+        """What sample keys (``<shard name>:<key>``) and seeds call a shard: its file name."""
+        return shard.name
+
+    def _shard_where(self, shard: Any) -> str:
+        """A shard as messages name it."""
+        return escape_undecodable(str(shard))
 
     def _shard_refs(self, shard: Path, seed: list[int]) -> list[_TarRef]:
         """A shard's records in a seeded order, its problems attached to the first."""
@@ -742,7 +787,7 @@ class TarSource(Source):
     def _index_shard(self, shard: Path) -> tuple[list[_TarItem], list[tuple[str, str, str]]]:
         """The samples of a shard and its problems. Members are indexed until the tar
         ends or breaks; a shard cut short keeps every sample before the cut."""
-        where = escape_undecodable(str(shard))
+        where = self._shard_where(shard)
         groups: dict[str, dict[str, tuple[int, int]]] = {}
         notices: list[tuple[str, str, str]] = []
         try:
@@ -757,50 +802,41 @@ class TarSource(Source):
             return [], [("unreadable_shard", where, str(exc))]
         except Exception as exc:  # tarfile raises many types on garbage
             return [], [("corrupt_shard", where, f"{type(exc).__name__}: {exc}")]
-        # A complete tar ends with two zero blocks; tarfile stops silently at a cut between
-        # members or at a broken header, and raises at a cut inside one.
-        if stopped is not None or marker != bytes(2 * tarfile.BLOCKSIZE):
-            cut = [key for key, members in groups.items() if any(o + n > size for o, n in members.values())]
-            for key in cut:  # the sample the cut went through
-                del groups[key]
-            if cut:
-                detail = f"cut inside sample {cut[0]!r} ({size} bytes)"
-            elif end + tarfile.BLOCKSIZE <= size:
-                detail = f"unreadable from byte {end}{f' ({stopped})' if stopped else ''}"
-            else:
-                detail = f"cut after byte {end} (no end-of-archive marker)"
-            notices.append(("truncated_shard", where, f"{detail}; the complete samples before it are kept"))
-            last = None if cut else next(reversed(groups), None)  # after a cut member: all complete
-        else:
-            last = None
-            if not groups and not notices:
-                notices.append(("empty_shard", where, "no sample in it"))
+        last = end_of_shard(groups, stopped, TarEnd(size, end, marker), where, notices)
+        if not groups and not notices:
+            notices.append(("empty_shard", where, "no sample in it"))
         return [_TarItem(key, members, at_cut=key == last) for key, members in groups.items()], notices
 
     def _index_members(self, tar: tarfile.TarFile, shard: Path, groups: dict, notices: list) -> str | None:
         """Add the shard's file members to ``groups``; why reading stopped early, or None."""
         try:
             for member in tar:
-                if member.isfile():
-                    self._add_member(groups, notices, shard, member)
+                named = self._member_key(notices, shard, member)
+                if named is not None:
+                    key, ext = named
+                    groups.setdefault(key, {})[ext] = (member.offset_data, member.size)
         except Exception as exc:  # a cut inside a member, a broken header: keep what came before
             return f"{type(exc).__name__}: {exc}"
         return None
 
-    def _add_member(self, groups: dict, notices: list, shard: Path, member: tarfile.TarInfo) -> None:
+    def _member_key(self, notices: list, shard: Any, member: tarfile.TarInfo) -> tuple[str, str] | None:
+        """(sample key, lower-case extension) of a file member ``<key>.<ext>``; None for
+        other members, and for a path leaving the shard (noticed as unsafe_member_path)."""
+        if not member.isfile():
+            return None
         name = escape_undecodable(member.name)  # tarfile keeps non-UTF-8 bytes as surrogates
         if name.startswith("/") or ".." in Path(name).parts:
-            notices.append(("unsafe_member_path", escape_undecodable(f"{shard}:{name}"), ""))
-            return
+            notices.append(("unsafe_member_path", f"{self._shard_where(shard)}:{name}", ""))
+            return None
         folder, base = os.path.split(name)
         if "." not in base:
-            return
+            return None
         stem, ext = base.split(".", 1)  # webdataset: the key ends at the first dot
-        key = f"{folder}/{stem}" if folder else stem
-        groups.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
+        return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
     def _where(self, ref: _TarRef) -> str:
-        return escape_undecodable(f"{ref.shard}:{ref.item.key}" if ref.item is not None else str(ref.shard))
+        where = self._shard_where(ref.shard)
+        return where if ref.item is None else f"{where}:{ref.item.key}"
 
     def _read(self, ref: _TarRef) -> RawSample | None:
         for reason, where, detail in ref.notices:
@@ -814,23 +850,31 @@ class TarSource(Source):
                 return None  # incomplete at the cut: counted once, as the truncated_shard
             raise
 
-    def _sample(self, shard: Path, item: _TarItem) -> RawSample:
+    def _sample(self, shard: Any, item: _TarItem) -> RawSample:
         media_ext = next((e for e in VIDEO_EXTS if e in item.members), None)
         kind = "video"
         if media_ext is None:
             media_ext, kind = next((e for e in IMAGE_EXTS if e in item.members), None), "image"
         if media_ext is None:
             raise RecordError("no_media_member")
+        exts = [media_ext, *(ext for ext in ("txt", "json") if ext in item.members)]
         try:
-            with open(shard, "rb") as handle:
-                media = _read_at(handle, *item.members[media_ext])
-                text = _read_at(handle, *item.members["txt"]) if "txt" in item.members else None
-                meta = _read_at(handle, *item.members["json"]) if "json" in item.members else None
+            data = self._member_bytes(shard, item, exts)
         except OSError as exc:
             raise RecordError("unreadable_member", str(exc)) from exc
-        captions, turns = self._member_text(text, meta)
+        captions, turns = self._member_text(data.get("txt"), data.get("json"))
         check_task_text(self.task, captions, turns)
-        return RawSample(self.name, f"{shard.name}:{item.key}", kind, media, captions, turns)
+        key = f"{self._shard_name(shard)}:{item.key}"
+        return RawSample(self.name, key, kind, data[media_ext], captions, turns)
+
+    @staticmethod
+    def _member_bytes(shard: Any, item: _TarItem, exts: list[str]) -> dict[str, bytes]:
+        """The contents of a sample's members ``exts``: read from a stream already, or
+        read at their offsets in the local shard."""
+        if item.data is not None:
+            return {ext: item.data[ext] for ext in exts}
+        with open(shard, "rb") as handle:
+            return {ext: _read_at(handle, *item.members[ext]) for ext in exts}
 
     def _member_text(self, text: bytes | None, meta: bytes | None) -> tuple[list[str], list[tuple[str, str]]]:
         """(captions, turns) of a sample: the ``.txt`` member is its caption; the ``.json``
@@ -865,3 +909,38 @@ def _read_at(handle, offset: int, size: int) -> bytes:
     if len(data) != size:
         raise OSError(f"truncated member ({len(data)} of {size} bytes)")
     return data
+
+
+@dataclass(frozen=True)
+class TarEnd:
+    """Where a shard's members ended: the next header's offset ``end`` (``tarfile``'s
+    ``offset``), the shard's ``size`` and the bytes at ``end`` (up to two blocks)."""
+
+    size: int
+    end: int
+    marker: bytes
+
+
+def end_of_shard(groups: dict[str, dict[str, tuple[int, int]]], stopped: str | None, tar_end: TarEnd,
+                 where: str, notices: list) -> str | None:  # fmt: skip
+    """Judge how a shard ended, whether read by random access or as a stream. A complete
+    tar ends with two zero blocks; tarfile stops silently at a cut between members or at a
+    broken header, and raises at a cut inside one (``stopped``: why it raised). On a
+    truncated shard the sample the cut went through (a member past ``size``) is removed
+    from ``groups`` (the samples that may still hold it) and a ``truncated_shard`` notice
+    added. Returns the key of the last sample when the cut came after it -- it may lack
+    members that came after -- else None."""
+    size, end = tar_end.size, tar_end.end
+    if stopped is None and tar_end.marker == bytes(2 * tarfile.BLOCKSIZE):
+        return None
+    cut = [key for key, members in groups.items() if any(o + n > size for o, n in members.values())]
+    for key in cut:  # the sample the cut went through
+        del groups[key]
+    if cut:
+        detail = f"cut inside sample {cut[0]!r} ({size} bytes)"
+    elif end + tarfile.BLOCKSIZE <= size:
+        detail = f"unreadable from byte {end}{f' ({stopped})' if stopped else ''}"
+    else:
+        detail = f"cut after byte {end} (no end-of-archive marker)"
+    notices.append(("truncated_shard", where, f"{detail}; the complete samples before it are kept"))
+    return None if cut else next(reversed(groups), None)  # after a cut member: all complete

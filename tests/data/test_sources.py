@@ -1,7 +1,11 @@
-"""Sources: exact partitioning across readers, exact resume, bad data skipped and counted."""
+"""Sources: exact partitioning across readers, exact resume, bad data skipped and counted.
+
+The webdataset tests run over every transport (``open_tar``): local shards by random
+access, and the same shards streamed from a loopback HTTP server and through ``pipe:cat``."""
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -18,11 +22,13 @@ from divot_llm.data.sources import (
     DataError,
     FolderSource,
     JsonlSource,
-    TarSource,
     expand_paths,
     parse_annotation,
     safe_join,
 )
+from tests.data.shard_servers import TRANSPORTS, tar_source
+
+pytestmark = pytest.mark.timeout(120)  # the streamed cases read over loopback HTTP and pipes
 
 READERS = [Consumer.of(rank, 2, worker, 2) for rank in range(2) for worker in range(2)]  # 2 ranks x 2 workers
 
@@ -74,12 +80,17 @@ def keys(source) -> list[str]:
     return [sample.key for sample in source]
 
 
+@pytest.fixture(params=TRANSPORTS)
+def open_tar(request, shard_server):
+    """``open_tar(name, shards, **kwargs)``: a reader of local shards over one transport."""
+    return functools.partial(tar_source, request.param, shard_server)
+
+
 @pytest.mark.parametrize("num_shards", [7, 2])  # dealt by shard / dealt by sample
-def test_tar_epoch_is_partitioned_exactly_across_readers(tmp_path, num_shards):
+def test_tar_epoch_is_partitioned_exactly_across_readers(tmp_path, num_shards, open_tar):
     shards = make_shards(tmp_path, num_shards, 5)
-    seen = [
-        k for reader in READERS for k in keys(TarSource("v", shards, seed=1, consumer=reader, infinite=False))
-    ]
+    sources = [open_tar("v", shards, seed=1, consumer=reader, infinite=False) for reader in READERS]
+    seen = [k for source in sources for k in keys(source)]
     assert len(seen) == num_shards * 5 and len(set(seen)) == len(seen)
 
 
@@ -98,25 +109,27 @@ def test_folder_epoch_is_partitioned_exactly_across_readers(tmp_path):
     assert sorted(seen) == sorted(f"gifs/v{i}.gif" for i in range(23))
 
 
-def test_order_is_seeded_shuffled_and_changes_per_epoch(tmp_path):
+def test_order_is_seeded_shuffled_and_changes_per_epoch(tmp_path, open_tar):
     shards = make_shards(tmp_path, 3, 6)
-    first = list(itertools.islice(TarSource("v", shards, seed=3), 36))
-    again = list(itertools.islice(TarSource("v", shards, seed=3), 36))
+    first = list(itertools.islice(open_tar("v", shards, seed=3), 36))
+    again = list(itertools.islice(open_tar("v", shards, seed=3), 36))
     assert [s.key for s in first] == [s.key for s in again]
     epoch0, epoch1 = [s.key for s in first[:18]], [s.key for s in first[18:]]
     assert sorted(epoch0) == sorted(epoch1) and epoch0 != epoch1
     assert epoch0 != sorted(epoch0)  # shuffled inside shards too
 
 
-@pytest.mark.parametrize("kind", ["tar", "jsonl", "folder"])
-def test_resume_continues_the_exact_stream(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["tar", "http", "pipe", "jsonl", "folder"])
+def test_resume_continues_the_exact_stream(tmp_path, kind, shard_server):
     def build():
         if kind == "folder":
             folder = tmp_path / "gifs" if (tmp_path / "gifs").exists() else make_folder(tmp_path, 9)
             return FolderSource("g", [folder], tmp_path, seed=9, consumer=READERS[1])
-        if kind == "tar":
-            return TarSource("v", make_shards(tmp_path / "s", 3, 4) if not (tmp_path / "s").exists()
-                             else sorted((tmp_path / "s").glob("*.tar")), seed=9, consumer=READERS[1])  # fmt: skip
+        if kind in ("tar", "http", "pipe"):
+            shards = make_shards(tmp_path / "s", 3, 4) if not (tmp_path / "s").exists() else sorted(
+                (tmp_path / "s").glob("*.tar"))  # fmt: skip
+            return tar_source("local" if kind == "tar" else kind, shard_server, "v", shards, seed=9,
+                              consumer=READERS[1])  # fmt: skip
         path, media = (
             (tmp_path / "ann.jsonl", tmp_path / "media")
             if (tmp_path / "ann.jsonl").exists()
@@ -196,7 +209,7 @@ def test_folder_files_are_captioned_by_their_txt_and_the_rest_skipped_and_counte
         expand_paths(root, ["gifs/*.gif"], "g", folders=True)
 
 
-def test_bad_tar_members_and_shards_are_skipped_and_counted(tmp_path):
+def test_bad_tar_members_and_shards_are_skipped_and_counted(tmp_path, open_tar):
     good = make_shards(tmp_path, 1, 3)[0]
     evil = write_tar(tmp_path / "evil.tar", [
         ("../escape.mp4", b"x"), ("../escape.txt", b"caption"),  # path outside the shard
@@ -208,7 +221,7 @@ def test_bad_tar_members_and_shards_are_skipped_and_counted(tmp_path):
     garbage.write_bytes(b"this is not a tar file at all" * 40)
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(good.read_bytes()[:1200])  # cut inside the first sample's data
-    source = TarSource("v", [good, evil, garbage, truncated], seed=0, infinite=False)
+    source = open_tar("v", [good, evil, garbage, truncated], seed=0, infinite=False)
     got = keys(source)
     assert sorted(k.split(":")[1] for k in got if k.startswith(("shard", "evil"))) == [
         "ok",
@@ -264,11 +277,11 @@ def test_annotation_formats_of_the_reference():
         parse_annotation({"image": "i.jpg", "data": ["q1"]})
 
 
-def test_tar_samples_may_carry_qa_turns_in_their_json_member(tmp_path):
+def test_tar_samples_may_carry_qa_turns_in_their_json_member(tmp_path, open_tar):
     qa = {"questions": ["<video>\nWhat moves?", "Where?"], "answers": ["A circle.", "Left."]}
     shard = write_tar(tmp_path / "qa.tar", [("clip.mp4", b"x"), ("clip.json", json.dumps(qa).encode()),
                                             ("bad.mp4", b"x"), ("bad.json", b'{"questions": ["q"], "answers": []}')])  # fmt: skip
-    source = TarSource("qa", [shard], infinite=False)
+    source = open_tar("qa", [shard], infinite=False)
     samples = list(source)
     assert [s.turns for s in samples] == [[("What moves?", "A circle."), ("Where?", "Left.")]]
     assert dict(source.skipped) == {"bad_fields": 1}
@@ -332,7 +345,7 @@ def test_each_mismatched_jsonl_record_is_skipped_under_its_reason(tmp_path, task
     assert source.skipped == Counter(reason for _, reason in bad)  # each bad one, once
 
 
-def test_each_mismatched_tar_sample_is_skipped_under_its_reason(tmp_path):
+def test_each_mismatched_tar_sample_is_skipped_under_its_reason(tmp_path, open_tar):
     qa = json.dumps({"questions": ["What?"], "answers": ["That."]}).encode()
     non_utf8_name = "caf\udce9"  # a member name whose bytes are not UTF-8: still a good sample
     shard = write_tar(tmp_path / "mixed.tar", [
@@ -345,7 +358,7 @@ def test_each_mismatched_tar_sample_is_skipped_under_its_reason(tmp_path):
         ("latin1.mp4", b"x"), ("latin1.txt", "café".encode("latin-1")),
         ("surrogate.mp4", b"x"), ("surrogate.json", b'{"caption": "\\ud800"}'),
     ])  # fmt: skip
-    source = TarSource("captions", [shard], infinite=False, task="pretrain_gen")
+    source = open_tar("captions", [shard], infinite=False, task="pretrain_gen")
     assert sorted(s.key for s in source) == ["mixed.tar:caf\\udce9", "mixed.tar:good", "mixed.tar:jsoncap"]
     assert source.skipped == Counter(
         wrong_task=1, bad_fields=1, bad_json_member=1, bad_text=2
@@ -354,7 +367,7 @@ def test_each_mismatched_tar_sample_is_skipped_under_its_reason(tmp_path):
         ("qa.mp4", b"x"), ("qa.txt", b"ignored caption"), ("qa.json", qa),
         ("caponly.mp4", b"x"), ("caponly.txt", b"a caption, no QA"),  # caption in a QA source
     ])  # fmt: skip
-    source = TarSource("qa", [qa_shard], infinite=False, task="sft_comp")
+    source = open_tar("qa", [qa_shard], infinite=False, task="sft_comp")
     assert [(s.key, s.turns) for s in source] == [("qa.tar:qa", [("What?", "That.")])]
     assert source.skipped == Counter(wrong_task=1)
 
@@ -389,7 +402,7 @@ def tar_of_samples(path: Path, count: int) -> tuple[Path, list[tarfile.TarInfo]]
     "cut",
     ["inside_media", "inside_text_header", "before_text_member", "between_samples", "no_end_marker"],
 )
-def test_a_truncated_shard_keeps_every_complete_sample(tmp_path, cut):
+def test_a_truncated_shard_keeps_every_complete_sample(tmp_path, cut, open_tar):
     shard, members = tar_of_samples(tmp_path / "whole.tar", 6)
     media3, text3, media4 = members[6], members[7], members[8]  # k3.mp4, k3.txt, k4.mp4
     size = {
@@ -406,11 +419,13 @@ def test_a_truncated_shard_keeps_every_complete_sample(tmp_path, cut):
     good = make_shards(tmp_path / "good", 1, 2)
     readers = [Consumer(0, 1)] + [Consumer(i, 3) for i in range(3)]  # one reader; three (sample dealing)
     for reader in readers[:1], readers[1:]:
-        sources = [TarSource("v", [cut_shard, *good], seed=2, consumer=r, infinite=False) for r in reader]
+        sources = [open_tar("v", [cut_shard, *good], seed=2, consumer=r, infinite=False) for r in reader]
         got = sorted(k for source in sources for k in keys(source))
         assert got == sorted([f"cut.tar:k{i}" for i in range(complete)] + ["shard-00000.tar:s0-000",
                                                                              "shard-00000.tar:s0-001"])  # fmt: skip
-        assert sum((s.skipped for s in sources), Counter()) == Counter(truncated_shard=1)  # once, by one reader
+        assert sum((s.skipped for s in sources), Counter()) == Counter(
+            truncated_shard=1
+        )  # once, by one reader
 
 
 # --------------------------------------------------------- systemic: stop, naming the source
@@ -457,11 +472,13 @@ def test_a_reader_without_samples_borrows_them(tmp_path):
         assert [s.key for s in got] == ["ann.jsonl:1"] * 3
     assert keys(JsonlSource("tiny", [one], media, consumer=READERS[3], infinite=False)) == []
 
+
+def test_a_tar_reader_dealt_only_a_corrupt_shard_borrows(tmp_path, open_tar):
     garbage = tmp_path / "garbage.tar"
     garbage.write_bytes(b"not a tar" * 200)
     good = make_shards(tmp_path / "good", 1, 3)[0]
     two = [Consumer(0, 2), Consumer(1, 2)]  # two shards for two readers: one gets the garbage each epoch
-    sources = [TarSource("v", [garbage, good], seed=5, consumer=r) for r in two]
+    sources = [open_tar("v", [garbage, good], seed=5, consumer=r) for r in two]
     for source in sources:  # epochs 0-3, and the first sample of epoch 4
         assert next(s for s in source if source.epoch == 4)
     # each epoch one reader is dealt the garbage and counts it; borrowing counts nothing
@@ -469,7 +486,7 @@ def test_a_reader_without_samples_borrows_them(tmp_path):
 
     # resuming in the middle of a borrowing epoch continues the exact stream
     def build():
-        return TarSource("v", [garbage, good], seed=5, consumer=two[0])
+        return open_tar("v", [garbage, good], seed=5, consumer=two[0])
 
     uninterrupted = [s.key for s in itertools.islice(iter(build()), 10)]
     first = build()
