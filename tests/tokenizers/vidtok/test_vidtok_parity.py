@@ -19,7 +19,11 @@ CASE_NAMES = [
     for kind in ("causal", "noncausal")
     for comp in ("488", "41616")
 ] + ["kl_causal_488_groupnorm", "kl_noncausal_488_groupnorm"]
-ATOL = 1e-5
+# fp32 rounding, not a difference in the computation: the fixtures were made on one CPU and
+# torch's conv kernels round differently on another (an AVX-512 EPYC: latents 3.6e-5 apart,
+# and the tiny random GroupNorm decoders, whose groups have little variance, amplify that to
+# 1.6e-4 of the output's range); a wrong layer, padding or key moves outputs by 1e-2 or more
+ATOL = 1e-3
 
 
 def assert_close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
@@ -47,8 +51,8 @@ def test_tiny_model_matches_vidtok(name, fixture_tool):
         assert log["indices"].dtype == torch.int64
         assert torch.equal(log["indices"], expected["indices"])
         assert_close(log["aux_loss"].detach().reshape(1), expected["aux_loss"])
-    with torch.no_grad():
-        assert_close(model.decode(z), expected["decoded"])
+    with torch.no_grad():  # VidTok's latents, so that decoding is compared on its own input
+        assert_close(model.decode(expected["latents"]), expected["decoded"])
         if case["regularizer"] == "fsq":
             assert torch.equal(model.decode_indices(expected["indices"]), model.decode(z))
     assert expected["decoded"].shape[2] == case["input_thw"][0]  # these lengths round-trip
