@@ -10,7 +10,9 @@ tokenizer) differs refuses the cache. With --tokens and a keyframe tokenizer
 (keyframe_tokenizer=...) every clip's keyframe (its first frame in the re-encoded stream,
 resized to the tokenizer's input) is encoded too and every image gets its keyframe codes:
 the tokens cache Video-LaVIT's LLM trains on (stage=lavit_pretrain | lavit_sft). Re-running resumes. With several processes or GPUs,
-run N commands with --shard I/N (and --device cuda:I) into the same --out.
+run N commands with --shard I/N (and --device cuda:I) into the same --out, or run it under
+a launcher (torchrun, deepspeed): each rank builds its own share on its own GPU (no index:
+a build without --shard afterwards checks that every source had a usable sample).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from data_recipes.features import add_encoding_arguments, add_shard_argument, device_and_dtype
+from data_recipes.ranks import Launch
 from divot_llm.config import compose_config
 from divot_llm.config.schema import DivotConfig
 from divot_llm.data.motion_cache import MotionCacheInfo, motion_tokenizer_fingerprint
@@ -91,6 +94,11 @@ def keyframe_encoder(cfg: DivotConfig, args: argparse.Namespace) -> tuple[str, s
 
 
 def run(args: argparse.Namespace) -> int:
+    launch = Launch.from_env()
+    try:
+        shard = launch.shard(args.shard)  # under a launcher: the rank's share
+    except ValueError as exc:
+        return launch.refuse("divot-data motion-cache", str(exc))
     cfg = compose_config(args.overrides)
     keyframes, keyframe_size = None, 224
     if args.tokens:
@@ -105,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         info, encode = MotionCacheInfo.of(cfg.data.motion), None
     with tqdm(desc="motion", unit="video") as bar:
-        counts = build_motion_cache(cfg.data, info, args.out, encode, workers=args.workers, shard=args.shard,
+        counts = build_motion_cache(cfg.data, info, args.out, encode, workers=args.workers, shard=shard,
                                     batch_clips=args.batch_clips, progress=bar.update, keyframes=keyframes,
                                     keyframe_size=keyframe_size)  # fmt: skip
     print(f"motion cache {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

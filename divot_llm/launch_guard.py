@@ -13,8 +13,9 @@ The guard (the pid to signal):
 * starts the command in a session of its own, so that signals meant for the guard's
   process group (a terminal's Ctrl-C, ``kill -TERM -<pgid>``) reach the guard only;
 * on SIGTERM, SIGINT or SIGHUP sends SIGTERM to the ranks -- the ``divot_llm.train``
-  processes of its tree (not their data workers): they finish the step, save a
-  checkpoint and exit 143, and the agent and runner follow. A rank that has not
+  (or ``data_recipes``: a cache build) processes of its tree (not their data workers):
+  they finish the step, save a checkpoint and exit 143 (a cache build: stop between
+  batches), and the agent and runner follow. A rank that has not
   started yet gets it as soon as it appears. Without a local rank (a multi-node run
   started over pdsh, or none started 10 s after the stop) the command's process group
   gets the SIGTERM: deepspeed then stops what it started its own way;
@@ -77,17 +78,23 @@ class Launcher:
 # ------------------------------------------------------------------------ guard side
 
 
-def _runs_divot_train(process: psutil.Process) -> bool:
-    """Whether ``process`` is ``python -m divot_llm.train`` (or ``divot-train``); an agent
-    that merely passes ``-m divot_llm.train`` on (torchrun) runs another module first."""
+# What a rank of launch/*.sh runs: training, or a cache build (launch/features.sh)
+RANK_MODULES = {"divot_llm.train", "data_recipes"}
+RANK_SCRIPTS = {"divot-train", "divot-data"}
+
+
+def _runs_a_rank(process: psutil.Process) -> bool:
+    """Whether ``process`` is ``python -m divot_llm.train`` (or ``divot-train``) or
+    ``python -m data_recipes`` (``divot-data``); an agent that merely passes
+    ``-m divot_llm.train`` on (torchrun) runs another module first."""
     try:
         argv = process.cmdline()
     except psutil.Error:
         return False
-    if len(argv) > 1 and os.path.basename(argv[1]) == "divot-train":
+    if len(argv) > 1 and os.path.basename(argv[1]) in RANK_SCRIPTS:
         return True
     module = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-m"), None)
-    return module == "divot_llm.train"
+    return module in RANK_MODULES
 
 
 class ProcessTree:
@@ -113,7 +120,7 @@ class ProcessTree:
                 parent = child.parent()
             except psutil.Error:
                 parent = None
-            if _runs_divot_train(child) and (parent is None or not _runs_divot_train(parent)):
+            if _runs_a_rank(child) and (parent is None or not _runs_a_rank(parent)):
                 self.ranks[child.pid] = child
 
     def alive(self, processes: dict[int, psutil.Process]) -> list[psutil.Process]:

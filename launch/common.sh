@@ -1,6 +1,7 @@
-# Shared by launch/pretrain.sh, sft_comp.sh and sft_gen.sh (sourced, not run).
+# Shared by launch/pretrain.sh, sft_comp.sh, sft_gen.sh and features.sh (sourced, not run).
 #
-# Builds the `deepspeed` launcher command for divot-train from the environment:
+# Builds the `deepspeed` launcher command for divot-train (or a divot-data recipe) from
+# the environment:
 #   GPUS_PER_NODE  GPUs per node to use (default: all visible)
 #   HOSTFILE       DeepSpeed hostfile for several nodes (see launch/hostfile.example);
 #                  unset = this node only
@@ -50,6 +51,14 @@ divot_gpu_env() {
 }
 
 divot_deepspeed() {
+  divot_deepspeed_module divot_llm.train "$@"
+}
+
+# divot_deepspeed_module MODULE ARG...: every rank runs `python -m MODULE ARG...` (the
+# launch_guard knows divot_llm.train and data_recipes ranks: launch/features.sh).
+divot_deepspeed_module() {
+  local module="$1"
+  shift
   divot_gpu_env
   local args=(--no_local_rank --master_port "${MASTER_PORT:-29500}")
   if [[ -n "${GPUS_PER_NODE:-}" ]]; then
@@ -65,5 +74,5 @@ divot_deepspeed() {
     fi
   fi
   # --no_local_rank: Hydra would reject the --local_rank=N argument; ranks read LOCAL_RANK.
-  exec python -m divot_llm.launch_guard deepspeed "${args[@]}" --module divot_llm.train "$@"
+  exec python -m divot_llm.launch_guard deepspeed "${args[@]}" --module "$module" "$@"
 }

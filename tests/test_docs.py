@@ -5,7 +5,9 @@ launch scripts, ``deepspeed``/``torchrun``/``python -m divot_llm.train``, and ev
 parsed ``overrides`` list: ``divot-config``, ``divot-data features``, ``--set``) are
 composed through ``divot_llm.config``, where ``???`` values and paths that do not exist
 are fine but unknown keys, groups and bad syntax fail. The launchers' own options go
-through DeepSpeed's and torchrun's parsers; ``make`` targets must exist in the Makefile.
+through DeepSpeed's and torchrun's parsers, and what their ranks run through its own
+(``divot_llm.train``, or ``data_recipes``: ``divot-data``'s, as for ``launch/features.sh``);
+``make`` targets must exist in the Makefile.
 
 A command whose form is not known here fails, so a new example is either checked or
 refused, never skipped. An example followed by ``# config error: ...`` comment lines
@@ -40,6 +42,8 @@ SHELL_FENCES = ("bash", "sh", "shell", "console")
 OTHER_TOOLS = (("pip",), ("python3", "-m", "venv"), (".",))
 HYDRA_CLIS = ("divot-train",)  # Hydra apps: their arguments are overrides
 TRAIN_MODULE = "divot_llm.train"
+RECIPES_MODULE = "data_recipes"  # divot-data's recipes, under a launcher (launch/features.sh)
+RANK_MODULES = (TRAIN_MODULE, RECIPES_MODULE)
 # The first word of a help-text line that shows a command (help texts also hold layouts).
 COMMAND_LIKE = re.compile(r"^(divot-[\w-]+|(\./)?launch/\S+|python3?|deepspeed|torchrun)$")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -239,19 +243,28 @@ def check_command(env: dict[str, str], words: list[str]) -> tuple[str, ...] | No
         from deepspeed.launcher.runner import parse_args as deepspeed_args
 
         parsed = deepspeed_args(args)
-        assert parsed.module and parsed.user_script == TRAIN_MODULE, f"deepspeed runs {parsed.user_script}"
-        return tuple(parsed.user_args)
+        assert parsed.module and parsed.user_script in RANK_MODULES, f"deepspeed runs {parsed.user_script}"
+        return _rank_overrides(parsed.user_script, parsed.user_args)
     if program == "torchrun":
         from torch.distributed.run import get_args_parser
 
         parsed = get_args_parser().parse_args(args)
-        assert parsed.module and parsed.training_script == TRAIN_MODULE, (
+        assert parsed.module and parsed.training_script in RANK_MODULES, (
             f"torchrun runs {parsed.training_script}"
         )
-        return tuple(parsed.training_script_args)
+        return _rank_overrides(parsed.training_script, parsed.training_script_args)
     if re.match(r"^(\./)?launch/[\w.-]+\.sh$", program):
-        return (*launch_script_overrides(REPO_ROOT / program.removeprefix("./"), env), *args)
+        module, fixed = launch_script_command(REPO_ROOT / program.removeprefix("./"), env)
+        return _rank_overrides(module, [*fixed, *args])
     pytest.fail(f"a command form this test does not know: {shlex.join(words)!r}")
+
+
+def _rank_overrides(module: str, args: list[str]) -> tuple[str, ...] | None:
+    """What a launcher's ranks run: training (its arguments are overrides), or a
+    ``divot-data`` recipe (``python -m data_recipes features ...``: its parser's)."""
+    if module == TRAIN_MODULE:
+        return tuple(args)
+    return check_command({}, ["divot-data", *args])
 
 
 @functools.cache
@@ -282,22 +295,20 @@ def _check_python(args: list[str]) -> tuple[str, ...] | None:
     pytest.fail(f"a python command this test does not know: python {shlex.join(args)!r}")
 
 
-def launch_script_overrides(script: Path, env: dict[str, str]) -> tuple[str, ...]:
-    """The overrides a launch script puts before the user's (``"experiment=${EXPERIMENT:-x}"``
-    in its launcher line), with the command line's environment applied."""
+def launch_script_command(script: Path, env: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+    """What a launch script's ranks run -- ``divot_llm.train`` or ``data_recipes`` -- and
+    the arguments it puts before the user's (``"experiment=${EXPERIMENT:-x}"``, ``features``)
+    in its launcher line, with the command line's environment applied."""
     assert script.is_file(), f"no launch script {script}"
     for line in script.read_text().splitlines():
         words = shlex.split(line, comments=True)
-        if "$@" not in words or not ({"divot_deepspeed", TRAIN_MODULE} & set(words)):
+        launcher = next((w for w in ("divot_deepspeed", *RANK_MODULES) if w in words), None)
+        if "$@" not in words or launcher is None:
             continue
-        start = (
-            words.index("divot_deepspeed") + 1
-            if "divot_deepspeed" in words
-            else words.index(TRAIN_MODULE) + 1
-        )
-        fixed = words[start : words.index("$@")]
-        return tuple(re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m[1], m[2]), w) for w in fixed)
-    pytest.fail(f"{script.name}: no line that launches {TRAIN_MODULE} with the user's arguments")
+        fixed = words[words.index(launcher) + 1 : words.index("$@")]
+        module = TRAIN_MODULE if launcher == "divot_deepspeed" else launcher
+        return module, tuple(re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m[1], m[2]), w) for w in fixed)
+    pytest.fail(f"{script.name}: no line that launches {' or '.join(RANK_MODULES)} with the user's arguments")
 
 
 def check_example(example: Example) -> None:

@@ -10,6 +10,9 @@ and the seed, so the cache holds the same clips whatever the number of workers.
 Re-running continues an interrupted build: samples already written are skipped. A bad
 sample is skipped and counted (the loader's per-record guard, ``Source.iterate``); a
 source without a single usable sample is an error naming it, once the others are cached.
+Each share writes a part file when it is done, and the build ends with ``index.json``,
+merged from every share's part (``feature_cache.write_index``): n processes under a
+launcher (``data_recipes.ranks``) give the same files and index as one.
 The reading alone is ``read_clips`` (``latent_stats`` reads the same clips through it).
 """
 
@@ -25,7 +28,19 @@ import torch
 
 from divot_llm.config.schema import DataConfig, SourceConfig
 from divot_llm.data.clip_sampling import uint8_to_model_pixels
-from divot_llm.data.feature_cache import CacheInfo, sample_file, write_info, write_sample
+from divot_llm.data.feature_cache import (
+    INDEX_FILE,
+    INFO_FILE,
+    BuildPart,
+    CacheInfo,
+    FeatureCache,
+    finished_parts,
+    part_file,
+    sample_file,
+    write_index,
+    write_info,
+    write_sample,
+)
 from divot_llm.data.loader import (
     ExampleKind,
     LoaderSpec,
@@ -37,7 +52,9 @@ from divot_llm.data.loader import (
     sample_rngs,
 )
 from divot_llm.data.sources import Consumer, DataError, RawSample
-from divot_llm.data.worker_signals import worker_init_fn
+from divot_llm.data.worker_signals import stop_signals_deferred, worker_init_fn
+
+SPLITS = ("train", "val")  # what a feature cache holds
 
 # What a reader hands the encoder: (cache group, key, uint8 clips (C, F, 3, S, S) -- or
 # what its ``SampleReader`` makes of the sample -- or None, counts). A sample to encode has
@@ -53,30 +70,48 @@ def build_feature_cache(
     tokenizer,
     info: CacheInfo,
     out_dir: str | Path,
-    splits: tuple[str, ...] = ("train", "val"),
+    splits: tuple[str, ...] = SPLITS,
     batch_clips: int = 32,
     progress: Callable[[int], None] | None = None,
     workers: int = 0,
     shard: tuple[int, int] = (0, 1),
+    stop: Callable[[], bool] | None = None,
+    finish: bool = True,
 ) -> Counter:
     """Cache the features of every sample of ``cfg.data``'s sources; returns counts
     (``written``, ``already_cached`` and skip reasons). ``workers``: decoding processes
     (0 decodes here). ``shard=(i, n)``: only the i-th of n shares of every source (split
-    as the loader splits ranks), so n processes -- one per GPU -- fill one cache; a
-    source with no usable sample is then only reported by a build over all of it."""
+    as the loader splits ranks), so n processes -- one per GPU -- fill one cache.
+
+    A share that gets to its end writes its part file (``BuildPart``); with ``finish``, a
+    share that then finds every share's part in ``out_dir`` -- always, with one share --
+    finishes the cache (``finish_feature_cache``: every source had a usable sample, then
+    ``index.json``); without, the caller does (a launch gathers the parts). ``stop``
+    (asked before each sample is taken; True: a stop signal came) ends the build early,
+    between batches: the samples written are kept, the batch being read is dropped, and
+    no part is written.
+
+    Raises:
+        ValueError: ``out_dir`` holds a cache made for another setup (resuming into it
+            would mix the two).
+        DataError: finishing, a source without a usable sample in any share.
+    """
     out = Path(out_dir)
-    write_info(out, info)
+    prepare_cache_dir(out, info, shard)
     # only clips are read: no token sequence is built, so no LLM tokens per clip (0)
-    specs = split_specs(data_cfg, 0, tokenizer.frames_per_clip, info.image_size, splits)
-    reads = read_clips(specs, workers, shard, cached_in=out)
+    specs = feature_specs(data_cfg, tokenizer.frames_per_clip, info, splits)
     counts: Counter = Counter()
     tick = progress or (lambda n: None)
     pending: list[tuple[str, str, torch.Tensor]] = []
-    usable: set[str] = set()  # cache groups with at least one sample cached or to cache
+    keys: dict[str, list[str]] = {}  # cache group -> keys cached or to cache
+    with stop_signals_deferred():  # a stop signal while the workers start is the build's
+        reads = iter(read_clips(specs, workers, shard, cached_in=out))
     for group, key, clips, read_counts in reads:
+        if stop is not None and stop():
+            return counts  # between batches (the one being read is dropped: read again on resume)
         counts.update(read_counts)
         if key:
-            usable.add(group)
+            keys.setdefault(group, []).append(key)
             tick(1)
         if clips is None:
             continue
@@ -84,9 +119,47 @@ def build_feature_cache(
         if sum(c.shape[0] for *_, c in pending) >= batch_clips:
             counts["written"] += _flush(pending, tokenizer, out)
     counts["written"] += _flush(pending, tokenizer, out)
-    if shard[1] == 1:  # a shard may hold none of a small source's samples
-        check_every_source_usable(specs, usable, counts, "cached", "the other sources' features are written")
+    BuildPart(*shard, groups=keys, counts=dict(counts)).write(out)
+    parts = finished_parts(out, shard[1]) if finish else None
+    if parts:  # a share may hold none of a small source's samples: checked over every part
+        finish_feature_cache(out, specs, parts)
     return counts
+
+
+def prepare_cache_dir(out: Path, info: CacheInfo, shard: tuple[int, int]) -> None:
+    """Record ``info`` in ``out`` -- refusing a cache made for another setup, whose samples
+    a resumed build would skip -- and mark the build unfinished: no index, and no part of
+    this share from an earlier build."""
+    if (out / INFO_FILE).is_file():
+        FeatureCache(out).check_fields(info)
+    write_info(out, info)
+    (out / INDEX_FILE).unlink(missing_ok=True)
+    part_file(out, *shard).unlink(missing_ok=True)
+
+
+def finish_feature_cache(
+    out_dir: str | Path, specs: list[tuple[str, LoaderSpec]], parts: list[BuildPart]
+) -> dict:
+    """Finish a build from every share's part: check that every source of ``specs`` had a
+    usable sample in some share, then write ``index.json``; returns the index.
+
+    Raises:
+        DataError: a source without a usable sample (no index is written).
+    """
+    usable = {group for part in parts for group, keys in part.groups.items() if keys}
+    counts: Counter = Counter()
+    for part in parts:
+        counts.update(part.counts)
+    check_every_source_usable(specs, usable, counts, "cached", "the other sources' features are written")
+    return write_index(Path(out_dir), parts)
+
+
+def feature_specs(
+    data_cfg: DataConfig, frames_per_clip: int, info: CacheInfo, splits: tuple[str, ...] = SPLITS
+) -> list[tuple[str, LoaderSpec]]:
+    """The ``split_specs`` a feature cache is built over (no LLM tokens per clip: only
+    clips are read)."""
+    return split_specs(data_cfg, 0, frames_per_clip, info.image_size, splits)
 
 
 def epoch0_clips(raw: RawSample, src: SourceConfig, spec: LoaderSpec) -> torch.Tensor:

@@ -6,6 +6,13 @@ Layout (one safetensors file per sample, keyed like the source sample):
     <cache>/cache.json                           what produced it (see ``CacheInfo``)
     <cache>/<source>/<sanitised key>.safetensors   "feats": (C, N, D) of the sample's clips,
                                                  in the encode dtype (bf16 on a GPU)
+    <cache>/parts/part-RRRRR-of-WWWWW.json       what share R of a W-share build cached
+                                                 (``BuildPart``), written when it is done
+    <cache>/index.json                           the finished build: every share's keys
+                                                 merged (``write_index``)
+
+A build writes ``index.json`` last, once every share is done, so a cache without it is
+unfinished (interrupted, or shares still running): ``check`` refuses it.
 
 The clips cached are the ones the loader samples in epoch 0 (per-sample randomness is
 seeded by data seed, key and epoch), so training from the cache sees exactly the
@@ -23,9 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from dataclasses import asdict, dataclass
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -34,6 +45,9 @@ from divot_llm.config.schema import DataConfig
 from divot_llm.data.errors import MediaError
 
 INFO_FILE = "cache.json"
+INDEX_FILE = "index.json"
+PARTS_DIR = "parts"
+BUILT_COUNTS = ("written", "already_cached")  # a build's own counts; the others are skip reasons
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -122,7 +136,19 @@ class FeatureCache:
 
     def check(self, expected: CacheInfo) -> None:
         """Raise ValueError naming every field where the cache differs from this run
-        (fields the run does not know, None, are not compared)."""
+        (fields the run does not know, None, are not compared), or saying that its build
+        has not finished (no ``index.json``) and how to finish it."""
+        self.check_fields(expected)
+        if not (self.dir / INDEX_FILE).is_file():
+            raise ValueError(
+                f"feature cache {self.dir} has no {INDEX_FILE}: its build has not finished (it was "
+                "interrupted, some of its --shard builds are still running, or it was written before "
+                f"caches had an index). Run the same `divot-data features --out {self.dir} ...` command "
+                "again: it skips every sample already cached, then writes the index."
+            )
+
+    def check_fields(self, expected: CacheInfo) -> None:
+        """Raise ValueError naming every field where the cache differs from ``expected``."""
         got, want = asdict(self.info), asdict(expected)
         diffs = [
             f"{k}: cache {got[k]!r} != run {want[k]!r}"
@@ -150,8 +176,77 @@ class FeatureCache:
 
 
 def write_info(cache_dir: Path, info: CacheInfo) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / INFO_FILE).write_text(json.dumps(asdict(info), indent=2, sort_keys=True) + "\n")
+    """(Every rank of a build writes it, the same: atomically, so none reads half of it.)"""
+    write_json_atomic(cache_dir / INFO_FILE, asdict(info), indent=2)
+
+
+def write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
+    """Write ``obj`` as JSON so that ``path`` only ever holds a whole file, even with
+    several processes writing it at once (each through a temporary file of its own)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class BuildPart:
+    """What one share of a build (rank ``rank`` of ``world_size``) cached: every sample key
+    of its share per cache group, whether written now or found cached, and its counts
+    (``written``, ``already_cached`` and skip reasons)."""
+
+    rank: int
+    world_size: int
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def write(self, cache_dir: Path) -> Path:
+        path = part_file(cache_dir, self.rank, self.world_size)
+        write_json_atomic(path, {**asdict(self), "groups": {g: sorted(k) for g, k in self.groups.items()}})
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> BuildPart:
+        return cls(**json.loads(path.read_text()))
+
+
+def part_file(cache_dir: Path, rank: int, world_size: int) -> Path:
+    return cache_dir / PARTS_DIR / f"part-{rank:05d}-of-{world_size:05d}.json"
+
+
+def finished_parts(cache_dir: Path, world_size: int) -> list[BuildPart] | None:
+    """Every share's part of a ``world_size``-share build in ``cache_dir``; None while
+    one is missing."""
+    paths = [part_file(cache_dir, rank, world_size) for rank in range(world_size)]
+    if not all(p.is_file() for p in paths):
+        return None
+    return [BuildPart.read(p) for p in paths]
+
+
+def write_index(cache_dir: Path, parts: list[BuildPart]) -> dict:
+    """Merge every share's part into ``index.json`` (the build is then finished): each
+    cache group's keys, sorted, the sample count and the skip counts over all shares.
+    A one-process build and any N-share build of the same data write the same index,
+    apart from ``world_size``, and so does a resumed one."""
+    groups: dict[str, list[str]] = {}
+    skipped: Counter = Counter()
+    for part in parts:
+        for group, keys in part.groups.items():
+            groups.setdefault(group, []).extend(keys)
+        skipped.update({k: n for k, n in part.counts.items() if k not in BUILT_COUNTS})
+    index = {
+        "world_size": len(parts),
+        "samples": sum(len(keys) for keys in groups.values()),
+        "groups": {group: sorted(keys) for group, keys in sorted(groups.items())},
+        "skipped": dict(sorted(skipped.items())),
+    }
+    write_json_atomic(cache_dir / INDEX_FILE, index)
+    return index
 
 
 def write_sample(cache_dir: Path, source: str, key: str, feats_cnd: torch.Tensor) -> Path:

@@ -25,6 +25,7 @@ Outside Linux only the first and last points apply (no ``sigwaitinfo``/``prctl``
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -40,6 +41,26 @@ def worker_init_fn() -> Callable[[int], None]:
     """The ``DataLoader(worker_init_fn=...)`` of this process's workers (call it in the
     process that iterates the loader: the workers' parent)."""
     return functools.partial(take_signals_from_rank, os.getpid())
+
+
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """Hold SIGTERM/SIGINT while a data loader starts its workers (delivered right after).
+
+    Data-loader workers are forked inside ``iter()``/``next()``. Until their first act --
+    taking charge of their signals (``take_signals_from_rank``: a SIGTERM only from their
+    rank ends them, SIGINT is ignored, they die with their rank) -- torch's worker handler
+    would die on a SIGTERM/SIGINT sent to every process (a scheduler, Ctrl-C), and the
+    rank would raise "DataLoader worker ... killed" instead of stopping cleanly (the
+    trainer mid-step, before it could checkpoint; a cache build between batches). Forked
+    with this mask, they keep such a signal pending until then.
+    """
+    stop = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def take_signals_from_rank(rank_pid: int, worker_id: int = 0) -> None:

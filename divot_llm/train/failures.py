@@ -14,7 +14,8 @@ it to the rank), while saving a checkpoint -- goes through ``FailureReport.repor
   seconds.
 
 The process then leaves at once (``exit_now``, ``EXIT_TRAINING_ERROR``): the usual exit
-would tear down the process group and wait for ranks that are gone.
+would tear down the process group and wait for ranks that are gone. A feature-cache build
+under a launcher (``data_recipes.ranks``) ends on an error the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from divot_llm.train.tracking import append_log
+from divot_llm.train.tracking import LOG_FILE, append_log
 
 EXIT_TRAINING_ERROR = 1
 
@@ -180,12 +181,21 @@ class FailureReport:
     """Reports this rank's error once for the run and stops the others (module docstring).
 
     Args:
-        output_dir: The run's output folder (its ``train.log`` gets the tracebacks).
+        output_dir: The run's output folder (its ``log_name``, ``train.log``, gets the tracebacks).
         rank: This process's rank.
+        program: What the console line names (``divot-data features`` for a cache build).
+        log_name: The log file in ``output_dir``.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, rank: int):
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        rank: int,
+        program: str = "divot-train",
+        log_name: str = LOG_FILE,
+    ):
         self.output_dir, self.rank = Path(output_dir), rank
+        self.program, self.log_name = program, log_name
         self.board = None
         self._stop_watching: Callable[[], None] = lambda: None
         self._reporting = threading.Event()  # set once the main thread handles an error
@@ -213,7 +223,7 @@ class FailureReport:
         if self._should_print(summary, own):
             if not own:
                 summary = f"another rank ended without saying why (killed? out of memory?); here: {summary}"
-            print(f"divot-train: error: {summary} [rank {self.rank}; {log}]", file=sys.stderr, flush=True)
+            print(f"{self.program}: error: {summary} [rank {self.rank}; {log}]", file=sys.stderr, flush=True)
         if self.rank == 0:
             self._linger()
         return EXIT_TRAINING_ERROR
@@ -239,7 +249,7 @@ class FailureReport:
 
     def _append(self, text: str) -> Path | None:
         try:
-            return append_log(self.output_dir, text)
+            return append_log(self.output_dir, text, self.log_name)
         except OSError:
             return None
 

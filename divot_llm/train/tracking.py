@@ -26,14 +26,15 @@ TENSORBOARD_DIR = "tensorboard"
 LOG_FILE = "train.log"  # also the name of Hydra's job log (the job is "train"): one file
 
 
-def append_log(output_dir: str | Path, text: str) -> Path:
-    """Append ``text`` (a line or a block, time-stamped) to the run's log file, from any
-    rank: one ``write`` in append mode, so blocks of several ranks do not interleave.
+def append_log(output_dir: str | Path, text: str, name: str = LOG_FILE) -> Path:
+    """Append ``text`` (a line or a block, time-stamped) to the run's log file (``name``
+    in ``output_dir``), from any rank: one ``write`` in append mode, so blocks of several
+    ranks do not interleave.
 
     Raises:
         OSError: the folder cannot be created or the file written.
     """
-    path = Path(output_dir) / LOG_FILE
+    path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as log:
         log.write(_stamped(text))

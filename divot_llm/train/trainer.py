@@ -45,6 +45,7 @@ import yaml
 from divot_llm.config import config_to_dict, config_to_yaml, save_resolved_config
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import DivotConfig
+from divot_llm.data.worker_signals import stop_signals_deferred
 from divot_llm.launch_guard import Launcher
 from divot_llm.layout import EMA_FILE
 from divot_llm.runtime import eval_mode, rng_devices, seed_everything
@@ -85,25 +86,6 @@ class LogAccumulator:
     @property
     def samples(self) -> float:
         return self.counts.get("samples", 0.0)
-
-
-@contextlib.contextmanager
-def stop_signals_deferred():
-    """Hold SIGTERM/SIGINT while the data loader runs (delivered right after).
-
-    Data-loader workers are forked inside ``next()``. Until their first act -- taking
-    charge of their signals (``divot_llm.data.worker_signals``: a SIGTERM only from their
-    rank ends them, SIGINT is ignored, they die with their rank) -- torch's worker handler
-    would die on a SIGTERM/SIGINT sent to every process (a scheduler, Ctrl-C), and the
-    rank would raise "DataLoader worker ... killed" mid-step, before it could checkpoint.
-    Forked with this mask, they keep such a signal pending until then.
-    """
-    stop = {signal.SIGTERM, signal.SIGINT}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class Trainer:

@@ -1,12 +1,18 @@
 """Feature cache: cached features equal the tokenizer's on the frames the loader samples,
-training batches from the cache give the same loss, mismatches are refused."""
+training batches from the cache give the same loss, mismatches are refused; 2 ranks under
+a real launcher build the one-process cache and resume after a SIGTERM."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -19,6 +25,7 @@ from divot_llm.model import build_divot_llm
 from divot_llm.runtime import seed_everything
 from divot_llm.text import DivotTextTokenizer
 from divot_llm.tokenizers import build_video_tokenizer
+from tests import helpers
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "embeds_cmp_mask", "embeds_gen_mask", "ids_cmp_mask",
               "ids_gen_mask")  # fmt: skip
@@ -82,21 +89,37 @@ def test_parallel_readers_write_the_same_cache_and_counts(setup, tmp_path):
 
 
 def test_shards_fill_one_cache_with_every_sample_once(setup, tmp_path):
-    """``--shard I/N``: N builds (one per GPU) into one folder hold the one-process build's files."""
+    """``--shard I/N``: N builds (one per GPU) into one folder hold the one-process build's
+    files; the cache is unfinished (refused) until the last share writes the index."""
     from safetensors.torch import load_file
 
     cfg, video_tokenizer, info, cache_dir, _, _ = setup
     out = tmp_path / "sharded"
-    counts = [
-        build_feature_cache(cfg.data, video_tokenizer, info, out, splits=("val",), shard=(i, 2))
-        for i in range(2)
-    ]
+    counts = [build_feature_cache(cfg.data, video_tokenizer, info, out, splits=("val",), shard=(0, 2))]
+    with pytest.raises(ValueError, match=f"no index.json: .* `divot-data features --out {out} ...`"):
+        FeatureCache(out).check(info)
+    counts.append(build_feature_cache(cfg.data, video_tokenizer, info, out, splits=("val",), shard=(1, 2)))
     assert all(c["written"] > 0 for c in counts)
     files = sorted(f.relative_to(out) for f in out.rglob("*.safetensors"))
     assert len(files) == sum(c["written"] for c in counts)
     assert files == sorted(f.relative_to(cache_dir) for f in cache_dir.glob("val*/*.safetensors"))
     for name in files:
         torch.testing.assert_close(load_file(out / name), load_file(cache_dir / name), rtol=1e-5, atol=1e-6)
+    FeatureCache(out).check(info)  # the last share wrote the index: the one-process one's keys
+    index, whole = (json.loads((d / "index.json").read_text()) for d in (out, cache_dir))
+    assert index["world_size"] == 2 and index["samples"] == len(files)
+    assert index["groups"] == {g: keys for g, keys in whole["groups"].items() if g.startswith("val-")}
+
+
+def test_a_cache_made_for_another_setup_is_not_resumed_into(setup, tmp_path):
+    """Its samples would be skipped as cached and mixed with the new setup's."""
+    cfg, video_tokenizer, info, cache_dir, _, _ = setup
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir, cache)
+    other = dataclasses.replace(info, data_seed=info.data_seed + 1)
+    with pytest.raises(ValueError, match="made for a different setup: data_seed"):
+        build_feature_cache(cfg.data, video_tokenizer, other, cache, splits=("val",))
+    FeatureCache(cache).check(info)  # left as it was: still finished, for its own setup
 
 
 def test_cached_batches_equal_frame_batches_encoded(setup):
@@ -232,3 +255,97 @@ def test_a_source_without_a_usable_sample_is_an_error_naming_it(setup, tmp_path)
                                "~data.sources.image_comp", "~data.sources.image_gen"]).data  # fmt: skip
     with pytest.raises(DataError, match="train source video_comp has no usable sample.*missing_file 1"):
         build_feature_cache(data_cfg, video_tokenizer, info, tmp_path / "cache", splits=("train",))
+
+
+def test_under_a_launcher_each_rank_builds_its_share_on_its_gpu(monkeypatch, tmp_path, capsys):
+    from data_recipes.__main__ import main
+    from data_recipes.ranks import Launch
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    alone = Launch.from_env()
+    assert alone.shard(None) == (0, 1) and alone.shard((2, 4)) == (2, 4)
+    assert alone.device("cuda") == torch.device("cuda")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    launch = Launch.from_env()
+    assert launch.shard(None) == launch.shard((3, 8)) == (3, 8)
+    with pytest.raises(ValueError, match="--shard 0/8 contradicts the launcher, which made this rank 3 of 8"):
+        launch.shard((0, 8))
+    assert launch.device("cuda") == torch.device("cuda", 1) and launch.device("cpu") == torch.device("cpu")
+    gpu = torch.device("cuda", 1) if torch.cuda.is_available() else torch.device("cpu")
+    assert launch.device("auto") == gpu
+    # `deepspeed` without --no_local_rank passes --local_rank=N first; refused before any work
+    monkeypatch.setenv("LOCAL_RANK", "0")  # the node's first rank says why (the others wait for it)
+    argv = ["--local_rank=0", "features", "--out", str(tmp_path), "--shard", "0/8", "--", "data.root=x"]
+    assert main(argv) == 2
+    assert "divot-data features: error: --shard 0/8 contradicts the launcher" in capsys.readouterr().err
+
+
+def test_the_upload_command_runs_without_a_shell_with_the_folder_as_one_argument(tmp_path):
+    from data_recipes.features import upload_argv
+
+    folder = tmp_path / "a cache"
+    assert upload_argv("cp -r {dir} 'dest dir'", folder) == ["cp", "-r", str(folder.resolve()), "dest dir"]
+    nothing_evaluated = upload_argv("cp -a {dir}/ $HOME/c;rm", folder)[2:]
+    assert nothing_evaluated == [f"{folder.resolve()}/", "$HOME/c;rm"]
+    with pytest.raises(ValueError, match="does not name the cache folder: put {dir}"):
+        upload_argv("aws s3 sync . s3://bucket/cache", folder)
+    with pytest.raises(ValueError, match="program 'no-such-uploader' not found"):
+        upload_argv("no-such-uploader {dir}", folder)
+
+
+def launch_two_ranks(out, data_root, *extra: str) -> subprocess.Popen:
+    """``divot-data features`` on 2 CPU ranks under torchrun (gloo), bf16 as on a GPU, in a
+    session of its own: a SIGTERM to its process group reaches every process, as a
+    scheduler's does."""
+    command = [helpers.PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(helpers.free_port()), "-m", "data_recipes", "features", "--out", str(out),
+               "--dtype", "bf16", "--batch-clips", "1", "--workers", "0", *extra, "--", f"data.root={data_root}"]  # fmt: skip
+    return subprocess.Popen(command, cwd=helpers.REPO_ROOT, env=helpers.cpu_distributed_env(),
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_ranks_build_the_one_process_cache_and_resume_after_sigterm(setup, tmp_path):
+    """2 ranks under the real launcher write the one-process build's files, tensors (bit
+    for bit, bf16) and index; a SIGTERM once samples are written stops them, unfinished,
+    and the same command resumes -- keeping what was written -- to that same cache, then
+    uploads it (``--upload``, a real command)."""
+    from safetensors.torch import load_file
+
+    cfg, video_tokenizer, _, _, _, _ = setup
+    encoder = copy.deepcopy(video_tokenizer).to(torch.bfloat16)  # what --dtype bf16 builds
+    info = expected_info(encoder, dataclasses.asdict(cfg.video_tokenizer), cfg.data)
+    single = tmp_path / "single"
+    build_feature_cache(cfg.data, encoder, info, single, batch_clips=1)
+
+    out = tmp_path / "two_ranks"
+    first = launch_two_ranks(out, cfg.data.root)
+    deadline = time.monotonic() + 120
+    while not any(out.rglob("*.safetensors")):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
+        time.sleep(0.005)
+    os.killpg(first.pid, signal.SIGTERM)
+    output = first.communicate(timeout=60)[0]
+    kept = {f: f.stat().st_mtime_ns for f in out.rglob("*.safetensors")}
+    assert first.returncode != 0 and 0 < len(kept) < 24 and not (out / "index.json").exists(), output
+
+    uploaded = tmp_path / "uploaded"
+    second = launch_two_ranks(out, cfg.data.root, "--upload", f"cp -r {{dir}} {uploaded}")
+    output = second.communicate(timeout=120)[0]
+    assert second.returncode == 0, output
+    assert f"already_cached {len(kept)}, written {24 - len(kept)} (2 share(s))" in output
+    assert all(f.stat().st_mtime_ns == mtime for f, mtime in kept.items())  # not encoded again
+    files = sorted(f.relative_to(single) for f in single.rglob("*.safetensors"))
+    assert files == sorted(f.relative_to(out) for f in out.rglob("*.safetensors"))
+    for name in files:
+        one, two = load_file(single / name)["feats"], load_file(out / name)["feats"]
+        assert one.dtype == two.dtype == torch.bfloat16 and torch.equal(one, two)
+    one, two = (json.loads((d / "index.json").read_text()) for d in (single, out))
+    assert (one.pop("world_size"), two.pop("world_size")) == (1, 2) and one == two
+    FeatureCache(out).check(info)
+    copied = sorted(f.relative_to(uploaded) for f in uploaded.rglob("*"))
+    assert copied == sorted(f.relative_to(out) for f in out.rglob("*"))
