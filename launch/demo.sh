@@ -9,7 +9,7 @@
 #   4. SFT for comprehension and SFT for generation, each from the merged pretrain release,
 #      each merged the same way
 #   5. the de-tokenizer: video-diffusion-pytorch's Unet3D + GaussianDiffusion (8 frames of
-#      16x16) learns to draw the synthetic clips from the demo tokenizer's features
+#      16x16; one rank) learns to draw the synthetic clips from the demo tokenizer's features
 #      (experiment=vdm_demo), exported with divot-export detokenizer
 #   6. divot-infer comprehend: the SFT-comp release answers "What color is the shape in the
 #      video?" for every held-out video; divot-infer generate: the SFT-gen release samples
@@ -62,8 +62,10 @@ step "4/7 SFT for generation from the pretrain release ($SFT_GEN_STEPS steps)"
 train_stage sft_gen "$SFT_GEN_STEPS" stage=sft_gen data=synthetic_sft_gen \
   "stage.init_from=$OUT/releases/pretrain" train.eval_at_start=false
 
-step "5/7 de-tokenizer: pixel-space video diffusion on the demo tokenizer's features ($DETOK_STEPS steps)"
-train_and_export detok detokenizer "$DETOK_STEPS" experiment=vdm_demo
+step "5/7 de-tokenizer: pixel-space video diffusion on the demo tokenizer's features ($DETOK_STEPS steps, 1 rank)"
+# One rank with vdm_demo's 2-rank batch (16 clips a step, 16 held-out clips decoded): the tiny
+# UNet learns as well, and on 2 cores one rank spends ~60% of the CPU time two ranks do
+NPROC=1 train_and_export detok detokenizer "$DETOK_STEPS" experiment=vdm_demo data.batch_size=16 stage.recon_clips=16
 
 step "6/7 comprehend the held-out videos; generate a video for every held-out caption"
 heldout_inference --detokenizer "$OUT/releases/detok/detokenizer"
