@@ -414,12 +414,12 @@ def sample_video_clips(
         unique = np.unique(indices)
         frames = _frames_at(container, unique / info.fps, 2.0, threads, source)
     clips_uint8 = torch.from_numpy(
-        _transform_into_clips(frames, np.searchsorted(unique, indices), image_size)
+        transform_into_clips(frames, np.searchsorted(unique, indices), image_size)
     )
     return clips_uint8 if as_uint8 else uint8_to_model_pixels(clips_uint8)
 
 
-def _transform_into_clips(frames_hw3: list[np.ndarray], frame_of_slot: np.ndarray, size: int) -> np.ndarray:
+def transform_into_clips(frames_hw3: list[np.ndarray], frame_of_slot: np.ndarray, size: int) -> np.ndarray:
     """(C, 5, 3, S, S) uint8 clips, slot (c, k) holding ``frames_hw3[frame_of_slot[c, k]]``
     transformed. Each frame is transformed once, straight into its first slot, and copied
     to the slots that repeat it (neighbouring clips can share a frame)."""

@@ -30,7 +30,7 @@ import av
 import numpy as np
 import torch
 
-from divot_llm.data.clip_sampling import _transform_into_clips, clip_positions, plan_windows, probe_video
+from divot_llm.data.clip_sampling import clip_positions, plan_windows, probe_video, transform_into_clips
 from divot_llm.data.video_codec import display_rgb
 
 
@@ -147,4 +147,4 @@ def exact_floor_clips(
     target_pts = [int(layout.frame_pts[i]) for i in frame_of_target]
     frames = decode_chosen(data, layout, set(target_pts))
     pixels = [display_rgb(frames[pts]) for pts in target_pts]
-    return torch.from_numpy(_transform_into_clips(pixels, np.searchsorted(unique, indices), size))
+    return torch.from_numpy(transform_into_clips(pixels, np.searchsorted(unique, indices), size))
