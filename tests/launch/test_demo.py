@@ -18,7 +18,7 @@ from tests.train.conftest import run_env
 
 @pytest.mark.slow
 @pytest.mark.longest
-@pytest.mark.timeout(1200)  # the whole README demo: ~8 min on 2 cores, ~14 beside the other tests
+@pytest.mark.timeout(1200)  # the whole README demo: ~7.5 min on 2 cores, ~10 beside the other tests
 def test_demo_runs_end_to_end_and_learns(tmp_path):
     data, out = tmp_path / "data", tmp_path / "demo"
     proc = helpers.run_command(
