@@ -51,6 +51,7 @@ from divot_llm.tokenizers import build_video_tokenizer
 
 PROGRAM = "divot-data features"
 UPLOAD_DIR = "{dir}"  # what --upload's template names the cache folder by
+UPLOAD_POLL_S = 1.0  # how often a running upload looks for a stop signal
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +187,7 @@ def _build(
         print(f"feature cache {out}, share {shard[0]}/{shard[1]}: {_counts(counts)}")
         print(f"the last of the {shard[1]} shares to finish writes {out / INDEX_FILE}")
     if upload is not None and _uploads_here(launch, out, index is not None):
-        return _upload(upload)
+        return _upload(upload, job)
     return 0
 
 
@@ -225,9 +226,20 @@ def _counts(counts: Counter) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing read"
 
 
-def _upload(argv: list[str]) -> int:
+def _upload(argv: list[str], job: RankJob) -> int:
+    """Run the upload command; a stop signal (or the launcher's end) stops it too: it may
+    run for hours, and this rank's signal handlers would otherwise only note the signal."""
     print("uploading: " + shlex.join(argv), flush=True)
-    code = subprocess.run(argv, check=False).returncode
+    with subprocess.Popen(argv) as proc:
+        while True:
+            try:
+                code = proc.wait(timeout=UPLOAD_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                if job.stop_requested():
+                    proc.terminate()
+                    proc.wait()
+                    return job.stopped("the upload was stopped; the cache is complete here")
     if code != 0:
         print(f"{PROGRAM}: error: the upload command exited with {code}; the cache is complete here, "
               "run the same command again to upload it (nothing is encoded again)", file=sys.stderr)  # fmt: skip

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from divot_llm.cli.train import EXIT_INTERRUPTED  # divot-train's: 128 + SIGTERM
 from divot_llm.launch_guard import Launcher
 from divot_llm.train.distributed import FailureBoard
 from divot_llm.train.failures import FailureReport, exit_now
 
-EXIT_INTERRUPTED = 143  # 128 + SIGTERM, the shell convention for "terminated" (as divot-train)
 EXIT_USAGE = 2
 REFUSAL_GRACE_S = 5.0  # other ranks wait this long for a node's first rank to print a refusal
 WAIT_POLL_S = 1.0  # a rank that is done looks this often whether the others are

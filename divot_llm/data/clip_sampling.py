@@ -125,7 +125,9 @@ def _open(source: bytes | str | os.PathLike):
         raise MediaError("corrupt_video", str(exc)) from exc
 
 
-def _probe(container) -> VideoInfo:
+def probe_container(container) -> VideoInfo:
+    """Frame count, mean frame rate and coded size of an open container's first video
+    stream, from its headers alone (no frame decoded; rotation not read: 0)."""
     if not container.streams.video:
         raise MediaError("no_video_stream")
     stream = container.streams.video[0]
@@ -154,7 +156,7 @@ def probe_video(source: bytes | str | os.PathLike) -> VideoInfo:
     """Frame count, mean frame rate and displayed size, from the container headers (and
     the first frame's display matrix) without decoding the video."""
     with _open(source) as container:
-        info = _probe(container)
+        info = probe_container(container)
         try:
             first = next(container.decode(video=0))
         except (StopIteration, av.error.FFmpegError) as exc:
@@ -407,7 +409,7 @@ def sample_video_clips(
     # One open for headers and frames. The size filters need no display rotation: the
     # shorter side and the aspect ratio are the same either way round.
     with _open(source) as container:
-        info = _probe(container)
+        info = probe_container(container)
         check_media_size(info.width, info.height, min_resolution, min_aspect_ratio)
         windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense, window, sample_fps)
         indices = windows[:, clip_positions(window, stride)]  # (C, 5)

@@ -186,6 +186,11 @@ def write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file its owner's alone (0600): give it the mode any file written
+        # here gets, so that other users of a shared cache can read it
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w") as file:
             file.write(json.dumps(obj, indent=indent, sort_keys=True) + "\n")
         os.replace(tmp, path)

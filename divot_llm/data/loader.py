@@ -26,7 +26,7 @@ import pickle
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from divot_llm.data.feature_cache import CacheInfo, FeatureCache
 from divot_llm.data.mixing import BatchSchedule, Mixer, MixSource, padded_tokens
 from divot_llm.data.sequences import COMPREHENSION_TASKS, SequenceBuilder, sequence_example
 from divot_llm.data.shard_stream import Shard, StreamTarSource, list_shards, refuse_streams
+from divot_llm.data.shard_transport import shard_display
 from divot_llm.data.sources import (
     Consumer,
     DataError,
@@ -260,9 +261,12 @@ def open_source(spec: LoaderSpec, name: str, src: SourceConfig, consumer: Consum
 def check_sources_usable(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None) -> None:
     """Make one example of every source, in this process, so that a source without a
     single usable sample stops the run at start-up with a message naming it (rather than
-    in a dataloader worker). Reads records in the source's order until one works."""
+    in a dataloader worker). Reads records in the source's order until one works; a
+    streamed source with a shuffle buffer of one, so that the check downloads no more
+    than it reads (the order does not matter here)."""
+    checked = replace(spec, stream=replace(spec.stream, shuffle_buffer=1))
     for name, src in spec.sources.items():
-        source = open_source(spec, name, src, Consumer(), infinite=False)
+        source = open_source(checked, name, src, Consumer(), infinite=False)
         source.skipped.LOG_FIRST = 0  # the workers log the skips when they read them
         stream = ExampleStream(source, example_maker(spec, src, tokenizer))
         if next(iter(stream), None) is None:
@@ -272,9 +276,10 @@ def check_sources_usable(spec: LoaderSpec, tokenizer: DivotTextTokenizer | None)
                 if skipped
                 else "it is empty"
             )
+            paths = [shard_display(path) for path in src.paths]  # no signed URL's query or user:pass
             raise DataError(
                 f"{spec.split} source {name} has no usable sample: {why}; "
-                f"paths {list(src.paths)}{f' and shard list {src.shard_list}' if src.shard_list else ''} "
+                f"paths {paths}{f' and shard list {src.shard_list}' if src.shard_list else ''} "
                 f"under {spec.root}, kind {src.kind.value}"
                 f"{f', task {src.task.value}' if src.task is not None else ''}."
             )

@@ -39,7 +39,12 @@ from safetensors import safe_open
 
 from divot_llm.config.schema import MotionFieldConfig
 from divot_llm.data.errors import MediaError
-from divot_llm.data.feature_cache import component_fingerprint, sample_file, save_sample_file
+from divot_llm.data.feature_cache import (
+    component_fingerprint,
+    sample_file,
+    save_sample_file,
+    write_json_atomic,
+)
 
 MOTION_INFO_FILE = "motion_cache.json"
 FORMAT = 1  # the layout above
@@ -138,8 +143,8 @@ class MotionCache:
 
 
 def write_motion_info(cache_dir: Path, info: MotionCacheInfo) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / MOTION_INFO_FILE).write_text(json.dumps(asdict(info), indent=2, sort_keys=True) + "\n")
+    # every rank of a build writes it, the same: atomically, so that none reads half of it
+    write_json_atomic(cache_dir / MOTION_INFO_FILE, asdict(info), indent=2)
 
 
 def write_motion_record(cache_dir: Path, group: str, key: str, record: MotionRecord) -> Path:

@@ -8,8 +8,9 @@ the order inside a shard depends on nothing before it) instead of a permutation 
 whole shard. The rest is ``TarSource``'s: the shard order is shuffled per epoch and dealt
 to readers (rank x worker) as whole shards when there are enough, otherwise every reader
 reads every shard and is dealt its samples -- record j of the shard at position p of the
-epoch's order goes to reader (p + j) mod readers, so what one reader fails to read of a
-shard cannot shift the others' shares of the next one. The order is a pure function of
+epoch's order goes to reader (p + j) mod readers and the shard's problems to reader p mod
+readers, so what one reader fails to read of a shard cannot shift the others' shares of the
+next one, nor make two readers count its problems. The order is a pure function of
 (seed, epoch, reader) while the shards read the same bytes.
 
 Resume: besides the base position, the state holds a cursor -- (epoch, whether the reader
@@ -18,7 +19,7 @@ reader opens no finished shard; it reads the current one again from its start, p
 over the records it had consumed: their bytes are read (a stream cannot seek) and fed
 through the same seeded buffer, but no sample is made of them and no media decoded (that
 happens in ``iterate``'s ``convert``). Replaying the buffer this way stands for saving its
-contents.
+contents. A reader that has consumed a shard's problems record has finished the shard.
 
 Faults: a transport failure mid-stream (``shard_transport.TransportError``: a reset or
 short HTTP body, a command exiting non-zero, no byte for ``data.stream.timeout``) reads
@@ -41,7 +42,7 @@ import logging
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -162,7 +163,7 @@ def _checked_scheme(entry: str, where: str, commands: dict[str, str]) -> str | N
     if scheme is None or scheme == "pipe" or scheme in HTTP_SCHEMES or scheme in commands:
         return scheme
     raise DataError(
-        f"{where}: {entry!r} has the unknown shard scheme {scheme}:// (a local path, pipe:CMD, "
+        f"{where}: {shard_display(entry)!r} has the unknown shard scheme {scheme}:// (a local path, pipe:CMD, "
         f"http(s):// or a scheme of data.stream.commands: {', '.join(sorted(commands)) or 'none'})"
     )
 
@@ -187,7 +188,7 @@ def refuse_streams(key: str, kind: str, paths: list[str], shard_list: str | None
     for index, entry in enumerate(paths):
         if shard_scheme(entry) is not None:
             raise DataError(
-                f"{key}.paths[{index}]: {entry!r} is streamed, which only a webdataset source reads "
+                f"{key}.paths[{index}]: {shard_display(entry)!r} is streamed, which only a webdataset source reads "
                 f"(this one is {kind}: its paths are globs under data.root)"
             )
 
@@ -258,22 +259,27 @@ class StreamTarSource(TarSource):
             passed = start.in_shard if position == start.shards_done else 0
             records = self._shard_records(shard, self._shard_seed(epoch, salt, shard), passed)
             for emitted, ref in enumerate(records, start=passed + 1):
-                dealt = (position + emitted - 1) % reader.count == reader.index
-                if by_shard or dealt or _is_read_error(ref):
+                if ref.item is None:  # the shard's problems: its last record
+                    ref = _own_notices(ref, by_shard or _dealt(position, 0, reader))
+                    if ref.notices:  # past it the shard is finished: a resumed reader opens it no more
+                        self._cursor = _Cursor(epoch, borrowing, position + 1)
+                        yield ref
+                elif by_shard or _dealt(position, emitted - 1, reader):
                     self._cursor = _Cursor(epoch, borrowing, position, emitted)
                     yield ref
 
     def _shard_records(self, shard: Shard, seed: list[int], passed: int) -> Iterator[_TarRef]:
         """A shard's records in its seeded order after the first ``passed``: its samples
-        through the shuffle buffer, then one record holding its problems, if it has any."""
+        through the shuffle buffer, then one record holding its problems, if it has any.
+        That record is never passed over: a reader that consumed it finished the shard
+        (``_refs``), so a resumed read that fails before ``passed`` still yields it."""
         notices: list[tuple[str, str, str]] = []
         rng = np.random.default_rng(seed)
-        emitted = 0
         with contextlib.closing(self._samples_with_retries(shard, notices)) as samples:
             for emitted, item in enumerate(shuffled(samples, self.stream.shuffle_buffer, rng), start=1):
                 if emitted > passed:
                     yield _TarRef(shard, item)
-        if notices and emitted >= passed:
+        if notices:
             yield _TarRef(shard, None, tuple(notices))
 
     def _samples_with_retries(self, shard: Shard, notices: list) -> Iterator[_TarItem]:
@@ -351,10 +357,19 @@ class StreamTarSource(TarSource):
                 notices.append(("empty_shard", where, "no sample in it"))
 
 
-def _is_read_error(ref: _TarRef) -> bool:
-    """A record holding its reader's own failure to read the shard: counted by that
-    reader whatever the dealing (another reader's read may have gone through)."""
-    return ref.item is None and any(reason == SHARD_READ_ERROR for reason, _, _ in ref.notices)
+def _dealt(position: int, index: int, reader: Consumer) -> bool:
+    """Whether record ``index`` of a shard that every reader reads (at ``position`` of the
+    epoch's order) is ``reader``'s: sample j goes to reader (position + j) mod readers, the
+    shard's problems to reader position mod readers as a local shard's (on its record 0),
+    whatever number of samples each reader's read gave."""
+    return (position + index) % reader.count == reader.index
+
+
+def _own_notices(ref: _TarRef, dealt: bool) -> _TarRef:
+    """A shard's problems record as one reader counts it: its own failure to read the
+    shard (another reader's read may have gone through), and the shard's other problems
+    if they are dealt to it -- so each is counted once, whatever the readers' reads gave."""
+    return replace(ref, notices=tuple(n for n in ref.notices if dealt or n[0] == SHARD_READ_ERROR))
 
 
 def shuffled(items: Iterable[T], size: int, rng: np.random.Generator) -> Iterator[T]:

@@ -19,6 +19,7 @@ reaps it, so no command outlives a failed read or a closed reader.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import posixpath
 import re
@@ -233,7 +234,9 @@ class _HttpStream:
             exc.close()
             final = 400 <= exc.code < 500 and exc.code not in _RETRYABLE_CLIENT_ERRORS
             raise TransportError(f"HTTP {exc.code} {exc.reason}", permanent=final) from exc
-        except (OSError, ValueError) as exc:  # URLError, refused, timeout; ValueError: a malformed URL
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # URLError, refused, timeout; ValueError: a malformed URL; HTTPException: a reply
+            # that is not HTTP (BadStatusLine), e.g. from a proxy or server in trouble
             raise TransportError(f"{type(exc).__name__}: {exc}") from exc
         self._expected = self._response.length  # None without a Content-Length (chunked)
         self._received = 0

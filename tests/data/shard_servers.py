@@ -27,9 +27,10 @@ class Fault:
     """What the server does to the next ``times`` requests of a file (None: every one):
     sends its first ``after`` bytes of the body, then resets the connection (``reset``),
     closes it early (``short``: a body shorter than its Content-Length), or sends nothing
-    more until the server stops (``stall``)."""
+    more until the server stops (``stall``); ``garbage`` answers a line that is not HTTP
+    instead of a response (``after`` unused)."""
 
-    kind: str  # "reset" | "short" | "stall"
+    kind: str  # "reset" | "short" | "stall" | "garbage"
     after: int
     times: int | None = None
 
@@ -86,6 +87,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if fault is not None and fault.times is not None and self.server.faulted[path] >= fault.times:
                 fault = None
             self.server.faulted[path] += fault is not None
+        if fault is not None and fault.kind == "garbage":
+            self.wfile.write(b"GARBAGE\r\n\r\n")
+            self.close_connection = True
+            return
         body = file.read_bytes()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-tar")

@@ -296,6 +296,33 @@ def test_the_upload_command_runs_without_a_shell_with_the_folder_as_one_argument
         upload_argv("no-such-uploader {dir}", folder)
 
 
+@pytest.mark.timeout(60)
+def test_a_stop_signal_stops_a_running_upload_and_its_command(tmp_path):
+    """The upload may run for hours: SIGTERM ends it (and its command) at once, exit 143."""
+    import threading
+
+    from data_recipes.features import _upload
+    from data_recipes.ranks import EXIT_INTERRUPTED, Launch, RankJob
+
+    pid_file = tmp_path / "pid"
+    command = ["bash", "-c", f'echo $$ > "{pid_file}"; exec sleep 60']
+    with RankJob(Launch.from_env(), tmp_path, "test") as job:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        started = time.monotonic()
+        assert _upload(command, job) == EXIT_INTERRUPTED
+    assert time.monotonic() - started < 10
+    with pytest.raises(ProcessLookupError):  # terminated and reaped
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def test_cache_json_files_are_readable_by_others_as_any_file_written_there(tmp_path):
+    from divot_llm.data.feature_cache import write_json_atomic
+
+    write_json_atomic(tmp_path / "index.json", {"a": 1})
+    (tmp_path / "plain.json").write_text("{}")
+    assert (tmp_path / "index.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
+
+
 def launch_two_ranks(out, data_root, *extra: str) -> subprocess.Popen:
     """``divot-data features`` on 2 CPU ranks under torchrun (gloo), bf16 as on a GPU, in a
     session of its own: a SIGTERM to its process group reaches every process, as a

@@ -22,14 +22,14 @@ import torch
 from divot_llm.config import compose_config
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import SourceKind, StreamConfig
-from divot_llm.data.loader import build_loader, loader_spec
-from divot_llm.data.shard_stream import StreamTarSource, list_shards
+from divot_llm.data.loader import build_loader, check_sources_usable, loader_spec
+from divot_llm.data.shard_stream import SHARD_READ_ERROR, StreamTarSource, list_shards, refuse_streams
 from divot_llm.data.shard_transport import expand_braces
 from divot_llm.data.sources import Consumer, DataError
 from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
 from divot_llm.text import DivotTextTokenizer
 from tests.data.shard_servers import Fault, pipe_cat
-from tests.data.test_sources import make_shards, tar_of_samples
+from tests.data.test_sources import make_shards, tar_of_samples, write_tar
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -112,6 +112,52 @@ def test_a_missing_http_shard_is_counted_without_retries(tmp_path, shard_server,
     assert source.skipped == Counter(shard_read_error=1)
     assert shard_server.requests[shard_server.url_path(tmp_path / "gone.tar")] == 1  # a 404 is final
     assert "HTTP 404" in caplog.text and "retry" not in caplog.text
+
+
+def test_a_reply_that_is_not_http_is_retried_then_skipped(tmp_path, shard_server):
+    shards = make_shards(tmp_path, 2, 2)
+    urls = [shard_server.url(shard) for shard in shards]
+    victim = shard_server.inject(shards[0], Fault("garbage", after=0))
+    before = shard_server.requests[victim]
+    source = StreamTarSource("v", urls, FAULTY, seed=1, infinite=False)
+    assert sorted(keys_of(source)) == ["shard-00001.tar:s1-000", "shard-00001.tar:s1-001"]
+    assert source.skipped == Counter(shard_read_error=1)
+    assert shard_server.requests[victim] - before == 1 + FAULTY.retries  # BadStatusLine: retried
+
+
+def test_a_resumed_reader_counts_a_read_error_met_while_passing_over(tmp_path, shard_server):
+    shard = make_shards(tmp_path, 1, 8)[0]
+    first = StreamTarSource("v", [shard_server.url(shard)], FAULTY, seed=1, infinite=False)
+    samples = iter(first)
+    head = [next(samples).key for _ in range(6)]
+    state = json.loads(json.dumps(first.state_dict()))
+    samples.close()
+    assert state["shard_cursor"]["in_shard"] == 6 and len(set(head)) == 6
+    shard_server.inject(shard, Fault("reset", after=0))  # every read fails before the 6 passed
+    resumed = StreamTarSource("v", [shard_server.url(shard)], FAULTY, seed=1, infinite=False)
+    resumed.load_state_dict(state)
+    assert keys_of(resumed) == [] and resumed.skipped == Counter(shard_read_error=1)
+    again = StreamTarSource("v", [shard_server.url(shard)], FAULTY, seed=1, infinite=False)
+    again.load_state_dict(json.loads(json.dumps(resumed.state_dict())))
+    assert keys_of(again) == [] and again.skipped == Counter(shard_read_error=1)  # counted once: finished
+
+
+def test_a_shard_read_by_every_reader_has_its_problems_counted_once(tmp_path, shard_server):
+    """One shard, three readers, one reader's reads failing after the unsafe member."""
+    samples = [(f"k{i}.{ext}", bytes([i]) * 2000) for i in range(6) for ext in ("mp4", "txt")]
+    shard = write_tar(tmp_path / "one.tar", [("../escape.txt", b"x"), *samples])
+    url = shard_server.url(shard)
+    total: Counter[str] = Counter()
+    for index in range(3):
+        if index == 1:  # the failing reader reads the unsafe member (in the first tar record), then breaks
+            shard_server.inject(
+                shard, Fault("short", after=tarfile.RECORDSIZE + 100, times=1 + FAULTY.retries)
+            )
+        source = StreamTarSource("v", [url], FAULTY, seed=1, consumer=Consumer(index, 3), infinite=False)
+        keys_of(source)
+        assert (source.skipped[SHARD_READ_ERROR] == 1) == (index == 1), index
+        total += source.skipped
+    assert total == Counter(unsafe_member_path=1, shard_read_error=1)
 
 
 def committed_before(members: list[tarfile.TarInfo], size: int) -> int:
@@ -244,7 +290,66 @@ def test_start_up_refuses_what_cannot_be_read_naming_the_key(stream_root):
         compose_config([f"data.root={stream_root}", "+data.stream.shufle_buffer=3"])
 
 
+def test_start_up_errors_name_a_url_without_its_credentials(tmp_path):
+    secret = "https://user:pw@host/x.tar?sig=SECRET"
+    with pytest.raises(DataError) as refused:
+        refuse_streams("data.sources.j", "jsonl", [secret], None)
+    with pytest.raises(DataError) as unknown:
+        list_shards(tmp_path, "data.sources.w", [secret.replace("https", "ftp")], None, {})
+    for error in (refused, unknown):
+        assert "://host/x.tar'" in str(error.value)
+        assert "pw" not in str(error.value) and "SECRET" not in str(error.value)
+
+
 # --------------------------------------------------------------------- the loader
+
+
+def test_the_start_up_check_reads_one_sample_and_names_urls_without_credentials(stream_root, shard_server,
+                                                                                 mistral_tokenizer_dir):  # fmt: skip
+    """The check reads a streamed source with a buffer of one: no further than its first
+    sample (every shard stalls past it; a full buffer would wait, then read it again)."""
+    tokenizer = DivotTextTokenizer.from_pretrained(mistral_tokenizer_dir)
+    shards = sorted((stream_root / "train" / "images").glob("shard-*.tar"))
+    victims = [
+        shard_server.inject(shard, Fault("stall", after=_past_first_sample(shard))) for shard in shards
+    ]
+    before = sum(shard_server.requests[victim] for victim in victims)
+    pattern = shard_server.url(shards[0]).replace("00000", "{00000..00003}")
+    unreadable = shard_server.url(stream_root / "gone.tar").replace("://", "://user:pw@") + "?sig=SECRET"
+
+    def check(paths: str) -> None:
+        cfg = compose_config([
+            f"data.root={stream_root}", "data.stream.timeout=0.5", "data.stream.retries=1",
+            "data.stream.retry_backoff=0", "~data.sources.video_comp", "~data.sources.video_gen",
+            "~data.sources.image_gen", f"data.sources.image_comp.paths=['{paths}']",
+        ])  # fmt: skip
+        vt = cfg.video_tokenizer
+        check_sources_usable(
+            loader_spec(cfg.data, vt.num_tokens, vt.frames_per_clip, vt.input_size), tokenizer
+        )
+
+    try:
+        check(pattern)
+    finally:
+        with shard_server.lock:  # the shards serve the loader test below
+            for victim in victims:
+                del shard_server.faults[victim]
+    assert sum(shard_server.requests[victim] for victim in victims) - before == 1  # no stall, no retry
+    with pytest.raises(DataError, match=r"no usable sample") as error:
+        check(unreadable)
+    assert (
+        "127.0.0.1" in str(error.value) and "pw" not in str(error.value) and "SECRET" not in str(error.value)
+    )
+
+
+def _past_first_sample(shard: Path) -> int:
+    """Bytes a stream reader reads (whole 10 KiB tar records) to complete a shard's first sample."""
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    second = next(m for m in members if m.name.split(".", 1)[0] != members[0].name.split(".", 1)[0])
+    end = -(-(second.offset + tarfile.BLOCKSIZE) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+    assert end < shard.stat().st_size  # the stall is before the shard's end
+    return end
 
 
 def test_the_training_loader_reads_an_http_source_and_resumes_exactly(stream_root, shard_server,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import re
 import subprocess
+import sys
 import urllib.request
 
 import numpy as np
@@ -102,9 +103,9 @@ def test_the_floor_reads_only_the_groups_of_pictures_holding_chosen_frames(bench
 def test_each_contender_keeps_its_best_call_and_the_baseline_its_best_per_clip(bench, monkeypatch):
     clock = [0.0]
     # per contender, call by call (choice 0 round 0, choice 0 round 1, choice 1 ...): the
-    # seconds it takes and the clips it delivers; the baseline is called once per choice
-    durations = {"pipeline": [3.0, 1.0, 2.0, 5.0], "floor": [4.0, 2.0, 2.5, 1.5], "baseline": [10.0, 30.0]}
-    clips = {"pipeline": [4, 4, 6, 6], "floor": [4, 4, 6, 6], "baseline": [4, 6]}
+    # seconds it takes and the clips it delivers; every contender gets as many calls
+    durations = {"pipeline": [3.0, 1.0, 2.0, 5.0], "floor": [4.0, 2.0, 2.5, 1.5], "baseline": [30.0, 10.0, 40.0, 18.0]}
+    clips = {"pipeline": [4, 4, 6, 6], "floor": [4, 4, 6, 6], "baseline": [4, 4, 6, 6]}
     draws: dict[str, list[float]] = {name: [] for name in durations}
 
     def contender(name):
@@ -121,10 +122,9 @@ def test_each_contender_keeps_its_best_call_and_the_baseline_its_best_per_clip(b
     timings = bench.measure(b"", 20, repeats=2, rounds=2, seed=0, layout=object(), clock=lambda: clock[0])
     assert (timings["pipeline"].seconds, timings["pipeline"].clips) == (1.0 + 2.0, 10)
     assert (timings["floor"].seconds, timings["floor"].clips) == (2.0 + 1.5, 10)
-    # the baseline's best per clip (choice 0: 10 s / 4 clips) times all the choices' clips
+    # the baseline's best per clip (choice 0's second call: 10 s / 4 clips) times all the clips
     assert (timings["baseline"].seconds, timings["baseline"].clips) == (2.5 * 10, 10)
-    assert draws["pipeline"] == draws["floor"]  # the same seeded choice, call for call
-    assert draws["baseline"] == draws["pipeline"][::2]
+    assert draws["pipeline"] == draws["floor"] == draws["baseline"]  # the same choice, call for call
     assert draws["pipeline"][0] == draws["pipeline"][1] != draws["pipeline"][2] == draws["pipeline"][3]
 
 
@@ -133,7 +133,7 @@ def test_a_row_over_the_floor_margin_is_retimed_and_its_best_calls_count(bench, 
     timing = bench.Timing
     scripted = [
         [{"pipeline": timing(1.30, 15), "floor": timing(1.0, 15), "baseline": timing(9.0, 15)}],
-        [{"pipeline": timing(1.05, 15), "floor": timing(1.1, 15)}],
+        [{"pipeline": timing(1.05, 15), "floor": timing(1.1, 15), "baseline": timing(8.0, 15)}],
     ]
     monkeypatch.setattr(bench, "first_calls", lambda *args: object())
     monkeypatch.setattr(bench, "time_choices", lambda *args, **kwargs: scripted.pop(0))
@@ -143,6 +143,7 @@ def test_a_row_over_the_floor_margin_is_retimed_and_its_best_calls_count(bench, 
     row = bench.measured_row(video, "comprehension", 20, args)
     assert row.retimed == 1 and not scripted
     assert row.timings["pipeline"].seconds == 1.05 and row.timings["floor"].seconds == 1.0
+    assert row.timings["baseline"].seconds == 8.0  # retimed too: every ratio compares as many calls
     assert row.floor_ratio == pytest.approx(1.05)
 
 
@@ -174,6 +175,14 @@ def test_verdicts_compare_against_thresholds_from_the_same_run(bench):
         "FAIL: comprehension within 10% of the exact floor: worst 256p 30s"
     )
     assert bench.judge_mix(None).passed is None
+
+    def mix(ours_s, naive_s):
+        cost = sys.modules["data_mix"].SourceCost("webvid_gen", 1.0, 32, "video", ours_s, naive_s, 1.0)
+        return bench.MixResult([cost])
+
+    assert bench.judge_mix(mix(0.1, 0.31)).passed is True
+    failed_mix = bench.judge_mix(mix(0.1, 0.29))
+    assert failed_mix.passed is False and failed_mix.line.startswith("FAIL: pretraining mix >= 3x")
 
 
 @pytest.mark.timeout(30)

@@ -15,8 +15,8 @@ it times, on the same video bytes and the same random clip choices:
                chosen time that nothing references are dropped undecoded), converts only
                their frames, and hands them on resized, as uint8 (the trainer scales them
                to [-1, 1] on the accelerator)
-    baseline   the naive loader: decode every frame and convert it to RGB
-               (video_codec.decode_video, PyAV's default decoder settings), then pick the
+    baseline   the naive loader: decode every frame and convert it to RGB, kept as a list
+               (PyAV's default decoder settings, as video_codec.decode_video), then pick the
                same frames and apply the same transform, to float [-1, 1] in the worker
     floor      the exact floor (data_floor.py): an oracle that knows the video's layout
                decodes only the reference frames the chosen clips need plus the chosen
@@ -48,18 +48,17 @@ back-to-back windows cover the whole video, so every reference frame must be dec
 and on typical-bitrate video that alone is about 3x faster than the naive loader.)
 
 Timing: each of ``--repeats`` seeded clip choices is timed ``--rounds`` times per
-contender, calls alternating (in reverse order every other round), and the best time of
-each choice counts. The naive loader decodes and converts every frame whichever clips are
-chosen, so it is called once per choice and its best call over the choices counts (per
-clip): it allocates 0.6 GB (256p) to 2 GB (480p) per 30-s video, so its time swings by up
-to 2x with the state of the allocator and the first touch of fresh pages, and the best of
-a few calls is its intrinsic cost (and the conservative one for its ratios). Every
+contender (every contender as many calls), calls alternating (in reverse order every other
+round), and the best time of each choice counts. The naive loader decodes and converts
+every frame whichever clips are chosen, so its best call per clip over all the choices
+counts: it allocates 0.6 GB (256p) to 2 GB (480p) per 30-s video, so its time swings with
+the state of the allocator and the first touch of fresh pages, and the best of a few calls
+is its intrinsic cost (and the conservative one for its ratios). Every
 contender's first call on a video is untimed (``first_calls``). Pinned to one core, the
 clock is the process's CPU time (``time.process_time``): one decoder thread, so it is the
 work done, which other processes' turns on the core do not inflate on a shared machine;
-with --all-cores it is wall-clock time. A comprehension row over the floor margin has its
-pipeline and floor calls timed again (``RETIMES``), the best calls counting: load only
-ever slows a call. The streamed shard is timed wall-clock (waiting for bytes counts).
+with --all-cores it is wall-clock time. A row over the floor margin has every contender's
+calls timed again (``RETIMES``), the best calls counting: load only ever slows a call. The streamed shard is timed wall-clock (waiting for bytes counts).
 
 Decoding cost follows bitrate, so the bitrate is set, not left to the encoder: ``--bpp``
 0.05, 0.1 and 0.3 by default span web video at these sizes (Apple's HLS Authoring
@@ -184,11 +183,11 @@ def time_choices(
     clock: Clock = time.perf_counter,
 ) -> PerChoice:
     """The named contenders' best of ``rounds`` calls on each of ``repeats`` seeded clip
-    choices, the same for all; the baseline is called once per choice (see ``summed``)."""
+    choices, the same for all."""
     per_choice = []
     for r in range(repeats):
         calls = {n: call for n, call in contenders(data, num_clips, [seed, r], layout).items() if n in names}
-        per_choice.append(race(calls, rounds, {"baseline": 1}, clock))
+        per_choice.append(race(calls, rounds, clock))
     return per_choice
 
 
@@ -263,7 +262,7 @@ class Row:
     video: BenchVideo
     timings: dict[str, Timing]
     repeats: int
-    retimed: int = 0  # extra rounds of pipeline and floor calls (``measured_row``)
+    retimed: int = 0  # extra rounds of every contender's calls (``measured_row``)
 
     @property
     def naive_ratio(self) -> float:
@@ -303,7 +302,7 @@ def print_header(args: argparse.Namespace, pinning: str) -> None:
         f"{pinning}; python {platform.python_version()}, torch {torch.__version__}, PyAV {av.__version__}; "
         f"load average {load_average()}"
     )
-    timing = f"{args.repeats} clip choices, best of {args.rounds} calls each (the baseline: once each)"
+    timing = f"{args.repeats} clip choices, best of {args.rounds} calls each"
     if args.videos:
         print(f"# videos: {len(args.videos)} given files; {timing}")
     else:
@@ -327,7 +326,7 @@ def print_row(row: Row) -> None:
         f"{row.task:<14} {video.label:<10} {len(video.data) / 1e6:>6.2f} {video.bits_per_pixel:>5.3f} "
         f"{fast.clips // row.repeats:>5} | {fast.clips_per_s:>16.2f} {fast.frames_per_s:>9.1f} | "
         f"{slow.clips_per_s:>16.2f} {slow.frames_per_s:>9.1f} | {row.naive_ratio:>5.1f}x | {floor_cells}"
-        + (f" (pipeline and floor retimed {row.retimed}x)" if row.retimed else ""),
+        + (f" (retimed {row.retimed}x)" if row.retimed else ""),
         flush=True,
     )
 
@@ -473,15 +472,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def measured_row(video: BenchVideo, task: str, num_clips: int, args: argparse.Namespace) -> Row:
-    """One video and task timed; a row over the floor margin has its pipeline and floor
-    calls timed again (``RETIMES`` times at most, the best calls counting): load from other
+    """One video and task timed; a row over the floor margin has every contender's calls
+    timed again (``RETIMES`` times at most, the best calls counting): load from other
     processes only ever slows a call, so more calls only bring both nearer their cost."""
     layout = first_calls(video, num_clips, args.seed)
     timed = (video.data, num_clips, args.repeats, args.rounds, args.seed, layout)
     per_choice = time_choices(*timed, clock=args.clock)
     row = Row(task, video, summed(per_choice), args.repeats)
     while row.floor_ratio is not None and row.floor_ratio > 1 + FLOOR_MARGIN and row.retimed < RETIMES:
-        per_choice = better_of(per_choice, time_choices(*timed, ("pipeline", "floor"), args.clock))
+        per_choice = better_of(per_choice, time_choices(*timed, clock=args.clock))  # every contender again
         row = Row(task, video, summed(per_choice), args.repeats, retimed=row.retimed + 1)
     return row
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 from PIL import Image
@@ -17,12 +18,12 @@ from PIL import Image
 from divot_llm.data.clip_sampling import (
     clip_positions,
     plan_windows,
-    probe_video,
+    probe_container,
     sample_video_clips,
     to_model_pixels,
 )
 from divot_llm.data.images import open_rgb
-from divot_llm.data.video_codec import decode_video, encode_video
+from divot_llm.data.video_codec import display_rgb, encode_video
 
 DEFAULT_BPP = 0.1  # Apple's HLS H.264 ladder at 270p-540p, see data.py's docstring
 FRAMES_PER_CLIP = 5
@@ -84,13 +85,15 @@ def pipeline(data: bytes | Path, num_clips: int, rng: np.random.Generator) -> to
 
 
 def baseline(data: bytes | Path, num_clips: int, rng: np.random.Generator) -> torch.Tensor:
-    """Naive loading: decode the whole video, then pick what the same rules choose.
-    (C, 5, 3, 256, 256) in [-1, 1]: for constant-frame-rate videos the pixels of
-    ``pipeline`` scaled by ``uint8_to_model_pixels``."""
-    info = probe_video(data)
-    windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense=False)
-    indices = windows[:, clip_positions()]  # (C, 5)
-    frames = decode_video(data).frames
+    """Naive loading: decode every frame to RGB (PyAV's default decoder settings, as
+    ``video_codec.decode_video``, kept as a list: nothing here needs them stacked), then pick
+    what the same rules choose. (C, 5, 3, 256, 256) in [-1, 1]: for constant-frame-rate
+    videos the pixels of ``pipeline`` scaled by ``uint8_to_model_pixels``."""
+    with av.open(io.BytesIO(data) if isinstance(data, bytes) else str(data)) as container:
+        info = probe_container(container)  # one open, headers first, as the pipeline's
+        windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense=False)
+        indices = windows[:, clip_positions()]  # (C, 5)
+        frames = [display_rgb(frame) for frame in container.decode(video=0)]
     pixels = to_model_pixels([frames[min(i, len(frames) - 1)] for i in indices.ravel()])
     return pixels.reshape(*indices.shape, *pixels.shape[1:])
 
@@ -128,25 +131,17 @@ NO_TIME = Timing(0.0, 0)
 Clock = Callable[[], float]  # seconds: time.perf_counter (wall) or time.process_time (CPU)
 
 
-def race(
-    calls: dict[str, Callable[[], int]],
-    rounds: int,
-    rounds_of: dict[str, int] | None = None,
-    clock: Clock = time.perf_counter,
-) -> dict[str, Timing]:
-    """Each contender's best call on one input, and the clips that call delivered (each
-    returns how many it delivered). Calls alternate between contenders, in reverse order every
-    other round, so none always runs right after another (the naive loader leaves
-    gigabytes freed behind it); a contender named in ``rounds_of`` is called that many
-    rounds instead of ``rounds``. ``clock``: wall time, or CPU time in a process pinned to
-    one core (see ``data.py``'s docstring)."""
-    rounds_of = rounds_of or {}
+def race(calls: dict[str, Callable[[], int]], rounds: int, clock: Clock = time.perf_counter) -> dict[str, Timing]:
+    """Each contender's best of ``rounds`` calls on one input, and the clips that call
+    delivered (each returns how many it delivered): every contender gets as many calls.
+    Calls alternate between contenders, in reverse order every other round, so none always
+    runs right after another (the naive loader leaves gigabytes freed behind it).
+    ``clock``: wall time, or CPU time in a process pinned to one core (see ``data.py``'s
+    docstring)."""
     best = {name: Timing(np.inf, 0) for name in calls}
     names = list(calls)
     for round_index in range(rounds):
         for name in names if round_index % 2 == 0 else names[::-1]:
-            if round_index >= rounds_of.get(name, rounds):
-                continue
             start = clock()
             clips = calls[name]()
             seconds = clock() - start

@@ -50,7 +50,6 @@ IMAGE_SIZES = {"cc3m_comp": (640, 480), "journeydb_gen": (1024, 1024)}  # (width
 VIDEO_SOURCES = ("webvid_comp", "webvid_gen")
 PRETRAIN_YAML = CONF_DIR / "data" / "pretrain.yaml"
 VIDEO_NAME, VIDEO_GLOB = "webvid-{:03d}.mp4", "webvid-*.mp4"
-NAIVE_CALLS = 2  # the naive loader's time swings with the allocator: the best of two counts
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class MixSettings:
     height: int
     fps: int
     bpp: float
-    rounds: int  # calls per sample of our loader; the naive one gets NAIVE_CALLS
+    rounds: int  # calls per sample of each loader, the best counting
     seed: int
     clock: Clock = time.perf_counter
 
@@ -206,8 +205,7 @@ def source_cost(
         calls = sample_calls(raw, src, spec, [settings.seed, index])
         for call in calls.values():
             call()  # untimed: a first call pays the first touch of the memory it needs (data.first_calls)
-        rounds_of = {"ours": settings.rounds, "naive": NAIVE_CALLS}
-        best = race(calls, max(settings.rounds, NAIVE_CALLS), rounds_of, settings.clock)
+        best = race(calls, settings.rounds, settings.clock)
         ours, naive = ours + best["ours"], naive + best["naive"]
     n = len(samples)
     return SourceCost(
@@ -229,7 +227,7 @@ def format_mix(result: MixResult, settings: MixSettings) -> list[str]:
     """The per-source table and the mix's line."""
     lines = [
         f"# reference pretraining mix (conf/data/pretrain.yaml), samples per source: {settings.samples}, "
-        f"our loader best of {settings.rounds} calls, the naive one of {NAIVE_CALLS}; seconds per sample:",
+        f"each loader's best of {settings.rounds} calls; seconds per sample:",
         f"{'source':<14} {'weight':>6} {'batch':>5} {'P(batch)':>8} {'share':>7} | {'sample':<28} "
         f"{'clips':>5} | {'ours s':>8} {'naive s':>8} | {'ratio':>6}",
     ]
