@@ -337,8 +337,8 @@ def launch_two_ranks(out, data_root, *extra: str) -> subprocess.Popen:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_ranks_build_the_one_process_cache_and_resume_after_sigterm(setup, tmp_path):
-    """2 ranks under the real launcher write the one-process build's files, tensors (bit
-    for bit, bf16) and index; a SIGTERM once samples are written stops them, unfinished,
+    """2 ranks under the real launcher write the one-process build's files, tensors (bf16,
+    equal to its rounding) and index; a SIGTERM once samples are written stops them, unfinished,
     and the same command resumes -- keeping what was written -- to that same cache, then
     uploads it (``--upload``, a real command)."""
     from safetensors.torch import load_file
@@ -370,7 +370,12 @@ def test_two_ranks_build_the_one_process_cache_and_resume_after_sigterm(setup, t
     assert files == sorted(f.relative_to(out) for f in out.rglob("*.safetensors"))
     for name in files:
         one, two = load_file(single / name)["feats"], load_file(out / name)["feats"]
-        assert one.dtype == two.dtype == torch.bfloat16 and torch.equal(one, two)
+        assert one.dtype == two.dtype == torch.bfloat16
+        # the same clips encoded alike: bit-equal in fresh processes, but once in CI a
+        # long-lived test worker's bf16 encode differed by the rounding of a bf16 sum (up to
+        # 2e-3; CPU bf16 kernels may split a reduction by buffer alignment); a wrong sample
+        # or clip differs by O(1)
+        torch.testing.assert_close(two.float(), one.float(), rtol=1 / 64, atol=1 / 64)
     one, two = (json.loads((d / "index.json").read_text()) for d in (single, out))
     assert (one.pop("world_size"), two.pop("world_size")) == (1, 2) and one == two
     FeatureCache(out).check(info)
