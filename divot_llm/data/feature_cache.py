@@ -65,6 +65,7 @@ class CacheInfo:
     encode_dtype: str  # features differ between fp32 and bf16 encoding; stored in it (older caches: fp32)
     # the ViT's weights; None where the run does not build it (from a cache: not compared)
     frame_encoder_fingerprint: str | None = None
+    resize_kernel: str = "pil"  # data.resize_kernel: the frames' pixels (older caches: pil)
 
 
 def tokenizer_fingerprint(tokenizer: torch.nn.Module, config: dict) -> str:
@@ -287,4 +288,5 @@ def expected_info(tokenizer: torch.nn.Module, tokenizer_config: dict, data_cfg: 
         feature_dim=int(tokenizer.feature_dim),
         encode_dtype=str(tokenizer.dtype).removeprefix("torch."),
         frame_encoder_fingerprint=frame_encoder_fingerprint(tokenizer),
+        resize_kernel=data_cfg.resize_kernel,
     )

@@ -91,6 +91,7 @@ class LoaderSpec:
     sample_fps: float
     stride: int
     feature_cache: str | None = None  # read tokenizer features instead of decoding frames
+    resize_kernel: str = "pil"  # the frames' resize (clip_sampling.RESIZE_KERNELS)
     split: str = "train"
     example_kind: ExampleKind | None = None  # e.g. de-tokenizer videos instead of token sequences
     max_skip_fraction: float | None = None  # stop when a reader skips more (sources.Source)
@@ -113,6 +114,7 @@ def sample_clips(
             as_uint8=True,
             min_resolution=source.min_resolution,
             min_aspect_ratio=source.min_aspect_ratio,
+            resize_kernel=spec.resize_kernel,
         )
     generation = source.task.value not in COMPREHENSION_TASKS
     return sample_video_clips(
@@ -128,6 +130,7 @@ def sample_clips(
         min_aspect_ratio=source.min_aspect_ratio,
         threads=decoder_threads(),
         as_uint8=True,  # converted on the accelerator (uint8_to_model_pixels): 4x fewer bytes to move
+        resize_kernel=spec.resize_kernel,
     )
 
 
@@ -489,6 +492,11 @@ def loader_spec(
         raise ValueError(
             "de-tokenizer examples are decoded pixels: set data.packing=false and data.feature_cache=null"
         )
+    if example_kind is not None and data_cfg.resize_kernel != "pil":
+        raise ValueError(
+            f"data.resize_kernel={data_cfg.resize_kernel} is for the LLM stages' clips (token sequences and "
+            f"feature caches); {type(example_kind).__name__} examples resize with pil: set data.resize_kernel=pil"
+        )
     check_source_kinds(sources, example_kind)
     sampled = len(clip_positions(data_cfg.frames_per_window, data_cfg.frame_stride))
     if example_kind is None and sampled != frames_per_clip:
@@ -512,6 +520,7 @@ def loader_spec(
         sample_fps=data_cfg.fps,
         stride=data_cfg.frame_stride,
         feature_cache=data_cfg.feature_cache,
+        resize_kernel=data_cfg.resize_kernel,
         split=split,
         example_kind=example_kind,
         max_skip_fraction=data_cfg.max_skip_fraction,

@@ -245,6 +245,25 @@ def test_transform_equals_pil_resize_then_centre_crop(height, width):
     assert torch.equal(uint8_to_model_pixels(clips[0]), expected_clip)
 
 
+def test_the_torch_kernel_is_within_one_level_of_pil_on_clips_and_images():
+    # a textured video (downscaled 1.7x: the filter spans several source pixels) and a
+    # portrait image that is upscaled; unknown kernels are refused before any decoding
+    rng = np.random.default_rng(5)
+    frames = np.kron(rng.integers(0, 256, (8, 54, 96, 3), dtype=np.uint8), np.ones((1, 2, 2, 1), np.uint8))
+    video = encode_video(frames, 8, "h264")  # (8, 108, 192, 3)
+    clips = {
+        kernel: sample_video_clips(video, 1, np.random.default_rng(0), image_size=64, as_uint8=True, resize_kernel=kernel)
+        for kernel in ("pil", "torch")
+    }
+    difference = (clips["pil"].int() - clips["torch"].int()).abs()
+    assert difference.max() == 1 and 0 < (difference > 0).float().mean() < 0.1  # not the same code path
+    image = Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8))
+    still = {kernel: image_clip(image, 5, 64, as_uint8=True, resize_kernel=kernel) for kernel in ("pil", "torch")}
+    assert (still["pil"].int() - still["torch"].int()).abs().max() <= 1
+    with pytest.raises(ValueError, match="unknown resize kernel 'cv2'"):
+        sample_video_clips(b"not even a video", 1, np.random.default_rng(0), resize_kernel="cv2")
+
+
 def test_image_becomes_a_static_clip():
     image = Image.fromarray(_indexed_frames(1, 80, 120)[0])
     clip = image_clip(image, frames_per_clip=5, image_size=64)

@@ -168,6 +168,13 @@ def test_a_cache_from_another_tokenizer_or_sampling_is_refused(setup):
             info.__class__(**{**info.__dict__, "data_seed": 7}),
             cache_dir,
         )
+    with pytest.raises(ValueError, match="resize_kernel: cache 'pil' != run 'torch'"):
+        loader(
+            apply_overrides(cfg, ["data.resize_kernel=torch"]),
+            text,
+            info.__class__(**{**info.__dict__, "resize_kernel": "torch"}),
+            cache_dir,
+        )
     with pytest.raises(ValueError, match="cache_info"):
         loader(cfg, text, None, cache_dir)
 

@@ -199,6 +199,8 @@ def test_start_up_refuses_what_cannot_feed_vidtok_clips(template, data_root, tmp
         loader_spec(data, 32, 5, 16)
     with pytest.raises(ValueError, match="only VidTok examples"):  # ... or the de-tokenizer's captions
         loader_spec(data, 0, 8, 16, example_kind=DetokExampleSpec(8, 8.0, 16))
+    with pytest.raises(ValueError, match="data.resize_kernel=torch is for the LLM stages' clips"):
+        build_vidtok_loader(replace(data, resize_kernel="torch"), SPEC)  # would be silently ignored
     jsonl = {"kind": SourceKind.jsonl, "paths": ["train.csv"]}  # a task picks the LLM's sequence template
     with pytest.raises(ValueError, match="source videos has no task"):
         loader_spec(csv_data(template, data_root, jsonl), 32, 5, 16)

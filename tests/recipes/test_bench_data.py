@@ -109,8 +109,9 @@ def test_each_contender_keeps_its_best_call_and_the_baseline_its_best_per_clip(b
     draws: dict[str, list[float]] = {name: [] for name in durations}
 
     def contender(name):
-        def call(*args):
-            draws[name].append(args[-1].random())  # which clip choice it was given
+        def call(*args, **kwargs):
+            rng = next(a for a in args if isinstance(a, np.random.Generator))
+            draws[name].append(rng.random())  # which clip choice it was given
             clock[0] += durations[name].pop(0)
             return torch.zeros(clips[name].pop(0))
 

@@ -13,19 +13,22 @@ it times, on the same video bytes and the same random clip choices:
     pipeline   what the training loader runs in a worker: sample_video_clips(as_uint8=True)
                seeks + decodes only what the chosen clips need (frames far from every
                chosen time that nothing references are dropped undecoded), converts only
-               their frames, and hands them on resized, as uint8 (the trainer scales them
-               to [-1, 1] on the accelerator)
+               their frames, and hands them on resized (with --resize-kernel, by default
+               conf/data/pretrain.yaml's data.resize_kernel), as uint8 (the trainer scales
+               them to [-1, 1] on the accelerator)
     baseline   the naive loader: decode every frame and convert it to RGB, kept as a list
                (PyAV's default decoder settings, as video_codec.decode_video), then pick the
-               same frames and apply the same transform, to float [-1, 1] in the worker
+               same frames and apply the reference transform (PIL's resize), to float
+               [-1, 1] in the worker
     floor      the exact floor (data_floor.py): an oracle that knows the video's layout
                decodes only the reference frames the chosen clips need plus the chosen
                frames, converts only those and delivers the same uint8 clips through the
                same transform, with the pipeline's decoder settings: the least any exact
                sampler can do
 
-All three give bit-identical clips once the uint8 ones are scaled (uint8_to_model_pixels;
-each run checks the floor's against the pipeline's). It prints clips/s and frames/s
+The pipeline and the floor give bit-identical clips (each run checks), and with the pil
+kernel so does the baseline once the uint8 ones are scaled (uint8_to_model_pixels); with
+the torch kernel the pipeline's pixels are within one level of the baseline's. It prints clips/s and frames/s
 (sampled frames delivered, 5 per clip) of the pipeline and the baseline, their ratio, the
 floor's clips/s and the pipeline's time over the floor's. One process pinned to one core
 (a dataloader worker's share, so one decoder thread each) unless --all-cores.
@@ -33,7 +36,9 @@ floor's clips/s and the pipeline's time over the floor's. One process pinned to 
 Then (synthetic runs; data_mix.py, data_stream.py) the reference pretraining mix,
 conf/data/pretrain.yaml: per source and over the mix, seconds per sample of our loader
 (loader.sample_clips) and of the naive one on stand-in WebVid videos and CC3M / JourneyDB
-images read through the real loader; and clips/s of a webdataset shard of those videos
+images read through the real loader, our loader resizing as the pipeline above (the
+mix's stand-ins: six per source by default, so the WebVid-like lengths and clip choices
+span their distributions); and clips/s of a webdataset shard of those videos
 read by the loader's source streamed from a loopback HTTP server next to the local file.
 
 Judged, with thresholds from this run's own measurements (30-s synthetic videos):
@@ -85,6 +90,7 @@ import av
 import numpy as np
 import torch
 
+from divot_llm.config.schema import RESIZE_KERNELS
 from divot_llm.data.clip_sampling import MediaError, probe_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, when imported
@@ -100,7 +106,15 @@ from data_media import (  # noqa: E402
     pipeline,
     race,
 )
-from data_mix import WEBVID_HEIGHT, MixResult, MixSettings, format_mix, measure_mix, mix_videos  # noqa: E402
+from data_mix import (  # noqa: E402
+    WEBVID_HEIGHT,
+    MixResult,
+    MixSettings,
+    format_mix,
+    measure_mix,
+    mix_videos,
+    reference_resize_kernel,
+)
 from data_stream import format_stream, measure_stream  # noqa: E402
 
 TASKS = {"comprehension": 20, "generation": 1}  # name -> num_clips (dense=False for both)
@@ -155,16 +169,17 @@ def file_videos(paths: list[Path]) -> Iterator[BenchVideo]:
 
 
 def contenders(
-    data: bytes, num_clips: int, choice: list[int], layout: VideoLayout | None
+    data: bytes, num_clips: int, choice: list[int], layout: VideoLayout | None, kernel: str = "pil"
 ) -> dict[str, Callable[[], int]]:
-    """The calls raced on one clip choice, each returning the clips it delivered."""
+    """The calls raced on one clip choice, each returning the clips it delivered (the
+    pipeline and the floor resizing with ``kernel``, the naive loader with PIL)."""
     calls = {
-        "pipeline": lambda: len(pipeline(data, num_clips, np.random.default_rng(choice))),
+        "pipeline": lambda: len(pipeline(data, num_clips, np.random.default_rng(choice), kernel)),
         "baseline": lambda: len(baseline(data, num_clips, np.random.default_rng(choice))),
     }
     if layout is not None:
         calls["floor"] = lambda: len(
-            exact_floor_clips(data, layout, num_clips, np.random.default_rng(choice))
+            exact_floor_clips(data, layout, num_clips, np.random.default_rng(choice), kernel=kernel)
         )
     return calls
 
@@ -181,12 +196,15 @@ def time_choices(
     layout: VideoLayout | None,
     names: tuple[str, ...] = ("pipeline", "baseline", "floor"),
     clock: Clock = time.perf_counter,
+    kernel: str = "pil",
 ) -> PerChoice:
     """The named contenders' best of ``rounds`` calls on each of ``repeats`` seeded clip
     choices, the same for all."""
     per_choice = []
     for r in range(repeats):
-        calls = {n: call for n, call in contenders(data, num_clips, [seed, r], layout).items() if n in names}
+        calls = {
+            n: call for n, call in contenders(data, num_clips, [seed, r], layout, kernel).items() if n in names
+        }
         per_choice.append(race(calls, rounds, clock))
     return per_choice
 
@@ -223,13 +241,14 @@ def measure(
     seed: int,
     layout: VideoLayout | None = None,
     clock: Clock = time.perf_counter,
+    kernel: str = "pil",
 ) -> dict[str, Timing]:
     """Pipeline, baseline (and with a ``layout`` the floor) over ``repeats`` seeded clip
     choices: ``time_choices``, ``summed``."""
-    return summed(time_choices(data, num_clips, repeats, rounds, seed, layout, clock=clock))
+    return summed(time_choices(data, num_clips, repeats, rounds, seed, layout, clock=clock, kernel=kernel))
 
 
-def first_calls(video: BenchVideo, num_clips: int, seed: int) -> VideoLayout | None:
+def first_calls(video: BenchVideo, num_clips: int, seed: int, kernel: str = "pil") -> VideoLayout | None:
     """Every contender's first call on a video and task, untimed: a first call pays the
     first touch of memory pages a bigger or newer video needs (the naive loader's first
     call on a video took up to twice as long as its later ones), which a worker in its stride does not.
@@ -238,19 +257,19 @@ def first_calls(video: BenchVideo, num_clips: int, seed: int) -> VideoLayout | N
     baseline(video.data, num_clips, np.random.default_rng([seed, 0]))
     try:
         layout = video_layout(video.data)
-        floor = exact_floor_clips(video.data, layout, num_clips, np.random.default_rng([seed, 0]))
+        floor = exact_floor_clips(video.data, layout, num_clips, np.random.default_rng([seed, 0]), kernel=kernel)
     except (MediaError, av.error.FFmpegError, RuntimeError) as err:
         print(f"# no floor for {video.label}: {err}")
         return None
-    if not torch.equal(floor, pipeline(video.data, num_clips, np.random.default_rng([seed, 0]))):
+    if not torch.equal(floor, pipeline(video.data, num_clips, np.random.default_rng([seed, 0]), kernel)):
         raise AssertionError(f"the floor's clips differ from the pipeline's on {video.label} ({video.group})")
     return layout
 
 
-def warm_up() -> None:
+def warm_up(kernel: str) -> None:
     """First calls pay one-off costs (lazy imports, codec tables): not what we measure."""
     data = make_video(64, 2, 8, seed=0)
-    measure(data, 1, repeats=1, rounds=1, seed=0, layout=video_layout(data))
+    measure(data, 1, repeats=1, rounds=1, seed=0, layout=video_layout(data), kernel=kernel)
 
 
 # --------------------------------------------------------------------------- report
@@ -302,7 +321,10 @@ def print_header(args: argparse.Namespace, pinning: str) -> None:
         f"{pinning}; python {platform.python_version()}, torch {torch.__version__}, PyAV {av.__version__}; "
         f"load average {load_average()}"
     )
-    timing = f"{args.repeats} clip choices, best of {args.rounds} calls each"
+    timing = (
+        f"{args.repeats} clip choices, best of {args.rounds} calls each; the pipeline and the floor resize "
+        f"with {args.resize_kernel}, the naive loader with pil"
+    )
     if args.videos:
         print(f"# videos: {len(args.videos)} given files; {timing}")
     else:
@@ -454,10 +476,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and the streamed shard are left out)",
     )
     parser.add_argument(
-        "--mix-samples", type=int, help="samples per source of the pretraining mix (default 3; 0: no mix)"
+        "--mix-samples", type=int, help="samples per source of the pretraining mix (default 6; 0: no mix)"
     )
     parser.add_argument(
         "--mix-height", type=int, default=WEBVID_HEIGHT, help="height of the mix's WebVid-like videos"
+    )
+    parser.add_argument(
+        "--resize-kernel",
+        choices=RESIZE_KERNELS,
+        default=reference_resize_kernel(),
+        help="the pipeline's and the floor's frame resize, data.resize_kernel (default: conf/data/pretrain.yaml's, "
+        "%(default)s); the naive loader resizes with PIL, as the reference",
     )
     parser.add_argument("--all-cores", action="store_true", help="do not pin the process to one core")
     args = parser.parse_args(argv)
@@ -465,7 +494,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.durations = args.durations or [TARGET_DURATION_S]
     args.bpp = args.bpp or ([DEFAULT_BPP] if args.quick else DEFAULT_BPPS)
     args.repeats = args.repeats or (1 if args.quick else 2)
-    args.mix_samples = (2 if args.quick else 3) if args.mix_samples is None else args.mix_samples
+    args.mix_samples = (2 if args.quick else 6) if args.mix_samples is None else args.mix_samples
     if args.videos:
         args.mix_samples = 0
     return args
@@ -475,12 +504,13 @@ def measured_row(video: BenchVideo, task: str, num_clips: int, args: argparse.Na
     """One video and task timed; a row over the floor margin has every contender's calls
     timed again (``RETIMES`` times at most, the best calls counting): load from other
     processes only ever slows a call, so more calls only bring both nearer their cost."""
-    layout = first_calls(video, num_clips, args.seed)
+    layout = first_calls(video, num_clips, args.seed, args.resize_kernel)
     timed = (video.data, num_clips, args.repeats, args.rounds, args.seed, layout)
-    per_choice = time_choices(*timed, clock=args.clock)
+    per_choice = time_choices(*timed, clock=args.clock, kernel=args.resize_kernel)
     row = Row(task, video, summed(per_choice), args.repeats)
     while row.floor_ratio is not None and row.floor_ratio > 1 + FLOOR_MARGIN and row.retimed < RETIMES:
-        per_choice = better_of(per_choice, time_choices(*timed, clock=args.clock))  # every contender again
+        again = time_choices(*timed, clock=args.clock, kernel=args.resize_kernel)  # every contender
+        per_choice = better_of(per_choice, again)
         row = Row(task, video, summed(per_choice), args.repeats, retimed=row.retimed + 1)
     return row
 
@@ -505,7 +535,14 @@ def mix_and_stream(args: argparse.Namespace) -> MixResult | None:
     if args.mix_samples < 1:
         return None
     settings = MixSettings(
-        args.mix_samples, args.mix_height, args.fps, DEFAULT_BPP, args.rounds, args.seed, args.clock
+        args.mix_samples,
+        args.mix_height,
+        args.fps,
+        DEFAULT_BPP,
+        args.rounds,
+        args.seed,
+        args.clock,
+        args.resize_kernel,
     )
     with tempfile.TemporaryDirectory(prefix="divot-bench-data-") as tmp:
         root = Path(tmp)
@@ -522,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     pinned = not args.all_cores and pin_to_one_core()
     args.clock = time.process_time if pinned else time.perf_counter
     print_header(args, "pinned to one core, CPU time" if pinned else "all cores, wall-clock time")
-    warm_up()
+    warm_up(args.resize_kernel)
     rows = clip_rows(args)
     print_ranges(rows)
     mix = mix_and_stream(args)

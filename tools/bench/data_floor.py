@@ -136,10 +136,15 @@ def decode_chosen(data: bytes, layout: VideoLayout, chosen_pts: set[int]) -> dic
 
 
 def exact_floor_clips(
-    data: bytes, layout: VideoLayout, num_clips: int, rng: np.random.Generator, size: int = 256
+    data: bytes,
+    layout: VideoLayout,
+    num_clips: int,
+    rng: np.random.Generator,
+    size: int = 256,
+    kernel: str = "pil",
 ) -> torch.Tensor:
     """(C, 5, 3, S, S) uint8: the pipeline's clips (``sample_video_clips(as_uint8=True)``)
-    for the same ``rng``, at the least cost of any exact sampler."""
+    for the same ``rng`` and resize ``kernel``, at the least cost of any exact sampler."""
     windows = plan_windows(layout.num_frames, layout.fps, num_clips, rng, dense=False)
     indices = windows[:, clip_positions()]  # (C, 5)
     unique = np.unique(indices)
@@ -147,4 +152,4 @@ def exact_floor_clips(
     target_pts = [int(layout.frame_pts[i]) for i in frame_of_target]
     frames = decode_chosen(data, layout, set(target_pts))
     pixels = [display_rgb(frames[pts]) for pts in target_pts]
-    return torch.from_numpy(transform_into_clips(pixels, np.searchsorted(unique, indices), size))
+    return torch.from_numpy(transform_into_clips(pixels, np.searchsorted(unique, indices), size, kernel))

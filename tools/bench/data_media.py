@@ -79,16 +79,18 @@ def make_jpeg(width: int, height: int, seed: int, quality: int = 90) -> bytes:
 # --------------------------------------------------------------------- the loaders
 
 
-def pipeline(data: bytes | Path, num_clips: int, rng: np.random.Generator) -> torch.Tensor:
-    """(C, 5, 3, 256, 256) uint8, as the training loader's workers deliver them."""
-    return sample_video_clips(data, num_clips, rng, dense=False, as_uint8=True)
+def pipeline(data: bytes | Path, num_clips: int, rng: np.random.Generator, kernel: str = "pil") -> torch.Tensor:
+    """(C, 5, 3, 256, 256) uint8, as the training loader's workers deliver them (resized
+    with ``kernel``, ``data.resize_kernel``)."""
+    return sample_video_clips(data, num_clips, rng, dense=False, as_uint8=True, resize_kernel=kernel)
 
 
 def baseline(data: bytes | Path, num_clips: int, rng: np.random.Generator) -> torch.Tensor:
     """Naive loading: decode every frame to RGB (PyAV's default decoder settings, as
     ``video_codec.decode_video``, kept as a list: nothing here needs them stacked), then pick
-    what the same rules choose. (C, 5, 3, 256, 256) in [-1, 1]: for constant-frame-rate
-    videos the pixels of ``pipeline`` scaled by ``uint8_to_model_pixels``."""
+    what the same rules choose, resized with PIL as the reference does. (C, 5, 3, 256, 256)
+    in [-1, 1]: for constant-frame-rate videos the pixels of ``pipeline`` with the ``pil``
+    kernel scaled by ``uint8_to_model_pixels`` (with ``torch``, within one level of them)."""
     with av.open(io.BytesIO(data) if isinstance(data, bytes) else str(data)) as container:
         info = probe_container(container)  # one open, headers first, as the pipeline's
         windows = plan_windows(info.num_frames, info.fps, num_clips, rng, dense=False)

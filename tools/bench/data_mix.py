@@ -15,8 +15,9 @@ WebVid-10M's preview size (596x336) with WebVid-like lengths (log-normal, median
 clipped to 4-60 s as ``gpu_7b.py`` draws them: here its quantiles, so a few videos span
 the distribution), CC3M-like 640x480 JPEGs and JourneyDB-like 1024x1024 JPEGs (Midjourney's
 square output). Per sample, "ours" is ``loader.sample_clips`` (what a dataloader worker
-runs: uint8 clips) and the naive loader decodes every frame (``data_media.baseline``) or
-transforms the image to float and repeats it (``naive_image_clip``).
+runs: uint8 clips, resized with the config's ``data.resize_kernel``) and the naive loader
+decodes every frame (``data_media.baseline``) or transforms the image to float and repeats
+it (``naive_image_clip``), resizing with PIL as the reference does.
 
 A source's time per sample is the mean over its samples of each one's best call. Over the
 mix a sample costs the batch-weighted mean: a source's share of samples is its batch
@@ -61,6 +62,7 @@ class MixSettings:
     rounds: int  # calls per sample of each loader, the best counting
     seed: int
     clock: Clock = time.perf_counter
+    resize_kernel: str | None = None  # None: the config's data.resize_kernel
 
 
 @dataclass
@@ -77,6 +79,7 @@ class SourceCost:
 @dataclass
 class MixResult:
     sources: list[SourceCost]
+    resize_kernel: str = "pil"  # ours (the naive loader resizes with PIL)
 
     def batch_probability(self, cost: SourceCost) -> float:
         return cost.weight / sum(s.weight for s in self.sources)
@@ -104,18 +107,23 @@ def webvid_durations(count: int) -> list[float]:
     return [round(float(s), 1) for s in np.clip(seconds, *WEBVID_RANGE_S)]
 
 
-def reference_data_config(root: Path) -> DataConfig:
+def reference_data_config(root: Path, resize_kernel: str | None = None) -> DataConfig:
     """``conf/data/pretrain.yaml`` on the data schema with ``data.root`` set (what
-    ``data=pretrain`` composes to, without starting Hydra); refuses a config whose sources
-    are not the four this benchmark writes stand-ins for."""
-    node = OmegaConf.merge(
-        OmegaConf.structured(DataConfig), OmegaConf.load(PRETRAIN_YAML), {"root": str(root)}
-    )
+    ``data=pretrain`` composes to, without starting Hydra), and ``data.resize_kernel`` if
+    given; refuses a config whose sources are not the four this benchmark writes
+    stand-ins for."""
+    overrides = {"root": str(root)} | ({"resize_kernel": resize_kernel} if resize_kernel else {})
+    node = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(PRETRAIN_YAML), overrides)
     data = to_typed(node)
     expected = set(VIDEO_SOURCES) | set(IMAGE_SIZES)
     if set(data.sources) != expected:
         raise ValueError(f"{PRETRAIN_YAML} has sources {sorted(data.sources)}, expected {sorted(expected)}")
     return data
+
+
+def reference_resize_kernel() -> str:
+    """The frame resize ``conf/data/pretrain.yaml`` trains with (``data.resize_kernel``)."""
+    return reference_data_config(Path(".")).resize_kernel
 
 
 def bench_file(root: Path, pattern: str, name: str) -> Path:
@@ -215,11 +223,12 @@ def source_cost(
 
 def measure_mix(root: Path, settings: MixSettings) -> MixResult:
     """Write the stand-ins under ``root`` and time every source of the reference mix."""
-    data = reference_data_config(root)
+    data = reference_data_config(root, settings.resize_kernel)
     what = write_mix_data(root, data, settings)
     spec = loader_spec(data, tokens_per_clip=64, frames_per_clip=5, image_size=256)
     return MixResult(
-        [source_cost(spec, name, src, what[name], settings) for name, src in spec.sources.items()]
+        [source_cost(spec, name, src, what[name], settings) for name, src in spec.sources.items()],
+        data.resize_kernel,
     )
 
 
@@ -227,7 +236,8 @@ def format_mix(result: MixResult, settings: MixSettings) -> list[str]:
     """The per-source table and the mix's line."""
     lines = [
         f"# reference pretraining mix (conf/data/pretrain.yaml), samples per source: {settings.samples}, "
-        f"each loader's best of {settings.rounds} calls; seconds per sample:",
+        f"each loader's best of {settings.rounds} calls, ours resizing with {result.resize_kernel} (the naive "
+        "loader with PIL); seconds per sample:",
         f"{'source':<14} {'weight':>6} {'batch':>5} {'P(batch)':>8} {'share':>7} | {'sample':<28} "
         f"{'clips':>5} | {'ours s':>8} {'naive s':>8} | {'ratio':>6}",
     ]
