@@ -46,6 +46,7 @@ from divot_llm.data.feature_cache import (
     finished_parts,
     part_file,
 )
+from divot_llm.data.shard_transport import fill_command
 from divot_llm.runtime import default_dtype, seed_everything
 from divot_llm.tokenizers import build_video_tokenizer
 
@@ -138,15 +139,10 @@ def upload_argv(template: str, cache_dir: str | os.PathLike) -> list[str]:
     Raises:
         ValueError: no ``{dir}`` in it, or its program is not found (said before the build).
     """
-    argv = shlex.split(template)
-    if not any(UPLOAD_DIR in arg for arg in argv):
-        raise ValueError(
-            f"--upload {template!r} does not name the cache folder: put {UPLOAD_DIR} where it goes"
-        )
+    argv = fill_command(template, UPLOAD_DIR, str(Path(cache_dir).resolve()), what="the cache folder")
     if shutil.which(argv[0]) is None:
         raise ValueError(f"--upload: program {argv[0]!r} not found")
-    folder = str(Path(cache_dir).resolve())
-    return [arg.replace(UPLOAD_DIR, folder) for arg in argv]
+    return argv
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,9 @@ reader opens no finished shard; it reads the current one again from its start, p
 over the records it had consumed: their bytes are read (a stream cannot seek) and fed
 through the same seeded buffer, but no sample is made of them and no media decoded (that
 happens in ``iterate``'s ``convert``). Replaying the buffer this way stands for saving its
-contents. A reader that has consumed a shard's problems record has finished the shard.
+contents. A reader that has consumed a shard's problems record, or its last sample of a
+shard read to its end (the samples after it waiting in the buffer: so with a buffer of two
+or more a problem-free shard's last sample finishes it), has finished the shard.
 
 Faults: a transport failure mid-stream (``shard_transport.TransportError``: a reset or
 short HTTP body, a command exiting non-zero, no byte for ``data.stream.timeout``) reads
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import tarfile
@@ -93,21 +96,23 @@ def list_shards(
     ``data.sources.webvid``), in order: each ``paths`` entry brace-expanded, local ones
     matched as globs under ``root``; then the lines of its ``shard_list`` file, brace-expanded
     but taken as written (no glob: a list of millions of shards is not matched against
-    storage). Local shards are ``Path``s inside ``root``, streamed ones their entries. A
-    shard list may not hold ``pipe:`` commands: it is data, and its lines run no shell.
+    storage; read once per process while the file is unchanged). Local shards are
+    ``Path``s inside ``root``, streamed ones their entries. A shard list may not hold
+    ``pipe:`` commands: it is data, and its lines run no shell.
 
     Raises:
         DataError, naming the key (and line): no shards; local ``paths`` patterns matching
             no file; a missing shard list; an absolute or ``..`` local path; an entry of a
-            scheme no transport reads; a bad command template.
+            scheme no transport reads; unbalanced braces; a bad command template.
     """
     check_commands(commands)
     shards: list[Shard] = []
     local_patterns: list[str] = []
     name = key.rsplit(".", 1)[-1]
     for index, entry in enumerate(paths):
-        for expanded in expand_braces(entry):
-            if _checked_scheme(expanded, f"{key}.paths[{index}]", commands) is None:
+        where = f"{key}.paths[{index}]"
+        for expanded in _expanded(entry, where):
+            if _checked_scheme(expanded, where, commands) is None:
                 local_patterns.append(expanded)
                 shards.extend(glob_under(root, expanded, name))
             else:
@@ -115,35 +120,67 @@ def list_shards(
     if local_patterns and not any(isinstance(shard, Path) for shard in shards):
         raise DataError(f"source {name}: no file matches {local_patterns} under {root} ({key}.paths)")
     if shard_list is not None:
-        shards.extend(_listed_shards(root, f"{key}.shard_list", shard_list, commands))
+        shards.extend(_shard_list(root, f"{key}.shard_list", shard_list, commands))
     if not shards:
         raise DataError(f"source {name} names no shard: set {key}.paths or {key}.shard_list")
     return shards
 
 
-def _listed_shards(root: Path, key: str, shard_list: str, commands: dict[str, str]) -> Iterator[Shard]:
+def _expanded(entry: str, where: str) -> list[str]:
+    try:
+        return expand_braces(entry)
+    except ValueError as exc:  # unbalanced braces
+        raise DataError(f"{where}: {exc}") from exc
+
+
+def _shard_list(root: Path, key: str, shard_list: str, commands: dict[str, str]) -> tuple[Shard, ...]:
+    """The shards of a shard list file, read once per process while the file is unchanged:
+    the loader lists a source's shards at start-up, in its check and in each dataloader
+    worker (forked from it, so the workers inherit what it read), ~0.9 s per million lines."""
     try:
         listing = safe_join(root, shard_list)
-        lines = listing.read_text(encoding="utf-8").splitlines()
-    except (ValueError, OSError) as exc:  # PathEscape is a ValueError; no such file, not UTF-8
+        stat = listing.stat()
+    except (ValueError, OSError) as exc:  # PathEscape is a ValueError; no such file
         raise DataError(f"{key}: cannot read the shard list {shard_list!r} under {root}: {exc}") from exc
-    readable = {"pipe", *HTTP_SCHEMES, *commands}
+    version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return _read_shard_list(listing, version, root, key, shard_list, tuple(sorted(commands.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_shard_list(listing: Path, version: tuple[int, int, int], root: Path, key: str, shard_list: str,
+                     commands: tuple[tuple[str, str], ...]) -> tuple[Shard, ...]:  # fmt: skip
+    """``_listed_shards`` of one version (inode, size, mtime) of a shard list file."""
+    return tuple(_listed_shards(listing, root, key, shard_list, dict(commands)))
+
+
+def _listed_shards(
+    listing: Path, root: Path, key: str, shard_list: str, commands: dict[str, str]
+) -> Iterator[Shard]:
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (ValueError, OSError) as exc:  # gone since its stat, not UTF-8
+        raise DataError(f"{key}: cannot read the shard list {shard_list!r} under {root}: {exc}") from exc
+    readable = {*HTTP_SCHEMES, *commands}
     for number, line in enumerate(lines, start=1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        for expanded in expand_braces(entry):
+        try:
+            entries = expand_braces(entry)
+        except ValueError as exc:  # unbalanced braces
+            raise DataError(f"{key} ({shard_list}:{number}): {exc}") from exc
+        for expanded in entries:
             scheme = shard_scheme(expanded)
-            if scheme is None:
-                yield _listed_local(root, expanded, f"{key} ({shard_list}:{number})")
-            elif scheme == "pipe":  # a list is data, maybe someone else's: its lines run no shell
-                raise DataError(
-                    f"{key} ({shard_list}:{number}): a shard list may not hold pipe: commands (put them in paths)"
-                )
-            elif scheme in readable:
+            if scheme in readable:  # most lines: no message made for them
                 yield expanded
+                continue
+            where = f"{key} ({shard_list}:{number})"
+            if scheme is None:
+                yield _listed_local(root, expanded, where)
+            elif scheme == "pipe":  # a list is data, maybe someone else's: its lines run no shell
+                raise DataError(f"{where}: a shard list may not hold pipe: commands (put them in paths)")
             else:
-                _checked_scheme(expanded, f"{key} ({shard_list}:{number})", commands)
+                _checked_scheme(expanded, where, commands)
 
 
 def _listed_local(root: Path, entry: str, where: str) -> Path:
@@ -258,29 +295,50 @@ class StreamTarSource(TarSource):
             shard = self.shards[int(shards[position])]
             passed = start.in_shard if position == start.shards_done else 0
             records = self._shard_records(shard, self._shard_seed(epoch, salt, shard), passed)
-            for emitted, ref in enumerate(records, start=passed + 1):
-                if ref.item is None:  # the shard's problems: its last record
-                    ref = _own_notices(ref, by_shard or _dealt(position, 0, reader))
-                    if ref.notices:  # past it the shard is finished: a resumed reader opens it no more
-                        self._cursor = _Cursor(epoch, borrowing, position + 1)
-                        yield ref
-                elif by_shard or _dealt(position, emitted - 1, reader):
-                    self._cursor = _Cursor(epoch, borrowing, position, emitted)
-                    yield ref
+            mine = self._own_records(records, position, passed, by_shard, reader)
+            for (emitted, ref), last in _last_known(mine):
+                # past its last record (the problems record always is) the shard is
+                # finished: a resumed reader opens it no more
+                finished = last or ref.item is None
+                self._cursor = _Cursor(epoch, borrowing, position + finished, 0 if finished else emitted)
+                yield ref
 
-    def _shard_records(self, shard: Shard, seed: list[int], passed: int) -> Iterator[_TarRef]:
+    @staticmethod
+    def _own_records(records: Iterator[tuple[_TarRef, bool]], position: int, passed: int, by_shard: bool,
+                     reader: Consumer) -> Iterator[tuple[tuple[int, _TarRef], bool]]:  # fmt: skip
+        """The records of a shard (at ``position`` of the epoch's order) that are
+        ``reader``'s, numbered in the shard from ``passed + 1``, with their ``settled`` flags."""
+        for emitted, (ref, settled) in enumerate(records, start=passed + 1):
+            if ref.item is None:  # the shard's problems: its last record
+                ref = _own_notices(ref, by_shard or _dealt(position, 0, reader))
+                if ref.notices:
+                    yield (emitted, ref), settled
+            elif by_shard or _dealt(position, emitted - 1, reader):
+                yield (emitted, ref), settled
+
+    def _shard_records(self, shard: Shard, seed: list[int], passed: int) -> Iterator[tuple[_TarRef, bool]]:
         """A shard's records in its seeded order after the first ``passed``: its samples
         through the shuffle buffer, then one record holding its problems, if it has any.
         That record is never passed over: a reader that consumed it finished the shard
-        (``_refs``), so a resumed read that fails before ``passed`` still yields it."""
+        (``_refs``), so a resumed read that fails before ``passed`` still yields it. Each
+        comes with ``settled``: the shard has been read to its end, the records after this
+        one wait in memory (the buffer's rest, the problems)."""
         notices: list[tuple[str, str, str]] = []
         rng = np.random.default_rng(seed)
+        read_to_end = False
+
+        def samples_then_end(samples: Iterator[_TarItem]) -> Iterator[_TarItem]:
+            nonlocal read_to_end
+            yield from samples
+            read_to_end = True
+
         with contextlib.closing(self._samples_with_retries(shard, notices)) as samples:
-            for emitted, item in enumerate(shuffled(samples, self.stream.shuffle_buffer, rng), start=1):
+            buffered = shuffled(samples_then_end(samples), self.stream.shuffle_buffer, rng)
+            for emitted, item in enumerate(buffered, start=1):
                 if emitted > passed:
-                    yield _TarRef(shard, item)
+                    yield _TarRef(shard, item), read_to_end
         if notices:
-            yield _TarRef(shard, None, tuple(notices))
+            yield _TarRef(shard, None, tuple(notices)), True
 
     def _samples_with_retries(self, shard: Shard, notices: list) -> Iterator[_TarItem]:
         """A shard's samples in tar order; after a transport failure the shard is read
@@ -331,7 +389,10 @@ class StreamTarSource(TarSource):
             count = 0  # samples complete so far
             stopped = None
             try:
-                for member in tar:
+                for member in iter(tar.next, None):
+                    # tarfile keeps every header it reads (for getmembers): a stream read
+                    # front to back needs none of them, and a shard may hold millions
+                    tar.members.clear()
                     named = self._member_key(notices, shard, member)
                     if named is None:
                         continue
@@ -363,6 +424,22 @@ def _dealt(position: int, index: int, reader: Consumer) -> bool:
     shard's problems to reader position mod readers as a local shard's (on its record 0),
     whatever number of samples each reader's read gave."""
     return (position + index) % reader.count == reader.index
+
+
+def _last_known(records: Iterable[tuple[T, bool]]) -> Iterator[tuple[T, bool]]:
+    """Each ``(record, settled)`` as ``(record, last)``: whether no record follows it, where
+    that costs no reading -- a settled record (the rest is in memory) is handed on after
+    looking one ahead; an unsettled one at once, as not the last."""
+    held: list[T] = []  # a settled record waiting for the next to show it is not the last
+    for record, settled in records:
+        if held:
+            yield held.pop(), False
+        if settled:
+            held.append(record)
+        else:
+            yield record, False
+    if held:
+        yield held.pop(), True
 
 
 def _own_notices(ref: _TarRef, dealt: bool) -> _TarRef:

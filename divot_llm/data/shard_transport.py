@@ -5,9 +5,11 @@ through ``/bin/sh`` as webdataset runs it; its stdout is the tar), an ``http://`
 ``https://`` URL (read with urllib), or a URL whose scheme has a command template in
 ``data.stream.commands`` (``s3://`` -> ``aws s3 cp {url} -``, ``gs://`` -> ``gcloud storage
 cat {url}``: the user's own CLI and credentials). A template is split with ``shlex`` and the
-URL replaces its ``{url}`` word as one argument: nothing passes through a shell or an eval.
-Brace patterns (``shard-{000000..000099}.tar``, ``{a,b}``) expand as in bash and
-webdataset, here rather than through the optional ``braceexpand`` package.
+URL replaces its ``{url}`` words, each one argument (``fill_command``, which also fills
+``divot-data features --upload``): nothing passes through a shell or an eval. An HTTP URL's
+user info (``https://user:pw@host/...``) is sent as a basic-auth header to that host only
+(not on a redirect). Brace patterns (``shard-{000000..000099}.tar``, ``{a,b}``) expand as
+in bash and webdataset (``braceexpand``, webdataset's own).
 
 Every stream has a timeout: a read that gets no byte for ``timeout`` seconds fails (HTTP:
 the socket timeout; a pipe: ``select`` on its descriptor). A transport failure -- a
@@ -18,6 +20,7 @@ reaps it, so no command outlives a failed read or a closed reader.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import os
@@ -34,11 +37,12 @@ import urllib.request
 from pathlib import Path
 from typing import Protocol
 
+from braceexpand import braceexpand
+
 PIPE_PREFIX = "pipe:"
 HTTP_SCHEMES = ("http", "https")
-URL_PLACEHOLDER = "{url}"  # the word of a command template that the shard URL replaces
+URL_PLACEHOLDER = "{url}"  # the words of a command template that the shard's URL replaces
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_NUMERIC_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$")
 # HTTP statuses worth retrying among the 4xx (timeouts, rate limits); other 4xx are final
 _RETRYABLE_CLIENT_ERRORS = (408, 425, 429)
 _STDERR_TAIL = 600  # bytes of a failed command's stderr quoted in its error
@@ -58,60 +62,19 @@ class TransportError(Exception):
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """``pattern`` with its brace groups expanded as bash does: ``{000..099}`` is a
-    numeric range (zero-padded to the wider end when either end starts with 0; an optional
-    third part is the step), ``{a,b,c}`` lists alternatives; groups may nest and repeat. A
-    group with neither (``{x}``, ``${HOME}``) and an unmatched brace stay as written."""
-    found = _first_expanding_group(pattern) if "{" in pattern else None
-    if found is None:
+    """``pattern`` with its brace groups expanded as bash and webdataset do, by webdataset's
+    own ``braceexpand``: ``{000..099}`` is a numeric range (zero-padded to the wider end
+    when either end starts with 0; an optional third part is the step), ``{a..e}`` a letter
+    range, ``{a,b,c}`` alternatives; groups may nest and repeat. A group with none of these
+    (``{x}``, ``${HOME}``) stays as written, and so do backslashes (``escape=False``: a
+    ``pipe:`` command reaches the shell as written).
+
+    Raises:
+        ValueError: unbalanced braces.
+    """
+    if "{" not in pattern and "}" not in pattern:  # most shard-list lines: skip the parser
         return [pattern]
-    start, end, options = found
-    head, tail = pattern[:start], pattern[end + 1 :]
-    return [name for option in options for name in expand_braces(head + option + tail)]
-
-
-def _first_expanding_group(pattern: str) -> tuple[int, int, list[str]] | None:
-    """(start, end, alternatives) of the first brace group that expands, or None."""
-    start = pattern.find("{")
-    while start >= 0:
-        end = _matching_brace(pattern, start)
-        if end is None:
-            return None
-        options = _brace_options(pattern[start + 1 : end])
-        if options is not None:
-            return start, end, options
-        start = pattern.find("{", start + 1)  # a group inside this one may still expand
-    return None
-
-
-def _matching_brace(text: str, start: int) -> int | None:
-    depth = 0
-    for index in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[index], 0)
-        if depth == 0:
-            return index
-    return None
-
-
-def _brace_options(body: str) -> list[str] | None:
-    """What a group's body expands to: its top-level comma parts, or a numeric range."""
-    parts, depth, begin = [], 0, 0
-    for index, char in enumerate(body):
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            parts.append(body[begin:index])
-            begin = index + 1
-    if parts:
-        return [*parts, body[begin:]]
-    matched = _NUMERIC_RANGE.match(body)
-    if matched is None:
-        return None
-    first, last = int(matched[1]), int(matched[2])
-    step = abs(int(matched[3] or 1)) or 1
-    padded = any(len(end.lstrip("-")) > 1 and end.lstrip("-").startswith("0") for end in matched.group(1, 2))
-    width = max(len(matched[1]), len(matched[2])) if padded else 0
-    numbers = range(first, last + 1, step) if first <= last else range(first, last - 1, -step)
-    return [f"{n:0{width}d}" for n in numbers]
+    return list(braceexpand(pattern, escape=False))
 
 
 def shard_scheme(entry: str) -> str | None:
@@ -162,17 +125,37 @@ def shard_display(entry: str | Path) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def command_argv(template: str, url: str) -> list[str]:
-    """The argv of a command template (``aws s3 cp {url} -``) for ``url``: the template
-    split with shlex, its ``{url}`` word replaced by the URL as one argument.
+def fill_command(template: str, placeholder: str, value: str, *, whole_word: bool = False,
+                 what: str = "the value") -> list[str]:  # fmt: skip
+    """The argv of a command template: ``template`` split with shlex as a shell splits it,
+    then ``placeholder`` replaced by ``value`` inside each word, so that the value lands in
+    one argument whatever it holds (spaces, quotes, ``;``): no shell runs, nothing is
+    evaluated. ``whole_word``: the placeholder must be a word of its own, for values read
+    from data (a shard list's URLs), which then cannot be spliced into a word that a
+    program interprets (``sh -c "aws s3 cp {url} -"`` is refused; ``sh -c 'aws s3 cp "$1"
+    -' sh {url}`` passes the URL as data). ``what``: what the placeholder stands for, in
+    the error.
 
     Raises:
-        ValueError: a template shlex cannot split, or without exactly one ``{url}`` word.
+        ValueError: a template shlex cannot split (unbalanced quotes), or one without the
+            placeholder (with ``whole_word``: or with it inside a longer word), naming it.
     """
     words = shlex.split(template)
-    if words.count(URL_PLACEHOLDER) != 1:
-        raise ValueError(f"{template!r} must hold the word {URL_PLACEHOLDER} exactly once, as its own word")
-    return [url if word == URL_PLACEHOLDER else word for word in words]
+    holding = [word for word in words if placeholder in word]
+    if not holding or (whole_word and any(word != placeholder for word in holding)):
+        own = ", as a word of its own" if whole_word else ""
+        raise ValueError(f"{template!r} does not name {what}: put {placeholder} where it goes{own}")
+    return [word.replace(placeholder, value) for word in words]
+
+
+def command_argv(template: str, url: str) -> list[str]:
+    """The argv of a ``data.stream.commands`` template (``aws s3 cp {url} -``) for
+    ``url``: its ``{url}`` words replaced by the URL, one argument each (``fill_command``).
+
+    Raises:
+        ValueError: a template shlex cannot split, or without ``{url}`` as a word of its own.
+    """
+    return fill_command(template, URL_PLACEHOLDER, url, whole_word=True, what="the shard's URL")
 
 
 # ---------------------------------------------------------------------- streams
@@ -203,6 +186,21 @@ def open_stream(shard: str | Path, timeout: float, commands: dict[str, str]) -> 
     raise TransportError(f"no way to read {scheme}:// shards (data.stream.commands)", permanent=True)
 
 
+def http_request(url: str) -> urllib.request.Request:
+    """The GET of an HTTP(S) shard. User info in the URL (``https://user:pw@host/...``,
+    percent-encoded as URLs are), which urllib would take for part of the host, becomes a
+    basic-auth header sent to that host only: a redirect elsewhere does not get it."""
+    parts = urllib.parse.urlsplit(url)
+    user_info, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return urllib.request.Request(url)
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)))
+    user, _, password = user_info.partition(":")
+    credentials = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
+    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(credentials).decode("ascii"))
+    return request
+
+
 class _FileStream:
     """A local shard read front to back (a local file in a source that also streams)."""
 
@@ -229,7 +227,7 @@ class _HttpStream:
     def __init__(self, url: str, timeout: float):
         self._display = shard_display(url)
         try:
-            self._response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) only)
+            self._response = urllib.request.urlopen(http_request(url), timeout=timeout)  # noqa: S310 (http(s) only)
         except urllib.error.HTTPError as exc:
             exc.close()
             final = 400 <= exc.code < 500 and exc.code not in _RETRYABLE_CLIENT_ERRORS

@@ -28,11 +28,12 @@ class Fault:
     sends its first ``after`` bytes of the body, then resets the connection (``reset``),
     closes it early (``short``: a body shorter than its Content-Length), or sends nothing
     more until the server stops (``stall``); ``garbage`` answers a line that is not HTTP
-    instead of a response (``after`` unused)."""
+    instead of a response, ``status`` the HTTP error ``status`` (``after`` unused)."""
 
-    kind: str  # "reset" | "short" | "stall" | "garbage"
-    after: int
+    kind: str  # "reset" | "short" | "stall" | "garbage" | "status"
+    after: int = 0
     times: int | None = None
+    status: int = 503
 
 
 class ShardServer(http.server.ThreadingHTTPServer):
@@ -46,6 +47,8 @@ class ShardServer(http.server.ThreadingHTTPServer):
         self.faults: dict[str, Fault] = {}  # by URL path
         self.faulted: Counter[str] = Counter()  # requests the fault was applied to
         self.requests: Counter[str] = Counter()
+        self.protected: dict[str, str] = {}  # URL path -> the Authorization header it needs (else 401)
+        self.redirects: dict[str, str] = {}  # URL path -> where a 302 sends it
         self.lock = threading.Lock()
         self.stopping = threading.Event()  # releases stalled requests
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -79,6 +82,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         file = (self.server.root / unquote(path).lstrip("/")).resolve()
         with self.server.lock:
             self.server.requests[path] += 1
+        if path in self.server.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirects[path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if path in self.server.protected and self.headers.get("Authorization") != self.server.protected[path]:
+            self.send_error(401)
+            return
         if not file.is_relative_to(self.server.root) or not file.is_file():
             self.send_error(404)
             return
@@ -90,6 +102,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "garbage":
             self.wfile.write(b"GARBAGE\r\n\r\n")
             self.close_connection = True
+            return
+        if fault is not None and fault.kind == "status":
+            self.send_error(fault.status)
             return
         body = file.read_bytes()
         self.send_response(200)

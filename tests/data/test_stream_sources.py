@@ -6,6 +6,7 @@ tests shared with local shards run over every transport in test_sources.py."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import json
@@ -23,13 +24,19 @@ from divot_llm.config import compose_config
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import SourceKind, StreamConfig
 from divot_llm.data.loader import build_loader, check_sources_usable, loader_spec
-from divot_llm.data.shard_stream import SHARD_READ_ERROR, StreamTarSource, list_shards, refuse_streams
-from divot_llm.data.shard_transport import expand_braces
+from divot_llm.data.shard_stream import (
+    SHARD_READ_ERROR,
+    StreamTarSource,
+    _read_shard_list,
+    list_shards,
+    refuse_streams,
+)
+from divot_llm.data.shard_transport import command_argv, expand_braces, fill_command
 from divot_llm.data.sources import Consumer, DataError
 from divot_llm.data.synthetic import SyntheticCounts, write_synthetic_dataset
 from divot_llm.text import DivotTextTokenizer
 from tests.data.shard_servers import Fault, pipe_cat
-from tests.data.test_sources import make_shards, tar_of_samples, write_tar
+from tests.data.test_sources import READERS, make_shards, tar_of_samples, write_tar
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,6 +65,7 @@ def test_resume_anywhere_is_exact_and_opens_no_finished_shard(tmp_path, shard_se
     per_epoch = len(keys_of(build(infinite=False)))
     uninterrupted = keys_of(build(), 2 * per_epoch + 3)
     first_shard = shard_server.url_path(tmp_path / uninterrupted[0].split(":")[0])
+    finished_at = []  # cuts at which the cursor says the reader's first shard is finished
     for cut in range(1, len(uninterrupted)):
         first = build()
         samples = iter(first)
@@ -67,9 +75,52 @@ def test_resume_anywhere_is_exact_and_opens_no_finished_shard(tmp_path, shard_se
         before = shard_server.requests[first_shard]
         resumed = build()
         resumed.load_state_dict(state)
+        rest = iter(resumed)
+        epoch_rest = [sample.key for sample in itertools.islice(rest, max(0, per_epoch - cut))]
+        cursor = state["shard_cursor"]
+        if cursor["epoch"] == 0 and not cursor["borrowing"] and cursor["shards_done"] >= 1:
+            finished_at.append(cut)
+            assert shard_server.requests[first_shard] == before, cut  # finished: not opened again
+        tail = [sample.key for sample in itertools.islice(rest, len(uninterrupted) - cut - len(epoch_rest))]
+        assert head + epoch_rest + tail == uninterrupted, cut
+    assert finished_at  # the check above ran
+    if num_shards > readers:  # right after the last sample of its first shard (5 samples, the
+        assert finished_at[0] == 5  # last from the buffer, the shard read to its end) it is finished
+
+
+@pytest.mark.parametrize("entries", [6, 3])  # dealt by shard / by sample (2 ranks x 2 workers)
+def test_a_source_mixing_local_and_streamed_shards_covers_its_epoch_and_resumes_exactly(
+    tmp_path, shard_server, entries
+):
+    shards = make_shards(tmp_path / "mixed", 6, 3)
+    (tmp_path / "list.txt").write_text("mixed/shard-00005.tar\n")
+    http = shard_server.url(shards[2]).replace("00002", "{00002..00003}")
+    paths = ["mixed/shard-0000[01].tar", http, pipe_cat(shards[4])]  # local, http, pipe; then a listed local
+    listed = list_shards(tmp_path, "data.sources.m", paths, "list.txt", {})
+    mixed = [listed[0], listed[2], listed[4]] if entries == 3 else listed
+    assert {isinstance(shard, Path) for shard in mixed} == {True, False}  # local Paths and streamed entries
+    stream = StreamConfig(shuffle_buffer=2, timeout=20.0)
+
+    def build(reader, infinite=True):
+        return StreamTarSource("m", mixed, stream, seed=5, consumer=reader, infinite=infinite)
+
+    seen = [key for reader in READERS for key in keys_of(build(reader, infinite=False))]
+    names = [
+        shard.name if isinstance(shard, Path) else shard.rsplit("/", 1)[-1].split()[-1] for shard in mixed
+    ]
+    expected = [f"{name}:s{name[-5]}-{i:03d}" for name in names for i in range(3)]
+    assert sorted(seen) == sorted(expected)  # each sample once over the readers
+    reader = READERS[1]
+    uninterrupted = keys_of(build(reader), len(expected))  # more than its share of an epoch
+    for cut in range(1, len(uninterrupted)):
+        first = build(reader)
+        samples = iter(first)
+        head = [next(samples).key for _ in range(cut)]
+        state = json.loads(json.dumps(first.state_dict()))
+        samples.close()
+        resumed = build(reader)
+        resumed.load_state_dict(state)
         assert head + keys_of(resumed, len(uninterrupted) - cut) == uninterrupted, cut
-        if num_shards > readers and 5 < cut < per_epoch:  # its first shard of the epoch is finished
-            assert shard_server.requests[first_shard] == before, cut  # and not opened again
 
 
 # --------------------------------------------------------------------------- faults
@@ -112,6 +163,44 @@ def test_a_missing_http_shard_is_counted_without_retries(tmp_path, shard_server,
     assert source.skipped == Counter(shard_read_error=1)
     assert shard_server.requests[shard_server.url_path(tmp_path / "gone.tar")] == 1  # a 404 is final
     assert "HTTP 404" in caplog.text and "retry" not in caplog.text
+
+
+def test_http_5xx_and_429_are_retried_other_4xx_are_final(tmp_path, shard_server):
+    shards = make_shards(tmp_path, 1, 3)
+    url = shard_server.url(shards[0])
+    expected = keys_of(StreamTarSource("v", [url], FAULTY, seed=1, infinite=False))
+    for status, final in [(500, False), (503, False), (429, False), (403, True), (404, True)]:
+        victim = shard_server.inject(shards[0], Fault("status", status=status, times=FAULTY.retries))
+        before = shard_server.requests[victim]
+        source = StreamTarSource("v", [url], FAULTY, seed=1, infinite=False)
+        if final:  # one attempt, then the shard is skipped and counted
+            assert keys_of(source) == [] and source.skipped == Counter(shard_read_error=1), status
+            assert shard_server.requests[victim] - before == 1, status
+        else:  # the last retry gets the shard
+            assert keys_of(source) == expected and source.skipped == Counter(), status
+            assert shard_server.requests[victim] - before == 1 + FAULTY.retries, status
+
+
+def test_http_user_info_is_sent_as_basic_auth_to_that_host_only(tmp_path, shard_server, caplog):
+    shard = make_shards(tmp_path, 1, 2)[0]
+    url = shard_server.url(shard)
+    path = shard_server.url_path(shard)
+    shard_server.protected[path] = "Basic " + base64.b64encode(b"u@x:p:w").decode()
+    moved = shard_server.url_path(tmp_path / "moved.tar")
+    shard_server.redirects[moved] = path  # a redirect gets no credentials
+    with_user = url.replace("://", "://u%40x:p%3Aw@")
+    try:
+        source = StreamTarSource("v", [with_user], FAULTY, seed=1, infinite=False)
+        assert sorted(keys_of(source)) == ["shard-00000.tar:s0-000", "shard-00000.tar:s0-001"]
+        for unauthorised in (url, with_user.replace(path, moved)):
+            before = shard_server.requests[path]
+            source = StreamTarSource("v", [unauthorised], FAULTY, seed=1, infinite=False)
+            with caplog.at_level(logging.WARNING):
+                assert keys_of(source) == [] and source.skipped == Counter(shard_read_error=1)
+            assert shard_server.requests[path] - before == 1  # a 401 is final
+    finally:
+        del shard_server.protected[path], shard_server.redirects[moved]
+    assert "HTTP 401" in caplog.text and "p%3Aw" not in caplog.text and "u%40x" not in caplog.text
 
 
 def test_a_reply_that_is_not_http_is_retried_then_skipped(tmp_path, shard_server):
@@ -230,6 +319,65 @@ def test_brace_patterns_expand_as_in_webdataset():
     assert expand_braces("pipe:cat ${HOME}/{x}.tar") == ["pipe:cat ${HOME}/{x}.tar"]  # nothing to expand
 
 
+def test_a_command_template_reads_shards_and_gets_the_url_as_data(tmp_path):
+    """An s3:// list read through a data.stream.commands template (a shell script given
+    the URL as an argument, mapping it onto a local folder); a URL holding shell syntax
+    reaches the command as data and runs nothing."""
+    make_shards(tmp_path / "bucket", 3, 2)
+    (tmp_path / "list.txt").write_text(
+        "s3://bucket/shard-{00000..00002}.tar\ns3://bucket/x;touch${IFS}pwned\n"
+    )
+    template = f"""sh -c 'exec cat "$0/${{1#s3://}}"' {tmp_path} {{url}}"""
+    stream = dataclasses.replace(FAULTY, commands={"s3": template})
+    shards = list_shards(tmp_path, "data.sources.w", [], "list.txt", stream.commands)
+    assert shards[-1] == "s3://bucket/x;touch${IFS}pwned"
+    source = StreamTarSource("w", shards, stream, seed=1, infinite=False)
+    assert sorted(keys_of(source)) == sorted(
+        f"shard-{s:05d}.tar:s{s}-{i:03d}" for s in range(3) for i in range(2)
+    )
+    assert source.skipped == Counter(shard_read_error=1)  # cat found no such file
+    assert not list(tmp_path.glob("pwned*")) and not list(Path.cwd().glob("pwned*"))
+
+
+def test_fill_command_puts_the_value_in_one_argument_and_names_a_missing_placeholder():
+    assert fill_command("cp -r {dir} 'a b'", "{dir}", "x y;z") == ["cp", "-r", "x y;z", "a b"]
+    assert fill_command("cp {dir}/ c", "{dir}", "$(d)") == ["cp", "$(d)/", "c"]
+    assert command_argv("aws s3 cp {url} -", "s3://b/k 1.tar") == ["aws", "s3", "cp", "s3://b/k 1.tar", "-"]
+    with pytest.raises(ValueError, match=r"'cp a b' does not name the folder: put \{dir\} where it goes$"):
+        fill_command("cp a b", "{dir}", "x", what="the folder")
+    with pytest.raises(ValueError, match=r"put \{url\} where it goes, as a word of its own"):
+        command_argv("aws s3 cp s3:{url} -", "x")  # inside a word: refused for URLs from data
+
+
+def test_a_shard_list_is_read_once_per_process_while_unchanged(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("https://h/a-{0..1}.tar\n")
+    reads = _read_shard_list.cache_info().misses
+    for _ in range(3):  # loader_spec, the start-up check, a worker
+        assert list_shards(tmp_path, "data.sources.w", [], "list.txt", {}) == [
+            "https://h/a-0.tar",
+            "https://h/a-1.tar",
+        ]
+    assert _read_shard_list.cache_info().misses - reads == 1
+    listing.write_text("https://h/b.tar\n")  # changed: read again
+    assert list_shards(tmp_path, "data.sources.w", [], "list.txt", {}) == ["https://h/b.tar"]
+
+
+def test_a_streamed_shard_keeps_no_member_headers(tmp_path, monkeypatch):
+    shard = make_shards(tmp_path, 1, 1500)[0]  # 3000 members
+    kept = []
+    real_next = tarfile.TarFile.next
+
+    def next_member(tar):
+        kept.append(len(tar.members))  # headers tarfile holds as it reads the next
+        return real_next(tar)
+
+    monkeypatch.setattr(tarfile.TarFile, "next", next_member)
+    source = StreamTarSource("v", [shard], StreamConfig(shuffle_buffer=1, timeout=20.0), infinite=False)
+    assert len(keys_of(source)) == 1500 and len(kept) > 3000
+    assert max(kept) <= 1
+
+
 def test_a_shard_list_names_shards_in_order(tmp_path):
     (tmp_path / "lists").mkdir()
     (tmp_path / "local.tar").write_bytes(b"")
@@ -277,7 +425,9 @@ def test_start_up_refuses_what_cannot_be_read_naming_the_key(stream_root):
           paths=["https://h/a.jsonl"])  # fmt: skip
     check(r"data\.sources\.image_comp\.paths\[1\]: 'ftp://h/a\.tar' has the unknown shard scheme ftp://",
           paths=["train/images/*.tar", "ftp://h/a.tar"])  # fmt: skip
-    check(r"data\.stream\.commands\.s3: .* must hold the word \{url\}", commands={"s3": "aws s3 cp - {url}x"})
+    check(r"data\.stream\.commands\.s3: .* put \{url\} where it goes, as a word of its own",
+          commands={"s3": "sh -c 'aws s3 cp {url} -'"})  # fmt: skip
+    check(r"data\.sources\.image_comp\.paths\[0\]: Unbalanced braces", paths=["https://h/s-{0..3.tar"])
     (stream_root / "bad_list.txt").write_text("train/images/shard-00000.tar\n../../escape.tar\n")
     check(r"data\.sources\.image_comp\.shard_list \(bad_list\.txt:2\): .*escapes", shard_list="bad_list.txt")
     (stream_root / "pipe_list.txt").write_text("# a list is data\npipe:cat train/images/shard-00000.tar\n")
