@@ -147,13 +147,14 @@ def upload_argv(template: str, cache_dir: str | os.PathLike) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     launch = Launch.from_env()
+    out = Path(args.out)
     try:
         shard = launch.shard(args.shard)
         upload = upload_argv(args.upload, args.out) if args.upload else None
+        job = RankJob(launch, out, PROGRAM)  # (DIVOT_RANK_SILENCE_S is checked here)
     except ValueError as exc:
         return launch.refuse(PROGRAM, str(exc))
-    out = Path(args.out)
-    with RankJob(launch, out, PROGRAM) as job:
+    with job:
         return job.run(lambda: _build(args, out, shard, job, upload))
 
 

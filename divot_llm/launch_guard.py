@@ -25,16 +25,22 @@ The guard (the pid to signal):
   the final checkpoint;
 * tells the ranks who it is (``DIVOT_LAUNCHER``): a rank whose guard is gone (killed
   with SIGKILL, say) stops as after a SIGTERM (``Launcher``).
+
+The rank side -- what a training run and a cache build share -- is here too:
+``StopSignals`` (SIGTERM/SIGINT and the guard's end as one stop request) and ``refuse``
+(a refusal printed once per node).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import psutil
 
@@ -42,6 +48,8 @@ LAUNCHER_ENV = "DIVOT_LAUNCHER"  # "<host> <pid> <create time>" of the guard
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 POLL_S = 0.5  # a stop reaches the ranks within this; each poll reads the process table
 NO_RANK_WAIT_S = 10.0  # after a stop, how long ranks may take to appear before the fallback
+EXIT_USAGE = 2  # a refusal: bad arguments or config, the same on every rank
+REFUSAL_GRACE_S = 10.0  # how long ranks other than a node's first wait for it to print a refusal
 
 
 # ------------------------------------------------------------------------ rank side
@@ -73,6 +81,70 @@ class Launcher:
                 )
         except psutil.NoSuchProcess:
             return True
+
+
+class StopSignals:
+    """Why this rank should stop, if it should: SIGTERM or SIGINT came (``install``), the
+    guard that started it is gone (killed outright: nobody else will stop the ranks), or
+    its program said so (``stop``). The first cause wins: a launcher forwards a signal it
+    receives to every rank, which often already got it from the terminal or the
+    scheduler, and a repeat must change nothing (nor kill a checkpoint being written).
+
+    Args:
+        launcher_poll_s: How often ``requested`` reads the process table for the guard
+            (0: every time; a cache build asks before every sample).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, launcher_poll_s: float = 0.0):
+        self.cause: str | None = None
+        self._launcher = Launcher.of_this_rank()  # launch/*.sh's guard, when it started us
+        self._launcher_poll_s = launcher_poll_s
+        self._launcher_checked = -math.inf
+        self._previous_handlers: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """SIGTERM/SIGINT from now on only note the stop (``requested`` tells)."""
+        for signum in self.SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def restore(self) -> None:
+        """The handlers from before ``install``."""
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    def stop(self, cause: str) -> None:
+        """Stop for ``cause``, unless something asked first."""
+        if self.cause is None:
+            self.cause = cause
+
+    def requested(self) -> bool:
+        """Whether to stop (``cause`` says why)."""
+        if self.cause is None and self._launcher is not None:
+            now = time.monotonic()
+            if now - self._launcher_checked >= self._launcher_poll_s:
+                self._launcher_checked = now
+                if self._launcher.gone():
+                    self.stop(f"the end of its launcher (pid {self._launcher.pid})")
+        return self.cause is not None
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop(signal.Signals(signum).name)
+
+
+def refuse(message: str, local_rank: int) -> int:
+    """A refusal every rank reaches alike (bad arguments, a config error): ``message`` is
+    printed once per node, by its first rank; the others give it ``REFUSAL_GRACE_S`` to
+    do so first -- the launcher ends every rank as soon as one exits with an error, and a
+    rank that exited ahead of the first one under load would take the message down with
+    it. Returns the exit code, ``EXIT_USAGE``."""
+    if local_rank == 0:
+        print(message, file=sys.stderr, flush=True)
+    else:
+        time.sleep(REFUSAL_GRACE_S)  # normally cut short: the launcher ends this rank
+    return EXIT_USAGE
 
 
 # ------------------------------------------------------------------------ guard side

@@ -12,6 +12,8 @@
 # Env: as launch/common.sh (GPUS_PER_NODE, HOSTFILE, NODE_RANK, MASTER_ADDR, MASTER_PORT);
 # NPROC=N starts N ranks on this machine's CPU instead (gloo, one thread each unless
 # OMP_NUM_THREADS says otherwise; MASTER_PORT defaults to a free port).
+# DIVOT_RANK_SILENCE_S (default 120): a rank not heard from for this long (killed outright)
+# ends the build, exit 1 (over pdsh, put it in .deepspeed_env as launch/common.sh says).
 # SIGTERM/SIGINT to this script's pid: the ranks stop between batches, it exits 143; run
 # the same command again to resume (cached samples are skipped).
 set -euo pipefail

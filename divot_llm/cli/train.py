@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import sys
-import time
 import warnings
 
 import hydra
@@ -45,9 +44,9 @@ from divot_llm.config.loading import (
     to_typed,
 )
 from divot_llm.config.schema import DivotConfig
+from divot_llm.launch_guard import EXIT_USAGE, refuse
 
-EXIT_CONFIG_ERROR = 2
-REFUSAL_GRACE_S = 10  # how long ranks other than a node's first wait for it to print a refusal
+EXIT_CONFIG_ERROR = EXIT_USAGE  # 2
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, the shell convention for "terminated"
 
 
@@ -104,15 +103,8 @@ def _check_output_dir(cfg: DivotConfig) -> None:
 
 
 def _refuse(message: str) -> None:
-    """Exit 2 on every rank with ``message`` printed once per node, by its first rank. The
-    other ranks give it time to print first: the launcher ends every rank as soon as one
-    exits with an error, and a rank that exits ahead of the first one under load would
-    take the message down with it."""
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        print(message, file=sys.stderr, flush=True)
-    else:
-        time.sleep(REFUSAL_GRACE_S)  # normally cut short: the launcher ends this rank
-    sys.exit(EXIT_CONFIG_ERROR)
+    """Exit 2 on every rank with ``message`` printed once per node (``launch_guard.refuse``)."""
+    sys.exit(refuse(message, int(os.environ.get("LOCAL_RANK", "0"))))
 
 
 def run(cfg: DivotConfig) -> int:

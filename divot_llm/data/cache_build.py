@@ -103,7 +103,7 @@ def build_feature_cache(
     counts: Counter = Counter()
     tick = progress or (lambda n: None)
     pending: list[tuple[str, str, torch.Tensor]] = []
-    keys: dict[str, list[str]] = {}  # cache group -> keys cached or to cache
+    samples: Counter = Counter()  # cache group -> samples cached or to cache
     with stop_signals_deferred():  # a stop signal while the workers start is the build's
         reads = iter(read_clips(specs, workers, shard, cached_in=out))
     for group, key, clips, read_counts in reads:
@@ -111,7 +111,7 @@ def build_feature_cache(
             return counts  # between batches (the one being read is dropped: read again on resume)
         counts.update(read_counts)
         if key:
-            keys.setdefault(group, []).append(key)
+            samples[group] += 1
             tick(1)
         if clips is None:
             continue
@@ -119,7 +119,7 @@ def build_feature_cache(
         if sum(c.shape[0] for *_, c in pending) >= batch_clips:
             counts["written"] += _flush(pending, tokenizer, out)
     counts["written"] += _flush(pending, tokenizer, out)
-    BuildPart(*shard, groups=keys, counts=dict(counts)).write(out)
+    BuildPart(*shard, groups=dict(samples), counts=dict(counts)).write(out)
     parts = finished_parts(out, shard[1]) if finish else None
     if parts:  # a share may hold none of a small source's samples: checked over every part
         finish_feature_cache(out, specs, parts)
@@ -146,7 +146,7 @@ def finish_feature_cache(
     Raises:
         DataError: a source without a usable sample (no index is written).
     """
-    usable = {group for part in parts for group, keys in part.groups.items() if keys}
+    usable = {group for part in parts for group, n in part.groups.items() if n > 0}
     counts: Counter = Counter()
     for part in parts:
         counts.update(part.counts)

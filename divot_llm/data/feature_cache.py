@@ -8,11 +8,16 @@ Layout (one safetensors file per sample, keyed like the source sample):
                                                  in the encode dtype (bf16 on a GPU)
     <cache>/parts/part-RRRRR-of-WWWWW.json       what share R of a W-share build cached
                                                  (``BuildPart``), written when it is done
-    <cache>/index.json                           the finished build: every share's keys
+    <cache>/index.json                           the finished build: every share's counts
                                                  merged (``write_index``)
 
 A build writes ``index.json`` last, once every share is done, so a cache without it is
-unfinished (interrupted, or shares still running): ``check`` refuses it.
+unfinished (interrupted, or shares still running): ``check`` refuses it, and a run whose
+sources the index does not list (a cache built for other sources).
+
+Neither the parts nor the index list sample keys: a run finds a sample's file by its key
+(``sample_file``), and at 10 M samples the keys alone would be hundreds of MB to gather
+on one rank and to write. They hold per-group sample counts and the skip counts.
 
 The clips cached are the ones the loader samples in epoch 0 (per-sample randomness is
 seeded by data seed, key and epoch), so training from the cache sees exactly the
@@ -135,17 +140,29 @@ class FeatureCache:
         self._whole_fingerprint = "frame_encoder_fingerprint" not in fields
         self.info = CacheInfo(**fields)
 
-    def check(self, expected: CacheInfo) -> None:
+    def check(self, expected: CacheInfo, sources: dict[str, str] | None = None) -> None:
         """Raise ValueError naming every field where the cache differs from this run
-        (fields the run does not know, None, are not compared), or saying that its build
-        has not finished (no ``index.json``) and how to finish it."""
+        (fields the run does not know, None, are not compared), saying that its build has
+        not finished (no ``index.json``) and how to finish it, or naming a source of the
+        run's that the build did not cache. ``sources``: cache group -> the config key
+        that names the source (``data.sources.x``), the groups this run reads."""
         self.check_fields(expected)
-        if not (self.dir / INDEX_FILE).is_file():
+        index_path = self.dir / INDEX_FILE
+        if not index_path.is_file():
             raise ValueError(
                 f"feature cache {self.dir} has no {INDEX_FILE}: its build has not finished (it was "
                 "interrupted, some of its --shard builds are still running, or it was written before "
                 f"caches had an index). Run the same `divot-data features --out {self.dir} ...` command "
                 "again: it skips every sample already cached, then writes the index."
+            )
+        cached = json.loads(index_path.read_text())["groups"]  # counts (older caches: key lists)
+        missing = [key for group, key in (sources or {}).items() if group not in cached]
+        if missing:
+            raise ValueError(
+                f"feature cache {self.dir} holds no sample of {', '.join(missing)}: it was built for "
+                f"other sources (it has {', '.join(sorted(cached)) or 'none'}). Build it for this "
+                f"config: `divot-data features --out {self.dir} -- <this run's overrides>` (samples "
+                "already cached are skipped)."
             )
 
     def check_fields(self, expected: CacheInfo) -> None:
@@ -202,23 +219,26 @@ def write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
 
 @dataclass
 class BuildPart:
-    """What one share of a build (rank ``rank`` of ``world_size``) cached: every sample key
-    of its share per cache group, whether written now or found cached, and its counts
+    """What one share of a build (rank ``rank`` of ``world_size``) cached: how many samples
+    of each cache group its share holds, written now or found cached, and its counts
     (``written``, ``already_cached`` and skip reasons)."""
 
     rank: int
     world_size: int
-    groups: dict[str, list[str]] = field(default_factory=dict)
+    groups: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
     def write(self, cache_dir: Path) -> Path:
         path = part_file(cache_dir, self.rank, self.world_size)
-        write_json_atomic(path, {**asdict(self), "groups": {g: sorted(k) for g, k in self.groups.items()}})
+        write_json_atomic(path, asdict(self))
         return path
 
     @classmethod
     def read(cls, path: Path) -> BuildPart:
-        return cls(**json.loads(path.read_text()))
+        fields = json.loads(path.read_text())
+        # parts written before they held counts listed every key of their share
+        groups = {g: len(n) if isinstance(n, list) else n for g, n in fields.pop("groups").items()}
+        return cls(**fields, groups=groups)
 
 
 def part_file(cache_dir: Path, rank: int, world_size: int) -> Path:
@@ -236,19 +256,18 @@ def finished_parts(cache_dir: Path, world_size: int) -> list[BuildPart] | None:
 
 def write_index(cache_dir: Path, parts: list[BuildPart]) -> dict:
     """Merge every share's part into ``index.json`` (the build is then finished): each
-    cache group's keys, sorted, the sample count and the skip counts over all shares.
-    A one-process build and any N-share build of the same data write the same index,
-    apart from ``world_size``, and so does a resumed one."""
-    groups: dict[str, list[str]] = {}
+    cache group's sample count (only groups with a sample), the sample count and the
+    skip counts over all shares. A one-process build and any N-share build of the same
+    data write the same index, apart from ``world_size``, and so does a resumed one."""
+    groups: Counter = Counter()
     skipped: Counter = Counter()
     for part in parts:
-        for group, keys in part.groups.items():
-            groups.setdefault(group, []).extend(keys)
+        groups.update(part.groups)
         skipped.update({k: n for k, n in part.counts.items() if k not in BUILT_COUNTS})
     index = {
         "world_size": len(parts),
-        "samples": sum(len(keys) for keys in groups.values()),
-        "groups": {group: sorted(keys) for group, keys in sorted(groups.items())},
+        "samples": sum(groups.values()),
+        "groups": {group: n for group, n in sorted(groups.items()) if n > 0},
         "skipped": dict(sorted(skipped.items())),
     }
     write_json_atomic(cache_dir / INDEX_FILE, index)

@@ -581,7 +581,8 @@ def build_loader(
             raise ValueError(
                 "data.feature_cache is set: pass the run's cache_info so the cache can be checked"
             )
-        FeatureCache(spec.feature_cache).check(cache_info)
+        sources = {cache_group(split, name): source_key(split, name) for name in spec.sources}
+        FeatureCache(spec.feature_cache).check(cache_info, sources)  # built for this run, and for its sources
     check_sources_usable(spec, tokenizer)
     workers, stateful = data_cfg.num_workers, split == "train"
     return DivotLoader(spec, tokenizer, rank, world_size, workers, stateful=stateful, pin_memory=pin_memory)

@@ -33,7 +33,6 @@ import contextlib
 import logging
 import math
 import pickle
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ from divot_llm.config import config_to_dict, config_to_yaml, save_resolved_confi
 from divot_llm.config.loading import ConfigError
 from divot_llm.config.schema import DivotConfig
 from divot_llm.data.worker_signals import stop_signals_deferred
-from divot_llm.launch_guard import Launcher
+from divot_llm.launch_guard import StopSignals
 from divot_llm.layout import EMA_FILE
 from divot_llm.runtime import eval_mode, rng_devices, seed_everything
 from divot_llm.train import checkpoint, distributed, failures, run_lock
@@ -105,9 +104,8 @@ class Trainer:
         self.step = 0
         self.nonfinite_total = 0
         self._nonfinite_in_row = 0
-        self._stop_cause: str | None = None  # why this rank asks the others to stop
-        self._launcher = Launcher.of_this_rank()  # launch/*.sh's guard, when it started us
-        self._previous_handlers: dict[int, Any] = {}
+        # SIGTERM/SIGINT, or the end of launch/*.sh's guard: why this rank asks the others to stop
+        self._stop = StopSignals()
         self._val_loader = None
 
     # ================================================================== setup
@@ -159,7 +157,8 @@ class Trainer:
             max_steps=cfg.train.max_steps,
             enabled=self.dist.is_main,
         )
-        self._install_signal_handlers()
+        # SIGTERM/SIGINT ask for a checkpoint at the end of the current step, then a stop
+        self._stop.install()
         self._announce()
 
     def _claim_output_dir(self) -> None:
@@ -242,34 +241,6 @@ class Trainer:
         if self.peak is not None:
             t.message(f"MFU against {self.peak.flops / 1e12:.3g} TFLOP/s per device ({self.peak.source})")
 
-    # ================================================================== signals
-
-    def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT ask for a checkpoint at the end of the current step, then a stop.
-
-        Repeats are ignored on purpose: a launcher forwards a signal it receives to every
-        rank, which often already got it from the terminal or the scheduler, and a second
-        signal must not kill a checkpoint being written.
-        """
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        if self._stop_cause is None:
-            self._stop_cause = signal.Signals(signum).name
-
-    def _stop_requested(self) -> bool:
-        """A stop signal came, or the launcher guard that started this rank is gone
-        (killed outright: nobody else will stop the ranks)."""
-        if self._stop_cause is None and self._launcher is not None and self._launcher.gone():
-            self._stop_cause = f"the end of its launcher (pid {self._launcher.pid})"
-        return self._stop_cause is not None
-
-    def _restore_signal_handlers(self) -> None:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers.clear()
-
     # ================================================================== training
 
     def train(self) -> str:
@@ -310,8 +281,8 @@ class Trainer:
             # Every rank is here (the stop was decided on a shared all-reduce). Name what a
             # rank was stopped by: a signal sent to all of them can reach rank 0 after
             # another rank already asked for the stop.
-            causes = [c for c in distributed.gather_objects(self._stop_cause) if c is not None]
-            cause = self._stop_cause or (causes[0] if causes else "a stop request on another rank")
+            causes = [c for c in distributed.gather_objects(self._stop.cause) if c is not None]
+            cause = self._stop.cause or (causes[0] if causes else "a stop request on another rank")
             self.tracker.message(
                 f"stopped by {cause} after step {self.step}; checkpoint saved. Continue with train.resume=auto"
             )
@@ -339,7 +310,7 @@ class Trainer:
                 flops,
                 hw_flops,
                 0.0 if finite else 1.0,
-                1.0 if self._stop_requested() else 0.0,
+                1.0 if self._stop.requested() else 0.0,
             ]
             summed = distributed.all_reduce_sum(local, self.device)
             n, k = len(losses), len(counts)
@@ -521,7 +492,7 @@ class Trainer:
         data = getattr(self, "_data", None)
         if data is not None and hasattr(data, "close"):
             data.close()
-        self._restore_signal_handlers()
+        self._stop.restore()
         tracker = getattr(self, "tracker", None)
         if tracker is not None:
             tracker.close()

@@ -111,6 +111,26 @@ def test_shards_fill_one_cache_with_every_sample_once(setup, tmp_path):
     assert index["groups"] == {g: keys for g, keys in whole["groups"].items() if g.startswith("val-")}
 
 
+def test_the_index_counts_each_source_and_a_run_reading_another_is_refused_naming_it(setup, tmp_path):
+    """The index holds each source's sample count, not its keys (hundreds of MB at 10 M
+    samples); a run whose sources the build did not cache is refused, naming the source;
+    an index written when it listed keys still serves."""
+    cfg, _, info, cache_dir, counts, text = setup
+    index = json.loads((cache_dir / "index.json").read_text())
+    assert index["samples"] == sum(index["groups"].values()) == counts["written"]
+    assert index["groups"]["train-video_comp"] == 6 and len(index["groups"]) == 6
+    other = tmp_path / "other"
+    shutil.copytree(cache_dir, other)
+    (other / "index.json").write_text(json.dumps({**index, "groups": {"train-video_comp": 6}}))
+    with pytest.raises(
+        ValueError, match=f"{other} holds no sample of data.sources.video_gen, data.sources.image"
+    ):
+        loader(cfg, text, info, other)
+    groups = {group: [f"key-{i}" for i in range(n)] for group, n in index["groups"].items()}
+    (other / "index.json").write_text(json.dumps({**index, "groups": groups}))
+    loader(cfg, text, info, other)  # (before the counts)
+
+
 def test_a_cache_made_for_another_setup_is_not_resumed_into(setup, tmp_path):
     """Its samples would be skipped as cached and mixed with the new setup's."""
     cfg, video_tokenizer, info, cache_dir, _, _ = setup
@@ -288,6 +308,9 @@ def test_under_a_launcher_each_rank_builds_its_share_on_its_gpu(monkeypatch, tmp
     argv = ["--local_rank=0", "features", "--out", str(tmp_path), "--shard", "0/8", "--", "data.root=x"]
     assert main(argv) == 2
     assert "divot-data features: error: --shard 0/8 contradicts the launcher" in capsys.readouterr().err
+    monkeypatch.setenv("DIVOT_RANK_SILENCE_S", "soon")  # the heartbeat deadline (data_recipes.ranks)
+    assert main(["features", "--out", str(tmp_path), "--", "data.root=x"]) == 2
+    assert "error: DIVOT_RANK_SILENCE_S='soon': expected a number of seconds > 0" in capsys.readouterr().err
 
 
 def test_the_upload_command_runs_without_a_shell_with_the_folder_as_one_argument(tmp_path):

@@ -75,10 +75,10 @@ def test_plan_reads_only_the_model_config(tmp_path, capsys):
 def test_only_the_first_rank_of_a_node_prints(monkeypatch, capsys):
     # ... and the others wait for it before exiting: the launcher ends every rank when one
     # fails, so a rank that exited first under load would take the message with it
-    import divot_llm.cli.train as train_cli
+    from divot_llm import launch_guard
 
     waits = []
-    monkeypatch.setattr(train_cli.time, "sleep", waits.append)
+    monkeypatch.setattr(launch_guard.time, "sleep", waits.append)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert refused("model.llm.path=/nonexistent/mistral", capsys=capsys) == ""
-    assert waits == [train_cli.REFUSAL_GRACE_S]
+    assert waits == [launch_guard.REFUSAL_GRACE_S]
