@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from divot_llm.cli.train import EXIT_INTERRUPTED  # divot-train's: 128 + SIGTERM
 from divot_llm.launch_guard import StopSignals, refuse
+from divot_llm.train.distributed import ranks_on_this_host
 from divot_llm.train.failures import FailureReport, exit_now
 
 WAIT_POLL_S = 1.0  # a rank that is done looks this often whether the others are
@@ -87,8 +88,7 @@ class Launch:
             rank=int(env["RANK"]),
             world_size=int(env["WORLD_SIZE"]),
             local_rank=int(env.get("LOCAL_RANK", "0")),
-            # torchrun's name; the deepspeed launcher's is LOCAL_SIZE
-            local_world_size=int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or "1"),
+            local_world_size=ranks_on_this_host(),
         )
 
     @property

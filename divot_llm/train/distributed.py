@@ -40,6 +40,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def ranks_on_this_host() -> int:
+    """The ranks the launcher started on this host: torchrun's ``LOCAL_WORLD_SIZE``, the
+    deepspeed launcher's ``LOCAL_SIZE`` (it sets no ``LOCAL_WORLD_SIZE``); 1 without either."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or "1")
+
+
 def set_single_process_defaults() -> None:
     """Single-rank environment for a run started without a launcher (no-op under one)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -71,8 +77,7 @@ def init_distributed() -> DistInfo:
         device = torch.device("cpu")
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         if "OMP_NUM_THREADS" not in os.environ:  # ranks on one host would oversubscribe its cores
-            ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_here))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_on_this_host()))
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(
