@@ -39,6 +39,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -46,7 +47,7 @@ import psutil
 
 LAUNCHER_ENV = "DIVOT_LAUNCHER"  # "<host> <pid> <create time>" of the guard
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-POLL_S = 0.5  # a stop reaches the ranks within this; each poll reads the process table
+POLL_S = 0.5  # how often the guard reads the process table (a stop signal is passed on at once)
 NO_RANK_WAIT_S = 10.0  # after a stop, how long ranks may take to appear before the fallback
 EXIT_USAGE = 2  # a refusal: bad arguments or config, the same on every rank
 REFUSAL_GRACE_S = 10.0  # how long ranks other than a node's first wait for it to print a refusal
@@ -225,9 +226,15 @@ def _send(process: psutil.Process, signum: int) -> None:
 def run(command: list[str]) -> int:
     """Run ``command`` under the guard; returns the exit status for the shell."""
     stops: list[int] = []
+    woken = threading.Event()  # a stop wakes the loop below at once, not at its next poll
+
+    def on_stop(signum, frame) -> None:
+        stops.append(signum)
+        woken.set()
+
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup, a background job: stays ignored
-            signal.signal(signum, lambda signum, frame: stops.append(signum))
+            signal.signal(signum, on_stop)
     me = psutil.Process()
     env = {**os.environ, LAUNCHER_ENV: f"{socket.gethostname()} {me.pid} {me.create_time()}"}
     try:
@@ -244,7 +251,8 @@ def run(command: list[str]) -> int:
             forwarded = _forward_stop(tree, time.monotonic() - stopped_at)
         elif forwarded:
             tree.stop_ranks()  # ranks that started after the stop
-        time.sleep(POLL_S)
+        woken.wait(POLL_S)
+        woken.clear()
     _finish(tree)
     code = child.returncode
     return 128 - code if code < 0 else code

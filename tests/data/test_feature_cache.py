@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -353,24 +354,32 @@ def test_cache_json_files_are_readable_by_others_as_any_file_written_there(tmp_p
     assert (tmp_path / "index.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
 
 
-def launch_two_ranks(out, data_root, *extra: str) -> subprocess.Popen:
-    """``divot-data features`` on 2 CPU ranks under torchrun (gloo), bf16 as on a GPU, in a
-    session of its own: a SIGTERM to its process group reaches every process, as a
-    scheduler's does."""
-    command = [helpers.PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(helpers.free_port()), "-m", "data_recipes", "features", "--out", str(out),
-               "--dtype", "bf16", "--batch-clips", "1", "--workers", "0", *extra, "--", f"data.root={data_root}"]  # fmt: skip
-    return subprocess.Popen(command, cwd=helpers.REPO_ROOT, env=helpers.cpu_distributed_env(),
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+def launch_two_ranks(out, data_root, *extra: str, launcher: str = "torchrun") -> subprocess.Popen:
+    """``divot-data features`` on 2 CPU ranks (gloo), bf16 as on a GPU, in a session of its
+    own: under ``torchrun``, or ``launch/features.sh`` (the ``deepspeed`` CLI behind our
+    launch guard, whose pid is the one to signal)."""
+    arguments = ["--out", str(out), "--dtype", "bf16", "--batch-clips", "1", "--workers", "0", *extra,
+                 "--", f"data.root={data_root}"]  # fmt: skip
+    env = helpers.cpu_distributed_env()
+    if launcher == "torchrun":
+        command = [helpers.PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                   "--master_port", str(helpers.free_port()), "-m", "data_recipes", "features", *arguments]  # fmt: skip
+    else:
+        command = ["bash", str(helpers.REPO_ROOT / "launch" / "features.sh"), *arguments]
+        env.update(NPROC="2", MASTER_PORT=str(helpers.free_port()),
+                   PATH=str(Path(helpers.PYTHON).parent) + os.pathsep + env.get("PATH", ""))  # fmt: skip
+    return subprocess.Popen(command, cwd=helpers.REPO_ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_ranks_build_the_one_process_cache_and_resume_after_sigterm(setup, tmp_path):
-    """2 ranks under the real launcher write the one-process build's files, tensors (bit
-    for bit, bf16) and index; a SIGTERM once samples are written stops them, unfinished,
-    and the same command resumes -- keeping what was written -- to that same cache, then
-    uploads it (``--upload``, a real command)."""
+    """2 ranks under the real launchers write the one-process build's files, tensors (bit
+    for bit, bf16) and index: started by ``launch/features.sh`` (the ``deepspeed`` CLI), a
+    SIGTERM to its pid once samples are written stops both ranks, unfinished (exit 143,
+    one resume line); the same build under ``torchrun`` resumes -- keeping what was
+    written -- to that same cache, then uploads it (``--upload``, a real command)."""
     from safetensors.torch import load_file
 
     cfg = setup[0]
@@ -385,15 +394,16 @@ def test_two_ranks_build_the_one_process_cache_and_resume_after_sigterm(setup, t
     )  # fmt: skip
 
     out = tmp_path / "two_ranks"
-    first = launch_two_ranks(out, cfg.data.root)
+    first = launch_two_ranks(out, cfg.data.root, launcher="launch/features.sh")
     deadline = time.monotonic() + 120
     while not any(out.rglob("*.safetensors")):
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
         time.sleep(0.005)
-    os.killpg(first.pid, signal.SIGTERM)
+    os.kill(first.pid, signal.SIGTERM)  # the launch guard's pid: it stops the ranks
     output = first.communicate(timeout=60)[0]
     kept = {f: f.stat().st_mtime_ns for f in out.rglob("*.safetensors")}
-    assert first.returncode != 0 and 0 < len(kept) < 24 and not (out / "index.json").exists(), output
+    assert first.returncode == 143 and output.count("run the same command again to resume") == 1, output
+    assert 0 < len(kept) < 24 and not (out / "index.json").exists(), output
 
     uploaded = tmp_path / "uploaded"
     second = launch_two_ranks(out, cfg.data.root, "--upload", f"cp -r {{dir}} {uploaded}")
