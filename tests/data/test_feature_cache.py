@@ -314,6 +314,24 @@ def test_under_a_launcher_each_rank_builds_its_share_on_its_gpu(monkeypatch, tmp
     assert "error: DIVOT_RANK_SILENCE_S='soon': expected a number of seconds > 0" in capsys.readouterr().err
 
 
+def test_the_index_writer_and_each_node_without_the_index_upload(tmp_path):
+    # shared file system: rank 0 (the index's writer) uploads the whole cache, alone;
+    # node-local disks: each node's first rank uploads what its own disk holds
+    from data_recipes.features import _uploads_here
+    from data_recipes.ranks import Launch
+
+    def node(rank: int, local_rank: int) -> Launch:
+        return Launch(rank=rank, world_size=4, local_rank=local_rank, local_world_size=2)
+
+    assert _uploads_here(node(0, 0), tmp_path, wrote_index=True)
+    assert _uploads_here(Launch(), tmp_path, wrote_index=True)  # a one-process build
+    assert not _uploads_here(Launch(), tmp_path, wrote_index=False)  # a --shard build whose index comes later
+    assert _uploads_here(node(2, 0), tmp_path, wrote_index=False)  # no index here: a disk of its own
+    assert not _uploads_here(node(3, 1), tmp_path, wrote_index=False)  # one upload per node
+    (tmp_path / "index.json").write_text("{}")
+    assert not _uploads_here(node(2, 0), tmp_path, wrote_index=False)  # rank 0's disk: it uploads
+
+
 def test_the_upload_command_runs_without_a_shell_with_the_folder_as_one_argument(tmp_path):
     from data_recipes.features import upload_argv
 
