@@ -179,20 +179,22 @@ class FailureBoard:
         digest = hashlib.sha1(text.encode()).hexdigest()
         return self.store.add(self._key("said", digest), 1) == 1
 
-    def watch(self, on_failure: Callable[[], None], poll: float = 1.0) -> Callable[[], None]:
-        """Call ``on_failure`` (once, from a daemon thread) when any rank posts an error
-        of its own or the store goes away (its host process ended); returns the function
-        that stops watching (call it before a normal end: the store's host exits first)."""
+    def watch(self, on_failure: Callable[[bool], None], poll: float = 1.0) -> Callable[[], None]:
+        """Call ``on_failure(store_lost)`` (once, from a daemon thread) when any rank posts
+        an error of its own (False) or the store goes away (True: its host process ended);
+        returns the function that stops watching (call it before a normal end: the
+        store's host exits first)."""
         stop = threading.Event()
 
         def run() -> None:
             while not stop.wait(poll):
+                store_lost = False
                 try:
                     failed = self.own_failures() > 0
                 except dist.DistError:
-                    failed = not stop.is_set()
+                    failed = store_lost = not stop.is_set()
                 if failed:
-                    on_failure()
+                    on_failure(store_lost)
                     return
 
         threading.Thread(target=run, name="divot-failure-watch", daemon=True).start()

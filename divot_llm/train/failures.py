@@ -11,7 +11,10 @@ it to the rank), while saving a checkpoint -- goes through ``FailureReport.repor
   first) stays quiet unless nobody said why;
 * the other ranks -- maybe blocked in a collective that can no longer complete -- see the
   failure on the job's key-value store (``distributed.FailureBoard``) and end within
-  seconds.
+  seconds;
+* a rank killed outright says nothing; if it was the store's host (rank 0 under
+  ``deepspeed``), the others cannot agree on anything any more: one rank per node says
+  so (``STORE_LOST``), the first it launched that is not rank 0.
 
 The process then leaves at once (``exit_now``, ``EXIT_TRAINING_ERROR``): the usual exit
 would tear down the process group and wait for ranks that are gone. A feature-cache build
@@ -38,6 +41,10 @@ EXIT_TRAINING_ERROR = 1
 
 RANK0_WAIT_S = 2.0  # another rank waits this long for rank 0 to say whether it failed alike
 PEER_GRACE_S = 3.0  # a rank that saw another fail gives its own main thread this long to end
+STORE_LOST = (
+    "the job's store is gone: the process hosting it (rank 0 under deepspeed, the agent under "
+    "torchrun) ended without saying why (killed? out of memory? its node lost?)"
+)
 LINGER_S = 3.0  # rank 0 (the store's host under deepspeed) waits for the others' posts
 
 _NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
@@ -200,6 +207,7 @@ class FailureReport:
         self._stop_watching: Callable[[], None] = lambda: None
         self._reporting = threading.Event()  # set once the main thread handles an error
         self._peer_failed = False
+        self._store_lost = False
 
     def watch(self) -> None:
         """Start watching the other ranks (after the process group is initialised)."""
@@ -220,7 +228,9 @@ class FailureReport:
         summary = describe(exc)
         own = not (self._peer_failed or is_collective_failure(exc))
         log = self._log(exc, own)
-        if self._should_print(summary, own):
+        if not own and (self._store_lost or self._store_gone()):
+            self._say_store_lost(log)
+        elif self._should_print(summary, own):
             if not own:
                 summary = f"another rank ended without saying why (killed? out of memory?); here: {summary}"
             print(f"{self.program}: error: {summary} [rank {self.rank}; {log}]", file=sys.stderr, flush=True)
@@ -295,7 +305,25 @@ class FailureReport:
         except dist.DistError:
             pass
 
-    def _on_peer_failure(self) -> None:
+    def _store_gone(self) -> bool:
+        """Whether the store's host has ended (this rank's main thread may hit it before
+        the watch thread does)."""
+        import torch.distributed as dist
+
+        try:
+            return self.board is not None and self.board.own_failures() < 0  # a read: raises if gone
+        except dist.DistError:
+            return True
+
+    def _say_store_lost(self, log: str) -> None:
+        """One line per node: ranks cannot agree without the store, so the first rank
+        the node's launcher started says it -- on rank 0's node, rank 1 (rank 0 is the
+        store's host under ``deepspeed``)."""
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank == 0 or (local_rank == 1 and self.rank == 1):
+            print(f"{self.program}: error: {STORE_LOST} [rank {self.rank}; {log}]", file=sys.stderr, flush=True)
+
+    def _on_peer_failure(self, store_lost: bool = False) -> None:
         """Watch thread: another rank failed (or the store's host is gone). The main
         thread gets ``PEER_GRACE_S`` to end by itself (a broken collective raises, it
         reports quietly); if it is still blocked -- in a collective that cannot complete
@@ -304,14 +332,18 @@ class FailureReport:
 
         if self._reporting.is_set():
             return  # this rank's own failure, already being handled
-        self._peer_failed = True
+        self._peer_failed, self._store_lost = True, store_lost
         try:
             self.board.post("stopped because another rank failed", own=False)
         except dist.DistError:
             pass
         if self._reporting.wait(PEER_GRACE_S):
             return
-        self._append(f"rank {self.rank}: stopped: another rank failed (its error is logged above)")
+        if store_lost:
+            path = self._append(f"rank {self.rank}: stopped: {STORE_LOST}")
+            self._say_store_lost(f"see {path}" if path else "the log could not be written")
+        else:
+            self._append(f"rank {self.rank}: stopped: another rank failed (its error is logged above)")
         exit_now(EXIT_TRAINING_ERROR)
 
 

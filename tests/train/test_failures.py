@@ -181,6 +181,11 @@ if scenario == "alike" or (scenario == "one" and rank == 1):
         exit_now(report.report(exc))
 if scenario == "crash" and rank == 1:
     os._exit(9)  # dies without a word, as a process killed by the kernel
+if scenario == "host_crash" and rank == 0:
+    dist.barrier()  # both ranks watch the store first
+    os._exit(9)  # the store's host (rank 0 under deepspeed and env://) dies without a word
+if scenario == "host_crash":
+    dist.barrier()
 if scenario == "crash":
     try:
         dist.all_reduce(torch.ones(1))
@@ -244,6 +249,14 @@ def test_a_rank_that_died_silently_is_reported_by_the_one_left(tmp_path):
     assert rank1.returncode == 9 and rank0.returncode == EXIT_TRAINING_ERROR
     (line,) = said(rank0.stderr)  # nobody else can say what happened
     assert "another rank ended without saying why (killed? out of memory?); here: " in line
+
+
+def test_the_store_hosts_silent_death_is_said_by_the_rank_left_blocked(tmp_path):
+    rank0, rank1 = run_two_ranks(tmp_path, "host_crash")
+    assert rank0.returncode == 9 and rank1.returncode == EXIT_TRAINING_ERROR
+    (line,) = said(rank1.stderr)  # no store to agree on anything: rank 0's node's next rank says it
+    assert "the job's store is gone: the process hosting it (rank 0 under deepspeed" in line and "[rank 1;" in line
+    assert "rank 1: stopped: the job's store is gone" in (tmp_path / "train.log").read_text()
 
 
 def test_a_rank_whose_launcher_is_gone_saves_and_stops(
