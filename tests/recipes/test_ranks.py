@@ -165,3 +165,20 @@ def test_the_outcome_is_decided_once_whoever_writes_it_first():
     for outcomes in [(ALL_DONE, stop), (stop, ALL_DONE)] * 10:
         read, held = race(outcomes)
         assert read == [held, held], (read, held)
+
+
+def test_ranks_per_host_come_from_torchrun_or_the_deepspeed_launcher(monkeypatch):
+    # torchrun sets LOCAL_WORLD_SIZE; the deepspeed launcher only LOCAL_SIZE (the trainer's
+    # CPU thread count and a cache build's decoding workers divide the host's cores by it)
+    from data_recipes.ranks import Launch
+    from divot_llm.train.distributed import ranks_on_this_host
+
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert ranks_on_this_host() == Launch.from_env().local_world_size == 1
+    monkeypatch.setenv("LOCAL_SIZE", "4")
+    assert ranks_on_this_host() == Launch.from_env().local_world_size == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert ranks_on_this_host() == 2
